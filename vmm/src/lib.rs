@@ -1,0 +1,2 @@
+//! vmm: placeholder, being written.
+pub mod status;
