@@ -1,0 +1,2 @@
+//! The engines that run a [`crate::spec::RunSpec`]: `kvm` (microrun's own
+//! VMM), `chroot` (namespaces, no VM) and `qemu`.

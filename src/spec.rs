@@ -1,0 +1,74 @@
+//! What a run is: the engine-independent description every engine takes,
+//! and what every engine hands back.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Where the guest's files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// A directory, packed into a newc cpio on the fly (and cached).
+    Dir(PathBuf),
+    /// An existing cpio initrd file, used as given.
+    Cpio(PathBuf),
+}
+
+/// How much microrun says on stderr besides the guest's own output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    /// `-q`: errors only.
+    Quiet,
+    /// Default: warnings and errors; the kernel boots quietly.
+    #[default]
+    Normal,
+    /// `-v`: the kernel log and microrun's own progress.
+    Verbose,
+}
+
+/// One run of one command in one rootfs, whatever the engine.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The guest's root filesystem.
+    pub rootfs: Rootfs,
+    /// The command and its arguments; empty means the rootfs's `/init`.
+    pub command: Vec<String>,
+    /// Extra environment for the command, in order.
+    pub env: Vec<(String, String)>,
+    /// The command's working directory inside the guest.
+    pub workdir: Option<String>,
+    /// Stop the run (exit 124) after this long.
+    pub timeout: Option<Duration>,
+    /// Forward microrun's stdin to the command's stdin.
+    pub forward_stdin: bool,
+    /// Boot the initrd exactly as given, without guest-init.
+    pub no_init: bool,
+    /// How chatty microrun is.
+    pub verbosity: Verbosity,
+    /// When microrun started, the origin of every timing.
+    pub started: Instant,
+}
+
+/// Points in time of a run, each `None` when the run never got there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    /// The engine is set up (VM built, namespace made) and about to start
+    /// the guest.
+    pub ready: Option<Instant>,
+    /// guest-init reported `@init`: the kernel has booted.
+    pub init: Option<Instant>,
+    /// The status line arrived: the program has ended.
+    pub status: Option<Instant>,
+    /// Everything is torn down.
+    pub end: Option<Instant>,
+}
+
+/// How a run ended, as every engine reports it.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// microrun's exit code (see the contract's table).
+    pub exit_code: u8,
+    /// Why, when the code is microrun's own (124, 125), for stderr.
+    pub reason: Option<String>,
+    /// When each phase ended.
+    pub times: PhaseTimes,
+}
