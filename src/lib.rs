@@ -1,6 +1,14 @@
 //! microrun: run a program in a KVM microVM as easily as `chroot` runs it
 //! in a directory. The binary (`src/main.rs`) is a thin clap front end over
-//! this library.
+//! this library: [`run::run`] takes a [`spec::RunSpec`] and an engine and
+//! returns a [`spec::RunOutcome`].
 
+pub mod boot;
+pub mod embedded;
 pub mod engine;
+pub mod kernel;
+pub mod logger;
+pub mod run;
+pub mod runconfig;
 pub mod spec;
+pub mod units;

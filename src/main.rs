@@ -1,1 +1,216 @@
-fn main() {}
+//! `microrun`: the command line. Everything real happens in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use microrun::engine::qemu::Accel;
+use microrun::run::{self, Engine, VmOptions};
+use microrun::spec::{Rootfs, RunSpec, Verbosity};
+use microrun::units::{parse_duration, parse_size};
+
+/// Run a program in a KVM microVM as easily as chroot runs it in a directory.
+#[derive(Parser, Debug)]
+#[command(
+    name = "microrun",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Exit status: the program's (0-255; 128+N for signal N), 124 on --timeout, \
+                  125 when microrun or the VM failed, 126/127 when the command cannot be run or found."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pack a directory into a reproducible newc cpio initrd.
+    Pack {
+        /// The directory to pack.
+        dir: PathBuf,
+        /// The archive to write (atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Keep the files' owners instead of making everything root's.
+        #[arg(long)]
+        keep_owner: bool,
+    },
+    /// Copy binaries with their ELF interpreter and libraries into a rootfs.
+    Rootfs {
+        /// The rootfs directory (created when missing).
+        dir: PathBuf,
+        /// A binary to copy, at the same path (repeatable).
+        #[arg(long = "bin", required = true, value_name = "PATH")]
+        bins: Vec<PathBuf>,
+        /// Make /init a symlink to this binary.
+        #[arg(long, value_name = "PATH")]
+        init: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A rootfs directory, or a cpio initrd file.
+    #[arg(required = true)]
+    rootfs: Option<PathBuf>,
+    /// The command to run instead of /init, looked up in the guest's PATH.
+    #[arg(last = true, value_name = "CMD")]
+    cmd: Vec<String>,
+    /// The kernel to boot [default: the host's kernel, then the project's].
+    #[arg(long, env = "MICRORUN_KERNEL", value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Guest memory, e.g. 256M [default: 3 × initrd + 64 MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    mem: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u8,
+    /// Stop the VM after this long and exit 124, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Arguments appended to the kernel command line.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Set an environment variable for the command (KEY alone: the host's value).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The command's working directory in the guest.
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Boot the initrd as given, without guest-init (its init reports on ttyS2).
+    #[arg(long)]
+    no_init: bool,
+    /// What runs the guest.
+    #[arg(long, value_enum, default_value_t = Engine::Kvm)]
+    engine: Engine,
+    /// The qemu engine's accelerator.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    accel: Accel,
+    /// Print how long each phase took, on stderr.
+    #[arg(long)]
+    timings: bool,
+    /// Print only errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Show the kernel log and microrun's progress.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    let verbosity = match (cli.run.quiet, cli.run.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    };
+    microrun::logger::init(verbosity);
+    match real_main(cli, verbosity, started) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("microrun: error: {err:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result<u8> {
+    match cli.command {
+        Some(Command::Pack {
+            dir,
+            output,
+            keep_owner,
+        }) => {
+            let mut opts = initrd_tools::PackOptions::from_env()?;
+            opts.keep_owner = keep_owner;
+            let stats = initrd_tools::pack_dir(&dir, &output, &opts)?;
+            log::info!(
+                "packed {} entries, {} bytes into {}",
+                stats.entries,
+                stats.bytes,
+                output.display()
+            );
+            Ok(0)
+        }
+        Some(Command::Rootfs { dir, bins, init }) => {
+            let report = initrd_tools::rootfs::assemble(&dir, &bins, init.as_deref())?;
+            for path in &report.copied {
+                log::info!("copied {}", path.display());
+            }
+            Ok(0)
+        }
+        None => run_guest(cli.run, verbosity, started),
+    }
+}
+
+fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::Result<u8> {
+    let Some(path) = args.rootfs else {
+        bail!("no ROOTFS given: pass a rootfs directory or a cpio initrd");
+    };
+    let meta = std::fs::metadata(&path)
+        .with_context(|| format!("cannot use rootfs {}", path.display()))?;
+    let rootfs = if meta.is_dir() {
+        Rootfs::Dir(path)
+    } else {
+        Rootfs::Cpio(path)
+    };
+    let spec = RunSpec {
+        rootfs,
+        command: args.cmd,
+        env: args
+            .env
+            .iter()
+            .map(|e| parse_env(e))
+            .collect::<anyhow::Result<_>>()?,
+        workdir: args.workdir,
+        timeout: args.timeout,
+        forward_stdin: !std::io::stdin().is_terminal(),
+        no_init: args.no_init,
+        verbosity,
+        started,
+    };
+    let vm = VmOptions {
+        kernel: args.kernel,
+        mem: args.mem,
+        cpus: args.cpus,
+        cmdline: args.cmdline,
+        accel: args.accel,
+    };
+    let outcome = run::run(&spec, args.engine, &vm)?;
+    if let Some(reason) = &outcome.reason {
+        eprintln!("microrun: {reason}");
+    }
+    if args.timings {
+        eprint!(
+            "{}",
+            run::timings_report(args.engine, started, &outcome.times)
+        );
+    }
+    Ok(outcome.exit_code)
+}
+
+/// `KEY=VALUE`, or `KEY` alone for the host's value of KEY.
+fn parse_env(text: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = match text.split_once('=') {
+        Some((k, v)) => (k, v.to_string()),
+        None => (
+            text,
+            std::env::var(text).with_context(|| {
+                format!("--env {text}: not set on the host; write --env {text}=VALUE")
+            })?,
+        ),
+    };
+    if key.is_empty() || key.contains('\0') {
+        bail!("--env {text:?}: the variable name is empty or invalid; write --env KEY=VALUE");
+    }
+    Ok((key.to_string(), value))
+}

@@ -1,0 +1,243 @@
+//! What a VM engine boots: the kernel, the initrd parts and the kernel
+//! command line. The kvm and qemu engines boot exactly the same thing.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use initrd_tools::newc::NewcWriter;
+use initrd_tools::PackOptions;
+
+use crate::embedded::GUEST_INIT;
+use crate::runconfig::RunConfig;
+use crate::spec::{Rootfs, RunSpec, Verbosity};
+
+/// Where guest-init and its run configuration live in the guest.
+pub const INIT_DIR: &str = ".microrun";
+/// guest-init's path in the guest, given to the kernel as `rdinit=`.
+pub const INIT_PATH: &str = "/.microrun/init";
+
+/// The arguments every boot gets, each for a reason (see kernels/README.md):
+/// the console on ttyS0; a reset (not a reboot loop) when the guest
+/// restarts or panics; exactly the three UARTs; no PCI or i8042 probing.
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule 8250.nr_uarts=3 \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// Why the boot material could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Packing the rootfs directory failed.
+    #[error(transparent)]
+    Pack(#[from] initrd_tools::InitrdError),
+    /// The run configuration cannot be encoded.
+    #[error(transparent)]
+    RunConfig(#[from] crate::runconfig::RunConfigError),
+    /// The initrd file given as ROOTFS cannot be read.
+    #[error("cannot read initrd {path}: {source}")]
+    ReadInitrd {
+        /// The ROOTFS path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The initrd file given as ROOTFS is not an archive the kernel unpacks.
+    #[error("{path} is not a cpio archive (newc, or compressed with gzip, xz, zstd, lz4 or bzip2); pass a directory or a `microrun pack` output")]
+    NotAnInitrd {
+        /// The ROOTFS path.
+        path: PathBuf,
+    },
+    /// Building the guest-init archive in memory failed.
+    #[error("cannot build the guest-init archive: {0}")]
+    InitArchive(std::io::Error),
+}
+
+/// The initrd of one run: the rootfs archive, then (unless `--no-init`)
+/// the guest-init archive. Kept as parts so the rootfs archive is read
+/// straight from the cache into guest memory.
+#[derive(Debug)]
+pub struct BootInitrd {
+    /// The rootfs archive (cached pack, or the user's file).
+    pub rootfs: PathBuf,
+    /// The rootfs archive's size in bytes.
+    pub rootfs_len: u64,
+    /// guest-init, its run configuration and their directory, as a newc
+    /// archive; `None` with `--no-init`.
+    pub init_archive: Option<Vec<u8>>,
+}
+
+impl BootInitrd {
+    /// Total size in guest memory, with the 4-byte alignment between parts.
+    pub fn len(&self) -> u64 {
+        let init = self.init_archive.as_ref().map_or(0, |a| a.len() as u64);
+        self.rootfs_len.next_multiple_of(4) + init
+    }
+
+    /// Whether the initrd is empty (never, for a valid rootfs).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Packs (or finds in the cache) the rootfs and builds the guest-init
+/// archive for `spec`.
+pub fn prepare_initrd(spec: &RunSpec) -> Result<BootInitrd, BootError> {
+    let rootfs = match &spec.rootfs {
+        Rootfs::Dir(dir) => initrd_tools::cached_pack(dir, &PackOptions::from_env()?)?,
+        Rootfs::Cpio(path) => {
+            check_initrd_magic(path)?;
+            path.clone()
+        }
+    };
+    let rootfs_len = std::fs::metadata(&rootfs)
+        .map_err(|source| BootError::ReadInitrd {
+            path: rootfs.clone(),
+            source,
+        })?
+        .len();
+    let init_archive = if spec.no_init {
+        None
+    } else {
+        Some(init_archive(&run_config(spec))?)
+    };
+    Ok(BootInitrd {
+        rootfs,
+        rootfs_len,
+        init_archive,
+    })
+}
+
+/// The run configuration guest-init reads, from the engine-neutral spec.
+pub fn run_config(spec: &RunSpec) -> RunConfig {
+    RunConfig {
+        argv: spec.command.clone(),
+        env: spec.env.clone(),
+        workdir: spec.workdir.clone(),
+        forward_stdin: spec.forward_stdin,
+    }
+}
+
+/// The second archive: `/.microrun/init` and `/.microrun/run`.
+pub fn init_archive(config: &RunConfig) -> Result<Vec<u8>, BootError> {
+    let encoded = config.encode()?;
+    let build = || -> std::io::Result<Vec<u8>> {
+        let mut w = NewcWriter::new(Vec::with_capacity(GUEST_INIT.len() + 1024));
+        w.add_dir(INIT_DIR, 0o755)?;
+        w.add_file(&format!("{INIT_DIR}/init"), 0o755, GUEST_INIT)?;
+        w.add_file(&format!("{INIT_DIR}/run"), 0o644, &encoded)?;
+        w.finish()
+    };
+    build().map_err(BootError::InitArchive)
+}
+
+/// The kernel command line: the base arguments, quiet unless `-v`,
+/// guest-init as `rdinit` unless `--no-init`, then the user's `--cmdline`.
+pub fn kernel_cmdline(spec: &RunSpec, user: Option<&str>) -> String {
+    let mut cmdline = String::from(BASE_CMDLINE);
+    if spec.verbosity != Verbosity::Verbose {
+        // loglevel=1 keeps panics (KERN_EMERG) but drops the boot chatter
+        // that would otherwise mix into the program's stderr.
+        cmdline.push_str(" quiet loglevel=1");
+    }
+    if !spec.no_init {
+        cmdline.push_str(" rdinit=");
+        cmdline.push_str(INIT_PATH);
+    }
+    if let Some(extra) = user.map(str::trim).filter(|s| !s.is_empty()) {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
+    cmdline
+}
+
+/// Rejects files the kernel would not unpack, before booting them.
+fn check_initrd_magic(path: &Path) -> Result<(), BootError> {
+    const MAGICS: &[&[u8]] = &[
+        b"070701",
+        b"070702",
+        &[0x1f, 0x8b],
+        &[0xfd, b'7', b'z', b'X', b'Z', 0],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        &[0x02, 0x21, 0x4c, 0x18],
+        b"BZh",
+    ];
+    let mut head = [0u8; 6];
+    let read_err = |source| BootError::ReadInitrd {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]).map_err(read_err)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if MAGICS.iter().any(|m| head[..filled].starts_with(m)) {
+        Ok(())
+    } else {
+        Err(BootError::NotAnInitrd {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn spec(no_init: bool, verbosity: Verbosity) -> RunSpec {
+        RunSpec {
+            rootfs: Rootfs::Dir("/nonexistent".into()),
+            command: vec![],
+            env: vec![],
+            workdir: None,
+            timeout: None,
+            forward_stdin: false,
+            no_init,
+            verbosity,
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn cmdline_is_quiet_by_default_and_appends_the_users_args_last() {
+        let c = kernel_cmdline(&spec(false, Verbosity::Normal), Some("foo=1"));
+        assert!(c.starts_with("console=ttyS0 "));
+        assert!(c.contains(" quiet loglevel=1"));
+        assert!(c.contains(" rdinit=/.microrun/init"));
+        assert!(c.ends_with(" foo=1"));
+        let v = kernel_cmdline(&spec(true, Verbosity::Verbose), None);
+        assert!(!v.contains("quiet") && !v.contains("rdinit"));
+    }
+
+    #[test]
+    fn initrd_files_are_checked_before_booting() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("a.cpio");
+        std::fs::write(&good, b"070701rest").unwrap();
+        check_initrd_magic(&good).unwrap();
+        let bad = dir.path().join("b.cpio");
+        std::fs::write(&bad, b"hello world").unwrap();
+        let err = check_initrd_magic(&bad).unwrap_err().to_string();
+        assert!(err.contains("b.cpio") && err.contains("not a cpio"), "{err}");
+        let empty = dir.path().join("c.cpio");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(check_initrd_magic(&empty).is_err());
+    }
+
+    #[test]
+    fn the_init_archive_carries_guest_init_and_the_run_config() {
+        let mut s = spec(false, Verbosity::Normal);
+        s.command = vec!["/bin/echo".into(), "hi".into()];
+        let archive = init_archive(&run_config(&s)).unwrap();
+        assert_eq!(archive.len() % 4, 0);
+        assert!(archive.starts_with(b"070701"));
+        let find = |needle: &[u8]| archive.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b".microrun/init\0"));
+        assert!(find(b".microrun/run\0"));
+        assert!(find(b"arg=/bin/echo\0arg=hi\0"));
+        assert!(find(&GUEST_INIT[..64]));
+    }
+}

@@ -1,0 +1,70 @@
+//! The kvm engine: microrun's own VMM (the `vmm` crate).
+
+use std::path::PathBuf;
+
+use vmm::{InitrdPart, KvmHost, VmConfig, VmEnd};
+
+use crate::boot::BootInitrd;
+use crate::spec::{PhaseTimes, RunOutcome, RunSpec, Verbosity};
+
+/// Why the kvm engine could not run the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmEngineError {
+    /// The VMM refused the configuration or failed.
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+}
+
+/// What the kvm engine boots, decided by the caller.
+pub struct KvmBoot {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initrd parts.
+    pub initrd: BootInitrd,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+}
+
+/// Boots `boot` for `spec` and reports how the run ended.
+pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> {
+    if let KvmHost::Emulated(why) = vmm::kvm_host() {
+        if spec.verbosity != Verbosity::Quiet {
+            eprintln!(
+                "microrun: warning: {why}: a Linux guest will be very slow or fail here; --engine qemu works"
+            );
+        }
+    }
+    let mut initrd = vec![InitrdPart::File(boot.initrd.rootfs)];
+    if let Some(archive) = boot.initrd.init_archive {
+        initrd.push(InitrdPart::Bytes(archive));
+    }
+    let config = VmConfig {
+        kernel: boot.kernel,
+        initrd,
+        cmdline: boot.cmdline,
+        mem_size: boot.mem_size,
+        vcpus: boot.vcpus,
+        timeout: spec.timeout,
+        forward_stdin: spec.forward_stdin,
+        console: Box::new(std::io::stderr()),
+        stdout: Box::new(std::io::stdout()),
+        process_start: spec.started,
+    };
+    let outcome = vmm::run(config)?;
+    let t = outcome.timings;
+    let exit_code = outcome.end.exit_code();
+    Ok(RunOutcome {
+        exit_code,
+        reason: (!matches!(outcome.end, VmEnd::Status(_))).then(|| outcome.end.describe()),
+        times: PhaseTimes {
+            ready: t.first_run.or(t.vm_ready),
+            init: t.init_event,
+            status: t.status,
+            end: t.exit,
+        },
+    })
+}

@@ -1,0 +1,461 @@
+//! The qemu engine: the same kernel, initrd and command line as the kvm
+//! engine, run by `qemu-system-x86_64 -M pc` with KVM where it can run a
+//! Linux guest and TCG (software emulation) otherwise.
+//!
+//! The three UARTs become pipes read here: ttyS0 is copied to stderr,
+//! ttyS1 (QEMU's `stdio` chardev, so stdin can be forwarded) to stdout,
+//! and ttyS2 goes through the same [`StatusParser`] as the kvm engine.
+//! When the status line arrives QEMU is killed, then both output pipes are
+//! read to their end: QEMU wrote those bytes before the status line, so
+//! nothing the guest printed is lost.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use vmm::status::{StatusLine, StatusParser};
+use vmm::KvmHost;
+
+use crate::boot::BootInitrd;
+use crate::spec::{PhaseTimes, RunOutcome, RunSpec, Verbosity};
+
+/// The QEMU binary microrun runs.
+const QEMU: &str = "qemu-system-x86_64";
+
+/// Which QEMU accelerator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when this machine's KVM can run a Linux guest, TCG otherwise.
+    #[default]
+    Auto,
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation: slow, but works anywhere.
+    Tcg,
+}
+
+/// Why the qemu engine could not run the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuEngineError {
+    /// QEMU is not installed.
+    #[error("{QEMU} not found: install QEMU (Debian/Ubuntu: `apt-get install qemu-system-x86`)")]
+    NotInstalled,
+    /// Starting QEMU failed for another reason.
+    #[error("cannot start {QEMU}: {0}")]
+    Spawn(io::Error),
+    /// Setting up the pipes or the in-memory initrd failed.
+    #[error("cannot set up QEMU's serial ports and initrd: {0}")]
+    Setup(io::Error),
+    /// Copying the initrd into memory for QEMU failed.
+    #[error("cannot read initrd {path}: {source}")]
+    Initrd {
+        /// The rootfs archive.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// What the qemu engine boots, decided by the caller.
+pub struct QemuBoot {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initrd parts.
+    pub initrd: BootInitrd,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// The accelerator asked for.
+    pub accel: Accel,
+}
+
+/// Picks the concrete accelerator for `Auto`, with the reason.
+pub fn resolve_accel(accel: Accel) -> (Accel, String) {
+    match (accel, vmm::kvm_host()) {
+        (Accel::Auto, KvmHost::Hardware) => (Accel::Kvm, "hardware KVM found".into()),
+        (Accel::Auto, KvmHost::Emulated(why)) | (Accel::Auto, KvmHost::Unavailable(why)) => {
+            (Accel::Tcg, why)
+        }
+        (other, _) => (other, "as asked".into()),
+    }
+}
+
+/// Boots `boot` under QEMU for `spec` and reports how the run ended.
+pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError> {
+    let (accel, why) = resolve_accel(boot.accel);
+    if spec.verbosity == Verbosity::Verbose {
+        eprintln!("microrun: qemu engine: accel {accel:?} ({why})");
+    }
+    let initrd = initrd_memfd(&boot.initrd)?;
+    let console = Pipe::new()?;
+    let stdout = Pipe::new()?;
+    let status = Pipe::new()?;
+    let qemu_err = Pipe::new()?;
+
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    cmd.args(["-M", "pc"]);
+    match accel {
+        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+        _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+    };
+    cmd.arg("-m")
+        .arg(format!("{}M", boot.mem_size.div_ceil(1 << 20)))
+        .arg("-smp")
+        .arg(boot.vcpus.to_string())
+        .arg("-kernel")
+        .arg(&boot.kernel)
+        .arg("-initrd")
+        .arg(format!("/dev/fd/{}", initrd.as_raw_fd()))
+        .arg("-append")
+        .arg(&boot.cmdline);
+    // ttyS0, ttyS1, ttyS2 in this order: 0x3f8/IRQ4, 0x2f8/IRQ3, 0x3e8/IRQ4.
+    cmd.arg("-chardev")
+        .arg(format!("file,id=ttyS0,path=/dev/fd/{}", console.write_fd()))
+        .args(["-serial", "chardev:ttyS0"])
+        .args(["-chardev", "stdio,id=ttyS1,signal=off"])
+        .args(["-serial", "chardev:ttyS1"])
+        .arg("-chardev")
+        .arg(format!("file,id=ttyS2,path=/dev/fd/{}", status.write_fd()))
+        .args(["-serial", "chardev:ttyS2"]);
+    cmd.stdin(if spec.forward_stdin {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::from(stdout.take_writer()));
+    cmd.stderr(Stdio::from(qemu_err.take_writer()));
+    let inherit = [
+        initrd.as_raw_fd(),
+        console.write_fd(),
+        status.write_fd(),
+    ];
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on
+    // descriptors that stay open in the parent until after the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut times = PhaseTimes {
+        ready: Some(Instant::now()),
+        ..PhaseTimes::default()
+    };
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => QemuEngineError::NotInstalled,
+        _ => QemuEngineError::Spawn(e),
+    })?;
+    // Only QEMU may hold the write ends now, so its death closes them.
+    drop(initrd);
+    let console = console.into_reader();
+    let status = status.into_reader();
+    let stdout = stdout.into_reader();
+    let qemu_err = qemu_err.into_reader();
+
+    let mut pump = Pump {
+        console,
+        stdout,
+        status,
+        qemu_err,
+        parser: StatusParser::new(),
+        qemu_stderr: Vec::new(),
+        verbose: spec.verbosity == Verbosity::Verbose,
+    };
+    let deadline = spec.timeout.map(|t| spec.started.max(times.ready.unwrap()) + t);
+    let end = pump.until_status(deadline, &mut times);
+    let _ = child.kill();
+    let wait = child.wait();
+    pump.drain_outputs();
+    times.end = Some(Instant::now());
+    Ok(outcome(end, wait, &pump.qemu_stderr, times))
+}
+
+/// How the pump loop stopped.
+enum PumpEnd {
+    Status(u8),
+    Timeout,
+    Closed,
+}
+
+struct Pump {
+    console: OwnedFd,
+    stdout: OwnedFd,
+    status: OwnedFd,
+    qemu_err: OwnedFd,
+    parser: StatusParser,
+    qemu_stderr: Vec<u8>,
+    verbose: bool,
+}
+
+impl Pump {
+    /// Copies guest output until the status line, the deadline, or until
+    /// every pipe is closed (QEMU has exited).
+    fn until_status(&mut self, deadline: Option<Instant>, times: &mut PhaseTimes) -> PumpEnd {
+        let mut open = [true; 4];
+        let mut buf = vec![0u8; 64 * 1024];
+        while open.iter().any(|&o| o) {
+            let wait_ms = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return PumpEnd::Timeout;
+                    }
+                    left.as_millis().min(i32::MAX as u128) as i32 + 1
+                }
+                None => -1,
+            };
+            let fds = [&self.status, &self.stdout, &self.console, &self.qemu_err];
+            let mut pollfds: Vec<libc::pollfd> = fds
+                .iter()
+                .zip(open)
+                .map(|(fd, is_open)| libc::pollfd {
+                    fd: if is_open { fd.as_raw_fd() } else { -1 },
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `pollfds` is a valid array of `pollfds.len()` entries
+            // that lives across the call.
+            let ready = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, wait_ms) };
+            if ready < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return PumpEnd::Closed;
+            }
+            for (i, pfd) in pollfds.iter().enumerate() {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                let n = read_some(fds[i].as_fd(), &mut buf);
+                if n == 0 {
+                    open[i] = false;
+                    continue;
+                }
+                let data = &buf[..n];
+                match i {
+                    0 => {
+                        let mut code = None;
+                        let mut init = None;
+                        for &b in data {
+                            match self.parser.push(b) {
+                                Some(StatusLine::Exit(c)) => {
+                                    code = Some(c);
+                                    break;
+                                }
+                                Some(StatusLine::Event(e)) if e == "init" => {
+                                    init = Some(Instant::now())
+                                }
+                                Some(other) => log::debug!("status channel: {other:?}"),
+                                None => {}
+                            }
+                        }
+                        if init.is_some() && times.init.is_none() {
+                            times.init = init;
+                        }
+                        if let Some(c) = code {
+                            times.status = Some(Instant::now());
+                            return PumpEnd::Status(c);
+                        }
+                    }
+                    1 => write_out(&mut io::stdout().lock(), data),
+                    2 => write_out(&mut io::stderr().lock(), data),
+                    _ => {
+                        if self.verbose {
+                            write_out(&mut io::stderr().lock(), data);
+                        }
+                        if self.qemu_stderr.len() < 64 * 1024 {
+                            self.qemu_stderr.extend_from_slice(data);
+                        }
+                    }
+                }
+            }
+        }
+        PumpEnd::Closed
+    }
+
+    /// After QEMU is gone: everything it wrote to ttyS1 and ttyS0 before
+    /// the end is still in the pipes.
+    fn drain_outputs(&mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        for (fd, to_stdout) in [(&self.stdout, true), (&self.console, false)] {
+            loop {
+                let n = read_some(fd.as_fd(), &mut buf);
+                if n == 0 {
+                    break;
+                }
+                if to_stdout {
+                    write_out(&mut io::stdout().lock(), &buf[..n]);
+                } else {
+                    write_out(&mut io::stderr().lock(), &buf[..n]);
+                }
+            }
+        }
+        loop {
+            let n = read_some(self.qemu_err.as_fd(), &mut buf);
+            if n == 0 || self.qemu_stderr.len() >= 64 * 1024 {
+                break;
+            }
+            self.qemu_stderr.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+fn outcome(
+    end: PumpEnd,
+    wait: io::Result<std::process::ExitStatus>,
+    qemu_stderr: &[u8],
+    times: PhaseTimes,
+) -> RunOutcome {
+    let (exit_code, reason) = match end {
+        PumpEnd::Status(code) => (code, None),
+        PumpEnd::Timeout => (124, Some("--timeout expired; QEMU was stopped".to_string())),
+        PumpEnd::Closed => {
+            let how = match wait {
+                Ok(s) if s.signal().is_some() => {
+                    format!("QEMU was killed by signal {}", s.signal().unwrap_or(0))
+                }
+                Ok(s) => format!(
+                    "the VM ended without reporting a status (QEMU exited with {}: guest reset, power-off or kernel panic)",
+                    s.code().unwrap_or(-1)
+                ),
+                Err(e) => format!("cannot wait for QEMU: {e}"),
+            };
+            let text = String::from_utf8_lossy(qemu_stderr);
+            let text = text.trim();
+            let reason = if text.is_empty() {
+                how
+            } else {
+                format!("{how}; QEMU said:\n{text}")
+            };
+            (125, Some(reason))
+        }
+    };
+    RunOutcome {
+        exit_code,
+        reason,
+        times,
+    }
+}
+
+/// Writes guest output to one of microrun's streams. A closed stream (the
+/// reader went away) is not an error: the guest keeps running to its end.
+fn write_out(out: &mut impl Write, data: &[u8]) {
+    let _ = out.write_all(data).and_then(|()| out.flush());
+}
+
+fn read_some(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> usize {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes and `fd`
+        // is an open descriptor borrowed for the call.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return n as usize;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return 0;
+        }
+    }
+}
+
+/// A pipe whose write end QEMU inherits.
+struct Pipe {
+    reader: io::PipeReader,
+    writer: Option<io::PipeWriter>,
+}
+
+impl Pipe {
+    fn new() -> Result<Self, QemuEngineError> {
+        let (reader, writer) = io::pipe().map_err(QemuEngineError::Setup)?;
+        Ok(Self {
+            reader,
+            writer: Some(writer),
+        })
+    }
+
+    fn write_fd(&self) -> RawFd {
+        self.writer.as_ref().map_or(-1, |w| w.as_raw_fd())
+    }
+
+    fn take_writer(&self) -> OwnedFd {
+        let w = self.writer.as_ref().expect("writer present");
+        w.as_fd().try_clone_to_owned().expect("dup of a pipe")
+    }
+
+    fn into_reader(self) -> OwnedFd {
+        drop(self.writer);
+        OwnedFd::from(self.reader)
+    }
+}
+
+/// The initrd as QEMU needs it, one file: a memfd holding the rootfs
+/// archive and the guest-init archive, so nothing is written to disk.
+fn initrd_memfd(initrd: &BootInitrd) -> Result<OwnedFd, QemuEngineError> {
+    // SAFETY: the name is a valid NUL-terminated string; the returned fd
+    // is checked and owned below.
+    let fd = unsafe { libc::memfd_create(c"microrun-initrd".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(QemuEngineError::Setup(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    let initrd_err = |source| QemuEngineError::Initrd {
+        path: initrd.rootfs.clone(),
+        source,
+    };
+    let mut rootfs = std::fs::File::open(&initrd.rootfs).map_err(initrd_err)?;
+    let copied = io::copy(&mut rootfs, &mut file).map_err(initrd_err)?;
+    let pad = copied.next_multiple_of(4) - copied;
+    file.write_all(&[0u8; 3][..pad as usize])
+        .map_err(QemuEngineError::Setup)?;
+    if let Some(archive) = &initrd.init_archive {
+        file.write_all(archive).map_err(QemuEngineError::Setup)?;
+    }
+    Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_accelerators_are_kept() {
+        assert_eq!(resolve_accel(Accel::Tcg).0, Accel::Tcg);
+        assert_eq!(resolve_accel(Accel::Kvm).0, Accel::Kvm);
+        assert_ne!(resolve_accel(Accel::Auto).0, Accel::Auto);
+    }
+
+    #[test]
+    fn a_vm_that_closes_without_status_is_125_with_qemus_words() {
+        let o = outcome(
+            PumpEnd::Closed,
+            Ok(std::process::ExitStatus::from_raw(1 << 8)),
+            b"qemu: could not load kernel\n",
+            PhaseTimes::default(),
+        );
+        assert_eq!(o.exit_code, 125);
+        let r = o.reason.unwrap();
+        assert!(r.contains("without reporting a status") && r.contains("could not load kernel"), "{r}");
+        let killed = outcome(
+            PumpEnd::Closed,
+            Ok(std::process::ExitStatus::from_raw(9)),
+            b"",
+            PhaseTimes::default(),
+        );
+        assert!(killed.reason.unwrap().contains("signal 9"));
+        assert_eq!(outcome(PumpEnd::Timeout, Ok(std::process::ExitStatus::from_raw(9)), b"", PhaseTimes::default()).exit_code, 124);
+        assert_eq!(outcome(PumpEnd::Status(3), Ok(std::process::ExitStatus::from_raw(9)), b"", PhaseTimes::default()).exit_code, 3);
+    }
+}

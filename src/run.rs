@@ -1,0 +1,138 @@
+//! One run, start to finish: pick the engine, prepare what it boots, run
+//! it, and report timings.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::boot::{kernel_cmdline, prepare_initrd};
+use crate::engine::{chroot, kvm, qemu};
+use crate::spec::{PhaseTimes, RunOutcome, RunSpec};
+
+/// Which engine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Engine {
+    /// microrun's own KVM microVM.
+    #[default]
+    Kvm,
+    /// No VM: user, mount and PID namespaces with the rootfs as root.
+    Chroot,
+    /// QEMU (`-M pc`), with KVM where usable and TCG otherwise.
+    Qemu,
+}
+
+/// The VM-only settings of a run (the chroot engine ignores them).
+#[derive(Debug, Clone, Default)]
+pub struct VmOptions {
+    /// `--kernel` or `MICRORUN_KERNEL`.
+    pub kernel: Option<PathBuf>,
+    /// `--mem`, in bytes.
+    pub mem: Option<u64>,
+    /// `--cpus`.
+    pub cpus: u8,
+    /// `--cmdline`.
+    pub cmdline: Option<String>,
+    /// `--accel`, for the qemu engine.
+    pub accel: qemu::Accel,
+}
+
+/// Runs `spec` with `engine` and returns how it ended.
+pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<RunOutcome> {
+    if engine == Engine::Chroot {
+        return Ok(chroot::run(spec)?);
+    }
+    if vm.cpus == 0 {
+        bail!("--cpus 0: a VM needs at least one vCPU");
+    }
+    let kernel = crate::kernel::discover(vm.kernel.as_deref())?;
+    log::info!("kernel: {}", kernel.display());
+    let initrd = prepare_initrd(spec).context("cannot prepare the initrd")?;
+    let mem_size = vm
+        .mem
+        .unwrap_or_else(|| initrd_tools::guest_memory_for_initrd(initrd.len()));
+    let cmdline = kernel_cmdline(spec, vm.cmdline.as_deref());
+    log::info!(
+        "initrd: {} ({} bytes with guest-init), memory {} MiB, {} vCPU(s), cmdline: {cmdline}",
+        initrd.rootfs.display(),
+        initrd.len(),
+        mem_size >> 20,
+        vm.cpus
+    );
+    Ok(match engine {
+        Engine::Kvm => kvm::run(
+            spec,
+            kvm::KvmBoot {
+                kernel,
+                initrd,
+                cmdline,
+                mem_size,
+                vcpus: vm.cpus,
+            },
+        )?,
+        Engine::Qemu => qemu::run(
+            spec,
+            qemu::QemuBoot {
+                kernel,
+                initrd,
+                cmdline,
+                mem_size,
+                vcpus: vm.cpus,
+                accel: vm.accel,
+            },
+        )?,
+        Engine::Chroot => unreachable!("handled above"),
+    })
+}
+
+/// The `--timings` report: one line per phase and the total, on stderr.
+pub fn timings_report(engine: Engine, started: Instant, t: &PhaseTimes) -> String {
+    let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+        (Some(a), Some(b)) => format!("{:9.2} ms", b.saturating_duration_since(a).as_secs_f64() * 1e3),
+        _ => format!("{:>12}", "-"),
+    };
+    let setup_label = match engine {
+        Engine::Chroot => "namespace set-up",
+        _ => "VMM set-up",
+    };
+    let boot_label = match engine {
+        Engine::Chroot => "until guest-init starts",
+        _ => "kernel until guest-init starts",
+    };
+    let mut out = format!("microrun: timings ({engine:?} engine)\n").to_lowercase();
+    let rows = [
+        (setup_label, Some(started), t.ready),
+        (boot_label, t.ready, t.init),
+        ("program", t.init, t.status),
+        ("teardown", t.status, t.end),
+        ("total, boot to exit", Some(started), t.end),
+    ];
+    for (label, from, to) in rows {
+        out.push_str(&format!("microrun:   {:<32}{}\n", label, span(from, to)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timings_have_one_line_per_phase_and_a_total() {
+        let s = Instant::now();
+        let t = PhaseTimes {
+            ready: Some(s + Duration::from_millis(2)),
+            init: Some(s + Duration::from_millis(12)),
+            status: Some(s + Duration::from_millis(13)),
+            end: Some(s + Duration::from_millis(14)),
+        };
+        let r = timings_report(Engine::Kvm, s, &t);
+        assert_eq!(r.lines().count(), 6, "{r}");
+        assert!(r.contains("VMM set-up") && r.contains("2.00 ms"), "{r}");
+        assert!(r.contains("kernel until guest-init starts") && r.contains("10.00 ms"));
+        assert!(r.contains("total, boot to exit") && r.contains("14.00 ms"));
+        let partial = timings_report(Engine::Qemu, s, &PhaseTimes::default());
+        assert!(partial.contains(" -\n"), "{partial}");
+    }
+}
