@@ -1,2 +1,556 @@
-//! vmm: placeholder, being written.
+//! A purpose-built KVM microVM: boots a Linux kernel (bzImage, ELF vmlinux
+//! or PVH) with three 16550A UARTs (console, stdout, status) and an i8042
+//! reset port, and returns how the VM ended.
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! let outcome = vmm::run(vmm::VmConfig {
+//!     kernel: "bzImage".into(),
+//!     initrd: vec![vmm::InitrdPart::File("initrd.cpio".into())],
+//!     cmdline: "console=ttyS0 panic=-1".into(),
+//!     mem_size: 128 << 20,
+//!     vcpus: 1,
+//!     timeout: None,
+//!     forward_stdin: false,
+//!     console: Box::new(std::io::stderr()),
+//!     stdout: Box::new(std::io::stdout()),
+//!     process_start: Instant::now(),
+//! })?;
+//! std::process::exit(outcome.end.exit_code().into());
+//! # Ok::<(), vmm::VmmError>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod devices;
+pub mod initrd;
+pub mod kernel;
+pub mod layout;
+pub mod memory;
+pub mod mptable;
 pub mod status;
+pub mod vcpu;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use devices::i8042::I8042;
+use devices::serial::{SerialDevice, StatusOutput};
+use devices::{bus::lock, Bus};
+pub use initrd::InitrdPart;
+use kernel::BootProtocol;
+use memory::GuestMemory;
+use vcpu::{VcpuContext, VcpuMessage};
+
+/// Everything needed to boot one VM.
+pub struct VmConfig {
+    /// The kernel: bzImage, ELF vmlinux, or ELF with a PVH note.
+    pub kernel: PathBuf,
+    /// The initrd parts, concatenated in order, each 4-byte aligned; empty for none.
+    pub initrd: Vec<InitrdPart>,
+    /// The complete kernel command line.
+    pub cmdline: String,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Stop the VM (exit code 124) after this long.
+    pub timeout: Option<Duration>,
+    /// Feed host stdin to ttyS1's receive side.
+    pub forward_stdin: bool,
+    /// ttyS0 output.
+    pub console: Box<dyn Write + Send>,
+    /// ttyS1 output, byte for byte; flushed before `run` returns.
+    pub stdout: Box<dyn Write + Send>,
+    /// Origin of the timings.
+    pub process_start: Instant,
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEnd {
+    /// The guest reported this exit status on the status channel.
+    Status(u8),
+    /// The timeout expired and the VM was stopped.
+    Timeout,
+    /// The guest reset the machine without reporting a status.
+    Reset,
+    /// The guest shut down (triple fault) without reporting a status.
+    Shutdown,
+    /// KVM could not run the guest (internal error, failed entry).
+    GuestError(String),
+}
+
+impl VmEnd {
+    /// microrun's exit code: the status, 124 for a timeout, else 125.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmEnd::Status(n) => *n,
+            VmEnd::Timeout => 124,
+            _ => 125,
+        }
+    }
+
+    /// One line for stderr.
+    pub fn describe(&self) -> String {
+        match self {
+            VmEnd::Status(n) => format!("the guest reported exit status {n}"),
+            VmEnd::Timeout => "the timeout expired; the VM was stopped".into(),
+            VmEnd::Reset => {
+                "the VM reset without reporting an exit status (kernel panic or reboot?)".into()
+            }
+            VmEnd::Shutdown => {
+                "the VM shut down (triple fault) without reporting an exit status".into()
+            }
+            VmEnd::GuestError(msg) => format!("KVM could not run the guest: {msg}"),
+        }
+    }
+}
+
+/// When each stage was reached.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Origin (the caller's process start).
+    pub process_start: Instant,
+    /// The VM is built and loaded; vCPU threads are about to start.
+    pub vm_ready: Option<Instant>,
+    /// vCPU 0's first `KVM_RUN`.
+    pub first_run: Option<Instant>,
+    /// The `@init` event on the status channel.
+    pub init_event: Option<Instant>,
+    /// The exit-status line.
+    pub status: Option<Instant>,
+    /// All vCPUs stopped and outputs flushed.
+    pub exit: Option<Instant>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How the VM ended.
+    pub end: VmEnd,
+    /// When each stage was reached.
+    pub timings: Timings,
+}
+
+/// What kind of KVM this host offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvmHost {
+    /// Hardware virtualization.
+    Hardware,
+    /// KVM that emulates guest kernel code (e.g. `kvm_pvm`); the text says why.
+    Emulated(String),
+    /// No usable `/dev/kvm`; the text says why and what to do.
+    Unavailable(String),
+}
+
+const KVM_DEVICE: &str = "/dev/kvm";
+
+/// Probes `/dev/kvm` and the loaded KVM module.
+pub fn kvm_host() -> KvmHost {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(KVM_DEVICE)
+    {
+        return KvmHost::Unavailable(kvm_open_advice(
+            e.raw_os_error().unwrap_or(0),
+            &e.to_string(),
+        ));
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return KvmHost::Emulated(
+            "KVM here is kvm_pvm, a software emulator (/sys/module/kvm_pvm exists): guest kernel code runs at about 1 MIPS".into(),
+        );
+    }
+    KvmHost::Hardware
+}
+
+fn kvm_open_advice(errno: i32, error: &str) -> String {
+    match errno {
+        libc::ENOENT => format!(
+            "{KVM_DEVICE} does not exist: load kvm_intel or kvm_amd (with virtualization enabled), or use --engine qemu"
+        ),
+        libc::EACCES | libc::EPERM => format!(
+            "no access to {KVM_DEVICE}: add your user to the kvm group (sudo usermod -aG kvm $USER, then log in again)"
+        ),
+        _ => format!("cannot open {KVM_DEVICE}: {error}"),
+    }
+}
+
+/// Errors building or starting the VM (exit code 125).
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// `/dev/kvm` cannot be used.
+    #[error("{0}")]
+    KvmUnavailable(String),
+    /// A KVM VM ioctl failed.
+    #[error("cannot {what}: {source}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The vCPU count is out of range.
+    #[error("cannot run {requested} vCPUs: between 1 and {max} are supported here")]
+    VcpuCount {
+        /// Requested count.
+        requested: u8,
+        /// The limit (KVM's and the MP table's).
+        max: usize,
+    },
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// The kernel.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// The initrd.
+    #[error(transparent)]
+    Initrd(#[from] initrd::InitrdError),
+    /// The MP table.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    /// The device bus.
+    #[error(transparent)]
+    Bus(#[from] devices::BusError),
+    /// An event fd or thread could not be created.
+    #[error("cannot {what}: {source}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Host { what, source }
+}
+
+/// Boots the VM described by `config` and runs it until it ends.
+///
+/// The steps follow the boot checklist: KVM, guest memory, VM (irqchip,
+/// PIT), kernel, command line, initrd, zero page or PVH info, MP table,
+/// boot page tables, devices, vCPUs, then the run loop.
+pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
+    let VmConfig {
+        kernel: kernel_path,
+        initrd: initrd_parts,
+        cmdline,
+        mem_size,
+        vcpus,
+        timeout,
+        forward_stdin,
+        console,
+        stdout,
+        process_start,
+    } = config;
+    let mut timings = Timings {
+        process_start,
+        vm_ready: None,
+        first_run: None,
+        init_event: None,
+        status: None,
+        exit: None,
+    };
+
+    let kvm = Kvm::new()
+        .map_err(|e| VmmError::KvmUnavailable(kvm_open_advice(e.errno(), &e.to_string())))?;
+    let max_vcpus = kvm.get_max_vcpus().min(usize::from(mptable::MAX_CPUS));
+    if vcpus == 0 || usize::from(vcpus) > max_vcpus {
+        return Err(VmmError::VcpuCount {
+            requested: vcpus,
+            max: max_vcpus,
+        });
+    }
+
+    let mem = memory::create_guest_memory(mem_size)?;
+    let vm = create_vm(&kvm, &mem)?;
+
+    let kernel = kernel::load_kernel(&mem, &kernel_path, mem_size)?;
+    kernel::load_cmdline(&mem, &cmdline, kernel.image.cmdline_max)?;
+    let initrd = initrd::load_initrd(
+        &mem,
+        &initrd_parts,
+        kernel.end,
+        kernel.image.initrd_addr_max,
+        mem_size,
+    )?;
+    match kernel.protocol {
+        BootProtocol::Linux64 => {
+            kernel::configure_zero_page(&mem, &kernel, cmdline.len(), initrd, mem_size)?
+        }
+        BootProtocol::Pvh => kernel::configure_pvh(&mem, initrd, mem_size)?,
+    }
+    mptable::setup_mptable(&mem, vcpus)?;
+    vcpu::setup_boot_tables(&mem, kernel.protocol)?;
+
+    let devices = create_devices(&vm, console, stdout)?;
+
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get the supported CPUID"))?;
+    let mut vcpu_fds = Vec::with_capacity(usize::from(vcpus));
+    for id in 0..vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create a vCPU"))?;
+        vcpu::configure_vcpu(
+            &fd,
+            id,
+            vcpus,
+            &supported_cpuid,
+            kernel.entry,
+            kernel.protocol,
+        )?;
+        vcpu_fds.push(fd);
+    }
+    timings.vm_ready = Some(Instant::now());
+
+    if forward_stdin {
+        spawn_stdin_forwarder(devices.stdout.clone())?;
+    }
+    let end = run_vcpus(vcpu_fds, &devices, &mem, timeout, &mut timings)?;
+
+    // Everything the guest wrote reaches the caller before it acts on the status.
+    let _ = lock(&devices.stdout).flush();
+    let _ = lock(&devices.console).flush();
+    timings.exit = Some(Instant::now());
+    Ok(Outcome { end, timings })
+}
+
+fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, VmmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("set the identity map address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of exactly `memory_size` bytes
+        // owned by `mem`, which outlives the VM's use of it: every vCPU
+        // thread is joined before `run` returns and drops `mem`.
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("map guest memory"))?;
+    }
+    Ok(vm)
+}
+
+type ConsoleUart = SerialDevice<Box<dyn Write + Send>>;
+
+struct Devices {
+    bus: Arc<Bus>,
+    console: Arc<Mutex<ConsoleUart>>,
+    stdout: Arc<Mutex<ConsoleUart>>,
+}
+
+fn create_devices(
+    vm: &VmFd,
+    console: Box<dyn Write + Send>,
+    stdout: Box<dyn Write + Send>,
+) -> Result<Devices, VmmError> {
+    let irq4 = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    let irq3 = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    vm.register_irqfd(&irq4, layout::SERIAL_CONSOLE_IRQ)
+        .map_err(kvm_err("register the IRQ 4 irqfd"))?;
+    vm.register_irqfd(&irq3, layout::SERIAL_STDOUT_IRQ)
+        .map_err(kvm_err("register the IRQ 3 irqfd"))?;
+    // ttyS0 and ttyS2 share IRQ 4, so they share its event fd.
+    let irq4_status = irq4.try_clone().map_err(host_err("clone an event fd"))?;
+    let console = Arc::new(Mutex::new(SerialDevice::new(irq4, console)));
+    let stdout = Arc::new(Mutex::new(SerialDevice::new(irq3, stdout)));
+    let status = Arc::new(Mutex::new(SerialDevice::new(
+        irq4_status,
+        StatusOutput::default(),
+    )));
+    let mut bus = Bus::new();
+    bus.insert(
+        console.clone(),
+        layout::SERIAL_CONSOLE_PORT,
+        layout::SERIAL_PORT_LEN,
+    )?;
+    bus.insert(
+        stdout.clone(),
+        layout::SERIAL_STDOUT_PORT,
+        layout::SERIAL_PORT_LEN,
+    )?;
+    bus.insert(status, layout::SERIAL_STATUS_PORT, layout::SERIAL_PORT_LEN)?;
+    bus.insert(
+        Arc::new(Mutex::new(I8042)),
+        layout::I8042_PORT,
+        layout::I8042_PORT_LEN,
+    )?;
+    // Port 0x80 (POST codes, used as an I/O delay) needs no device: the bus
+    // ignores writes to empty ports.
+    Ok(Devices {
+        bus: Arc::new(bus),
+        console,
+        stdout,
+    })
+}
+
+/// Feeds host stdin into ttyS1's receive FIFO, never more than fits. The
+/// thread is detached: it may be blocked in `read` when the VM ends.
+fn spawn_stdin_forwarder(uart: Arc<Mutex<ConsoleUart>>) -> Result<(), VmmError> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut stdin = std::io::stdin().lock();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let sent = lock(&uart).receive(rest);
+                    rest = &rest[sent..];
+                    if sent == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(host_err("start the stdin thread"))
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn vcpu_kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn run_vcpus(
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    devices: &Devices,
+    mem: &GuestMemory,
+    timeout: Option<Duration>,
+    timings: &mut Timings,
+) -> Result<VmEnd, VmmError> {
+    static HANDLER: Once = Once::new();
+    let mut handler_result = Ok(());
+    HANDLER
+        .call_once(|| handler_result = register_signal_handler(vcpu_kick_signal(), kick_handler));
+    handler_result.map_err(|e| host_err("install the vCPU kick signal handler")(e.into()))?;
+
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+        let ctx = VcpuContext {
+            bus: devices.bus.clone(),
+            stop: stop.clone(),
+            events: tx.clone(),
+            mem: mem.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run_vcpu(fd, id as u8, ctx));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                stop_vcpus(&stop, threads);
+                return Err(host_err("start a vCPU thread")(e));
+            }
+        }
+    }
+    drop(tx);
+
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let end = loop {
+        let message = match deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match message {
+            Ok(VcpuMessage::FirstRun(at)) => timings.first_run = Some(at),
+            Ok(VcpuMessage::Event(name, at)) => {
+                log::debug!("guest event @{name}");
+                if name == "init" {
+                    timings.init_event.get_or_insert(at);
+                }
+            }
+            Ok(VcpuMessage::End(end, at)) => {
+                if matches!(end, VmEnd::Status(_)) {
+                    timings.status = Some(at);
+                }
+                break end;
+            }
+            Err(RecvTimeoutError::Timeout) => break VmEnd::Timeout,
+            Err(RecvTimeoutError::Disconnected) => {
+                break VmEnd::GuestError("every vCPU thread stopped without a result".into())
+            }
+        }
+    };
+    stop_vcpus(&stop, threads);
+    Ok(end)
+}
+
+/// Stops and joins every vCPU thread: sets `stop`, then signals each thread
+/// until it has left `KVM_RUN` (a signal that lands just before the ioctl
+/// is retried).
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for thread in threads {
+        while !thread.is_finished() {
+            let _ = thread.kill(vcpu_kick_signal());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let _ = thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(VmEnd::Status(0).exit_code(), 0);
+        assert_eq!(VmEnd::Status(255).exit_code(), 255);
+        assert_eq!(VmEnd::Timeout.exit_code(), 124);
+        assert_eq!(VmEnd::Reset.exit_code(), 125);
+        assert_eq!(VmEnd::Shutdown.exit_code(), 125);
+        assert_eq!(VmEnd::GuestError("x".into()).exit_code(), 125);
+    }
+
+    #[test]
+    fn kvm_advice_names_the_kvm_group() {
+        assert!(kvm_open_advice(libc::EACCES, "").contains("kvm group"));
+        assert!(kvm_open_advice(libc::ENOENT, "").contains("does not exist"));
+    }
+}

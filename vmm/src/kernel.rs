@@ -1,0 +1,581 @@
+//! Kernel loading: validation with clear errors, then linux-loader, then the
+//! boot information the kernel reads at entry (zero page or PVH start info).
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{BzImage, KernelLoader};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
+
+use crate::layout;
+use crate::memory::{self, GuestMemory};
+
+/// Errors loading a kernel or writing its boot information.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The kernel file does not exist.
+    #[error("kernel {0} not found (pass an existing file with --kernel or MICRORUN_KERNEL)")]
+    NotFound(PathBuf),
+    /// The kernel file exists but cannot be read.
+    #[error(
+        "cannot read kernel {0}: permission denied (Ubuntu installs /boot/vmlinuz-* readable by \
+         root only: run as root, make a readable copy, or pass another kernel with --kernel)"
+    )]
+    PermissionDenied(PathBuf),
+    /// Any other failure opening or reading the file.
+    #[error("cannot read kernel {path}: {source}")]
+    Read {
+        /// The kernel file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is empty.
+    #[error("kernel {0} is an empty file")]
+    Empty(PathBuf),
+    /// The file ends before the sizes its header declares.
+    #[error("kernel {path} is truncated: {detail}")]
+    Truncated {
+        /// The kernel file.
+        path: PathBuf,
+        /// What is missing.
+        detail: String,
+    },
+    /// Neither a bzImage nor an ELF file.
+    #[error(
+        "{0} is not a kernel: expected a bzImage (\"HdrS\" at offset 0x202) or an x86-64 ELF vmlinux"
+    )]
+    NotAKernel(PathBuf),
+    /// A bzImage that lacks the 64-bit boot protocol.
+    #[error(
+        "kernel {0} is a 32-bit-only bzImage (boot protocol before 2.12 or no XLF_KERNEL_64): \
+         use a 64-bit x86 kernel"
+    )]
+    Bzimage32Only(PathBuf),
+    /// An ELF file that is not an x86-64 little-endian executable.
+    #[error("kernel {path} is an ELF file but not an x86-64 kernel: {detail}")]
+    UnsupportedElf {
+        /// The kernel file.
+        path: PathBuf,
+        /// Which check failed.
+        detail: String,
+    },
+    /// The kernel does not fit in guest memory.
+    #[error(
+        "guest memory of {mem_size} bytes is too small for kernel {path}: it needs memory up to \
+         {needed:#x} ({} MiB); raise --mem",
+        needed.div_ceil(1 << 20)
+    )]
+    MemoryTooSmall {
+        /// The kernel file.
+        path: PathBuf,
+        /// The end address the kernel needs.
+        needed: u64,
+        /// The configured memory size.
+        mem_size: u64,
+    },
+    /// linux-loader rejected the image after validation.
+    #[error("cannot load kernel {path}: {source}")]
+    Load {
+        /// The kernel file.
+        path: PathBuf,
+        /// The loader's error.
+        source: linux_loader::loader::Error,
+    },
+    /// The command line exceeds what the kernel accepts.
+    #[error("kernel command line is {len} bytes; the kernel accepts at most {max}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The kernel's limit (without the terminating NUL).
+        max: usize,
+    },
+    /// The command line contains a NUL byte.
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    /// Writing boot structures into guest memory failed.
+    #[error("cannot write {what} into guest memory: {source}")]
+    GuestMemory {
+        /// Which structure.
+        what: &'static str,
+        /// The memory error.
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// How the vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// Linux 64-bit boot protocol: long mode, RSI = zero page.
+    Linux64,
+    /// PVH: 32-bit protected mode without paging, RBX = `hvm_start_info`.
+    Pvh,
+}
+
+/// What the file's header says, checked before anything is loaded.
+#[derive(Debug, Clone)]
+pub struct KernelImage {
+    /// The kernel file.
+    pub path: PathBuf,
+    /// bzImage setup header, if the file is a bzImage.
+    pub setup_header: Option<setup_header>,
+    /// The end (exclusive) of the memory the kernel occupies once loaded.
+    pub load_end: u64,
+    /// Longest command line the kernel accepts (without NUL).
+    pub cmdline_max: usize,
+    /// Highest address the initrd may end at (inclusive), per the kernel.
+    pub initrd_addr_max: u64,
+}
+
+/// A kernel loaded into guest memory.
+#[derive(Debug, Clone)]
+pub struct LoadedKernel {
+    /// Entry point.
+    pub entry: GuestAddress,
+    /// Entry protocol.
+    pub protocol: BootProtocol,
+    /// First address past the kernel.
+    pub end: u64,
+    /// The header checked before loading.
+    pub image: KernelImage,
+}
+
+fn read_u16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+
+fn read_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap_or_default())
+}
+
+fn read_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap_or_default())
+}
+
+fn open_kernel(path: &Path) -> Result<File, KernelError> {
+    File::open(path).map_err(|source| match source.kind() {
+        ErrorKind::NotFound => KernelError::NotFound(path.to_path_buf()),
+        ErrorKind::PermissionDenied => KernelError::PermissionDenied(path.to_path_buf()),
+        _ => KernelError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; returns how many were read.
+fn read_at(
+    file: &mut File,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<usize, KernelError> {
+    let io = |source| KernelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Checks the kernel file's header and computes where it will live, so that
+/// bad input gets a precise error before anything is loaded.
+pub fn inspect_kernel(path: &Path, file: &mut File) -> Result<KernelImage, KernelError> {
+    let len = file
+        .metadata()
+        .map_err(|source| KernelError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len == 0 {
+        return Err(KernelError::Empty(path.to_path_buf()));
+    }
+    let mut head = [0u8; 0x1000];
+    let head_len = read_at(file, path, 0, &mut head)?;
+    let head = &head[..head_len];
+    if head.starts_with(b"\x7fELF") {
+        inspect_elf(path, file, head, len)
+    } else if head_len >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        inspect_bzimage(path, head, len)
+    } else {
+        Err(KernelError::NotAKernel(path.to_path_buf()))
+    }
+}
+
+fn inspect_bzimage(path: &Path, head: &[u8], len: u64) -> Result<KernelImage, KernelError> {
+    let truncated = |detail: String| KernelError::Truncated {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let hdr_end = 0x1f1 + std::mem::size_of::<setup_header>();
+    if head.len() < hdr_end {
+        return Err(truncated(format!(
+            "{len} bytes, shorter than the {hdr_end}-byte setup header"
+        )));
+    }
+    let mut hdr = setup_header::default();
+    hdr.as_mut_slice().copy_from_slice(&head[0x1f1..hdr_end]);
+    let version = hdr.version;
+    let xloadflags = hdr.xloadflags;
+    if version < 0x020c || xloadflags & 1 == 0 {
+        return Err(KernelError::Bzimage32Only(path.to_path_buf()));
+    }
+    if hdr.loadflags & 1 == 0 {
+        return Err(KernelError::NotAKernel(path.to_path_buf()));
+    }
+    let setup_sects = if hdr.setup_sects == 0 {
+        4
+    } else {
+        u64::from(hdr.setup_sects)
+    };
+    let setup_size = (setup_sects + 1) * 512;
+    let syssize = u64::from(hdr.syssize) * 16;
+    if len < setup_size + syssize {
+        return Err(truncated(format!(
+            "{len} bytes, but its header declares {setup_size} bytes of setup code and {syssize} \
+             bytes of kernel"
+        )));
+    }
+    let payload = len - setup_size;
+    let init_size = u64::from(hdr.init_size);
+    let cmdline_max = (hdr.cmdline_size as usize).max(255);
+    Ok(KernelImage {
+        path: path.to_path_buf(),
+        setup_header: Some(hdr),
+        load_end: layout::HIMEM_START + payload.max(init_size),
+        cmdline_max,
+        initrd_addr_max: u64::from(hdr.initrd_addr_max),
+    })
+}
+
+fn inspect_elf(
+    path: &Path,
+    file: &mut File,
+    head: &[u8],
+    len: u64,
+) -> Result<KernelImage, KernelError> {
+    let unsupported = |detail: &str| KernelError::UnsupportedElf {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let truncated = |detail: String| KernelError::Truncated {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if head.len() < 64 {
+        return Err(truncated(format!(
+            "{len} bytes, shorter than an ELF header"
+        )));
+    }
+    if head[4] != 2 {
+        return Err(unsupported("not a 64-bit ELF (ELFCLASS64)"));
+    }
+    if head[5] != 1 {
+        return Err(unsupported("not little-endian"));
+    }
+    if read_u16(head, 18) != 62 {
+        return Err(unsupported("machine is not x86-64 (EM_X86_64)"));
+    }
+    let phoff = read_u64(head, 32);
+    let phentsize = u64::from(read_u16(head, 54));
+    let phnum = u64::from(read_u16(head, 56));
+    if phnum == 0 || phentsize != 56 {
+        return Err(unsupported("no 64-bit program headers"));
+    }
+    let ph_end = phoff.saturating_add(phnum * phentsize);
+    if ph_end > len {
+        return Err(truncated(format!(
+            "{len} bytes, but its program headers end at {ph_end}"
+        )));
+    }
+    let mut phdrs = vec![0u8; (phnum * phentsize) as usize];
+    read_at(file, path, phoff, &mut phdrs)?;
+    let mut load_end = 0u64;
+    for ph in phdrs.chunks_exact(56) {
+        const PT_LOAD: u32 = 1;
+        if read_u32(ph, 0) != PT_LOAD {
+            continue;
+        }
+        let (offset, paddr) = (read_u64(ph, 8), read_u64(ph, 24));
+        let (filesz, memsz) = (read_u64(ph, 32), read_u64(ph, 40));
+        let seg_end = offset.saturating_add(filesz);
+        if seg_end > len {
+            return Err(truncated(format!(
+                "{len} bytes, but a segment ends at file offset {seg_end}"
+            )));
+        }
+        if paddr < layout::HIMEM_START {
+            return Err(unsupported(
+                "a segment loads below 1 MiB, over the boot structures",
+            ));
+        }
+        load_end = load_end.max(paddr.saturating_add(memsz));
+    }
+    if load_end == 0 {
+        return Err(unsupported("no loadable segment"));
+    }
+    Ok(KernelImage {
+        path: path.to_path_buf(),
+        setup_header: None,
+        load_end,
+        cmdline_max: layout::CMDLINE_MAX_SIZE_ELF - 1,
+        initrd_addr_max: layout::MMIO_GAP_START - 1,
+    })
+}
+
+/// Validates the kernel at `path` and loads it into `mem`.
+pub fn load_kernel(
+    mem: &GuestMemory,
+    path: &Path,
+    mem_size: u64,
+) -> Result<LoadedKernel, KernelError> {
+    let mut file = open_kernel(path)?;
+    let image = inspect_kernel(path, &mut file)?;
+    if image.load_end > memory::low_memory_end(mem_size) {
+        return Err(KernelError::MemoryTooSmall {
+            path: path.to_path_buf(),
+            needed: image.load_end,
+            mem_size,
+        });
+    }
+    let load_error = |source| KernelError::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    if image.setup_header.is_some() {
+        let result = BzImage::load(
+            mem,
+            Some(GuestAddress(layout::HIMEM_START)),
+            &mut file,
+            None,
+        )
+        .map_err(load_error)?;
+        Ok(LoadedKernel {
+            entry: GuestAddress(result.kernel_load.0 + layout::BZIMAGE_64BIT_ENTRY_OFFSET),
+            protocol: BootProtocol::Linux64,
+            end: image.load_end,
+            image,
+        })
+    } else {
+        let result = Elf::load(
+            mem,
+            None,
+            &mut file,
+            Some(GuestAddress(layout::HIMEM_START)),
+        )
+        .map_err(load_error)?;
+        let (entry, protocol) = match result.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => (addr, BootProtocol::Pvh),
+            _ => (result.kernel_load, BootProtocol::Linux64),
+        };
+        Ok(LoadedKernel {
+            entry,
+            protocol,
+            end: image.load_end.max(result.kernel_end),
+            image,
+        })
+    }
+}
+
+/// Writes the NUL-terminated command line at [`layout::CMDLINE_START`].
+pub fn load_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<(), KernelError> {
+    if cmdline.len() > max {
+        return Err(KernelError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
+    }
+    if cmdline.contains('\0') {
+        return Err(KernelError::CmdlineNul);
+    }
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(layout::CMDLINE_START))
+        .map_err(|source| KernelError::GuestMemory {
+            what: "the command line",
+            source,
+        })
+}
+
+/// Fills the zero page for the Linux 64-bit boot protocol.
+pub fn configure_zero_page(
+    mem: &GuestMemory,
+    kernel: &LoadedKernel,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+    mem_size: u64,
+) -> Result<(), KernelError> {
+    let hdr = match kernel.image.setup_header {
+        Some(hdr) => hdr,
+        None => setup_header {
+            boot_flag: layout::KERNEL_BOOT_FLAG_MAGIC,
+            header: layout::KERNEL_HDR_MAGIC,
+            kernel_alignment: layout::KERNEL_MIN_ALIGNMENT_BYTES,
+            ..Default::default()
+        },
+    };
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
+    params.hdr.type_of_loader = layout::KERNEL_LOADER_OTHER;
+    params.hdr.code32_start = layout::HIMEM_START as u32;
+    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline_len as u32 + 1;
+    if let Some((addr, size)) = initrd {
+        params.hdr.ramdisk_image = addr as u32;
+        params.hdr.ramdisk_size = size as u32;
+        params.ext_ramdisk_image = (addr >> 32) as u32;
+        params.ext_ramdisk_size = (size >> 32) as u32;
+    }
+    let map = memory::e820_map(mem_size);
+    for (slot, (addr, size, kind)) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: *kind,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
+        .map_err(|source| KernelError::GuestMemory {
+            what: "the zero page",
+            source,
+        })
+}
+
+// Local copies so that they can be `ByteValued` (the orphan rule forbids
+// implementing it on linux-loader's types here).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct StartInfo(hvm_start_info);
+// SAFETY: plain-old-data C struct without padding-dependent invariants.
+unsafe impl ByteValued for StartInfo {}
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct ModlistEntry(hvm_modlist_entry);
+// SAFETY: plain-old-data C struct.
+unsafe impl ByteValued for ModlistEntry {}
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct MemmapEntry(hvm_memmap_table_entry);
+// SAFETY: plain-old-data C struct.
+unsafe impl ByteValued for MemmapEntry {}
+
+/// Fills the PVH start info, module list (the initrd) and memory map.
+pub fn configure_pvh(
+    mem: &GuestMemory,
+    initrd: Option<(u64, u64)>,
+    mem_size: u64,
+) -> Result<(), KernelError> {
+    const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+    let write_err = |what| move |source| KernelError::GuestMemory { what, source };
+    let map = memory::e820_map(mem_size);
+    for (i, (addr, size, kind)) in map.iter().enumerate() {
+        let entry = MemmapEntry(hvm_memmap_table_entry {
+            addr: *addr,
+            size: *size,
+            type_: *kind,
+            reserved: 0,
+        });
+        mem.write_obj(
+            entry,
+            GuestAddress(layout::PVH_MEMMAP_START + 24 * i as u64),
+        )
+        .map_err(write_err("the PVH memory map"))?;
+    }
+    let mut info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        cmdline_paddr: layout::CMDLINE_START,
+        memmap_paddr: layout::PVH_MEMMAP_START,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    if let Some((paddr, size)) = initrd {
+        let module = ModlistEntry(hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        });
+        mem.write_obj(module, GuestAddress(layout::PVH_MODLIST_START))
+            .map_err(write_err("the PVH module list"))?;
+        info.nr_modules = 1;
+        info.modlist_paddr = layout::PVH_MODLIST_START;
+    }
+    mem.write_obj(StartInfo(info), GuestAddress(layout::PVH_INFO_START))
+        .map_err(write_err("the PVH start info"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn inspect(bytes: &[u8]) -> Result<KernelImage, KernelError> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        inspect_kernel(Path::new("k"), &mut f)
+    }
+
+    fn bzimage(version: u16, xloadflags: u16, payload: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 1024 + payload];
+        b[0x1f1] = 1;
+        b[0x1f4..0x1f8].copy_from_slice(&((payload as u32).div_ceil(16)).to_le_bytes());
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        b[0x211] = 1;
+        b[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn header_checks() {
+        assert!(matches!(inspect(b""), Err(KernelError::Empty(_))));
+        assert!(matches!(
+            inspect(b"#!/bin/sh\n"),
+            Err(KernelError::NotAKernel(_))
+        ));
+        assert!(inspect(&bzimage(0x20f, 1, 64)).is_ok());
+        assert!(matches!(
+            inspect(&bzimage(0x20f, 0, 64)),
+            Err(KernelError::Bzimage32Only(_))
+        ));
+        assert!(matches!(
+            inspect(&bzimage(0x206, 1, 64)),
+            Err(KernelError::Bzimage32Only(_))
+        ));
+        let mut short = bzimage(0x20f, 1, 64);
+        short.truncate(1024 + 10);
+        assert!(matches!(
+            inspect(&short),
+            Err(KernelError::Truncated { .. })
+        ));
+        assert!(matches!(
+            inspect(b"\x7fELF\x02\x01"),
+            Err(KernelError::Truncated { .. })
+        ));
+        let mut elf32 = vec![0u8; 64];
+        elf32[..6].copy_from_slice(b"\x7fELF\x01\x01");
+        assert!(matches!(
+            inspect(&elf32),
+            Err(KernelError::UnsupportedElf { .. })
+        ));
+    }
+}

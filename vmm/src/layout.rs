@@ -1,0 +1,92 @@
+//! Every x86 address and constant the VMM relies on, in one place.
+//!
+//! Low memory (below 1 MiB) holds the boot structures; the kernel goes at
+//! 1 MiB; the initrd goes as high as the kernel and memory allow. Guest RAM
+//! that would fall into the 32-bit MMIO gap is placed above 4 GiB instead.
+
+/// Global descriptor table (four entries: null, code, data, TSS).
+pub const BOOT_GDT_START: u64 = 0x500;
+/// An empty interrupt descriptor table: any exception before the kernel
+/// loads its own IDT is a triple fault, which ends the VM.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (one entry: the initrd).
+pub const PVH_MODLIST_START: u64 = 0x6100;
+/// PVH memory map.
+pub const PVH_MEMMAP_START: u64 = 0x6200;
+/// The Linux zero page (`struct boot_params`); RSI points here at entry.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer (grows down, below the page tables).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Level-4 page table of the identity map used for the 64-bit entry.
+pub const PML4_START: u64 = 0x9000;
+/// Level-3 page table (one entry: the first GiB).
+pub const PDPTE_START: u64 = 0xa000;
+/// Level-2 page table: 512 entries of 2 MiB, identity-mapping the first GiB.
+pub const PDE_START: u64 = 0xb000;
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Largest command line accepted for an ELF kernel (x86 `COMMAND_LINE_SIZE`).
+pub const CMDLINE_MAX_SIZE_ELF: usize = 2048;
+/// Start of the last KiB of base memory, where Linux looks for an MP table.
+pub const MPTABLE_START: u64 = 0x9fc00;
+/// End of usable base memory (the legacy VGA/BIOS hole follows).
+pub const BASE_MEMORY_END: u64 = 0xa0000;
+/// Where the kernel is loaded ("high memory": 1 MiB).
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// Start of the 32-bit MMIO gap (nothing is mapped there; RAM that would
+/// fall in it is placed at [`HIGH_MEMORY_START`]).
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+/// RAM continues here when the guest has more than [`MMIO_GAP_START`] bytes.
+pub const HIGH_MEMORY_START: u64 = 0x1_0000_0000;
+/// The KVM TSS (three pages) sits just below the BIOS area, inside the gap.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// The KVM identity-map page, just below the TSS.
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// First serial port: the kernel console and the program's stderr.
+pub const SERIAL_CONSOLE_PORT: u16 = 0x3f8;
+/// Second serial port: the program's stdout (and stdin).
+pub const SERIAL_STDOUT_PORT: u16 = 0x2f8;
+/// Third serial port: the status channel.
+pub const SERIAL_STATUS_PORT: u16 = 0x3e8;
+/// Number of I/O ports of a 16550A.
+pub const SERIAL_PORT_LEN: u16 = 8;
+/// IRQ of ttyS0 and ttyS2 (legacy PC wiring: COM1 and COM3 share it).
+pub const SERIAL_CONSOLE_IRQ: u32 = 4;
+/// IRQ of ttyS1.
+pub const SERIAL_STDOUT_IRQ: u32 = 3;
+/// IRQ of ttyS2.
+pub const SERIAL_STATUS_IRQ: u32 = 4;
+/// i8042 data port; the controller spans 0x60..=0x64.
+pub const I8042_PORT: u16 = 0x60;
+/// Ports spanned by the i8042 (data at offset 0, command/status at offset 4).
+pub const I8042_PORT_LEN: u16 = 5;
+/// The POST diagnostic port, written by some kernels as an I/O delay.
+pub const POST_CODE_PORT: u16 = 0x80;
+
+/// Local APIC base (in the MP table header).
+pub const APIC_DEFAULT_PHYS_BASE: u32 = 0xfee0_0000;
+/// I/O APIC base (in the MP table).
+pub const IO_APIC_DEFAULT_PHYS_BASE: u32 = 0xfec0_0000;
+
+/// e820 entry type for usable RAM.
+pub const E820_RAM: u32 = 1;
+/// e820 entry type for reserved memory.
+pub const E820_RESERVED: u32 = 2;
+
+/// `boot_params.hdr.type_of_loader`: "undefined" boot loader.
+pub const KERNEL_LOADER_OTHER: u8 = 0xff;
+/// `boot_params.hdr.boot_flag` magic.
+pub const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+/// `boot_params.hdr.header` magic ("HdrS").
+pub const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+/// Default `kernel_alignment` for an ELF kernel's zero page.
+pub const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
+/// The 64-bit entry point is this far past the start of the protected-mode code.
+pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+/// The page size used for initrd alignment.
+pub const PAGE_SIZE: u64 = 0x1000;

@@ -1,0 +1,329 @@
+//! Boots synthetic guests under KVM and checks what the VMM delivers.
+//! Runs where `/dev/kvm` is usable (also under kvm_pvm: the guests are tiny);
+//! elsewhere each test prints `skipped: <reason>`.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{build_guest, missing_tools, GuestFormat};
+use vmm::{InitrdPart, KvmHost, VmConfig, VmEnd, VmmError};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    if let KvmHost::Unavailable(why) = vmm::kvm_host() {
+        return Some(why);
+    }
+    missing_tools()
+}
+
+macro_rules! require_kvm {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+struct Run {
+    result: Result<vmm::Outcome, VmmError>,
+    stdout: Capture,
+    console: Capture,
+}
+
+fn config(kernel: &Path, cmdline: &str) -> VmConfig {
+    VmConfig {
+        kernel: kernel.to_path_buf(),
+        initrd: Vec::new(),
+        cmdline: cmdline.into(),
+        mem_size: 128 << 20,
+        vcpus: 1,
+        timeout: Some(Duration::from_secs(20)),
+        forward_stdin: false,
+        console: Box::new(std::io::sink()),
+        stdout: Box::new(std::io::sink()),
+        process_start: Instant::now(),
+    }
+}
+
+fn boot(mut cfg: VmConfig) -> Run {
+    let (stdout, console) = (Capture::default(), Capture::default());
+    cfg.stdout = Box::new(stdout.clone());
+    cfg.console = Box::new(console.clone());
+    Run {
+        result: vmm::run(cfg),
+        stdout,
+        console,
+    }
+}
+
+fn end(run: &Run) -> VmEnd {
+    match &run.result {
+        Ok(outcome) => outcome.end.clone(),
+        Err(e) => panic!("run failed: {e}"),
+    }
+}
+
+fn error(run: Run) -> String {
+    match run.result {
+        Ok(outcome) => panic!("expected an error, got {:?}", outcome.end),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn exit_statuses_from_elf_and_bzimage() {
+    require_kvm!();
+    for format in [GuestFormat::Elf, GuestFormat::BzImage] {
+        let kernel = build_guest("status", format);
+        for status in [0u8, 1, 255] {
+            let run = boot(config(&kernel, &status.to_string()));
+            assert_eq!(end(&run), VmEnd::Status(status), "{format:?}");
+            assert_eq!(end(&run).exit_code(), status);
+        }
+    }
+}
+
+#[test]
+fn stdout_is_exact_and_console_is_separate() {
+    require_kvm!();
+    let kernel = build_guest("status", GuestFormat::BzImage);
+    let run = boot(config(&kernel, "3"));
+    assert_eq!(end(&run), VmEnd::Status(3));
+    let mut expected: Vec<u8> = (0..=255u8).collect();
+    expected.extend_from_slice(b"stdout-end\n");
+    assert_eq!(run.stdout.bytes(), expected);
+    assert_eq!(run.console.text(), "console: hello from the guest\n");
+    let t = run.result.unwrap().timings;
+    let (ready, first, init, status, exit) = (
+        t.vm_ready.unwrap(),
+        t.first_run.unwrap(),
+        t.init_event.unwrap(),
+        t.status.unwrap(),
+        t.exit.unwrap(),
+    );
+    assert!(t.process_start <= ready && ready <= first && first <= init);
+    assert!(init <= status && status <= exit);
+}
+
+/// (address, size, type) of one e820 entry.
+type E820Entry = (u64, u64, u32);
+
+/// Command line, initrd address, size and byte sum, and the e820 map.
+fn parse_bootinfo(out: &str) -> (String, u64, u64, u32, Vec<E820Entry>) {
+    let lines: Vec<&str> = out.lines().collect();
+    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+    let count = hex(lines[4]) as usize;
+    let e820 = lines[5..5 + count]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (hex(f[0]), hex(f[1]), hex(f[2]) as u32)
+        })
+        .collect();
+    (
+        lines[0].to_string(),
+        hex(lines[1]),
+        hex(lines[2]),
+        hex(lines[3]) as u32,
+        e820,
+    )
+}
+
+#[test]
+fn guest_sees_cmdline_initrd_and_e820() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let file_part = dir.path().join("part.bin");
+    let file_bytes: Vec<u8> = (0..3001u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file_part, &file_bytes).unwrap();
+    let bytes_part = vec![0xabu8; 5];
+    for format in [GuestFormat::Elf, GuestFormat::BzImage] {
+        let kernel = build_guest("bootinfo", format);
+        let mut cfg = config(&kernel, "console=ttyS0 hello=world");
+        cfg.initrd = vec![
+            InitrdPart::Bytes(bytes_part.clone()),
+            InitrdPart::File(file_part.clone()),
+        ];
+        let mem_size = 64u64 << 20;
+        cfg.mem_size = mem_size;
+        let run = boot(cfg);
+        assert_eq!(end(&run), VmEnd::Status(0));
+        let (cmdline, addr, size, sum, e820) = parse_bootinfo(&run.stdout.text());
+        assert_eq!(cmdline, "console=ttyS0 hello=world");
+        // Parts are 4-byte aligned: 5 bytes, 3 of padding, then the file.
+        let mut expected = bytes_part.clone();
+        expected.extend_from_slice(&[0; 3]);
+        expected.extend_from_slice(&file_bytes);
+        assert_eq!(size, expected.len() as u64);
+        assert_eq!(sum, expected.iter().map(|b| u32::from(*b)).sum::<u32>());
+        assert_eq!(addr % 4096, 0);
+        assert!(
+            addr + size <= mem_size && addr + size > mem_size - 8192,
+            "initrd as high as possible"
+        );
+        let ram: Vec<_> = e820.iter().filter(|e| e.2 == 1).collect();
+        assert_eq!(ram.first().unwrap().0, 0);
+        let last = ram.last().unwrap();
+        assert_eq!(last.0 + last.1, mem_size);
+        let covered: u64 = e820.iter().map(|e| e.1).sum();
+        assert_eq!(covered + (0x10_0000 - 0xa_0000), mem_size);
+    }
+}
+
+#[test]
+fn guest_finds_every_vcpu_in_the_mp_table() {
+    require_kvm!();
+    let kernel = build_guest("cpus", GuestFormat::Elf);
+    for vcpus in [1u8, 3] {
+        let mut cfg = config(&kernel, "");
+        cfg.vcpus = vcpus;
+        let run = boot(cfg);
+        assert_eq!(end(&run), VmEnd::Status(0));
+        let ids: Vec<String> = (0..vcpus).map(|i| format!("{i:08x}")).collect();
+        assert_eq!(run.stdout.text().lines().collect::<Vec<_>>(), ids);
+    }
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest() {
+    require_kvm!();
+    let kernel = build_guest("spin", GuestFormat::Elf);
+    let mut cfg = config(&kernel, "");
+    cfg.vcpus = 2;
+    cfg.timeout = Some(Duration::from_millis(300));
+    let start = Instant::now();
+    let run = boot(cfg);
+    let elapsed = start.elapsed();
+    assert_eq!(end(&run), VmEnd::Timeout);
+    assert_eq!(end(&run).exit_code(), 124);
+    assert!(elapsed < Duration::from_millis(1300), "took {elapsed:?}");
+}
+
+#[test]
+fn reset_without_status_is_125() {
+    require_kvm!();
+    let kernel = build_guest("reset", GuestFormat::BzImage);
+    let run = boot(config(&kernel, ""));
+    assert_eq!(end(&run), VmEnd::Reset);
+    assert_eq!(end(&run).exit_code(), 125);
+    assert_eq!(run.console.text(), "r");
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn bad_kernels_are_clear_errors() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(build_guest("status", GuestFormat::BzImage)).unwrap();
+    let elf = std::fs::read(build_guest("status", GuestFormat::Elf)).unwrap();
+    let missing = dir.path().join("nope");
+    let empty = write_file(dir.path(), "empty", b"");
+    let text = write_file(dir.path(), "text", b"#!/bin/sh\necho not a kernel\n");
+    let truncated = write_file(dir.path(), "trunc", &good[..good.len() - 100]);
+    let truncated_elf = write_file(dir.path(), "trunc.elf", &elf[..elf.len() / 2]);
+    let mut old = good.clone();
+    old[0x236] = 0; // no XLF_KERNEL_64
+    let old = write_file(dir.path(), "bz32", &old);
+    let cases: [(&Path, &str); 6] = [
+        (&missing, "not found"),
+        (&empty, "empty"),
+        (&text, "not a kernel"),
+        (&truncated, "truncated"),
+        (&truncated_elf, "truncated"),
+        (&old, "32-bit-only"),
+    ];
+    for (path, needle) in cases {
+        let msg = error(boot(config(path, "0")));
+        assert!(
+            msg.contains(needle) && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_kernel_mentions_ubuntu() {
+    require_kvm!();
+    let is_root = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    if is_root.unwrap_or(true) {
+        eprintln!("skipped: running as root, which can read any file");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "vmlinuz", b"x");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let msg = error(boot(config(&path, "0")));
+    assert!(
+        msg.contains("permission denied") && msg.contains("Ubuntu"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_sizes_are_clear_errors() {
+    require_kvm!();
+    let kernel = build_guest("status", GuestFormat::Elf);
+    let mut cfg = config(&kernel, "0");
+    cfg.mem_size = 8 << 20;
+    cfg.initrd = vec![InitrdPart::Bytes(vec![0; 9 << 20])];
+    let msg = error(boot(cfg));
+    assert!(
+        msg.contains(&(9u64 << 20).to_string()) && msg.contains(&(8u64 << 20).to_string()),
+        "{msg}"
+    );
+
+    let mut cfg = config(&kernel, "0");
+    cfg.mem_size = 4096;
+    assert!(error(boot(cfg)).contains("too small"));
+
+    // A kernel that needs more memory than configured.
+    let dir = tempfile::tempdir().unwrap();
+    let mut big = std::fs::read(build_guest("status", GuestFormat::BzImage)).unwrap();
+    big[0x260..0x264].copy_from_slice(&(64u32 << 20).to_le_bytes()); // init_size
+    let big = write_file(dir.path(), "big", &big);
+    let mut cfg = config(&big, "0");
+    cfg.mem_size = 32 << 20;
+    let msg = error(boot(cfg));
+    assert!(msg.contains("too small for kernel"), "{msg}");
+
+    for vcpus in [0u8, 255] {
+        let mut cfg = config(&kernel, "0");
+        cfg.vcpus = vcpus;
+        assert!(error(boot(cfg)).contains("vCPUs"));
+    }
+}

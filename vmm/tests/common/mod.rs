@@ -1,0 +1,131 @@
+//! Builds the synthetic guests in `vmm/tests/guests/` with GNU `as` and `ld`,
+//! as an ELF and as a minimal bzImage. Self-contained (std + tempfile) so
+//! that other crates' tests can include it with `#[path]`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How a synthetic guest is packaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestFormat {
+    /// An ELF executable entered at `_start` in 64-bit mode.
+    Elf,
+    /// A minimal bzImage: setup header plus the flat code, 64-bit entry at +0x200.
+    BzImage,
+}
+
+/// Where the guests are linked (and the bzImage's `code32_start`).
+const LOAD_ADDRESS: u64 = 0x10_0000;
+
+fn guests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
+}
+
+/// A short reason when `as`, `ld` or `objcopy` is missing, for a skip.
+pub fn missing_tools() -> Option<String> {
+    for tool in ["as", "ld", "objcopy"] {
+        let found = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("`{tool}` (binutils) is not installed"));
+        }
+    }
+    None
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Assembles `tests/guests/<name>.S` and packages it; returns the kernel
+/// file (in a directory under the target directory that is kept).
+pub fn build_guest(name: &str, format: GuestFormat) -> PathBuf {
+    // Under the target directory (not /tmp) so that `cargo clean` removes them.
+    let base = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = tempfile::Builder::new()
+        .prefix("vmm-guest-")
+        .tempdir_in(base)
+        .expect("create a temporary directory")
+        .keep();
+    let object = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    let script = dir.join("guest.ld");
+    std::fs::write(
+        &script,
+        format!(
+            "ENTRY(_start)\nSECTIONS {{\n  . = {LOAD_ADDRESS:#x};\n  .text : {{ *(.text*) *(.rodata*) *(.data*) *(.bss*) }}\n  /DISCARD/ : {{ *(.note*) *(.comment*) *(.eh_frame*) }}\n}}\n"
+        ),
+    )
+    .expect("write the linker script");
+    run(Command::new("as")
+        .arg("--64")
+        .arg("-I")
+        .arg(guests_dir())
+        .arg("-o")
+        .arg(&object)
+        .arg(guests_dir().join(format!("{name}.S"))));
+    run(Command::new("ld")
+        .args([
+            "-static",
+            "-nostdlib",
+            "--build-id=none",
+            "-z",
+            "noexecstack",
+            "-T",
+        ])
+        .arg(&script)
+        .arg("-o")
+        .arg(&elf)
+        .arg(&object));
+    match format {
+        GuestFormat::Elf => elf,
+        GuestFormat::BzImage => {
+            let flat = dir.join(format!("{name}.bin"));
+            run(Command::new("objcopy")
+                .args(["-O", "binary"])
+                .arg(&elf)
+                .arg(&flat));
+            let code = std::fs::read(&flat).expect("read the flat guest");
+            let image = dir.join(format!("{name}.bzImage"));
+            std::fs::write(&image, bzimage(&code)).expect("write the bzImage");
+            image
+        }
+    }
+}
+
+/// Wraps flat code (loaded at 1 MiB, 64-bit entry at +0x200) in a bzImage
+/// with one setup sector and boot protocol 2.15.
+pub fn bzimage(code: &[u8]) -> Vec<u8> {
+    const SETUP_SECTS: u8 = 1;
+    let setup_len = (usize::from(SETUP_SECTS) + 1) * 512;
+    let mut image = vec![0u8; setup_len];
+    let mut put =
+        |offset: usize, bytes: &[u8]| image[offset..offset + bytes.len()].copy_from_slice(bytes);
+    put(0x1f1, &[SETUP_SECTS]);
+    put(0x1f4, &(code.len().div_ceil(16) as u32).to_le_bytes()); // syssize
+    put(0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+    put(0x202, b"HdrS");
+    put(0x206, &0x020fu16.to_le_bytes()); // version 2.15
+    put(0x211, &[0x01]); // loadflags: LOADED_HIGH
+    put(0x214, &(LOAD_ADDRESS as u32).to_le_bytes()); // code32_start
+    put(0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(0x236, &0x0001u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    put(0x238, &2048u32.to_le_bytes()); // cmdline_size
+    let init_size = (code.len() as u32).next_multiple_of(4096);
+    put(0x260, &init_size.to_le_bytes());
+    image.extend_from_slice(code);
+    // syssize counts 16-byte paragraphs: pad to a whole one, as kernels do.
+    image.resize(setup_len + code.len().next_multiple_of(16), 0);
+    image
+}

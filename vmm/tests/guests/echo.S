@@ -1,0 +1,20 @@
+# Copies bytes received on ttyS1 back to ttyS1 until a '.' arrives, then
+# reports status 0 (stdin forwarding).
+	.include "common.inc"
+main:
+	mov $STDOUT + 5, %dx	# line status register
+1:	in %dx, %al
+	test $1, %al		# data ready
+	jz 1b
+	mov $STDOUT, %dx
+	in %dx, %al
+	out %al, %dx
+	cmp $'.', %al
+	je 2f
+	mov $STDOUT + 5, %dx
+	jmp 1b
+2:	mov $STATUS, %dx
+	mov $'0', %al
+	out %al, %dx
+	call newline
+3:	jmp 3b

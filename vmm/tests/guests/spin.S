@@ -1,0 +1,4 @@
+# Spins forever without reporting: only a timeout ends it.
+	.include "common.inc"
+main:
+	jmp main
