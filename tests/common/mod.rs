@@ -1,0 +1,346 @@
+//! End-to-end cases shared by every engine. Each drives the real `microrun`
+//! binary on the `libs` example rootfs: a dynamically linked hello-world C
+//! program (`/init` -> hello) with its libraries, plus a static busybox as
+//! `/bin/sh` and a few applets. A test file picks an engine and expands
+//! [`e2e_cases!`] to get one `#[test]` per case:
+//!
+//! ```ignore
+//! #[macro_use]
+//! mod common;
+//! const ENGINE: common::Engine = common::Engine { name: "chroot", /* ... */ };
+//! e2e_cases!(ENGINE);
+//! ```
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The engine a test binary runs the cases with.
+pub struct Engine {
+    /// For messages.
+    pub name: &'static str,
+    /// The options that select it, such as `["--engine", "chroot"]`.
+    pub args: &'static [&'static str],
+    /// Whether the engine boots a VM (so `--cpus` means something).
+    pub is_vm: bool,
+    /// Why the engine cannot run on this machine, when it cannot.
+    pub unavailable: fn() -> Option<String>,
+}
+
+/// Limit given to every run that does not test `--timeout` itself, so that
+/// a hung guest fails the test (124) instead of hanging it.
+const SAFETY_TIMEOUT: &str = "120s";
+/// Size of the binary file the stdout case copies.
+const BINARY_LEN: usize = 1 << 20;
+/// Busybox applets linked into the rootfs's /bin.
+const APPLETS: [&str; 9] = [
+    "sh", "cat", "echo", "printf", "pwd", "nproc", "sleep", "kill", "env",
+];
+
+/// Expands to one `#[test]` per shared case, run with `$engine`.
+#[macro_export]
+macro_rules! e2e_cases {
+    ($engine:expr) => {
+        #[test]
+        fn libs_init_says_hello() {
+            common::libs_init_says_hello(&$engine);
+        }
+        #[test]
+        fn command_with_args_env_and_workdir() {
+            common::command_with_args_env_and_workdir(&$engine);
+        }
+        #[test]
+        fn exit_statuses_pass_through() {
+            common::exit_statuses_pass_through(&$engine);
+        }
+        #[test]
+        fn signal_death_gives_128_plus_n() {
+            common::signal_death_gives_128_plus_n(&$engine);
+        }
+        #[test]
+        fn binary_stdout_arrives_unchanged() {
+            common::binary_stdout_arrives_unchanged(&$engine);
+        }
+        #[test]
+        fn stderr_is_separate() {
+            common::stderr_is_separate(&$engine);
+        }
+        #[test]
+        fn missing_command_gives_127() {
+            common::missing_command_gives_127(&$engine);
+        }
+        #[test]
+        fn timeout_gives_124() {
+            common::timeout_gives_124(&$engine);
+        }
+        #[test]
+        fn two_vcpus_seen_by_nproc() {
+            common::two_vcpus_seen_by_nproc(&$engine);
+        }
+    };
+}
+
+/// The `libs` rootfs, built once per test binary; `Err` says why it cannot
+/// be built on this machine.
+pub fn libs_rootfs() -> Result<&'static Path, String> {
+    static ROOTFS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    ROOTFS
+        .get_or_init(build_libs_rootfs)
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+fn build_libs_rootfs() -> Result<PathBuf, String> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or("no busybox (install busybox-static)")?;
+    // One directory per test binary: binaries of the same target dir may
+    // run at the same time.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let name = exe
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("libs-{name}"));
+    if base.exists() {
+        fs::remove_dir_all(&base).map_err(|e| format!("removing {}: {e}", base.display()))?;
+    }
+    let build = base.join("build");
+    let root = base.join("root");
+    fs::create_dir_all(&build).map_err(|e| format!("creating {}: {e}", build.display()))?;
+    let source = build.join("hello.c");
+    fs::write(
+        &source,
+        "#include <stdio.h>\nint main(void) { puts(\"Hello, world!\"); return 0; }\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let hello = build.join("hello");
+    let cc = Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&hello)
+        .arg(&source)
+        .status();
+    match cc {
+        Err(e) => return Err(format!("cannot run cc ({e}); install build-essential")),
+        Ok(s) if !s.success() => return Err(format!("cc failed to compile {}", source.display())),
+        Ok(_) => {}
+    }
+    let assembled = Command::new(env!("CARGO_BIN_EXE_microrun"))
+        .arg("rootfs")
+        .arg(&root)
+        .arg("--bin")
+        .arg(&hello)
+        .arg("--bin")
+        .arg(&busybox)
+        .arg("--init")
+        .arg(&hello)
+        .output()
+        .map_err(|e| e.to_string())?;
+    // The rootfs subcommand must work: a failure here is a real failure.
+    assert!(
+        assembled.status.success(),
+        "microrun rootfs failed: {}",
+        String::from_utf8_lossy(&assembled.stderr)
+    );
+    let bin = root.join("bin");
+    if !bin.join("busybox").exists() {
+        // The host's busybox lives elsewhere (/bin -> usr/bin is resolved).
+        fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
+        fs::copy(&busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
+    }
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))
+            .map_err(|e| format!("linking bin/{applet}: {e}"))?;
+    }
+    fs::write(root.join("data.bin"), binary_data()).map_err(|e| e.to_string())?;
+    Ok(root)
+}
+
+/// 1 MiB in which every byte value occurs, in no simple pattern.
+pub fn binary_data() -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..BINARY_LEN)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as u8) ^ (i as u8)
+        })
+        .collect()
+}
+
+/// What a case needs, or `None` after printing why the case is skipped.
+fn prerequisites(engine: &Engine) -> Option<&'static Path> {
+    if let Some(why) = (engine.unavailable)() {
+        eprintln!("skipped: {} engine: {why}", engine.name);
+        return None;
+    }
+    match libs_rootfs() {
+        Ok(root) => Some(root),
+        Err(why) => {
+            eprintln!("skipped: cannot build the libs rootfs: {why}");
+            None
+        }
+    }
+}
+
+/// Runs `microrun <engine args> <options> ROOTFS [-- cmd...]`.
+pub fn microrun(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
+    command.args(engine.args).args(options);
+    if !options.contains(&"--timeout") {
+        command.args(["--timeout", SAFETY_TIMEOUT]);
+    }
+    command.arg(rootfs);
+    if !cmd.is_empty() {
+        command.arg("--").args(cmd);
+    }
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env!("CARGO_BIN_EXE_microrun")))
+}
+
+/// The exit code, with both streams in the message when it is not `want`.
+pub fn assert_code(output: &Output, want: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(want),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// No command: the rootfs's /init (hello) runs.
+pub fn libs_init_says_hello(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let output = microrun(engine, &[], root, &[]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "Hello, world!\n");
+}
+
+pub fn command_with_args_env_and_workdir(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let script = r#"printf '%s|%s|%s|%s\n' "$GREETING" "$EMPTY" "$(pwd)" "$*""#;
+    let output = microrun(
+        engine,
+        &["-e", "GREETING=hello world", "-e", "EMPTY=", "-w", "/bin"],
+        root,
+        &["sh", "-c", script, "sh", "one", "two  words"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "hello world||/bin|one two  words\n");
+}
+
+pub fn exit_statuses_pass_through(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    for status in [0, 3, 255] {
+        let output = microrun(engine, &[], root, &["sh", "-c", &format!("exit {status}")]);
+        assert_code(&output, status);
+    }
+}
+
+pub fn signal_death_gives_128_plus_n(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let output = microrun(engine, &[], root, &["sh", "-c", "kill -TERM $$"]);
+    assert_code(&output, 128 + 15);
+}
+
+pub fn binary_stdout_arrives_unchanged(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let output = microrun(engine, &[], root, &["cat", "/data.bin"]);
+    assert_code(&output, 0);
+    let want = binary_data();
+    assert_eq!(output.stdout.len(), want.len(), "stdout length");
+    assert!(output.stdout == want, "stdout differs from /data.bin");
+}
+
+pub fn stderr_is_separate(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let output = microrun(
+        engine,
+        &[],
+        root,
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "to-stdout\n");
+    assert!(
+        stderr(&output).contains("to-stderr\n"),
+        "stderr: {}",
+        stderr(&output)
+    );
+}
+
+pub fn missing_command_gives_127(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let output = microrun(engine, &[], root, &["no-such-command"]);
+    assert_code(&output, 127);
+    assert!(
+        stderr(&output).contains("no-such-command"),
+        "stderr: {}",
+        stderr(&output)
+    );
+}
+
+pub fn timeout_gives_124(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let started = Instant::now();
+    let output = microrun(engine, &["--timeout", "2s"], root, &["sleep", "60"]);
+    assert_code(&output, 124);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "a 2 s timeout took {took:?}"
+    );
+}
+
+pub fn two_vcpus_seen_by_nproc(engine: &Engine) {
+    if !engine.is_vm {
+        eprintln!(
+            "skipped: the {} engine is not a VM: --cpus does not apply and nproc shows the host's CPUs",
+            engine.name
+        );
+        return;
+    }
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let output = microrun(engine, &["--cpus", "2"], root, &["nproc"]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "2\n");
+}

@@ -1,0 +1,157 @@
+//! End-to-end tests of `--engine chroot`: the shared cases, then what is
+//! particular to running without a VM (cpio rootfs, nothing written to the
+//! user's directory, nothing left running, `--no-init` refused).
+
+#[macro_use]
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{assert_code, microrun, stderr, stdout, Engine};
+
+const ENGINE: Engine = Engine {
+    name: "chroot",
+    args: &["--engine", "chroot"],
+    is_vm: false,
+    unavailable: user_namespaces_unavailable,
+};
+
+/// The chroot engine needs user namespaces; `sysctl user.max_user_namespaces=0`
+/// turns them off.
+fn user_namespaces_unavailable() -> Option<String> {
+    let max = fs::read_to_string("/proc/sys/user/max_user_namespaces").ok()?;
+    (max.trim() == "0")
+        .then(|| "user namespaces are disabled (user.max_user_namespaces=0)".to_string())
+}
+
+e2e_cases!(ENGINE);
+
+/// The shared rootfs, or `None` after printing why the test is skipped.
+fn rootfs() -> Option<&'static Path> {
+    if let Some(why) = user_namespaces_unavailable() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    match common::libs_rootfs() {
+        Ok(root) => Some(root),
+        Err(why) => {
+            eprintln!("skipped: cannot build the libs rootfs: {why}");
+            None
+        }
+    }
+}
+
+/// Every path under `dir`, with its size and mode, to compare before and
+/// after a run.
+fn listing(dir: &Path) -> Vec<(String, u64, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            out.push((
+                entry.path().display().to_string(),
+                meta.len(),
+                meta.permissions().mode(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cpio_rootfs_runs() {
+    let Some(root) = rootfs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("libs.cpio");
+    let packed = Command::new(env!("CARGO_BIN_EXE_microrun"))
+        .arg("pack")
+        .arg(root)
+        .arg("-o")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_code(&packed, 0);
+    let output = microrun(&ENGINE, &[], &archive, &[]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "Hello, world!\n");
+    // Writing works in the extracted copy, and /tmp (present in this
+    // rootfs, which keeps hello under its host path) is writable too.
+    let output = microrun(
+        &ENGINE,
+        &[],
+        &archive,
+        &[
+            "sh",
+            "-c",
+            "echo x > /new && echo y > /tmp/new && cat /new /tmp/new",
+        ],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "x\ny\n");
+}
+
+#[test]
+fn the_rootfs_directory_is_never_written() {
+    let Some(root) = rootfs() else { return };
+    let before = listing(root);
+    let script = "echo x > /written && rm /data.bin && mkdir /newdir && rm -r /bin && cat /written";
+    let output = microrun(&ENGINE, &[], root, &["sh", "-c", script]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "x\n");
+    assert_eq!(listing(root), before);
+}
+
+#[test]
+fn the_program_is_in_its_own_pid_namespace_under_guest_init() {
+    let Some(root) = rootfs() else { return };
+    let output = microrun(&ENGINE, &[], root, &["cat", "/proc/1/cmdline"]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "/.microrun/init\0");
+}
+
+#[test]
+fn a_timeout_leaves_no_process_behind() {
+    let Some(root) = rootfs() else { return };
+    // A duration no other process on the machine uses, to find it by.
+    let marker = format!("61.{}", std::process::id());
+    let output = microrun(
+        &ENGINE,
+        &["--timeout", "1s"],
+        root,
+        &["sh", "-c", &format!("sleep {marker} & sleep {marker}")],
+    );
+    assert_code(&output, 124);
+    let needle = format!("sleep\0{marker}\0");
+    let left: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            cmdline
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        })
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).into_owned())
+        .collect();
+    assert!(left.is_empty(), "still running after the timeout: {left:?}");
+}
+
+#[test]
+fn no_init_is_refused_with_a_reason() {
+    let Some(root) = rootfs() else { return };
+    let output = microrun(&ENGINE, &["--no-init"], root, &[]);
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains("--no-init needs a VM engine"),
+        "stderr: {}",
+        stderr(&output)
+    );
+}
