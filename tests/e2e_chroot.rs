@@ -16,6 +16,7 @@ const ENGINE: Engine = Engine {
     args: &["--engine", "chroot"],
     is_vm: false,
     unavailable: user_namespaces_unavailable,
+    kernel: common::no_kernel,
 };
 
 /// The chroot engine needs user namespaces; `sysctl user.max_user_namespaces=0`

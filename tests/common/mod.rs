@@ -29,6 +29,21 @@ pub struct Engine {
     pub is_vm: bool,
     /// Why the engine cannot run on this machine, when it cannot.
     pub unavailable: fn() -> Option<String>,
+    /// The kernel to pass with `--kernel` (VM engines), `None` for none.
+    pub kernel: fn() -> Option<PathBuf>,
+}
+
+/// No `--kernel` option: the chroot engine, or discovery's choice.
+pub fn no_kernel() -> Option<PathBuf> {
+    None
+}
+
+/// The project kernel that `scripts/build-kernel` leaves in the cache.
+pub fn project_kernel() -> Option<PathBuf> {
+    let path = initrd_tools::cache_dir()
+        .ok()?
+        .join("kernels/default/bzImage");
+    path.is_file().then_some(path)
 }
 
 /// Limit given to every run that does not test `--timeout` itself, so that
@@ -196,6 +211,9 @@ fn prerequisites(engine: &Engine) -> Option<&'static Path> {
 pub fn microrun(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
     command.args(engine.args).args(options);
+    if let Some(kernel) = (engine.kernel)() {
+        command.arg("--kernel").arg(kernel);
+    }
     if !options.contains(&"--timeout") {
         command.args(["--timeout", SAFETY_TIMEOUT]);
     }

@@ -1,0 +1,36 @@
+//! The shared end-to-end cases through microrun's own VMM, booting a real
+//! kernel. They need a KVM that runs Linux guests; on a host whose KVM
+//! emulates guest kernel code (kvm_pvm, see shared/PLATFORM.md) or has no
+//! /dev/kvm, each case reports itself skipped with the reason.
+
+#[macro_use]
+mod common;
+
+use std::path::PathBuf;
+
+use common::Engine;
+
+const ENGINE: Engine = Engine {
+    name: "kvm",
+    args: &["--engine", "kvm"],
+    is_vm: true,
+    unavailable: kvm_cannot_run_linux,
+    kernel: kernel,
+};
+
+fn kvm_cannot_run_linux() -> Option<String> {
+    match vmm::kvm_host() {
+        vmm::KvmHost::Hardware => {
+            kernel().is_none().then(|| "no kernel: run scripts/build-kernel".to_string())
+        }
+        vmm::KvmHost::Emulated(why) => Some(format!("this host's KVM cannot run a Linux guest: {why}")),
+        vmm::KvmHost::Unavailable(why) => Some(why),
+    }
+}
+
+/// The project kernel when built, else the host's (discovery's choice).
+fn kernel() -> Option<PathBuf> {
+    common::project_kernel()
+}
+
+e2e_cases!(ENGINE);

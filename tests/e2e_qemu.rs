@@ -1,0 +1,76 @@
+//! The full guest path on every CI run: the shared end-to-end cases through
+//! `--engine qemu` (TCG where KVM cannot run Linux), booting the project
+//! kernel from `scripts/build-kernel` with microrun's initrd and guest-init.
+
+#[macro_use]
+mod common;
+
+use std::path::PathBuf;
+
+use common::Engine;
+
+const ENGINE: Engine = Engine {
+    name: "qemu",
+    args: &["--engine", "qemu"],
+    is_vm: true,
+    unavailable: qemu_unavailable,
+    kernel: common::project_kernel,
+};
+
+fn qemu_unavailable() -> Option<String> {
+    let found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("qemu-system-x86_64").is_file())
+    });
+    if !found {
+        return Some("qemu-system-x86_64 is not installed (scripts/install-deps installs it)".into());
+    }
+    if common::project_kernel().is_none() {
+        return Some("the project kernel is not built: run scripts/build-kernel".into());
+    }
+    None
+}
+
+e2e_cases!(ENGINE);
+
+/// The kernel's command line carries `--cmdline`, and microrun's own
+/// arguments come first.
+#[test]
+fn cmdline_reaches_the_guest_kernel() {
+    if let Some(why) = qemu_unavailable() {
+        eprintln!("skipped: qemu engine: {why}");
+        return;
+    }
+    let root = common::libs_rootfs().expect("libs rootfs");
+    let output = common::microrun(
+        &ENGINE,
+        &["--cmdline", "microrun.test=42"],
+        root,
+        &["cat", "/proc/cmdline"],
+    );
+    common::assert_code(&output, 0);
+    let cmdline = common::stdout(&output);
+    assert!(cmdline.starts_with("console=ttyS0 "), "{cmdline}");
+    assert!(cmdline.trim_end().ends_with("microrun.test=42"), "{cmdline}");
+}
+
+/// A kernel that is not one: QEMU refuses it and microrun says so (125).
+#[test]
+fn qemu_failing_to_start_shows_its_stderr() {
+    if let Some(why) = qemu_unavailable() {
+        eprintln!("skipped: qemu engine: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bogus: PathBuf = dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, vec![0u8; 4096]).unwrap();
+    let root = common::libs_rootfs().expect("libs rootfs");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microrun"))
+        .args(["--engine", "qemu", "--timeout", "60s", "--kernel"])
+        .arg(&bogus)
+        .arg(root)
+        .output()
+        .unwrap();
+    common::assert_code(&output, 125);
+    let err = common::stderr(&output);
+    assert!(err.contains("QEMU"), "{err}");
+}
