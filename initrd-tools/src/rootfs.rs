@@ -137,13 +137,20 @@ pub fn assemble(
         path: dir.to_path_buf(),
         source,
     })?;
-    for file in &files {
-        copy_into(&root, file)?;
+    let mut copied = Vec::with_capacity(files.len());
+    for file in files {
+        // A binary already inside the rootfs (put there by the user) stays
+        // where it is: only what it needs is copied in.
+        if guest_path(&root, &file).is_none() {
+            copy_into(&root, &file)?;
+            copied.push(file);
+        }
     }
     if let Some(init) = init {
-        link_init(&root, &init)?;
+        let target = guest_path(&root, &init).unwrap_or(init);
+        link_init(&root, &target)?;
     }
-    Ok(RootfsReport { copied: files })
+    Ok(RootfsReport { copied })
 }
 
 /// An ELF object's identity for matching libraries: class, data and machine.
@@ -592,6 +599,13 @@ fn copy_into(root: &Path, path: &Path) -> Result<(), RootfsError> {
         .map_err(write_error)?;
     temp.persist(&dest).map_err(|e| write_error(e.error))?;
     Ok(())
+}
+
+/// The guest path of `path` when it already lies inside `root` (canonical).
+fn guest_path(root: &Path, path: &Path) -> Option<PathBuf> {
+    let canonical = fs::canonicalize(path).ok()?;
+    let inside = canonical.strip_prefix(root).ok()?;
+    Some(Path::new("/").join(inside))
 }
 
 /// Makes `/init` in `root` a symlink to the guest path `target`.

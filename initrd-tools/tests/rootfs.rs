@@ -243,3 +243,32 @@ fn walk(root: &Path) -> Vec<String> {
     }
     out
 }
+
+/// The cookbook's way: the program is put into the rootfs first, then
+/// `assemble` adds what it needs and points /init at its guest path.
+#[test]
+fn binary_already_in_the_rootfs_stays_and_init_gets_its_guest_path() {
+    if !have("cc") {
+        eprintln!("skipped: no C compiler (cc)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    fs::write(
+        work.path().join("hello.c"),
+        "#include <stdio.h>\nint main(void){puts(\"hi\");return 0;}\n",
+    )
+    .unwrap();
+    let root = work.path().join("libs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    cc(&["-o", "libs/bin/hello", "hello.c"], work.path());
+    let hello = root.join("bin/hello");
+    let report = assemble(&root, &[hello.clone()], Some(&hello)).unwrap();
+    assert!(!report.copied.contains(&hello), "{:?}", report.copied);
+    assert!(!report.copied.is_empty(), "the C library was not copied");
+    assert_eq!(fs::read_link(root.join("init")).unwrap(), Path::new("/bin/hello"));
+    // Nothing was copied to the binary's host path inside the rootfs.
+    let host_copy = inside(&root, &fs::canonicalize(&hello).unwrap());
+    assert!(!host_copy.exists(), "{} exists", host_copy.display());
+    let output = in_chroot(&root, &["/init"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\n");
+}
