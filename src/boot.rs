@@ -221,7 +221,10 @@ mod tests {
         let bad = dir.path().join("b.cpio");
         std::fs::write(&bad, b"hello world").unwrap();
         let err = check_initrd_magic(&bad).unwrap_err().to_string();
-        assert!(err.contains("b.cpio") && err.contains("not a cpio"), "{err}");
+        assert!(
+            err.contains("b.cpio") && err.contains("not a cpio"),
+            "{err}"
+        );
         let empty = dir.path().join("c.cpio");
         std::fs::write(&empty, b"").unwrap();
         assert!(check_initrd_magic(&empty).is_err());

@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn candidates_follow_the_contract_order() {
         let c = default_candidates();
-        let boot = c.iter().position(|p| p == Path::new("/boot/vmlinuz")).unwrap();
+        let boot = c
+            .iter()
+            .position(|p| p == Path::new("/boot/vmlinuz"))
+            .unwrap();
         let root = c.iter().position(|p| p == Path::new("/vmlinuz")).unwrap();
         assert!(boot < root);
         assert!(c[0].to_string_lossy().starts_with("/boot/vmlinuz-"));

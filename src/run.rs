@@ -88,7 +88,10 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
 /// The `--timings` report: one line per phase and the total, on stderr.
 pub fn timings_report(engine: Engine, started: Instant, t: &PhaseTimes) -> String {
     let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
-        (Some(a), Some(b)) => format!("{:9.2} ms", b.saturating_duration_since(a).as_secs_f64() * 1e3),
+        (Some(a), Some(b)) => format!(
+            "{:9.2} ms",
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        ),
         _ => format!("{:>12}", "-"),
     };
     let setup_label = match engine {

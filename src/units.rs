@@ -6,7 +6,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnitsError {
     /// Not a number with an optional known suffix.
-    #[error("invalid size '{0}': use bytes or a number with K, M or G (for example 512K, 256M, 1G)")]
+    #[error(
+        "invalid size '{0}': use bytes or a number with K, M or G (for example 512K, 256M, 1G)"
+    )]
     Size(String),
     /// Not a number with an optional known suffix.
     #[error("invalid duration '{0}': use seconds or a number with ms, s or m (for example 500ms, 30s, 2m)")]

@@ -99,7 +99,13 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     let qemu_err = Pipe::new()?;
 
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     cmd.args(["-M", "pc"]);
     match accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
@@ -131,11 +137,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     });
     cmd.stdout(Stdio::from(stdout.take_writer()));
     cmd.stderr(Stdio::from(qemu_err.take_writer()));
-    let inherit = [
-        initrd.as_raw_fd(),
-        console.write_fd(),
-        status.write_fd(),
-    ];
+    let inherit = [initrd.as_raw_fd(), console.write_fd(), status.write_fd()];
     // SAFETY: the closure only calls fcntl, which is async-signal-safe, on
     // descriptors that stay open in the parent until after the spawn.
     unsafe {
@@ -172,7 +174,9 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         qemu_stderr: Vec::new(),
         verbose: spec.verbosity == Verbosity::Verbose,
     };
-    let deadline = spec.timeout.map(|t| spec.started.max(times.ready.unwrap()) + t);
+    let deadline = spec
+        .timeout
+        .map(|t| spec.started.max(times.ready.unwrap()) + t);
     let end = pump.until_status(deadline, &mut times);
     let _ = child.kill();
     let wait = child.wait();
@@ -447,7 +451,10 @@ mod tests {
         );
         assert_eq!(o.exit_code, 125);
         let r = o.reason.unwrap();
-        assert!(r.contains("without reporting a status") && r.contains("could not load kernel"), "{r}");
+        assert!(
+            r.contains("without reporting a status") && r.contains("could not load kernel"),
+            "{r}"
+        );
         let killed = outcome(
             PumpEnd::Closed,
             Ok(std::process::ExitStatus::from_raw(9)),
@@ -455,7 +462,25 @@ mod tests {
             PhaseTimes::default(),
         );
         assert!(killed.reason.unwrap().contains("signal 9"));
-        assert_eq!(outcome(PumpEnd::Timeout, Ok(std::process::ExitStatus::from_raw(9)), b"", PhaseTimes::default()).exit_code, 124);
-        assert_eq!(outcome(PumpEnd::Status(3), Ok(std::process::ExitStatus::from_raw(9)), b"", PhaseTimes::default()).exit_code, 3);
+        assert_eq!(
+            outcome(
+                PumpEnd::Timeout,
+                Ok(std::process::ExitStatus::from_raw(9)),
+                b"",
+                PhaseTimes::default()
+            )
+            .exit_code,
+            124
+        );
+        assert_eq!(
+            outcome(
+                PumpEnd::Status(3),
+                Ok(std::process::ExitStatus::from_raw(9)),
+                b"",
+                PhaseTimes::default()
+            )
+            .exit_code,
+            3
+        );
     }
 }

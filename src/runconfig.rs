@@ -1,0 +1,227 @@
+//! The run configuration: what guest-init should run, encoded for the file
+//! it reads inside the guest.
+//!
+//! The format is a sequence of NUL-terminated `KEY=VALUE` records:
+//!
+//! | key | meaning |
+//! | --- | --- |
+//! | `arg` | one argument, repeated in order; none at all runs `/init` |
+//! | `env` | `NAME=value`, added to or replacing guest-init's default environment (`PATH`, `HOME=/`, `TERM=linux`) |
+//! | `cwd` | the working directory (default `/`) |
+//! | `stdin` | `1`: the command reads ttyS1; otherwise it reads `/dev/null` |
+//!
+//! guest-init rejects unknown keys, so both sides must agree on this list.
+//!
+//! ```
+//! use microrun::runconfig::RunConfig;
+//!
+//! let config = RunConfig {
+//!     argv: vec!["echo".into(), "hi".into()],
+//!     env: vec![("LANG".into(), "C".into())],
+//!     workdir: Some("/tmp".into()),
+//!     forward_stdin: false,
+//! };
+//! assert_eq!(
+//!     config.encode().unwrap(),
+//!     b"arg=echo\0arg=hi\0env=LANG=C\0cwd=/tmp\0"
+//! );
+//! ```
+
+use thiserror::Error;
+
+/// Where guest-init lives in the initrd; the kernel starts it with
+/// `rdinit=` set to this path.
+pub const INIT_PATH: &str = "/.microrun/init";
+
+/// Where guest-init reads the run configuration.
+pub const CONFIG_PATH: &str = "/.microrun/run";
+
+/// Why a run configuration cannot be encoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RunConfigError {
+    /// A value contains a NUL byte, which would end its record early.
+    #[error(
+        "the {field} {value:?} contains a NUL byte, which cannot be passed to a program; remove it"
+    )]
+    NulByte {
+        /// Which part of the configuration (`argument`, `environment variable`, `working directory`).
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// An environment variable name is empty or contains `=`.
+    #[error(
+        "invalid environment variable name {name:?}: a name must be non-empty and contain no '='"
+    )]
+    InvalidEnvName {
+        /// The offending name.
+        name: String,
+    },
+}
+
+/// What guest-init runs, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    /// The command and its arguments; empty means the rootfs's `/init`.
+    /// A command without `/` is looked up in the command's `PATH`.
+    pub argv: Vec<String>,
+    /// Environment variables added to (or replacing) the defaults.
+    pub env: Vec<(String, String)>,
+    /// The working directory; `None` means `/`.
+    pub workdir: Option<String>,
+    /// Whether the command's stdin is forwarded from microrun's stdin.
+    pub forward_stdin: bool,
+}
+
+impl RunConfig {
+    /// Encodes the configuration as the file guest-init reads.
+    pub fn encode(&self) -> Result<Vec<u8>, RunConfigError> {
+        let mut out = Vec::new();
+        for arg in &self.argv {
+            push_record(&mut out, "arg", &[arg], "argument")?;
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains('=') {
+                return Err(RunConfigError::InvalidEnvName { name: name.clone() });
+            }
+            push_record(&mut out, "env", &[name, "=", value], "environment variable")?;
+        }
+        if let Some(workdir) = &self.workdir {
+            push_record(&mut out, "cwd", &[workdir], "working directory")?;
+        }
+        if self.forward_stdin {
+            out.extend_from_slice(b"stdin=1\0");
+        }
+        Ok(out)
+    }
+}
+
+/// Appends `key=` + the concatenated parts + NUL.
+fn push_record(
+    out: &mut Vec<u8>,
+    key: &str,
+    parts: &[&str],
+    field: &'static str,
+) -> Result<(), RunConfigError> {
+    if parts.iter().any(|part| part.contains('\0')) {
+        return Err(RunConfigError::NulByte {
+            field,
+            value: parts.concat(),
+        });
+    }
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
+    for part in parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.push(0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_encodes_to_nothing() {
+        assert_eq!(RunConfig::default().encode().unwrap(), b"");
+    }
+
+    #[test]
+    fn records_keep_order_and_values_keep_equals_signs() {
+        let config = RunConfig {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "a=b; echo $a".into(),
+                String::new(),
+            ],
+            env: vec![("A".into(), "x=y".into()), ("EMPTY".into(), String::new())],
+            workdir: Some("/work dir".into()),
+            forward_stdin: true,
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"arg=sh\0arg=-c\0arg=a=b; echo $a\0arg=\0env=A=x=y\0env=EMPTY=\0cwd=/work dir\0stdin=1\0"
+        );
+    }
+
+    #[test]
+    fn non_ascii_bytes_pass_unchanged() {
+        let config = RunConfig {
+            argv: vec!["é\u{1}\n".into()],
+            ..Default::default()
+        };
+        assert_eq!(config.encode().unwrap(), "arg=é\u{1}\n\0".as_bytes());
+    }
+
+    #[test]
+    fn nul_bytes_are_rejected_everywhere() {
+        let arg = RunConfig {
+            argv: vec!["a\0b".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            arg.encode(),
+            Err(RunConfigError::NulByte {
+                field: "argument",
+                value: "a\0b".into()
+            })
+        );
+        let env = RunConfig {
+            env: vec![("A".into(), "\0".into())],
+            ..Default::default()
+        };
+        assert!(matches!(
+            env.encode(),
+            Err(RunConfigError::NulByte {
+                field: "environment variable",
+                ..
+            })
+        ));
+        let env_name = RunConfig {
+            env: vec![("A\0".into(), "x".into())],
+            ..Default::default()
+        };
+        assert!(matches!(
+            env_name.encode(),
+            Err(RunConfigError::NulByte { .. })
+        ));
+        let workdir = RunConfig {
+            workdir: Some("/tmp\0".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            workdir.encode(),
+            Err(RunConfigError::NulByte {
+                field: "working directory",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_env_names_are_rejected() {
+        for name in ["", "A=B", "="] {
+            let config = RunConfig {
+                env: vec![(name.into(), "v".into())],
+                ..Default::default()
+            };
+            assert_eq!(
+                config.encode(),
+                Err(RunConfigError::InvalidEnvName { name: name.into() })
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_name_the_value() {
+        let err = RunConfig {
+            env: vec![("A=B".into(), "v".into())],
+            ..Default::default()
+        }
+        .encode()
+        .unwrap_err();
+        assert!(err.to_string().contains("\"A=B\""), "{err}");
+    }
+}
