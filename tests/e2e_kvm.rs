@@ -15,7 +15,7 @@ const ENGINE: Engine = Engine {
     args: &["--engine", "kvm"],
     is_vm: true,
     unavailable: kvm_cannot_run_linux,
-    kernel: kernel,
+    kernel,
 };
 
 fn kvm_cannot_run_linux() -> Option<String> {

@@ -1,0 +1,251 @@
+//! The run configuration microrun writes to `/.microrun/run`: a sequence of
+//! `KEY=VALUE\0` records.
+//!
+//! | key | meaning |
+//! | --- | --- |
+//! | `arg` | one argument, in order; none at all means `/init` |
+//! | `env` | `NAME=value`, added to or replacing the default environment |
+//! | `cwd` | the working directory (default `/`) |
+//! | `stdin` | `1`: the command reads ttyS1; anything else: `/dev/null` |
+//!
+//! Since every record ends with a NUL byte, the values are used in place as
+//! the C strings `execve` wants; only the pointer arrays are built here.
+
+use core::ffi::CStr;
+use core::ptr;
+
+use rustix::fd::AsFd;
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// The environment every command starts from.
+const DEFAULT_ENV: [&CStr; 3] = [
+    c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    c"HOME=/",
+    c"TERM=linux",
+];
+
+/// What runs when the configuration names no command.
+const DEFAULT_COMMAND: &CStr = c"/init";
+
+/// The parsed configuration; every pointer refers to memory that lives as
+/// long as the process.
+pub struct RunConfig {
+    /// NULL-terminated argument vector, never empty.
+    pub argv: &'static [*const u8],
+    /// NULL-terminated environment.
+    pub envp: &'static [*const u8],
+    /// The working directory.
+    pub cwd: &'static CStr,
+    /// Whether the command's stdin is ttyS1 (else `/dev/null`).
+    pub forward_stdin: bool,
+}
+
+impl RunConfig {
+    /// The command name, `argv[0]`.
+    pub fn command(&self) -> &'static CStr {
+        // SAFETY: argv[0] is non-null (the vector is never empty) and points
+        // at a NUL-terminated string in memory that is never freed.
+        unsafe { CStr::from_ptr(self.argv[0].cast()) }
+    }
+
+    /// The value of `PATH` in the command's environment, if it has one.
+    pub fn path_var(&self) -> Option<&'static [u8]> {
+        self.envp
+            .iter()
+            .take_while(|p| !p.is_null())
+            .find_map(|&p| {
+                // SAFETY: every non-null entry points at a NUL-terminated string
+                // that is never freed.
+                let entry = unsafe { CStr::from_ptr(p.cast()) }.to_bytes();
+                entry.strip_prefix(b"PATH=")
+            })
+    }
+}
+
+/// Why the configuration cannot be used.
+pub enum ConfigError {
+    /// The file could not be opened or read.
+    Read(Errno),
+    /// The file does not end with a NUL byte.
+    Unterminated,
+    /// Record `n` (counting from 1) has no `=`.
+    NoEquals(usize),
+    /// Record `n` has a key that is not one of the four.
+    UnknownKey(usize, &'static [u8]),
+    /// Record `n` is an `env` record without `NAME=`.
+    BadEnv(usize),
+    /// Record `n` repeats a key that may appear only once.
+    Duplicate(usize, &'static [u8]),
+}
+
+/// Reads and parses the configuration at `path`.
+pub fn load(path: &CStr) -> Result<RunConfig, ConfigError> {
+    let data = read_file(path).map_err(ConfigError::Read)?;
+    parse(data)
+}
+
+/// Parses configuration bytes that live for the rest of the process.
+fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
+    if data.last().is_some_and(|&b| b != 0) {
+        return Err(ConfigError::Unterminated);
+    }
+
+    // First pass: validate and count, so the pointer arrays are sized once.
+    let mut args = 0;
+    let mut envs = 0;
+    let mut cwd = None;
+    let mut forward_stdin = None;
+    for (index, record) in records(data).enumerate() {
+        let number = index + 1;
+        let (key, value) = split_record(record).ok_or(ConfigError::NoEquals(number))?;
+        match key {
+            b"arg" => args += 1,
+            b"env" => {
+                match value.iter().position(|&b| b == b'=') {
+                    Some(0) | None => return Err(ConfigError::BadEnv(number)),
+                    Some(_) => {}
+                }
+                envs += 1;
+            }
+            b"cwd" => {
+                if cwd.replace(value_cstr(record)).is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
+                }
+            }
+            b"stdin" => {
+                if forward_stdin.replace(value == b"1").is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
+                }
+            }
+            _ => return Err(ConfigError::UnknownKey(number, key)),
+        }
+    }
+
+    let argv = alloc_pointers(args.max(1) + 1).map_err(ConfigError::Read)?;
+    let envp = alloc_pointers(DEFAULT_ENV.len() + envs + 1).map_err(ConfigError::Read)?;
+    let mut argc = 0;
+    let mut envc = 0;
+    for entry in DEFAULT_ENV {
+        envp[envc] = entry.as_ptr().cast();
+        envc += 1;
+    }
+    for record in records(data) {
+        // Validated above: every record splits.
+        let Some((key, _)) = split_record(record) else {
+            continue;
+        };
+        let value = value_cstr(record);
+        match key {
+            b"arg" => {
+                argv[argc] = value.as_ptr().cast();
+                argc += 1;
+            }
+            b"env" => {
+                let name = env_name(value.to_bytes());
+                let existing = envp[..envc].iter().position(|&p| {
+                    // SAFETY: entries below envc point at NUL-terminated
+                    // strings that are never freed.
+                    env_name(unsafe { CStr::from_ptr(p.cast()) }.to_bytes()) == name
+                });
+                match existing {
+                    Some(i) => envp[i] = value.as_ptr().cast(),
+                    None => {
+                        envp[envc] = value.as_ptr().cast();
+                        envc += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if argc == 0 {
+        argv[0] = DEFAULT_COMMAND.as_ptr().cast();
+    }
+    // The arrays come zeroed from mmap, so they are already NULL-terminated.
+    Ok(RunConfig {
+        argv,
+        envp,
+        cwd: cwd.unwrap_or(c"/"),
+        forward_stdin: forward_stdin.unwrap_or(false),
+    })
+}
+
+/// The records of the file, each without its terminating NUL.
+fn records(data: &'static [u8]) -> impl Iterator<Item = &'static [u8]> {
+    let body = data.split_last().map_or(&[][..], |(_, body)| body);
+    body.split(|&b| b == 0).filter(move |_| !data.is_empty())
+}
+
+/// Splits `KEY=VALUE` at the first `=`.
+fn split_record(record: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = record.iter().position(|&b| b == b'=')?;
+    Some((&record[..eq], &record[eq + 1..]))
+}
+
+/// The value of a record as a C string: the bytes after the first `=` up to
+/// the record's terminating NUL, which follows the slice in memory.
+fn value_cstr(record: &'static [u8]) -> &'static CStr {
+    let start = record
+        .iter()
+        .position(|&b| b == b'=')
+        .map_or(0, |eq| eq + 1);
+    // SAFETY: `record` is a sub-slice of the file data and is followed by its
+    // terminating NUL byte (checked in `parse`), so from `start` on there is a
+    // NUL-terminated string inside the same allocation.
+    unsafe { CStr::from_ptr(record.as_ptr().add(start).cast()) }
+}
+
+/// The `NAME` of a `NAME=value` entry.
+fn env_name(entry: &[u8]) -> &[u8] {
+    entry.split(|&b| b == b'=').next().unwrap_or(entry)
+}
+
+/// Reads a whole file into memory that is never freed.
+fn read_file(path: &CStr) -> Result<&'static [u8], Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let size = usize::try_from(rustix::fs::fstat(&fd)?.st_size).map_err(|_| Errno::FBIG)?;
+    // One spare byte shows whether the file grew since fstat.
+    let buf = alloc_bytes(size + 1)?;
+    let mut len = 0;
+    while len < buf.len() {
+        match rustix::io::read(fd.as_fd(), &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if len > size {
+        return Err(Errno::FBIG);
+    }
+    Ok(&buf[..len])
+}
+
+/// Zeroed memory that is never freed (PID 1 runs one command).
+fn alloc_bytes(len: usize) -> Result<&'static mut [u8], Errno> {
+    // SAFETY: a fresh private anonymous mapping aliases nothing.
+    let mem = unsafe {
+        rustix::mm::mmap_anonymous(
+            ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )?
+    };
+    // SAFETY: the mapping is `len` bytes, readable, writable, zero-filled, and
+    // never unmapped, so a 'static exclusive slice over it is sound.
+    Ok(unsafe { core::slice::from_raw_parts_mut(mem.cast(), len) })
+}
+
+/// A zeroed (all NULL) pointer array that is never freed.
+fn alloc_pointers(count: usize) -> Result<&'static mut [*const u8], Errno> {
+    let bytes = count
+        .checked_mul(core::mem::size_of::<*const u8>())
+        .ok_or(Errno::NOMEM)?;
+    let mem = alloc_bytes(bytes)?;
+    // SAFETY: mmap memory is page-aligned, the length is a whole number of
+    // pointers, and all-zero bytes are a valid (null) pointer value.
+    Ok(unsafe { core::slice::from_raw_parts_mut(mem.as_mut_ptr().cast(), count) })
+}

@@ -1,0 +1,845 @@
+//! guest-init, run natively as PID 1 of a new PID and mount namespace
+//! (`unshare --pid --fork --mount`), chrooted into a temporary rootfs with
+//! busybox-static as its only program. Pipes and pseudo-terminals stand in
+//! for the serial ports through guest-init's `MICRORUN_INIT_*` knobs.
+//!
+//! The binary under test is the one embedded in microrun
+//! (`microrun::embedded::GUEST_INIT`), which also proves the embedding.
+//!
+//! Needs root, `unshare`, `chroot` and `/bin/busybox` (statically linked);
+//! each test prints `skipped: <reason>` and returns when one is missing.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use microrun::embedded::GUEST_INIT;
+use microrun::runconfig::{RunConfig, CONFIG_PATH, INIT_PATH};
+
+/// Busybox applets the tests use inside the rootfs.
+const APPLETS: &[&str] = &[
+    "sh", "cat", "env", "pwd", "sleep", "kill", "true", "printf", "touch", "head", "ls",
+];
+
+/// Held while writing files into a rootfs and while spawning a process.
+///
+/// A process forked by another test thread inherits every descriptor open
+/// at that moment until it execs; if one of them is a file being written,
+/// executing that file fails with ETXTBSY. So no file is open for writing
+/// while a spawn is in flight (`Command::spawn` returns after the exec).
+static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+fn with_fork_lock<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = FORK_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    f()
+}
+
+/// A run that takes longer than this is stuck (guest-init did not end).
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The host tools the harness needs, or why the test is skipped.
+struct Tools {
+    unshare: PathBuf,
+    chroot: PathBuf,
+    busybox: PathBuf,
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn tools() -> Result<Tools, String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root (unshare --pid --mount and chroot need root)".into());
+    }
+    let unshare = find_in_path("unshare").ok_or("unshare not found")?;
+    let chroot = find_in_path("chroot").ok_or("chroot not found")?;
+    let busybox = PathBuf::from("/bin/busybox");
+    let elf = fs::read(&busybox).map_err(|e| format!("/bin/busybox: {e}"))?;
+    if program_headers(&elf).contains(&PT_INTERP) {
+        return Err("/bin/busybox is dynamically linked (install busybox-static)".into());
+    }
+    let probe = with_fork_lock(|| {
+        Command::new(&unshare)
+            .args(["--pid", "--fork", "--mount", "true"])
+            .status()
+    })
+    .map_err(|e| format!("cannot run unshare: {e}"))?;
+    if !probe.success() {
+        return Err("unshare --pid --fork --mount is not permitted here".into());
+    }
+    Ok(Tools {
+        unshare,
+        chroot,
+        busybox,
+    })
+}
+
+macro_rules! tools_or_skip {
+    () => {
+        match tools() {
+            Ok(tools) => tools,
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                return;
+            }
+        }
+    };
+}
+
+const PT_INTERP: u32 = 3;
+const PT_DYNAMIC: u32 = 2;
+const ET_EXEC: u16 = 2;
+
+/// The `p_type` of every program header of a 64-bit little-endian ELF.
+fn program_headers(elf: &[u8]) -> Vec<u32> {
+    assert!(
+        elf.len() >= 64 && &elf[..4] == b"\x7fELF",
+        "not an ELF file"
+    );
+    assert_eq!(elf[4], 2, "not a 64-bit ELF");
+    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]);
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let phentsize = usize::from(u16_at(0x36));
+    let phnum = usize::from(u16_at(0x38));
+    (0..phnum)
+        .map(|i| {
+            let at = phoff + i * phentsize;
+            u32::from_le_bytes(elf[at..at + 4].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// A temporary rootfs with guest-init, busybox and a run configuration.
+struct Rootfs {
+    dir: tempfile::TempDir,
+}
+
+impl Rootfs {
+    fn new(tools: &Tools) -> Self {
+        with_fork_lock(|| Self::create(tools))
+    }
+
+    fn create(tools: &Tools) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::copy(&tools.busybox, root.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let init = root.join(INIT_PATH.trim_start_matches('/'));
+        fs::create_dir_all(init.parent().unwrap()).unwrap();
+        fs::write(&init, GUEST_INIT).unwrap();
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap();
+        // The status channel, when it is not shared with stdout.
+        fs::write(root.join("status"), b"").unwrap();
+        Rootfs { dir }
+    }
+
+    fn path(&self, inside: &str) -> PathBuf {
+        self.dir.path().join(inside.trim_start_matches('/'))
+    }
+
+    fn configure(&self, config: &RunConfig) {
+        self.write(CONFIG_PATH, &config.encode().unwrap());
+    }
+
+    /// Writes a file (not executable).
+    fn write(&self, inside: &str, bytes: &[u8]) {
+        self.write_mode(inside, bytes, 0o644);
+    }
+
+    /// Writes a file with permission bits `mode`.
+    fn write_mode(&self, inside: &str, bytes: &[u8], mode: u32) {
+        let path = self.path(inside);
+        with_fork_lock(|| {
+            fs::write(&path, bytes).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        });
+    }
+}
+
+/// A config running `argv`, with no other settings.
+fn command(argv: &[&str]) -> RunConfig {
+    RunConfig {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Where the three channels go for one run.
+#[derive(Clone, Copy, PartialEq)]
+enum Wiring {
+    /// stdout and stderr on pipes, status in the file `/status`.
+    Pipes,
+    /// stdout and status on the same pipe, so their order shows.
+    StatusOnStdout,
+    /// stdout (and stdin) on a pseudo-terminal, status in `/status`.
+    Pty,
+}
+
+struct Outcome {
+    stdout: Vec<u8>,
+    stderr: String,
+    /// The status channel's contents (empty with `StatusOnStdout`).
+    status_channel: String,
+    /// What guest-init itself exited with (it has the no-power-off knob).
+    init_exit: std::process::ExitStatus,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    /// The exit status reported on the status channel, after checking the
+    /// channel holds exactly `@init` and one status line.
+    fn status(&self) -> u8 {
+        let lines: Vec<&str> = self.status_channel.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "status channel: {:?}; stderr: {}",
+            self.status_channel,
+            self.stderr
+        );
+        assert_eq!(lines[0], "@init");
+        assert!(
+            self.init_exit.success(),
+            "guest-init exited with {}",
+            self.init_exit
+        );
+        lines[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad status line {:?}", lines[1]))
+    }
+}
+
+/// Creates a pseudo-terminal; returns (master, slave).
+fn open_pty() -> (fs::File, fs::File) {
+    // Under the fork lock, and close-on-exec at once: a process spawned by
+    // another test must not inherit the slave and keep it open.
+    with_fork_lock(|| {
+        let mut master = -1;
+        let mut slave = -1;
+        // SAFETY: openpty writes the two descriptors; the name, termios and
+        // window size arguments may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        for fd in [master, slave] {
+            // SAFETY: fd is open; F_SETFD only changes its flags.
+            let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            assert_eq!(rc, 0, "fcntl: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just opened and are owned by nobody
+        // else.
+        unsafe {
+            (
+                fs::File::from(OwnedFd::from_raw_fd(master)),
+                fs::File::from(OwnedFd::from_raw_fd(slave)),
+            )
+        }
+    })
+}
+
+fn run(
+    tools: &Tools,
+    rootfs: &Rootfs,
+    wiring: Wiring,
+    stdin_input: &[u8],
+    extra_env: &[(&str, &str)],
+) -> Outcome {
+    let mut cmd = Command::new(&tools.unshare);
+    cmd.args(["--pid", "--fork", "--mount", "--kill-child"])
+        .arg(&tools.chroot)
+        .arg(rootfs.dir.path())
+        .arg(INIT_PATH)
+        .env_clear()
+        .env("MICRORUN_INIT_CONSOLE", "fd:2")
+        .env("MICRORUN_INIT_STDOUT", "fd:1")
+        .env("MICRORUN_INIT_NO_POWEROFF", "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.env(
+        "MICRORUN_INIT_STATUS",
+        if wiring == Wiring::StatusOnStdout {
+            "fd:1"
+        } else {
+            "/status"
+        },
+    );
+    for (name, value) in extra_env {
+        cmd.env(name, value);
+    }
+    let mut pty_master = None;
+    if wiring == Wiring::Pty {
+        let (master, slave) = open_pty();
+        cmd.stdout(Stdio::from(slave));
+        pty_master = Some(master);
+    } else {
+        cmd.stdout(Stdio::piped());
+    }
+
+    let start = Instant::now();
+    let mut child = with_fork_lock(|| cmd.spawn()).expect("spawn unshare");
+    // Drop our copy of the pty slave, so the master reads EIO once guest-init
+    // and everything in its namespace are gone.
+    drop(cmd);
+    let stdout_reader = match pty_master {
+        Some(mut master) => {
+            if !stdin_input.is_empty() {
+                // Only once guest-init has put the terminal in raw mode
+                // (before it announces itself), or the line discipline would
+                // still echo and translate the input.
+                let status = rootfs.path("status");
+                while !fs::read_to_string(&status).unwrap().starts_with("@init\n") {
+                    assert!(start.elapsed() < RUN_TIMEOUT, "no @init");
+                    thread::sleep(Duration::from_millis(1));
+                }
+                master.write_all(stdin_input).unwrap();
+            }
+            thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut buf = [0u8; 65536];
+                loop {
+                    match master.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => out.extend_from_slice(&buf[..n]),
+                        // EIO: the slave side was closed for good.
+                        Err(_) => break,
+                    }
+                }
+                out
+            })
+        }
+        None => {
+            let mut stdout = child.stdout.take().unwrap();
+            thread::spawn(move || {
+                let mut out = Vec::new();
+                stdout.read_to_end(&mut out).unwrap();
+                out
+            })
+        }
+    };
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        stderr.read_to_end(&mut out).unwrap();
+        out
+    });
+
+    let init_exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            // --kill-child takes the whole namespace down with unshare.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("guest-init did not finish within {RUN_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let stdout = stdout_reader.join().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr_reader.join().unwrap()).into_owned();
+    let status_channel = fs::read_to_string(rootfs.path("status")).unwrap();
+    Outcome {
+        stdout,
+        stderr,
+        status_channel,
+        init_exit,
+        elapsed,
+    }
+}
+
+/// Runs `config` with pipes and returns the outcome.
+fn run_config(tools: &Tools, config: &RunConfig) -> Outcome {
+    let rootfs = Rootfs::new(tools);
+    rootfs.configure(config);
+    run(tools, &rootfs, Wiring::Pipes, b"", &[])
+}
+
+#[test]
+fn guest_init_is_small_and_statically_linked() {
+    assert!(
+        GUEST_INIT.len() <= 128 * 1024,
+        "guest-init is {} bytes, over the 128 KiB limit",
+        GUEST_INIT.len()
+    );
+    let elf_type = u16::from_le_bytes([GUEST_INIT[16], GUEST_INIT[17]]);
+    assert_eq!(
+        elf_type, ET_EXEC,
+        "guest-init must be a fixed-address executable"
+    );
+    let headers = program_headers(GUEST_INIT);
+    assert!(
+        !headers.contains(&PT_INTERP),
+        "guest-init has an ELF interpreter"
+    );
+    // Without a dynamic section there can be no DT_NEEDED entry.
+    assert!(
+        !headers.contains(&PT_DYNAMIC),
+        "guest-init has a dynamic section"
+    );
+}
+
+#[test]
+fn exit_statuses_are_reported() {
+    let tools = tools_or_skip!();
+    for code in [0u8, 1, 42, 255] {
+        let outcome = run_config(&tools, &command(&["sh", "-c", &format!("exit {code}")]));
+        assert_eq!(outcome.status(), code, "stderr: {}", outcome.stderr);
+        assert_eq!(outcome.stderr, "");
+    }
+}
+
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    let tools = tools_or_skip!();
+    for (signal, code) in [("KILL", 137), ("SEGV", 139)] {
+        let outcome = run_config(
+            &tools,
+            &command(&["sh", "-c", &format!("kill -{signal} $$")]),
+        );
+        assert_eq!(
+            outcome.status(),
+            code,
+            "signal {signal}; stderr: {}",
+            outcome.stderr
+        );
+    }
+}
+
+#[test]
+fn missing_command_is_127() {
+    let tools = tools_or_skip!();
+    let outcome = run_config(&tools, &command(&["no-such-command", "x"]));
+    assert_eq!(outcome.status(), 127);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: no-such-command: command not found\n"
+    );
+
+    let outcome = run_config(&tools, &command(&["/bin/no-such-file"]));
+    assert_eq!(outcome.status(), 127);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: /bin/no-such-file: command not found\n"
+    );
+}
+
+#[test]
+fn default_init_that_is_a_dangling_symlink_is_127() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&RunConfig::default());
+    symlink("/nowhere", rootfs.path("/init")).unwrap();
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 127);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: /init: command not found (dangling symbolic link)\n"
+    );
+}
+
+#[test]
+fn default_init_runs_when_no_command_is_given() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&RunConfig::default());
+    rootfs.write_mode("/init", b"#!/bin/sh\necho \"init as $0\"\nexit 5\n", 0o755);
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 5, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.stdout, b"init as /init\n");
+}
+
+#[test]
+fn command_that_cannot_be_executed_is_126() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.write("/bin/not-executable", b"#!/bin/sh\necho hi\n");
+    rootfs.configure(&command(&["not-executable"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 126);
+    assert!(
+        outcome
+            .stderr
+            .starts_with("microrun: /bin/not-executable: cannot execute: permission denied"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(outcome.stderr.lines().count(), 1);
+
+    let outcome = run_config(&tools, &command(&["/bin"]));
+    assert_eq!(outcome.status(), 126);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: /bin: cannot execute: is a directory\n"
+    );
+
+    // Neither ELF nor #!: the kernel cannot run it and there is no shell
+    // fallback.
+    let rootfs = Rootfs::new(&tools);
+    rootfs.write_mode("/script", b"echo hi\n", 0o755);
+    rootfs.configure(&command(&["/script"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 126);
+    assert!(
+        outcome.stderr.contains("not an executable format"),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn missing_or_malformed_configuration_is_126() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 126);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: cannot read the run configuration /.microrun/run: no such file or directory\n"
+    );
+
+    for (bytes, reason) in [
+        (
+            &b"arg=true\0bogus=1\0"[..],
+            "record 2 has the unknown key 'bogus' (expected arg, env, cwd or stdin)",
+        ),
+        (b"arg=true", "the last record has no NUL terminator"),
+        (b"arg=true\0noequals\0", "record 2 has no '='"),
+        (b"env=NOVALUE\0", "record 1 is not env=NAME=value"),
+        (b"cwd=/\0cwd=/tmp\0", "record 2 repeats the key 'cwd'"),
+    ] {
+        rootfs.write(CONFIG_PATH, bytes);
+        let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+        assert_eq!(outcome.status(), 126);
+        assert_eq!(
+            outcome.stderr,
+            format!("microrun: malformed run configuration /.microrun/run: {reason}\n")
+        );
+    }
+
+    rootfs.configure(&RunConfig {
+        workdir: Some("/no/such/dir".into()),
+        ..command(&["true"])
+    });
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 126);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: cannot change to the working directory /no/such/dir: no such file or directory\n"
+    );
+}
+
+#[test]
+fn every_byte_value_passes_a_raw_terminal_unchanged() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    // Every byte value, several times, including \n, \r, ^C, ^D and DEL,
+    // which a terminal in cooked mode would translate or act on.
+    let bytes: Vec<u8> = (0..4).flat_map(|_| 0..=255u8).collect();
+    rootfs.write("/bytes", &bytes);
+    rootfs.configure(&command(&["cat", "/bytes"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pty, b"", &[]);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert!(
+        outcome.stdout == bytes,
+        "stdout differs: {:?}",
+        outcome.stdout
+    );
+}
+
+#[test]
+fn forwarded_stdin_reads_the_terminal_without_echo() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&RunConfig {
+        forward_stdin: true,
+        ..command(&["sh", "-c", "read line; echo \"got:$line\""])
+    });
+    let outcome = run(&tools, &rootfs, Wiring::Pty, b"abc\n", &[]);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout), "got:abc\n");
+}
+
+#[test]
+fn stdin_is_dev_null_unless_forwarded() {
+    let tools = tools_or_skip!();
+    let outcome = run_config(&tools, &command(&["sh", "-c", "cat; echo done"]));
+    assert_eq!(outcome.status(), 0);
+    assert_eq!(outcome.stdout, b"done\n");
+}
+
+#[test]
+fn stderr_is_kept_apart_from_stdout() {
+    let tools = tools_or_skip!();
+    let outcome = run_config(
+        &tools,
+        &command(&[
+            "sh",
+            "-c",
+            "echo out1; echo err1 >&2; echo out2; echo err2 >&2",
+        ]),
+    );
+    assert_eq!(outcome.status(), 0);
+    assert_eq!(outcome.stdout, b"out1\nout2\n");
+    assert_eq!(outcome.stderr, "err1\nerr2\n");
+}
+
+#[test]
+fn argv_environment_and_working_directory_are_applied() {
+    let tools = tools_or_skip!();
+    let outcome = run_config(
+        &tools,
+        &command(&[
+            "sh",
+            "-c",
+            "printf '[%s]' \"$0\" \"$@\"",
+            "zero",
+            "a b",
+            "",
+            "c",
+        ]),
+    );
+    assert_eq!(outcome.status(), 0);
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout), "[zero][a b][][c]");
+
+    // The defaults, PATH replaced in place, FOO appended; guest-init's own
+    // MICRORUN_INIT_* knobs do not leak.
+    let outcome = run_config(
+        &tools,
+        &RunConfig {
+            env: vec![
+                ("FOO".into(), "bar baz".into()),
+                ("PATH".into(), "/bin".into()),
+            ],
+            ..command(&["env"])
+        },
+    );
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.stdout),
+        "PATH=/bin\nHOME=/\nTERM=linux\nFOO=bar baz\n"
+    );
+
+    // A PATH without /bin: `env` is not found.
+    let outcome = run_config(
+        &tools,
+        &RunConfig {
+            env: vec![("PATH".into(), "/usr/bin".into())],
+            ..command(&["env"])
+        },
+    );
+    assert_eq!(outcome.status(), 127);
+
+    let rootfs = Rootfs::new(&tools);
+    fs::create_dir_all(rootfs.path("/work/dir")).unwrap();
+    rootfs.configure(&RunConfig {
+        workdir: Some("/work/dir".into()),
+        ..command(&["pwd"])
+    });
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 0);
+    assert_eq!(outcome.stdout, b"/work/dir\n");
+}
+
+#[test]
+fn mounts_dev_proc_sys_and_tmp() {
+    let tools = tools_or_skip!();
+    let outcome = run_config(
+        &tools,
+        &command(&[
+            "sh",
+            "-c",
+            "cat /proc/1/comm; ls /sys/kernel >/dev/null && echo sys; \
+             ls /dev/null && touch /tmp/x && echo tmp; cat /proc/mounts",
+        ]),
+    );
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    let stdout = String::from_utf8_lossy(&outcome.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("init"), "PID 1 is guest-init: {stdout}");
+    assert_eq!(lines.next(), Some("sys"));
+    assert_eq!(lines.next(), Some("/dev/null"));
+    assert_eq!(lines.next(), Some("tmp"));
+    let mounts: Vec<(&str, &str)> = lines
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            Some((fields.nth(1)?, fields.next()?))
+        })
+        .collect();
+    for expected in [
+        ("/dev", "devtmpfs"),
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/tmp", "tmpfs"),
+    ] {
+        assert!(mounts.contains(&expected), "{expected:?} not in {mounts:?}");
+    }
+
+    // With the knob, nothing is mounted (the chroot engine mounts itself).
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&command(&["ls", "/"]));
+    let outcome = run(
+        &tools,
+        &rootfs,
+        Wiring::Pipes,
+        b"",
+        &[("MICRORUN_INIT_SKIP_MOUNTS", "1")],
+    );
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout), "bin\nstatus\n");
+}
+
+#[test]
+fn orphans_are_reaped_while_the_command_runs() {
+    let tools = tools_or_skip!();
+    // `(true &)` orphans `true`, whose parent becomes guest-init; unless
+    // guest-init reaps it, it stays a zombie (state Z in /proc/PID/stat).
+    let outcome = run_config(
+        &tools,
+        &command(&[
+            "sh",
+            "-c",
+            "(true &); (true &); sleep 0.3; cat /proc/[0-9]*/stat",
+        ]),
+    );
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    let stat = String::from_utf8_lossy(&outcome.stdout);
+    assert!(stat.contains("(sleep)") || stat.contains("(cat)"), "{stat}");
+    assert!(!stat.contains(") Z "), "a zombie was left: {stat}");
+}
+
+#[test]
+fn leftover_processes_get_sigterm_before_the_status_line() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    // The orphan says when SIGTERM reaches it; stdout and status share a
+    // pipe, so the order of the two is visible.
+    let orphan = concat!(
+        "#!/bin/sh\n",
+        "trap 'echo got-term; exit 0' TERM\n",
+        "touch /tmp/ready\n",
+        "while :; do sleep 0.01; done\n",
+    );
+    rootfs.write_mode("/orphan", orphan.as_bytes(), 0o755);
+    rootfs.configure(&command(&[
+        "sh",
+        "-c",
+        "/orphan & while [ ! -e /tmp/ready ]; do sleep 0.01; done; echo last; exit 7",
+    ]));
+    let outcome = run(&tools, &rootfs, Wiring::StatusOnStdout, b"", &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.stdout),
+        "@init\nlast\ngot-term\n7\n",
+        "stderr: {}",
+        outcome.stderr
+    );
+    assert!(outcome.init_exit.success());
+}
+
+#[test]
+fn leftover_processes_that_ignore_sigterm_are_killed() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    // SIG_IGN survives exec, so this sleep ignores SIGTERM: only SIGKILL
+    // ends it, and guest-init waits for every process before reporting.
+    // Without SIGKILL, guest-init would wait 5 s for it before giving up.
+    rootfs.write_mode(
+        "/stubborn",
+        b"#!/bin/sh\ntrap '' TERM\ntouch /tmp/ready\nexec sleep 1000\n",
+        0o755,
+    );
+    rootfs.configure(&command(&[
+        "sh",
+        "-c",
+        "/stubborn & while [ ! -e /tmp/ready ]; do sleep 0.01; done; exit 3",
+    ]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 3, "stderr: {}", outcome.stderr);
+    assert!(
+        outcome.elapsed < Duration::from_secs(4),
+        "took {:?}",
+        outcome.elapsed
+    );
+}
+
+#[test]
+fn status_line_comes_after_the_last_stdout_byte() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    // Far more than a pipe holds, so the command is still writing when the
+    // reader is slow; the status must wait for all of it.
+    let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    rootfs.write("/big", &big);
+    rootfs.configure(&command(&["cat", "/big"]));
+    let outcome = run(&tools, &rootfs, Wiring::StatusOnStdout, b"", &[]);
+    let mut expected = b"@init\n".to_vec();
+    expected.extend_from_slice(&big);
+    expected.extend_from_slice(b"0\n");
+    assert!(
+        outcome.stdout == expected,
+        "stdout is {} bytes, expected {}",
+        outcome.stdout.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn initial_environment_knobs_do_not_reach_the_command() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&command(&["env"]));
+    let outcome = run(
+        &tools,
+        &rootfs,
+        Wiring::Pipes,
+        b"",
+        &[("MICRORUN_INIT_CONFIG", "/.microrun/run"), ("OTHER", "x")],
+    );
+    assert_eq!(outcome.status(), 0);
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.stdout),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nHOME=/\nTERM=linux\n"
+    );
+}
+
+#[test]
+fn config_path_knob_is_honoured() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.write(
+        "/other-config",
+        &command(&["sh", "-c", "exit 9"]).encode().unwrap(),
+    );
+    let outcome = run(
+        &tools,
+        &rootfs,
+        Wiring::Pipes,
+        b"",
+        &[("MICRORUN_INIT_CONFIG", "/other-config")],
+    );
+    assert_eq!(outcome.status(), 9, "stderr: {}", outcome.stderr);
+}
