@@ -18,9 +18,11 @@ pub const INIT_DIR: &str = ".microrun";
 pub const INIT_PATH: &str = "/.microrun/init";
 
 /// The arguments every boot gets, each for a reason (see kernels/README.md):
-/// the console on ttyS0; a reset (not a reboot loop) when the guest
-/// restarts or panics; exactly the three UARTs; no PCI or i8042 probing.
-const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule 8250.nr_uarts=3 \
+/// the console on ttyS0; a reset (not a reboot loop or a hang) when the
+/// guest restarts or panics; exactly the three UARTs; no probing for the
+/// i8042's mouse port, multiplexer or PnP entry. (Arguments a kernel does
+/// not know are handed to init, so nothing kernel-specific goes here.)
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 \
      i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// Why the boot material could not be prepared.

@@ -21,6 +21,8 @@
 //!   `fd:N` for an inherited open file descriptor;
 //! - `MICRORUN_INIT_CONFIG`: the run configuration (default `/.microrun/run`);
 //! - `MICRORUN_INIT_SKIP_MOUNTS=1`: mount nothing;
+//! - `MICRORUN_INIT_STDIN=fd:N`: the forwarded stdin, when it is not the
+//!   stdout channel (the chroot engine passes microrun's own stdin);
 //! - `MICRORUN_INIT_NO_POWEROFF=1`: exit after the status line instead of
 //!   powering off.
 
@@ -89,6 +91,11 @@ impl GlobalState {
     }
 }
 
+/// With `MICRORUN_INIT_STDIN=fd:N` (the chroot engine), the forwarded stdin
+/// is that inherited descriptor instead of the stdout channel (which, in a
+/// VM, is ttyS1: one device for both directions).
+static STDIN_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+
 /// Where one of the three channels goes.
 #[derive(Clone, Copy)]
 enum Channel {
@@ -149,6 +156,11 @@ impl Knobs {
             b"MICRORUN_INIT_CONFIG" => self.config = value_cstr,
             b"MICRORUN_INIT_SKIP_MOUNTS" => self.skip_mounts = value == b"1",
             b"MICRORUN_INIT_NO_POWEROFF" => self.no_poweroff = value == b"1",
+            b"MICRORUN_INIT_STDIN" => {
+                if let Channel::Fd(fd) = Channel::parse(value_cstr) {
+                    STDIN_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
+                }
+            }
             _ => {}
         }
     }
@@ -519,7 +531,13 @@ fn setup_stdio(config: &config::RunConfig) -> Result<(), Errno> {
     let (Some(stdout), Some(console)) = (GlobalState::stdout(), GlobalState::console()) else {
         return Err(Errno::BADF);
     };
-    let stdin = if config.forward_stdin {
+    let stdin_fd = STDIN_FD.load(core::sync::atomic::Ordering::Relaxed);
+    let stdin = if config.forward_stdin && stdin_fd >= 0 {
+        // SAFETY: the fd was inherited from the parent and stays open for
+        // guest-init's lifetime; it is only borrowed to duplicate it.
+        let inherited = unsafe { rustix::fd::BorrowedFd::borrow_raw(stdin_fd) };
+        rustix::io::fcntl_dupfd_cloexec(inherited, 3)?
+    } else if config.forward_stdin {
         rustix::io::fcntl_dupfd_cloexec(stdout, 3)?
     } else {
         match rustix::fs::open(

@@ -262,7 +262,7 @@ fn binary_already_in_the_rootfs_stays_and_init_gets_its_guest_path() {
     fs::create_dir_all(root.join("bin")).unwrap();
     cc(&["-o", "libs/bin/hello", "hello.c"], work.path());
     let hello = root.join("bin/hello");
-    let report = assemble(&root, &[hello.clone()], Some(&hello)).unwrap();
+    let report = assemble(&root, std::slice::from_ref(&hello), Some(&hello)).unwrap();
     assert!(!report.copied.contains(&hello), "{:?}", report.copied);
     assert!(!report.copied.is_empty(), "the C library was not copied");
     assert_eq!(fs::read_link(root.join("init")).unwrap(), Path::new("/bin/hello"));

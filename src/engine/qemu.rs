@@ -113,8 +113,10 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     };
     cmd.arg("-m")
         .arg(format!("{}M", boot.mem_size.div_ceil(1 << 20)))
+        // One socket per vCPU: QEMU's BIOS lists only each socket's first
+        // CPU in the MP table, which is all a kernel without ACPI reads.
         .arg("-smp")
-        .arg(boot.vcpus.to_string())
+        .arg(format!("{0},sockets={0}", boot.vcpus))
         .arg("-kernel")
         .arg(&boot.kernel)
         .arg("-initrd")

@@ -52,8 +52,8 @@ const SAFETY_TIMEOUT: &str = "120s";
 /// Size of the binary file the stdout case copies.
 const BINARY_LEN: usize = 1 << 20;
 /// Busybox applets linked into the rootfs's /bin.
-const APPLETS: [&str; 9] = [
-    "sh", "cat", "echo", "printf", "pwd", "nproc", "sleep", "kill", "env",
+const APPLETS: [&str; 10] = [
+    "sh", "cat", "echo", "printf", "pwd", "nproc", "sleep", "kill", "env", "head",
 ];
 
 /// Expands to one `#[test]` per shared case, run with `$engine`.
@@ -87,6 +87,10 @@ macro_rules! e2e_cases {
         #[test]
         fn missing_command_gives_127() {
             common::missing_command_gives_127(&$engine);
+        }
+        #[test]
+        fn stdin_is_forwarded() {
+            common::stdin_is_forwarded(&$engine);
         }
         #[test]
         fn timeout_gives_124() {
@@ -361,4 +365,34 @@ pub fn two_vcpus_seen_by_nproc(engine: &Engine) {
     let output = microrun(engine, &["--cpus", "2"], root, &["nproc"]);
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "2\n");
+}
+
+/// Stdin that is not a terminal reaches the command. A serial port has no
+/// end of file, so the command reads a known number of bytes.
+pub fn stdin_is_forwarded(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
+    command.args(engine.args).args(["--timeout", SAFETY_TIMEOUT]);
+    if let Some(kernel) = (engine.kernel)() {
+        command.arg("--kernel").arg(kernel);
+    }
+    command
+        .arg(root)
+        .args(["--", "head", "-c", "12"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("spawn microrun");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"from stdin\n\n").unwrap();
+        // Keep stdin open a moment: the guest must not need end of file.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "from stdin\n\n");
 }
