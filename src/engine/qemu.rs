@@ -160,7 +160,9 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         io::ErrorKind::NotFound => QemuEngineError::NotInstalled,
         _ => QemuEngineError::Spawn(e),
     })?;
-    // Only QEMU may hold the write ends now, so its death closes them.
+    // Only QEMU may hold the write ends now, so its death closes them (the
+    // Command holds duplicates of its stdout and stderr pipes).
+    drop(cmd);
     drop(initrd);
     let console = console.into_reader();
     let status = status.into_reader();

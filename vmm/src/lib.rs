@@ -39,11 +39,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_reinject_control, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use devices::i8042::I8042;
@@ -252,7 +254,7 @@ fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 ///
 /// The steps follow the boot checklist: KVM, guest memory, VM (irqchip,
 /// PIT), kernel, command line, initrd, zero page or PVH info, MP table,
-/// boot page tables, devices, vCPUs, then the run loop.
+/// boot page tables, devices, vCPUs, the memory slot, then the run loop.
 pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     let VmConfig {
         kernel: kernel_path,
@@ -286,46 +288,35 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     }
 
     let mem = memory::create_guest_memory(mem_size)?;
-    let vm = create_vm(&kvm, &mem)?;
+    let vm = create_vm(&kvm)?;
 
-    let kernel = kernel::load_kernel(&mem, &kernel_path, mem_size)?;
-    kernel::load_cmdline(&mem, &cmdline, kernel.image.cmdline_max)?;
-    let initrd = initrd::load_initrd(
-        &mem,
-        &initrd_parts,
-        kernel.end,
-        kernel.image.initrd_addr_max,
-        mem_size,
-    )?;
-    match kernel.protocol {
-        BootProtocol::Linux64 => {
-            kernel::configure_zero_page(&mem, &kernel, cmdline.len(), initrd, mem_size)?
-        }
-        BootProtocol::Pvh => kernel::configure_pvh(&mem, initrd, mem_size)?,
-    }
-    mptable::setup_mptable(&mem, vcpus)?;
-    vcpu::setup_boot_tables(&mem, kernel.protocol)?;
-
-    let devices = create_devices(&vm, console, stdout)?;
-
-    let supported_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("get the supported CPUID"))?;
-    let mut vcpu_fds = Vec::with_capacity(usize::from(vcpus));
-    for id in 0..vcpus {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(kvm_err("create a vCPU"))?;
-        vcpu::configure_vcpu(
-            &fd,
-            id,
+    let (devices, vcpu_fds) = std::thread::scope(|scope| {
+        // Switching off PIT re-injection sometimes waits 12-20 ms for an
+        // SRCU grace period (see the function); on its own thread that wait
+        // overlaps the rest of the setup, which waits for another one.
+        let pit = std::thread::Builder::new()
+            .name("pit".into())
+            .spawn_scoped(scope, || switch_off_pit_reinjection(&kvm, &vm));
+        let spec = BootSpec {
+            kernel: &kernel_path,
+            initrd: &initrd_parts,
+            cmdline: &cmdline,
+            mem_size,
             vcpus,
-            &supported_cpuid,
-            kernel.entry,
-            kernel.protocol,
-        )?;
-        vcpu_fds.push(fd);
-    }
+        };
+        let built = set_up_guest(&kvm, &vm, &mem, &spec, console, stdout);
+        let pit = match pit {
+            Ok(thread) => thread.join().unwrap_or_else(|_| {
+                Err(VmmError::Host {
+                    what: "switch off PIT tick re-injection",
+                    source: std::io::Error::other("its thread panicked"),
+                })
+            }),
+            Err(_) => switch_off_pit_reinjection(&kvm, &vm),
+        };
+        let built = built?;
+        pit.map(|()| built)
+    })?;
     timings.vm_ready = Some(Instant::now());
 
     if forward_stdin {
@@ -340,7 +331,78 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     Ok(Outcome { end, timings })
 }
 
-fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, VmmError> {
+/// What the guest boots, borrowed from [`VmConfig`].
+struct BootSpec<'a> {
+    kernel: &'a Path,
+    initrd: &'a [InitrdPart],
+    cmdline: &'a str,
+    mem_size: u64,
+    vcpus: u8,
+}
+
+/// Everything between creating the VM and running it: loads the kernel,
+/// initrd and boot structures, creates the devices and vCPUs, then
+/// registers guest memory.
+fn set_up_guest(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemory,
+    spec: &BootSpec,
+    console: Box<dyn Write + Send>,
+    stdout: Box<dyn Write + Send>,
+) -> Result<(Devices, Vec<kvm_ioctls::VcpuFd>), VmmError> {
+    let kernel = kernel::load_kernel(mem, spec.kernel, spec.mem_size)?;
+    kernel::load_cmdline(mem, spec.cmdline, kernel.image.cmdline_max)?;
+    let initrd = initrd::load_initrd(
+        mem,
+        spec.initrd,
+        kernel.end,
+        kernel.image.initrd_addr_max,
+        spec.mem_size,
+    )?;
+    match kernel.protocol {
+        BootProtocol::Linux64 => {
+            kernel::configure_zero_page(mem, &kernel, spec.cmdline.len(), initrd, spec.mem_size)?
+        }
+        BootProtocol::Pvh => kernel::configure_pvh(mem, initrd, spec.mem_size)?,
+    }
+    mptable::setup_mptable(mem, spec.vcpus)?;
+    vcpu::setup_boot_tables(mem, kernel.protocol)?;
+
+    let devices = create_devices(vm, console, stdout)?;
+
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get the supported CPUID"))?;
+    let mut vcpu_fds = Vec::with_capacity(usize::from(spec.vcpus));
+    for id in 0..spec.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("create a vCPU"))?;
+        vcpu::configure_vcpu(
+            &fd,
+            id,
+            spec.vcpus,
+            &supported_cpuid,
+            kernel.entry,
+            kernel.protocol,
+        )?;
+        vcpu_fds.push(fd);
+    }
+    // Last, because of how long KVM takes here: see `map_guest_memory`.
+    map_guest_memory(vm, mem)?;
+    Ok((devices, vcpu_fds))
+}
+
+/// VM ioctls that kvm-ioctls does not wrap.
+mod raw_ioctls {
+    use kvm_bindings::KVMIO;
+    use vmm_sys_util::ioctl_io_nr;
+
+    ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
     let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("set the TSS address"))?;
@@ -353,6 +415,41 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, VmmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+    Ok(vm)
+}
+
+/// Stops KVM from re-injecting PIT ticks the guest missed.
+fn switch_off_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<(), VmmError> {
+    // KVM re-injects PIT ticks the guest has not acknowledged unless told
+    // not to; a real PIT drops them, and Linux keeps time by its clocksource,
+    // not by counting ticks. Switching it off here rather than leaving it to
+    // VM teardown is for speed: switching it off waits for SRCU grace
+    // periods, which at teardown are never expedited (13-25 ms measured
+    // there) and here often are (see docs/bench-null-vm.md). With
+    // re-injection off, AMD's AVIC also stays usable.
+    if kvm.check_extension(Cap::ReinjectControl) {
+        let control = kvm_reinject_control::default();
+        // SAFETY: KVM_REINJECT_CONTROL reads a `kvm_reinject_control`, which
+        // `control` is, and writes nothing; the VM fd is valid.
+        let ret = unsafe { ioctl_with_ref(vm, raw_ioctls::KVM_REINJECT_CONTROL(), &control) };
+        if ret != 0 {
+            return Err(VmmError::Kvm {
+                what: "switch off PIT tick re-injection",
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Registers guest memory with KVM, one slot per region.
+///
+/// This is the last step before the vCPUs run, and that order is deliberate:
+/// KVM frees the I/O bus replaced by each in-kernel device (PIC, I/O APIC,
+/// PIT) after an SRCU grace period that is not expedited, and a memory slot
+/// change waits for that grace period to end (one to two timer ticks, 4-8
+/// ms at HZ=250). Everything done before it overlaps with that wait.
+fn map_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -366,7 +463,7 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemory) -> Result<VmFd, VmmError> {
         // thread is joined before `run` returns and drops `mem`.
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("map guest memory"))?;
     }
-    Ok(vm)
+    Ok(())
 }
 
 type ConsoleUart = SerialDevice<Box<dyn Write + Send>>;
@@ -483,7 +580,7 @@ fn run_vcpus(
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {
-                stop_vcpus(&stop, threads);
+                stop_vcpus(&stop, threads, None);
                 return Err(host_err("start a vCPU thread")(e));
             }
         }
@@ -491,6 +588,7 @@ fn run_vcpus(
     drop(tx);
 
     let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ended_by = None;
     let end = loop {
         let message = match deadline {
             Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
@@ -504,10 +602,11 @@ fn run_vcpus(
                     timings.init_event.get_or_insert(at);
                 }
             }
-            Ok(VcpuMessage::End(end, at)) => {
+            Ok(VcpuMessage::End(end, at, id)) => {
                 if matches!(end, VmEnd::Status(_)) {
                     timings.status = Some(at);
                 }
+                ended_by = Some(usize::from(id));
                 break end;
             }
             Err(RecvTimeoutError::Timeout) => break VmEnd::Timeout,
@@ -516,17 +615,18 @@ fn run_vcpus(
             }
         }
     };
-    stop_vcpus(&stop, threads);
+    stop_vcpus(&stop, threads, ended_by);
     Ok(end)
 }
 
 /// Stops and joins every vCPU thread: sets `stop`, then signals each thread
 /// until it has left `KVM_RUN` (a signal that lands just before the ioctl
-/// is retried).
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// is retried). The thread that reported the end, `ended_by`, is already
+/// returning and is joined without polling.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>, ended_by: Option<usize>) {
     stop.store(true, Ordering::Release);
-    for thread in threads {
-        while !thread.is_finished() {
+    for (id, thread) in threads.into_iter().enumerate() {
+        while Some(id) != ended_by && !thread.is_finished() {
             let _ = thread.kill(vcpu_kick_signal());
             std::thread::sleep(Duration::from_micros(200));
         }

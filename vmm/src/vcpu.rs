@@ -352,8 +352,8 @@ pub enum VcpuMessage {
     FirstRun(Instant),
     /// The status channel received `@name`.
     Event(String, Instant),
-    /// The VM is over.
-    End(VmEnd, Instant),
+    /// The VM is over, as vCPU `u8` saw; its thread returns right after.
+    End(VmEnd, Instant, u8),
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -443,7 +443,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
                 VmEnd::GuestError(describe_guest_fault(&mut vcpu, &ctx.mem, &what, id))
             }
         };
-        let _ = ctx.events.send(VcpuMessage::End(end, Instant::now()));
+        let _ = ctx.events.send(VcpuMessage::End(end, Instant::now(), id));
         return;
     }
 }
