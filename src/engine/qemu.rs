@@ -132,11 +132,17 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         .arg("-chardev")
         .arg(format!("file,id=ttyS2,path=/dev/fd/{}", status.write_fd()))
         .args(["-serial", "chardev:ttyS2"]);
-    cmd.stdin(if spec.forward_stdin {
-        Stdio::inherit()
+    // Stdin goes through a pipe that is fed only from guest-init's `@init`
+    // on: the guest's serial driver clears its FIFO when it opens ttyS1, so
+    // earlier bytes would be lost.
+    let mut stdin_feed = None;
+    if spec.forward_stdin {
+        let (reader, writer) = io::pipe().map_err(QemuEngineError::Setup)?;
+        cmd.stdin(Stdio::from(reader));
+        stdin_feed = Some(writer);
     } else {
-        Stdio::null()
-    });
+        cmd.stdin(Stdio::null());
+    }
     cmd.stdout(Stdio::from(stdout.take_writer()));
     cmd.stderr(Stdio::from(qemu_err.take_writer()));
     let inherit = [initrd.as_raw_fd(), console.write_fd(), status.write_fd()];
@@ -177,6 +183,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         parser: StatusParser::new(),
         qemu_stderr: Vec::new(),
         verbose: spec.verbosity == Verbosity::Verbose,
+        stdin_feed,
     };
     let deadline = spec
         .timeout
@@ -204,6 +211,8 @@ struct Pump {
     parser: StatusParser,
     qemu_stderr: Vec<u8>,
     verbose: bool,
+    /// Where forwarded stdin goes once the guest is ready for it.
+    stdin_feed: Option<io::PipeWriter>,
 }
 
 impl Pump {
@@ -223,12 +232,13 @@ impl Pump {
                 }
                 None => -1,
             };
-            let fds = [&self.status, &self.stdout, &self.console, &self.qemu_err];
+            let fds = [&self.status, &self.stdout, &self.console, &self.qemu_err]
+                .map(|fd| fd.as_raw_fd());
             let mut pollfds: Vec<libc::pollfd> = fds
                 .iter()
                 .zip(open)
                 .map(|(fd, is_open)| libc::pollfd {
-                    fd: if is_open { fd.as_raw_fd() } else { -1 },
+                    fd: if is_open { *fd } else { -1 },
                     events: libc::POLLIN,
                     revents: 0,
                 })
@@ -246,7 +256,7 @@ impl Pump {
                 if pfd.revents == 0 {
                     continue;
                 }
-                let n = read_some(fds[i].as_fd(), &mut buf);
+                let n = read_some(fds[i], &mut buf);
                 if n == 0 {
                     open[i] = false;
                     continue;
@@ -262,8 +272,11 @@ impl Pump {
                                     code = Some(c);
                                     break;
                                 }
-                                Some(StatusLine::Event(e)) if e == "init" => {
-                                    init = Some(Instant::now())
+                                Some(StatusLine::Event(e)) => {
+                                    if e == "init" {
+                                        init = Some(Instant::now());
+                                    }
+                                    self.start_stdin();
                                 }
                                 Some(other) => log::debug!("status channel: {other:?}"),
                                 None => {}
@@ -293,13 +306,28 @@ impl Pump {
         PumpEnd::Closed
     }
 
+    /// Starts copying microrun's stdin to QEMU's (once). The thread is
+    /// detached: it may be blocked reading stdin when the run ends.
+    fn start_stdin(&mut self) {
+        if let Some(mut feed) = self.stdin_feed.take() {
+            let spawned = std::thread::Builder::new()
+                .name("stdin".into())
+                .spawn(move || {
+                    let _ = io::copy(&mut io::stdin().lock(), &mut feed);
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot forward stdin: {e}");
+            }
+        }
+    }
+
     /// After QEMU is gone: everything it wrote to ttyS1 and ttyS0 before
     /// the end is still in the pipes.
     fn drain_outputs(&mut self) {
         let mut buf = vec![0u8; 64 * 1024];
         for (fd, to_stdout) in [(&self.stdout, true), (&self.console, false)] {
             loop {
-                let n = read_some(fd.as_fd(), &mut buf);
+                let n = read_some(fd.as_raw_fd(), &mut buf);
                 if n == 0 {
                     break;
                 }
@@ -311,7 +339,7 @@ impl Pump {
             }
         }
         loop {
-            let n = read_some(self.qemu_err.as_fd(), &mut buf);
+            let n = read_some(self.qemu_err.as_raw_fd(), &mut buf);
             if n == 0 || self.qemu_stderr.len() >= 64 * 1024 {
                 break;
             }
@@ -363,11 +391,13 @@ fn write_out(out: &mut impl Write, data: &[u8]) {
     let _ = out.write_all(data).and_then(|()| out.flush());
 }
 
-fn read_some(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> usize {
+/// Reads what is there from `fd`, one of the pump's own open pipes; 0 at
+/// end of file or on error.
+fn read_some(fd: RawFd, buf: &mut [u8]) -> usize {
     loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes of writes and `fd`
-        // is an open descriptor borrowed for the call.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes; `fd` is a
+        // pipe owned by the caller and open for the whole call.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             return n as usize;
         }

@@ -319,10 +319,14 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     })?;
     timings.vm_ready = Some(Instant::now());
 
-    if forward_stdin {
-        spawn_stdin_forwarder(devices.stdout.clone())?;
-    }
-    let end = run_vcpus(vcpu_fds, &devices, &mem, timeout, &mut timings)?;
+    let stdin_gate = if forward_stdin {
+        let (open, gate) = mpsc::channel();
+        spawn_stdin_forwarder(devices.stdout.clone(), gate)?;
+        Some(open)
+    } else {
+        None
+    };
+    let end = run_vcpus(vcpu_fds, &devices, &mem, timeout, stdin_gate, &mut timings)?;
 
     // Everything the guest wrote reaches the caller before it acts on the status.
     let _ = lock(&devices.stdout).flush();
@@ -519,12 +523,20 @@ fn create_devices(
     })
 }
 
-/// Feeds host stdin into ttyS1's receive FIFO, never more than fits. The
-/// thread is detached: it may be blocked in `read` when the VM ends.
-fn spawn_stdin_forwarder(uart: Arc<Mutex<ConsoleUart>>) -> Result<(), VmmError> {
+/// Feeds host stdin into ttyS1's receive FIFO, never more than fits, from
+/// the first `@` event on (guest-init's `@init`): the guest's serial driver
+/// clears the FIFO when it opens the port, so bytes sent earlier are lost.
+/// The thread is detached: it may be blocked in `read` when the VM ends.
+fn spawn_stdin_forwarder(
+    uart: Arc<Mutex<ConsoleUart>>,
+    gate: mpsc::Receiver<()>,
+) -> Result<(), VmmError> {
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            if gate.recv().is_err() {
+                return;
+            }
             let mut buf = [0u8; 4096];
             let mut stdin = std::io::stdin().lock();
             while let Ok(n) = stdin.read(&mut buf) {
@@ -556,6 +568,7 @@ fn run_vcpus(
     devices: &Devices,
     mem: &GuestMemory,
     timeout: Option<Duration>,
+    mut stdin_gate: Option<mpsc::Sender<()>>,
     timings: &mut Timings,
 ) -> Result<VmEnd, VmmError> {
     static HANDLER: Once = Once::new();
@@ -598,6 +611,9 @@ fn run_vcpus(
             Ok(VcpuMessage::FirstRun(at)) => timings.first_run = Some(at),
             Ok(VcpuMessage::Event(name, at)) => {
                 log::debug!("guest event @{name}");
+                if let Some(gate) = stdin_gate.take() {
+                    let _ = gate.send(());
+                }
                 if name == "init" {
                     timings.init_event.get_or_insert(at);
                 }
