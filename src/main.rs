@@ -107,7 +107,15 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    let cli = Cli::parse();
+    // Usage errors are microrun failures too (125, as the contract's table
+    // has it), not clap's default 2; --help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 125 } else { 0 });
+        }
+    };
     let verbosity = match (cli.run.quiet, cli.run.verbose) {
         (true, _) => Verbosity::Quiet,
         (_, true) => Verbosity::Verbose,
