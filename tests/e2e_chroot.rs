@@ -32,13 +32,13 @@ e2e_cases!(ENGINE);
 /// The shared rootfs, or `None` after printing why the test is skipped.
 fn rootfs() -> Option<&'static Path> {
     if let Some(why) = user_namespaces_unavailable() {
-        eprintln!("skipped: {why}");
+        skipped!("{why}");
         return None;
     }
     match common::libs_rootfs() {
         Ok(root) => Some(root),
         Err(why) => {
-            eprintln!("skipped: cannot build the libs rootfs: {why}");
+            skipped!("cannot build the libs rootfs: {why}");
             None
         }
     }

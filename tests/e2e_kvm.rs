@@ -20,10 +20,12 @@ const ENGINE: Engine = Engine {
 
 fn kvm_cannot_run_linux() -> Option<String> {
     match vmm::kvm_host() {
-        vmm::KvmHost::Hardware => {
-            kernel().is_none().then(|| "no kernel: run scripts/build-kernel".to_string())
+        vmm::KvmHost::Hardware => kernel()
+            .is_none()
+            .then(|| "no kernel: run scripts/build-kernel".to_string()),
+        vmm::KvmHost::Emulated(why) => {
+            Some(format!("this host's KVM cannot run a Linux guest: {why}"))
         }
-        vmm::KvmHost::Emulated(why) => Some(format!("this host's KVM cannot run a Linux guest: {why}")),
         vmm::KvmHost::Unavailable(why) => Some(why),
     }
 }

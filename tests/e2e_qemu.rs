@@ -22,7 +22,9 @@ fn qemu_unavailable() -> Option<String> {
         std::env::split_paths(&paths).any(|dir| dir.join("qemu-system-x86_64").is_file())
     });
     if !found {
-        return Some("qemu-system-x86_64 is not installed (scripts/install-deps installs it)".into());
+        return Some(
+            "qemu-system-x86_64 is not installed (scripts/install-deps installs it)".into(),
+        );
     }
     if common::project_kernel().is_none() {
         return Some("the project kernel is not built: run scripts/build-kernel".into());
@@ -37,7 +39,7 @@ e2e_cases!(ENGINE);
 #[test]
 fn cmdline_reaches_the_guest_kernel() {
     if let Some(why) = qemu_unavailable() {
-        eprintln!("skipped: qemu engine: {why}");
+        skipped!("qemu engine: {why}");
         return;
     }
     let root = common::libs_rootfs().expect("libs rootfs");
@@ -50,14 +52,17 @@ fn cmdline_reaches_the_guest_kernel() {
     common::assert_code(&output, 0);
     let cmdline = common::stdout(&output);
     assert!(cmdline.starts_with("console=ttyS0 "), "{cmdline}");
-    assert!(cmdline.trim_end().ends_with("microrun.test=42"), "{cmdline}");
+    assert!(
+        cmdline.trim_end().ends_with("microrun.test=42"),
+        "{cmdline}"
+    );
 }
 
 /// A kernel that is not one: QEMU refuses it and microrun says so (125).
 #[test]
 fn qemu_failing_to_start_shows_its_stderr() {
     if let Some(why) = qemu_unavailable() {
-        eprintln!("skipped: qemu engine: {why}");
+        skipped!("qemu engine: {why}");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,16 @@ const APPLETS: [&str; 10] = [
     "sh", "cat", "echo", "printf", "pwd", "nproc", "sleep", "kill", "env", "head",
 ];
 
+/// Reports a skipped test on stderr in a way the test harness does not
+/// capture, so the reason shows in every test run (CI's included).
+#[macro_export]
+macro_rules! skipped {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "skipped: {}", format_args!($($arg)*));
+    }};
+}
+
 /// Expands to one `#[test]` per shared case, run with `$engine`.
 #[macro_export]
 macro_rules! e2e_cases {
@@ -199,13 +209,13 @@ pub fn binary_data() -> Vec<u8> {
 /// What a case needs, or `None` after printing why the case is skipped.
 fn prerequisites(engine: &Engine) -> Option<&'static Path> {
     if let Some(why) = (engine.unavailable)() {
-        eprintln!("skipped: {} engine: {why}", engine.name);
+        skipped!("{} engine: {why}", engine.name);
         return None;
     }
     match libs_rootfs() {
         Ok(root) => Some(root),
         Err(why) => {
-            eprintln!("skipped: cannot build the libs rootfs: {why}");
+            skipped!("cannot build the libs rootfs: {why}");
             None
         }
     }
@@ -353,8 +363,8 @@ pub fn timeout_gives_124(engine: &Engine) {
 
 pub fn two_vcpus_seen_by_nproc(engine: &Engine) {
     if !engine.is_vm {
-        eprintln!(
-            "skipped: the {} engine is not a VM: --cpus does not apply and nproc shows the host's CPUs",
+        skipped!(
+            "the {} engine is not a VM: --cpus does not apply and nproc shows the host's CPUs",
             engine.name
         );
         return;
@@ -374,7 +384,9 @@ pub fn stdin_is_forwarded(engine: &Engine) {
         return;
     };
     let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
-    command.args(engine.args).args(["--timeout", SAFETY_TIMEOUT]);
+    command
+        .args(engine.args)
+        .args(["--timeout", SAFETY_TIMEOUT]);
     if let Some(kernel) = (engine.kernel)() {
         command.arg("--kernel").arg(kernel);
     }
