@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     match real_main(cli, verbosity, started) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("microrun: error: {err:#}");
+            eprintln!("microrun: error: {}", error_chain(&err));
             ExitCode::from(125)
         }
     }
@@ -221,4 +221,21 @@ fn parse_env(text: &str) -> anyhow::Result<(String, String)> {
         bail!("--env {text:?}: the variable name is empty or invalid; write --env KEY=VALUE");
     }
     Ok((key.to_string(), value))
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text
+/// the message before it already carries (most of microrun's errors name
+/// their cause themselves).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }

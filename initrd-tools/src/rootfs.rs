@@ -119,7 +119,18 @@ pub fn assemble(
     for bin in bins {
         roots.push(absolute(bin)?);
     }
-    let init = init.map(absolute).transpose()?;
+    // `--init` names a binary on the host (one of `bins`, or one already in
+    // `dir`), or a guest path that exists only inside `dir`.
+    let guest_only_init = init
+        .filter(|p| p.is_absolute() && !p.exists())
+        .and_then(|p| {
+            let relative = p.strip_prefix("/").ok()?;
+            dir.join(relative).exists().then(|| p.to_path_buf())
+        });
+    let init = match &guest_only_init {
+        Some(_) => None,
+        None => init.map(absolute).transpose()?,
+    };
     if let Some(init) = &init {
         if !roots.contains(init) {
             roots.push(init.clone());
@@ -148,6 +159,8 @@ pub fn assemble(
     }
     if let Some(init) = init {
         let target = guest_path(&root, &init).unwrap_or(init);
+        link_init(&root, &target)?;
+    } else if let Some(target) = guest_only_init {
         link_init(&root, &target)?;
     }
     Ok(RootfsReport { copied })

@@ -265,10 +265,25 @@ fn binary_already_in_the_rootfs_stays_and_init_gets_its_guest_path() {
     let report = assemble(&root, std::slice::from_ref(&hello), Some(&hello)).unwrap();
     assert!(!report.copied.contains(&hello), "{:?}", report.copied);
     assert!(!report.copied.is_empty(), "the C library was not copied");
-    assert_eq!(fs::read_link(root.join("init")).unwrap(), Path::new("/bin/hello"));
+    assert_eq!(
+        fs::read_link(root.join("init")).unwrap(),
+        Path::new("/bin/hello")
+    );
     // Nothing was copied to the binary's host path inside the rootfs.
     let host_copy = inside(&root, &fs::canonicalize(&hello).unwrap());
     assert!(!host_copy.exists(), "{} exists", host_copy.display());
     let output = in_chroot(&root, &["/init"]);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\n");
+    // The same, naming /init by its guest path, as the cookbook does.
+    fs::remove_file(root.join("init")).unwrap();
+    assemble(
+        &root,
+        std::slice::from_ref(&hello),
+        Some(Path::new("/bin/hello")),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read_link(root.join("init")).unwrap(),
+        Path::new("/bin/hello")
+    );
 }

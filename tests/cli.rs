@@ -1,0 +1,672 @@
+//! The `microrun` command line, end to end, with synthetic kernels: the real
+//! binary boots guests of a few hundred bytes (`vmm/tests/guests/*.S` and
+//! `tests/guests/*.S`, assembled here with GNU `as` and `ld`) under the kvm
+//! engine. Such guests run even where KVM cannot run Linux (kvm_pvm), so
+//! these tests check exit codes, the serial streams, `--timeout`, the
+//! kernel command line, memory and vCPU sizing, and bad input for real.
+//! Where `/dev/kvm` or binutils are missing, the tests that boot a VM print
+//! `skipped: <reason>`; the bad-input tests that fail before KVM always run.
+
+#[path = "../vmm/tests/common/mod.rs"]
+mod guests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use guests::GuestFormat;
+
+const MIB: u64 = 1 << 20;
+/// Limit for every run that does not test `--timeout` itself: a guest that
+/// hangs fails its test (124) instead of hanging the suite.
+const SAFETY_TIMEOUT: &str = "20s";
+/// The exit guest's stdout: every byte value, then a marker line.
+fn exit_guest_stdout() -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..=255u8).collect();
+    bytes.extend_from_slice(b"stdout-end\n");
+    bytes
+}
+
+fn skip_reason() -> Option<String> {
+    if let vmm::KvmHost::Unavailable(why) = vmm::kvm_host() {
+        return Some(why);
+    }
+    guests::missing_tools()
+}
+
+macro_rules! require_kvm {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The kernel file of guest `name`: `tests/guests/<name>.S` when it exists,
+/// else the VMM's `vmm/tests/guests/<name>.S`, assembled against the VMM's
+/// `common.inc` and packaged as `format`. Built once per test binary.
+/// (The VMM's builder looks for sources in the including crate's
+/// `tests/guests` only, so assembling and linking is done here and only
+/// its bzImage wrapper is reused.)
+fn guest(name: &str, format: GuestFormat) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(String, bool), PathBuf>>> = OnceLock::new();
+    let key = (name.to_string(), format == GuestFormat::Elf);
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let vmm_guests = root.join("vmm/tests/guests");
+    let own = root.join("tests/guests").join(format!("{name}.S"));
+    let source = if own.is_file() {
+        own
+    } else {
+        vmm_guests.join(format!("{name}.S"))
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("cli-guest-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a temporary directory")
+        .keep();
+    let (object, elf, script) = (
+        dir.join(format!("{name}.o")),
+        dir.join(format!("{name}.elf")),
+        dir.join("guest.ld"),
+    );
+    // Linked at 1 MiB, where the bzImage wrapper says the code is loaded.
+    std::fs::write(
+        &script,
+        "ENTRY(_start)\nSECTIONS {\n  . = 0x100000;\n  .text : { *(.text*) *(.rodata*) *(.data*) *(.bss*) }\n  /DISCARD/ : { *(.note*) *(.comment*) *(.eh_frame*) }\n}\n",
+    )
+    .expect("write the linker script");
+    run_tool(
+        Command::new("as")
+            .arg("--64")
+            .arg("-I")
+            .arg(&vmm_guests)
+            .arg("-o")
+            .arg(&object)
+            .arg(&source),
+    );
+    run_tool(
+        Command::new("ld")
+            .args([
+                "-static",
+                "-nostdlib",
+                "--build-id=none",
+                "-z",
+                "noexecstack",
+            ])
+            .arg("-T")
+            .arg(&script)
+            .arg("-o")
+            .arg(&elf)
+            .arg(&object),
+    );
+    let kernel = match format {
+        GuestFormat::Elf => elf,
+        GuestFormat::BzImage => {
+            let flat = dir.join(format!("{name}.bin"));
+            run_tool(
+                Command::new("objcopy")
+                    .args(["-O", "binary"])
+                    .arg(&elf)
+                    .arg(&flat),
+            );
+            let image = dir.join(format!("{name}.bzImage"));
+            let code = std::fs::read(&flat).expect("read the flat guest");
+            std::fs::write(&image, guests::bzimage(&code)).expect("write the bzImage");
+            image
+        }
+    };
+    built.insert(key, kernel.clone());
+    kernel
+}
+
+fn bz(name: &str) -> PathBuf {
+    guest(name, GuestFormat::BzImage)
+}
+
+/// A scratch directory per test: a rootfs with one file, and a cache
+/// directory of its own so that no test touches the user's cache.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("hello.txt"), b"hello\n").unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    /// Runs `microrun ARGS` with stdin from /dev/null and nothing taken
+    /// from the environment (no MICRORUN_KERNEL, the fixture's cache).
+    fn microrun<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> (Output, Duration) {
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_microrun"))
+            .args(args)
+            .env_remove("MICRORUN_KERNEL")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run microrun");
+        (out, start.elapsed())
+    }
+
+    /// Boots `kernel` with the fixture's rootfs, the safety timeout and
+    /// `-q` (so stderr is only what the guest or an error says) plus `extra`.
+    fn boot(&self, kernel: &Path, extra: &[&str]) -> Output {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-q".into(),
+            "--timeout".into(),
+            SAFETY_TIMEOUT.into(),
+            "--kernel".into(),
+            kernel.into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        args.push(self.root().into());
+        self.microrun(&args).0
+    }
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts a microrun failure: exit 125 and an error on stderr that
+/// contains each of `needles`.
+fn assert_fails(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(code(out), Some(125), "stderr: {err}");
+    assert!(err.contains("error"), "no error message: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+/// Parses e820 lines: `base length type`, in hex.
+fn parse_e820(lines: &[&str]) -> Vec<(u64, u64, u32)> {
+    lines
+        .iter()
+        .map(|l| {
+            let f: Vec<u64> = l.split(' ').map(hex).collect();
+            assert_eq!(f.len(), 3, "{l}");
+            (f[0], f[1], f[2] as u32)
+        })
+        .collect()
+}
+
+fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s, 16).unwrap_or_else(|_| panic!("not hex: {s:?}"))
+}
+
+/// The end of the highest usable RAM range: the guest's memory size while
+/// it is below the 32-bit PCI hole.
+fn ram_end(e820: &[(u64, u64, u32)]) -> u64 {
+    e820.iter()
+        .filter(|e| e.2 == 1)
+        .map(|e| e.0 + e.1)
+        .max()
+        .unwrap_or_else(|| panic!("no usable RAM in {e820:x?}"))
+}
+
+/// What the bootinfo guest prints on stdout.
+struct BootInfo {
+    cmdline: String,
+    initrd_size: u64,
+    initrd_sum: u64,
+}
+
+impl BootInfo {
+    fn parse(out: &Output) -> Self {
+        assert_eq!(code(out), Some(0), "stderr: {}", stderr(out));
+        let text = stdout(out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 5, "{text}");
+        assert_eq!(lines.len(), 5 + hex(lines[4]) as usize, "{text}");
+        BootInfo {
+            cmdline: lines[0].to_string(),
+            initrd_size: hex(lines[2]),
+            initrd_sum: hex(lines[3]),
+        }
+    }
+}
+
+/// What the memory guest prints: the initrd's size and the e820 map.
+fn memory_info(out: &Output) -> (u64, Vec<(u64, u64, u32)>) {
+    assert_eq!(code(out), Some(0), "stderr: {}", stderr(out));
+    let text = stdout(out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    (hex(lines[0]), parse_e820(&lines[1..]))
+}
+
+/// The contract's default: 3 × initrd + 64 MiB, rounded up to 2 MiB.
+fn default_memory(initrd: u64) -> u64 {
+    (3 * initrd + 64 * MIB).div_ceil(2 * MIB) * 2 * MIB
+}
+
+#[test]
+fn exit_statuses_propagate_and_streams_arrive_exactly() {
+    require_kvm!();
+    let f = Fixture::new();
+    // The guest reports the command line's last word as its status.
+    for (format, status, no_init) in [
+        (GuestFormat::BzImage, "0", true),
+        (GuestFormat::BzImage, "1", false),
+        (GuestFormat::Elf, "255", true),
+    ] {
+        let kernel = guest("exit", format);
+        let mut extra = vec!["--cmdline", status];
+        if no_init {
+            extra.push("--no-init");
+        }
+        let out = f.boot(&kernel, &extra);
+        let what = format!("{format:?}, status {status}, --no-init {no_init}");
+        assert_eq!(
+            code(&out),
+            Some(status.parse().unwrap()),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_eq!(out.stdout, exit_guest_stdout(), "{what}");
+        assert_eq!(
+            stderr(&out),
+            "console: hello from the guest\n",
+            "{what}: the console is microrun's stderr"
+        );
+    }
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest_with_124() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("spin");
+    let (out, took) = f.microrun(&[
+        "-q".as_ref(),
+        "--timeout".as_ref(),
+        "500ms".as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        f.root().as_os_str(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), Some(124), "{err}");
+    assert!(err.contains("timeout"), "no reason on stderr: {err}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "stopped early: {took:?}"
+    );
+    assert!(took < Duration::from_millis(1500), "stopped late: {took:?}");
+}
+
+#[test]
+fn reset_without_status_gives_125_with_a_reason() {
+    require_kvm!();
+    let f = Fixture::new();
+    let out = f.boot(&bz("reset"), &[]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), Some(125), "{err}");
+    assert!(err.starts_with('r'), "the guest's console byte: {err}");
+    assert!(
+        err.contains("reset without reporting an exit status"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kernel_command_line_has_the_defaults_and_the_users_args_last() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("bootinfo");
+    let normal = BootInfo::parse(&f.boot(&kernel, &["--cmdline", "foo=bar"]));
+    let c = &normal.cmdline;
+    assert!(c.starts_with("console=ttyS0 "), "{c}");
+    for arg in [
+        "reboot=k",
+        "panic=-1",
+        "8250.nr_uarts=3",
+        "quiet",
+        "loglevel=1",
+    ] {
+        assert!(c.split(' ').any(|a| a == arg), "{arg} not in {c}");
+    }
+    assert!(c.contains(" rdinit=/.microrun/init "), "{c}");
+    assert!(c.ends_with(" foo=bar"), "--cmdline not last: {c}");
+
+    // -v drops quiet (and -q may not go with it).
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-v".into(),
+        "--timeout".into(),
+        SAFETY_TIMEOUT.into(),
+        "--kernel".into(),
+        kernel.clone().into(),
+        f.root().into(),
+    ];
+    let verbose = BootInfo::parse(&f.microrun(&args).0);
+    assert!(!verbose.cmdline.contains("quiet"), "{}", verbose.cmdline);
+    assert!(!verbose.cmdline.contains("loglevel"), "{}", verbose.cmdline);
+    assert!(verbose.cmdline.ends_with(" rdinit=/.microrun/init"));
+
+    // --no-init boots the initrd as given: no rdinit.
+    args[0] = "-q".into();
+    args.insert(1, "--no-init".into());
+    let no_init = BootInfo::parse(&f.microrun(&args).0);
+    assert!(!no_init.cmdline.contains("rdinit"), "{}", no_init.cmdline);
+    assert!(no_init.cmdline.ends_with(" quiet loglevel=1"));
+}
+
+#[test]
+fn memory_is_3x_the_initrd_plus_64m_or_mem() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("memory");
+    let (initrd, e820) = memory_info(&f.boot(&kernel, &[]));
+    assert!(initrd > 0);
+    assert_eq!(ram_end(&e820), default_memory(initrd), "{e820:x?}");
+
+    // A rootfs 4 MiB larger: 12 MiB more by default.
+    std::fs::write(f.root().join("big.bin"), vec![0x5a; 4 << 20]).unwrap();
+    let (bigger, e820) = memory_info(&f.boot(&kernel, &[]));
+    assert!(bigger >= initrd + (4 << 20), "{bigger} vs {initrd}");
+    assert_eq!(ram_end(&e820), default_memory(bigger), "{e820:x?}");
+    assert!(ram_end(&e820) >= default_memory(initrd) + 12 * MIB);
+
+    for (mem, bytes) in [("100M", 100 * MIB), ("262144K", 256 * MIB)] {
+        let (_, e820) = memory_info(&f.boot(&kernel, &["--mem", mem]));
+        assert_eq!(ram_end(&e820), bytes, "--mem {mem}: {e820:x?}");
+    }
+    assert_fails(&f.boot(&kernel, &["--mem", "1K"]), &["too small", "--mem"]);
+}
+
+#[test]
+fn cpus_gives_the_guest_that_many_vcpus() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("cpus");
+    let one = f.boot(&kernel, &[]);
+    assert_eq!(code(&one), Some(0), "{}", stderr(&one));
+    assert_eq!(stdout(&one), "00000000\n");
+    let two = f.boot(&kernel, &["--cpus", "2"]);
+    assert_eq!(code(&two), Some(0), "{}", stderr(&two));
+    assert_eq!(stdout(&two), "00000000\n00000001\n");
+    assert_fails(&f.boot(&kernel, &["--cpus", "0"]), &["--cpus 0"]);
+}
+
+#[test]
+fn kvm_pvm_warning_is_one_line_and_q_silences_it() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("exit");
+    let args = |quiet: bool| {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "--timeout".into(),
+            SAFETY_TIMEOUT.into(),
+            "--kernel".into(),
+            kernel.clone().into(),
+            "--cmdline".into(),
+            "0".into(),
+            f.root().into(),
+        ];
+        if quiet {
+            a.insert(0, "-q".into());
+        }
+        a
+    };
+    let loud = f.microrun(&args(false)).0;
+    assert_eq!(code(&loud), Some(0), "{}", stderr(&loud));
+    let warnings: Vec<String> = stderr(&loud)
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .map(String::from)
+        .collect();
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(warnings.len(), 1, "{}", stderr(&loud));
+        assert!(
+            warnings[0].starts_with("microrun: warning: "),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("kvm_pvm"), "{warnings:?}");
+        assert!(warnings[0].contains("--engine qemu"), "{warnings:?}");
+    } else {
+        assert!(warnings.is_empty(), "{}", stderr(&loud));
+    }
+    let quiet = f.microrun(&args(true)).0;
+    assert_eq!(code(&quiet), Some(0), "{}", stderr(&quiet));
+    assert_eq!(stderr(&quiet), "console: hello from the guest\n");
+}
+
+#[test]
+fn timings_print_one_line_per_phase() {
+    require_kvm!();
+    let f = Fixture::new();
+    let out = f.boot(&bz("exit"), &["--timings", "--cmdline", "3"]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.contains("timings (kvm engine)"))
+        .unwrap_or_else(|| panic!("no timings: {err}"));
+    let phases = [
+        "VMM set-up",
+        "kernel until guest-init starts",
+        "program",
+        "teardown",
+        "total, boot to exit",
+    ];
+    assert_eq!(lines.len(), header + 1 + phases.len(), "{err}");
+    for (line, phase) in lines[header + 1..].iter().zip(phases) {
+        assert!(line.contains(phase), "{phase:?} expected in {line:?}");
+        // The exit guest says @init and reports a status: every phase has
+        // a measured time.
+        let ms = line
+            .trim_end()
+            .strip_suffix(" ms")
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no time in {line:?}"));
+        assert!((0.0..20_000.0).contains(&ms), "{line}");
+    }
+}
+
+#[test]
+fn a_packed_rootfs_boots_like_its_directory_and_packs_reproducibly() {
+    require_kvm!();
+    let f = Fixture::new();
+    let (a, b) = (f.path("a.cpio"), f.path("b.cpio"));
+    for file in [&a, &b] {
+        let (out, _) = f.microrun(&[
+            "pack".as_ref(),
+            f.root().as_os_str(),
+            "-o".as_ref(),
+            file.as_os_str(),
+        ]);
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    }
+    let packed = std::fs::read(&a).unwrap();
+    assert!(packed.starts_with(b"070701"));
+    assert_eq!(
+        packed,
+        std::fs::read(&b).unwrap(),
+        "packing is not reproducible"
+    );
+
+    let kernel = bz("bootinfo");
+    let from_dir = f.boot(&kernel, &[]);
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-q".into(),
+        "--timeout".into(),
+        SAFETY_TIMEOUT.into(),
+        "--kernel".into(),
+        kernel.clone().into(),
+        a.clone().into(),
+    ];
+    let from_file = f.microrun(&args).0;
+    let (dir_info, file_info) = (BootInfo::parse(&from_dir), BootInfo::parse(&from_file));
+    // Same initrd bytes in the guest, same memory, same command line.
+    assert_eq!(from_dir.stdout, from_file.stdout);
+    assert!(
+        file_info.initrd_size > packed.len() as u64,
+        "guest-init follows"
+    );
+    assert_eq!(dir_info.initrd_sum, file_info.initrd_sum);
+
+    // With --no-init the guest gets exactly the packed file.
+    args.insert(1, "--no-init".into());
+    let exact = BootInfo::parse(&f.microrun(&args).0);
+    assert_eq!(exact.initrd_size, packed.len() as u64);
+    let sum: u64 = packed.iter().map(|&b| u64::from(b)).sum();
+    assert_eq!(exact.initrd_sum, sum & 0xffff_ffff);
+}
+
+#[test]
+fn bad_rootfs_is_refused_with_its_path() {
+    // Both fail before any VM is made: no KVM needed.
+    let f = Fixture::new();
+    let kernel = f.path("vmlinuz");
+    std::fs::write(&kernel, b"not looked at").unwrap();
+    let missing = f.path("no-such-rootfs");
+    let (out, _) = f.microrun(&["--kernel".as_ref(), kernel.as_os_str(), missing.as_os_str()]);
+    assert_fails(&out, &[missing.to_str().unwrap()]);
+
+    let not_cpio = f.path("rootfs.img");
+    std::fs::write(&not_cpio, b"this is plain text, not an archive\n").unwrap();
+    let (out, _) = f.microrun(&[
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        not_cpio.as_os_str(),
+    ]);
+    assert_fails(&out, &["rootfs.img", "not a cpio archive"]);
+}
+
+#[test]
+fn bad_kernels_are_refused_with_their_path() {
+    let f = Fixture::new();
+    let missing = f.path("no-such-vmlinuz");
+    assert_fails(
+        &f.boot(&missing, &[]),
+        &[missing.to_str().unwrap(), "No such file"],
+    );
+
+    // The image is checked by the VMM, after /dev/kvm is opened.
+    require_kvm!();
+    let random = f.path("random-kernel");
+    // Deterministic noise that is neither "HdrS" at 0x202 nor an ELF.
+    let noise: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&random, noise).unwrap();
+    assert_fails(
+        &f.boot(&random, &[]),
+        &[random.to_str().unwrap(), "not a kernel"],
+    );
+    let empty = f.path("empty-kernel");
+    std::fs::write(&empty, b"").unwrap();
+    assert_fails(&f.boot(&empty, &[]), &[empty.to_str().unwrap(), "empty"]);
+}
+
+#[test]
+fn bad_option_values_exit_125_and_name_the_value() {
+    let f = Fixture::new();
+    let kernel = f.path("vmlinuz");
+    std::fs::write(&kernel, b"never booted").unwrap();
+    for (option, value) in [
+        ("--mem", "12X"),
+        ("--mem", "1.5G"),
+        ("--timeout", "10x"),
+        ("--timeout", "1e999"),
+        ("--cpus", "many"),
+    ] {
+        let (out, _) = f.microrun(&[
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+            option.as_ref(),
+            value.as_ref(),
+            f.root().as_os_str(),
+        ]);
+        let err = stderr(&out);
+        assert_eq!(code(&out), Some(125), "{option} {value}: {err}");
+        assert!(
+            err.contains(value) && err.contains(option),
+            "{option} {value}: {err}"
+        );
+    }
+    const UNSET: &str = "MICRORUN_CLI_TEST_SURELY_UNSET";
+    assert!(std::env::var_os(UNSET).is_none());
+    let out = f.boot(&kernel, &["--env", UNSET]);
+    assert_fails(&out, &[UNSET, "not set"]);
+    // An unknown option is a usage error: 125 too, not clap's 2.
+    let out = f.boot(&kernel, &["--no-such-option"]);
+    assert_eq!(code(&out), Some(125), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_pack_and_rootfs_input_is_refused_with_its_path() {
+    let f = Fixture::new();
+    let missing = f.path("no-such-dir");
+    let (out, _) = f.microrun(&[
+        "pack".as_ref(),
+        missing.as_os_str(),
+        "-o".as_ref(),
+        f.path("out.cpio").as_os_str(),
+    ]);
+    assert_fails(&out, &[missing.to_str().unwrap()]);
+    assert!(!f.path("out.cpio").exists());
+
+    let inside = f.root().join("self.cpio");
+    let (out, _) = f.microrun(&[
+        "pack".as_ref(),
+        f.root().as_os_str(),
+        "-o".as_ref(),
+        inside.as_os_str(),
+    ]);
+    assert_fails(&out, &["self.cpio", "inside"]);
+    assert!(!inside.exists());
+
+    let script = f.path("not-elf.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    let target = f.path("rootfs");
+    let (out, _) = f.microrun(&[
+        "rootfs".as_ref(),
+        target.as_os_str(),
+        "--bin".as_ref(),
+        script.as_os_str(),
+    ]);
+    assert_fails(&out, &["not-elf.sh", "not an ELF"]);
+}
