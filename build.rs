@@ -57,13 +57,7 @@ fn main() {
     let mut command = Command::new(&cargo);
     command
         .current_dir(&manifest_dir)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            GUEST_TARGET,
-        ])
+        .args(["build", "--release", "--locked", "--target", GUEST_TARGET])
         .arg("--manifest-path")
         .arg(manifest_dir.join("guest-init/Cargo.toml"))
         .arg("--target-dir")
