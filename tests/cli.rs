@@ -1,6 +1,6 @@
 //! The `microrun` command line, end to end, with synthetic kernels: the real
-//! binary boots guests of a few hundred bytes (`vmm/tests/guests/*.S` and
-//! `tests/guests/*.S`, assembled here with GNU `as` and `ld`) under the kvm
+//! binary boots guests of a few hundred bytes (`vmm/tests/guests/*.S`,
+//! assembled with GNU `as` and `ld`) under the kvm
 //! engine. Such guests run even where KVM cannot run Linux (kvm_pvm), so
 //! these tests check exit codes, the serial streams, `--timeout`, the
 //! kernel command line, memory and vCPU sizing, and bad input for real.
@@ -39,102 +39,28 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_kvm {
     () => {
         if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
+            // Straight to stderr: the harness does not capture it, so the
+            // reason shows in every run.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: {why}");
             return;
         }
     };
 }
 
-fn run_tool(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The kernel file of guest `name`: `tests/guests/<name>.S` when it exists,
-/// else the VMM's `vmm/tests/guests/<name>.S`, assembled against the VMM's
-/// `common.inc` and packaged as `format`. Built once per test binary.
-/// (The VMM's builder looks for sources in the including crate's
-/// `tests/guests` only, so assembling and linking is done here and only
-/// its bzImage wrapper is reused.)
+/// The kernel file of guest `name` (`vmm/tests/guests/<name>.S`), built
+/// once per test binary by the VMM tests' own builder.
 fn guest(name: &str, format: GuestFormat) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<(String, bool), PathBuf>>> = OnceLock::new();
     let key = (name.to_string(), format == GuestFormat::Elf);
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
-    if let Some(path) = built.get(&key) {
-        return path.clone();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let vmm_guests = root.join("vmm/tests/guests");
-    let own = root.join("tests/guests").join(format!("{name}.S"));
-    let source = if own.is_file() {
-        own
-    } else {
-        vmm_guests.join(format!("{name}.S"))
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("cli-guest-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("create a temporary directory")
-        .keep();
-    let (object, elf, script) = (
-        dir.join(format!("{name}.o")),
-        dir.join(format!("{name}.elf")),
-        dir.join("guest.ld"),
-    );
-    // Linked at 1 MiB, where the bzImage wrapper says the code is loaded.
-    std::fs::write(
-        &script,
-        "ENTRY(_start)\nSECTIONS {\n  . = 0x100000;\n  .text : { *(.text*) *(.rodata*) *(.data*) *(.bss*) }\n  /DISCARD/ : { *(.note*) *(.comment*) *(.eh_frame*) }\n}\n",
-    )
-    .expect("write the linker script");
-    run_tool(
-        Command::new("as")
-            .arg("--64")
-            .arg("-I")
-            .arg(&vmm_guests)
-            .arg("-o")
-            .arg(&object)
-            .arg(&source),
-    );
-    run_tool(
-        Command::new("ld")
-            .args([
-                "-static",
-                "-nostdlib",
-                "--build-id=none",
-                "-z",
-                "noexecstack",
-            ])
-            .arg("-T")
-            .arg(&script)
-            .arg("-o")
-            .arg(&elf)
-            .arg(&object),
-    );
-    let kernel = match format {
-        GuestFormat::Elf => elf,
-        GuestFormat::BzImage => {
-            let flat = dir.join(format!("{name}.bin"));
-            run_tool(
-                Command::new("objcopy")
-                    .args(["-O", "binary"])
-                    .arg(&elf)
-                    .arg(&flat),
-            );
-            let image = dir.join(format!("{name}.bzImage"));
-            let code = std::fs::read(&flat).expect("read the flat guest");
-            std::fs::write(&image, guests::bzimage(&code)).expect("write the bzImage");
-            image
-        }
-    };
-    built.insert(key, kernel.clone());
-    kernel
+    built
+        .entry(key)
+        .or_insert_with(|| {
+            let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("vmm/tests/guests");
+            guests::build_guest_in(&guests, name, format)
+        })
+        .clone()
 }
 
 fn bz(name: &str) -> PathBuf {

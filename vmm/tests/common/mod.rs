@@ -50,6 +50,12 @@ fn run(cmd: &mut Command) {
 /// Assembles `tests/guests/<name>.S` and packages it; returns the kernel
 /// file (in a directory under the target directory that is kept).
 pub fn build_guest(name: &str, format: GuestFormat) -> PathBuf {
+    build_guest_in(&guests_dir(), name, format)
+}
+
+/// [`build_guest`] for a caller in another package (which has another
+/// `CARGO_MANIFEST_DIR`): `guests` is the path of `vmm/tests/guests`.
+pub fn build_guest_in(guests: &Path, name: &str, format: GuestFormat) -> PathBuf {
     // Under the target directory (not /tmp) so that `cargo clean` removes them.
     let base = option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::Builder::new()
@@ -70,10 +76,10 @@ pub fn build_guest(name: &str, format: GuestFormat) -> PathBuf {
     run(Command::new("as")
         .arg("--64")
         .arg("-I")
-        .arg(guests_dir())
+        .arg(guests)
         .arg("-o")
         .arg(&object)
-        .arg(guests_dir().join(format!("{name}.S"))));
+        .arg(guests.join(format!("{name}.S"))));
     run(Command::new("ld")
         .args([
             "-static",
