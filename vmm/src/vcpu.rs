@@ -81,6 +81,8 @@ const GDT_CODE64: u64 = 0xa09b;
 const GDT_CODE32: u64 = 0xc09b;
 const GDT_DATA: u64 = 0xc093;
 const GDT_TSS: u64 = 0x808b;
+/// The G flag in [`gdt_entry`]'s `flags`: the limit counts 4 KiB pages.
+const GDT_GRANULARITY: u64 = 0x8000;
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -119,15 +121,17 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
 }
 
 fn boot_gdt(protocol: BootProtocol) -> [u64; 4] {
-    let code = match protocol {
-        BootProtocol::Linux64 => GDT_CODE64,
-        BootProtocol::Pvh => GDT_CODE32,
+    let (code, tss) = match protocol {
+        BootProtocol::Linux64 => (GDT_CODE64, gdt_entry(GDT_TSS, 0, 0xfffff)),
+        // The PVH ABI asks for a 32-bit TSS with base 0 and limit 0x67 (byte
+        // granular): the size of a 32-bit TSS.
+        BootProtocol::Pvh => (GDT_CODE32, gdt_entry(GDT_TSS & !GDT_GRANULARITY, 0, 0x67)),
     };
     [
         0,
         gdt_entry(code, 0, 0xfffff),
         gdt_entry(GDT_DATA, 0, 0xfffff),
-        gdt_entry(GDT_TSS, 0, 0xfffff),
+        tss,
     ]
 }
 
@@ -532,5 +536,23 @@ mod tests {
         );
         let data = segment(gdt_entry(GDT_DATA, 0, 0xfffff), 2);
         assert_eq!((data.l, data.db, data.type_), (0, 1, 3));
+    }
+
+    #[test]
+    fn pvh_gdt_matches_the_pvh_abi() {
+        let gdt = boot_gdt(BootProtocol::Pvh);
+        let code = segment(gdt[1], 1);
+        assert_eq!(
+            (code.l, code.db, code.base, code.limit, code.type_),
+            (0, 1, 0, 0xffff_ffff, 0xb)
+        );
+        let data = segment(gdt[2], 2);
+        assert_eq!((data.db, data.base, data.limit), (1, 0, 0xffff_ffff));
+        // A busy 32-bit TSS, base 0, limit 0x67.
+        let tss = segment(gdt[3], 3);
+        assert_eq!(
+            (tss.type_, tss.s, tss.present, tss.base, tss.limit, tss.g),
+            (0xb, 0, 1, 0, 0x67, 0)
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{build_guest, missing_tools, GuestFormat};
+use common::{build_guest, missing_tools, symbol_address, GuestFormat};
 use vmm::{InitrdPart, KvmHost, VmConfig, VmEnd, VmmError};
 
 #[derive(Clone, Default)]
@@ -193,6 +193,116 @@ fn guest_sees_cmdline_initrd_and_e820() {
         assert_eq!(last.0 + last.1, mem_size);
         let covered: u64 = e820.iter().map(|e| e.1).sum();
         assert_eq!(covered + (0x10_0000 - 0xa_0000), mem_size);
+    }
+}
+
+/// What the PVH guest printed: the command line, the start info's version,
+/// the module count, the first module's address, size and byte sum, and
+/// the memory map.
+struct PvhInfo {
+    cmdline: String,
+    version: u64,
+    modules: u64,
+    module: (u64, u64, u32),
+    memmap: Vec<E820Entry>,
+}
+
+fn parse_pvh(out: &str) -> PvhInfo {
+    let lines: Vec<&str> = out.lines().collect();
+    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    let count = hex(lines[6]) as usize;
+    assert_eq!(lines.len(), 7 + count, "{out}");
+    let memmap = lines[7..7 + count]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (hex(f[0]), hex(f[1]), hex(f[2]) as u32)
+        })
+        .collect();
+    PvhInfo {
+        cmdline: lines[0].to_string(),
+        version: hex(lines[1]),
+        modules: hex(lines[2]),
+        module: (hex(lines[3]), hex(lines[4]), hex(lines[5]) as u32),
+        memmap,
+    }
+}
+
+#[test]
+fn pvh_guest_sees_start_info_cmdline_initrd_and_memmap() {
+    require_kvm!();
+    let kernel = build_guest("pvh", GuestFormat::Pvh);
+    let mut cfg = config(&kernel, "console=ttyS0 pvh=yes");
+    let initrd: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 253) as u8).collect();
+    cfg.initrd = vec![InitrdPart::Bytes(initrd.clone())];
+    let mem_size = 64u64 << 20;
+    cfg.mem_size = mem_size;
+    let run = boot(cfg);
+    // Status 1 means a wrong magic; a guest entered in 64-bit mode instead
+    // of by PVH would not get as far as reporting.
+    assert_eq!(end(&run), VmEnd::Status(0), "stdout: {}", run.stdout.text());
+    let info = parse_pvh(&run.stdout.text());
+    assert_eq!(info.cmdline, "console=ttyS0 pvh=yes");
+    assert!(info.version >= 1, "the memory map needs version 1");
+    assert_eq!(info.modules, 1);
+    let (addr, size, sum) = info.module;
+    assert_eq!(size, initrd.len() as u64);
+    assert_eq!(sum, initrd.iter().map(|b| u32::from(*b)).sum::<u32>());
+    assert_eq!(addr % 4096, 0);
+    assert!(
+        addr + size <= mem_size && addr + size > mem_size - 8192,
+        "initrd as high as possible: {addr:#x}+{size:#x}"
+    );
+    let ram: Vec<_> = info.memmap.iter().filter(|e| e.2 == 1).collect();
+    assert_eq!(ram.first().unwrap().0, 0);
+    let last = ram.last().unwrap();
+    assert_eq!(last.0 + last.1, mem_size);
+    assert!(ram.iter().any(|e| e.0 <= addr && addr + size <= e.0 + e.1));
+    let covered: u64 = info.memmap.iter().map(|e| e.1).sum();
+    assert_eq!(covered + (0x10_0000 - 0xa_0000), mem_size);
+}
+
+#[test]
+fn pvh_guest_without_initrd_has_no_modules() {
+    require_kvm!();
+    let kernel = build_guest("pvh", GuestFormat::Pvh);
+    let run = boot(config(&kernel, ""));
+    assert_eq!(end(&run), VmEnd::Status(0), "stdout: {}", run.stdout.text());
+    let out = run.stdout.text();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["", "00000001", "00000000"], "{out}");
+}
+
+#[test]
+fn instruction_kvm_cannot_run_is_a_guest_error() {
+    require_kvm!();
+    let kernel = build_guest("fault", GuestFormat::Elf);
+    let rip = symbol_address(&kernel, "fault");
+    let run = boot(config(&kernel, ""));
+    let mut stderr = std::io::stderr();
+    match vmm::kvm_host() {
+        KvmHost::Emulated(why) => {
+            let _ = writeln!(
+                stderr,
+                "checking the guest-error path: popcnt at CPL0 fails under emulated KVM ({why})"
+            );
+            let VmEnd::GuestError(msg) = end(&run) else {
+                panic!("expected a guest error, got {:?}", end(&run));
+            };
+            assert_eq!(VmEnd::GuestError(msg.clone()).exit_code(), 125);
+            assert!(msg.contains("KVM_EXIT_INTERNAL_ERROR"), "{msg}");
+            assert!(msg.contains(&format!("RIP {rip:#x}")), "{msg}");
+            // popcnt %eax, %ecx
+            assert!(msg.contains("instruction bytes: f3 0f b8 c8"), "{msg}");
+        }
+        _ => {
+            let _ = writeln!(
+                stderr,
+                "checking that popcnt runs natively under hardware KVM (the guest-error path \
+                 needs emulated KVM)"
+            );
+            assert_eq!(end(&run), VmEnd::Status(3));
+        }
     }
 }
 

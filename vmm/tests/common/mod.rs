@@ -13,6 +13,9 @@ pub enum GuestFormat {
     Elf,
     /// A minimal bzImage: setup header plus the flat code, 64-bit entry at +0x200.
     BzImage,
+    /// An ELF executable whose `.note.Xen` section (the guest defines it)
+    /// becomes a `PT_NOTE` segment, so that the VMM boots it by PVH.
+    Pvh,
 }
 
 /// Where the guests are linked (and the bzImage's `code32_start`).
@@ -22,9 +25,9 @@ fn guests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
 }
 
-/// A short reason when `as`, `ld` or `objcopy` is missing, for a skip.
+/// A short reason when `as`, `ld`, `objcopy` or `nm` is missing, for a skip.
 pub fn missing_tools() -> Option<String> {
-    for tool in ["as", "ld", "objcopy"] {
+    for tool in ["as", "ld", "objcopy", "nm"] {
         let found = Command::new(tool)
             .arg("--version")
             .output()
@@ -66,13 +69,7 @@ pub fn build_guest_in(guests: &Path, name: &str, format: GuestFormat) -> PathBuf
     let object = dir.join(format!("{name}.o"));
     let elf = dir.join(format!("{name}.elf"));
     let script = dir.join("guest.ld");
-    std::fs::write(
-        &script,
-        format!(
-            "ENTRY(_start)\nSECTIONS {{\n  . = {LOAD_ADDRESS:#x};\n  .text : {{ *(.text*) *(.rodata*) *(.data*) *(.bss*) }}\n  /DISCARD/ : {{ *(.note*) *(.comment*) *(.eh_frame*) }}\n}}\n"
-        ),
-    )
-    .expect("write the linker script");
+    std::fs::write(&script, linker_script(format)).expect("write the linker script");
     run(Command::new("as")
         .arg("--64")
         .arg("-I")
@@ -94,7 +91,7 @@ pub fn build_guest_in(guests: &Path, name: &str, format: GuestFormat) -> PathBuf
         .arg(&elf)
         .arg(&object));
     match format {
-        GuestFormat::Elf => elf,
+        GuestFormat::Elf | GuestFormat::Pvh => elf,
         GuestFormat::BzImage => {
             let flat = dir.join(format!("{name}.bin"));
             run(Command::new("objcopy")
@@ -107,6 +104,44 @@ pub fn build_guest_in(guests: &Path, name: &str, format: GuestFormat) -> PathBuf
             image
         }
     }
+}
+
+/// Everything at [`LOAD_ADDRESS`] in one loadable segment; for
+/// [`GuestFormat::Pvh`] the Xen note also goes in a `PT_NOTE` segment, where
+/// a loader looks for the PVH entry.
+fn linker_script(format: GuestFormat) -> String {
+    let code = "*(.text*) *(.rodata*) *(.data*) *(.bss*)";
+    let discard = "/DISCARD/ : { *(.note*) *(.comment*) *(.eh_frame*) }";
+    match format {
+        GuestFormat::Pvh => format!(
+            "ENTRY(_start)\nPHDRS {{ text PT_LOAD FLAGS(7); note PT_NOTE FLAGS(4); }}\n\
+             SECTIONS {{\n  . = {LOAD_ADDRESS:#x};\n  .text : {{ {code} }} :text\n  \
+             .note.Xen : {{ *(.note.Xen) }} :text :note\n  {discard}\n}}\n"
+        ),
+        GuestFormat::Elf | GuestFormat::BzImage => format!(
+            "ENTRY(_start)\nSECTIONS {{\n  . = {LOAD_ADDRESS:#x};\n  .text : {{ {code} }}\n  \
+             {discard}\n}}\n"
+        ),
+    }
+}
+
+/// The address of `symbol` in the linked guest `elf` (a global label).
+pub fn symbol_address(elf: &Path, symbol: &str) -> u64 {
+    let out = Command::new("nm")
+        .arg(elf)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nm on {}: {e}", elf.display()));
+    assert!(out.status.success(), "nm {} failed", elf.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [addr, _, name] if *name == symbol => u64::from_str_radix(addr, 16).ok(),
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| panic!("no symbol {symbol} in {}", elf.display()))
 }
 
 /// Wraps flat code (loaded at 1 MiB, 64-bit entry at +0x200) in a bzImage
