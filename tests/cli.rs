@@ -51,8 +51,8 @@ macro_rules! require_kvm {
 /// The kernel file of guest `name` (`vmm/tests/guests/<name>.S`), built
 /// once per test binary by the VMM tests' own builder.
 fn guest(name: &str, format: GuestFormat) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<(String, bool), PathBuf>>> = OnceLock::new();
-    let key = (name.to_string(), format == GuestFormat::Elf);
+    static BUILT: OnceLock<Mutex<HashMap<(String, String), PathBuf>>> = OnceLock::new();
+    let key = (name.to_string(), format!("{format:?}"));
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
     built
         .entry(key)
