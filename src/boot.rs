@@ -9,13 +9,11 @@ use initrd_tools::newc::NewcWriter;
 use initrd_tools::PackOptions;
 
 use crate::embedded::GUEST_INIT;
-use crate::runconfig::RunConfig;
+use crate::runconfig::{RunConfig, CONFIG_PATH, INIT_PATH};
 use crate::spec::{Rootfs, RunSpec, Verbosity};
 
-/// Where guest-init and its run configuration live in the guest.
-pub const INIT_DIR: &str = ".microrun";
-/// guest-init's path in the guest, given to the kernel as `rdinit=`.
-pub const INIT_PATH: &str = "/.microrun/init";
+/// The directory of guest-init and its run configuration in the guest.
+const INIT_DIR: &str = ".microrun";
 
 /// The arguments every boot gets, each for a reason (see kernels/README.md):
 /// the console on ttyS0; a reset (not a reboot loop or a hang) when the
@@ -124,8 +122,8 @@ pub fn init_archive(config: &RunConfig) -> Result<Vec<u8>, BootError> {
     let build = || -> std::io::Result<Vec<u8>> {
         let mut w = NewcWriter::new(Vec::with_capacity(GUEST_INIT.len() + 1024));
         w.add_dir(INIT_DIR, 0o755)?;
-        w.add_file(&format!("{INIT_DIR}/init"), 0o755, GUEST_INIT)?;
-        w.add_file(&format!("{INIT_DIR}/run"), 0o644, &encoded)?;
+        w.add_file(&INIT_PATH[1..], 0o755, GUEST_INIT)?;
+        w.add_file(&CONFIG_PATH[1..], 0o644, &encoded)?;
         w.finish()
     };
     build().map_err(BootError::InitArchive)

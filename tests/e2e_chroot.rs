@@ -156,3 +156,62 @@ fn no_init_is_refused_with_a_reason() {
         stderr(&output)
     );
 }
+
+/// A crafted archive (a symlink to a host directory, then a file "inside"
+/// it) and a rootfs whose `.microrun` is a symlink: whatever the run does,
+/// nothing is written on the host through them.
+#[test]
+fn symlinks_in_the_rootfs_never_lead_writes_onto_the_host() {
+    let Some(root) = rootfs() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    let pack = |dir: &Path, out: &Path| {
+        let packed = Command::new(env!("CARGO_BIN_EXE_microrun"))
+            .arg("pack")
+            .arg(dir)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert_code(&packed, 0);
+    };
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    fs::create_dir_all(&a).unwrap();
+    std::os::unix::fs::symlink(outside.join("x"), a.join("x")).unwrap();
+    fs::create_dir_all(b.join("x")).unwrap();
+    fs::write(b.join("x/pwned"), "pwned\n").unwrap();
+    fs::create_dir_all(outside.join("x")).unwrap();
+    pack(&a, &work.path().join("a.cpio"));
+    pack(&b, &work.path().join("b.cpio"));
+    pack(root, &work.path().join("libs.cpio"));
+    let mut evil = Vec::new();
+    for part in ["a.cpio", "b.cpio", "libs.cpio"] {
+        evil.extend(fs::read(work.path().join(part)).unwrap());
+    }
+    let evil_path = work.path().join("evil.cpio");
+    fs::write(&evil_path, evil).unwrap();
+    let _ = microrun(&ENGINE, &[], &evil_path, &[]);
+    assert!(
+        !outside.join("x/pwned").exists(),
+        "an archive member was written on the host"
+    );
+
+    let copy = work.path().join("copy");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(root)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink(outside.join("m"), copy.join(".microrun")).unwrap();
+    fs::create_dir_all(outside.join("m")).unwrap();
+    let output = microrun(&ENGINE, &[], &copy, &[]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "Hello, world!\n");
+    assert_eq!(
+        fs::read_dir(outside.join("m")).unwrap().count(),
+        0,
+        "guest-init was written on the host"
+    );
+}

@@ -39,15 +39,15 @@ use std::time::{Duration, Instant};
 
 use vmm::status::{StatusLine, StatusParser};
 
-use crate::boot::{run_config, INIT_PATH};
+use crate::boot::run_config;
 use crate::embedded::GUEST_INIT;
+use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
 use crate::spec::{PhaseTimes, Rootfs, RunOutcome, RunSpec};
 
 /// Where the new root is assembled. The tmpfs mounted here exists only in
 /// the run's private mount namespace; the host's `/tmp` is untouched.
 const STAGING: &str = "/tmp";
 /// The run configuration guest-init reads, in the new root.
-const RUN_CONFIG_PATH: &str = "/.microrun/run";
 /// How long guest-init may take to exit after it reported the status
 /// before the namespace is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -858,10 +858,14 @@ fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
         }
         RootSource::Archive(entries) => {
             mount_tmpfs(&root, "mode=0755")?;
-            extract_archive(entries, &root)?;
+            // Chrooted, like the kernel's unpacker: a member's path that
+            // runs through an earlier member's symlink stays inside.
+            in_chroot(&root, || extract_archive(entries, Path::new("/")))?;
         }
     }
-    install_guest_init(&root, &job.run_config)?;
+    in_chroot(&root, || {
+        install_guest_init(Path::new("/"), &job.run_config)
+    })?;
     mount_kernel_filesystems(&root, report_fd)?;
     enter_root(&root)
 }
@@ -971,11 +975,80 @@ fn extract_archive(entries: &[ArchiveEntry], root: &Path) -> Result<(), String> 
     Ok(())
 }
 
-/// `/.microrun/init` and `/.microrun/run`, as the VM engines add them.
+/// Runs `work` in a child process chrooted to `root`, so that every path it
+/// writes, symlinks included, resolves inside `root` and never on the host.
+fn in_chroot(root: &Path, work: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let root_c = CString::new(root.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned only here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: this process is single-threaded (a namespace's freshly forked
+    // PID 1), so the child may run ordinary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(read_end);
+        // SAFETY: `root_c` and "/" are NUL-terminated strings.
+        let entered =
+            unsafe { libc::chroot(root_c.as_ptr()) == 0 && libc::chdir(c"/".as_ptr()) == 0 };
+        let result = if entered {
+            work()
+        } else {
+            Err(format!(
+                "chroot {}: {}",
+                root.display(),
+                io::Error::last_os_error()
+            ))
+        };
+        let code = match result {
+            Ok(()) => 0,
+            Err(message) => {
+                let _ = io::Write::write_all(&mut File::from(write_end), message.as_bytes());
+                1
+            }
+        };
+        exit_child(code);
+    }
+    drop(write_end);
+    let mut message = String::new();
+    let _ = File::from(read_end).read_to_string(&mut message);
+    let mut status = 0;
+    // SAFETY: `pid` is the child just forked; `status` is a valid out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(format!("waitpid: {}", io::Error::last_os_error()));
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else if message.is_empty() {
+        Err(format!(
+            "preparing the root: {}",
+            describe_wait_status(status)
+        ))
+    } else {
+        Err(message)
+    }
+}
+
+/// `/.microrun/init` and `/.microrun/run`, as the VM engines add them. A
+/// `.microrun` of the rootfs's own that is not a directory is replaced.
 fn install_guest_init(root: &Path, run_config: &[u8]) -> Result<(), String> {
     let dir = root.join(".microrun");
-    if !dir.is_dir() {
-        make_dir(&dir, 0o755)?;
+    match fs::symlink_metadata(&dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            fs::remove_file(&dir).map_err(|e| format!("replacing {}: {e}", dir.display()))?;
+            make_dir(&dir, 0o755)?;
+        }
+        Err(_) => make_dir(&dir, 0o755)?,
     }
     let write = |relative: &str, contents: &[u8], mode: u32| {
         let path = root.join(relative.trim_start_matches('/'));
