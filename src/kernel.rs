@@ -51,8 +51,8 @@ pub fn project_kernel(cache: &Path) -> PathBuf {
 /// when given, else the first readable candidate.
 pub fn discover(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     if let Some(path) = explicit {
-        return match File::open(path) {
-            Ok(_) => Ok(path.to_path_buf()),
+        return match File::open(path).and_then(|f| is_regular(&f)) {
+            Ok(()) => Ok(path.to_path_buf()),
             Err(source) => {
                 let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
                     ROOT_ONLY_HINT
@@ -69,8 +69,8 @@ pub fn discover(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     }
     let mut searched = String::new();
     for candidate in default_candidates() {
-        match File::open(&candidate) {
-            Ok(_) => return Ok(candidate),
+        match File::open(&candidate).and_then(|f| is_regular(&f)) {
+            Ok(()) => return Ok(candidate),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 searched.push_str(&format!("  {}: not found\n", candidate.display()));
             }
@@ -89,6 +89,15 @@ pub fn discover(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     })
 }
 
+/// A kernel is a regular file (a directory opens fine, then fails later).
+fn is_regular(file: &File) -> std::io::Result<()> {
+    if file.metadata()?.is_file() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not a regular file"))
+    }
+}
+
 fn kernel_release() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .ok()
@@ -104,6 +113,13 @@ mod tests {
     fn explicit_missing_kernel_names_the_path() {
         let err = discover(Some(Path::new("/nonexistent/vmlinuz"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/vmlinuz"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_a_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = discover(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -12,3 +12,11 @@ pub mod run;
 pub mod runconfig;
 pub mod spec;
 pub mod units;
+
+/// Writes `microrun: <message>` as one line on stderr. Unlike `eprintln!`,
+/// a closed or broken stderr is not a panic: microrun still exits with the
+/// program's status.
+pub fn say(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "microrun: {message}");
+}

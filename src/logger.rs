@@ -20,7 +20,7 @@ impl Log for StderrLogger {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            eprintln!("microrun: {level}: {}", record.args());
+            crate::say(format_args!("{level}: {}", record.args()));
         }
     }
 

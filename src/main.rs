@@ -98,10 +98,10 @@ struct RunArgs {
     #[arg(long)]
     timings: bool,
     /// Print only errors.
-    #[arg(short, long, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// Show the kernel log and microrun's progress.
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     verbose: bool,
 }
 
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     match real_main(cli, verbosity, started) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("microrun: error: {}", error_chain(&err));
+            microrun::say(format_args!("error: {}", error_chain(&err)));
             ExitCode::from(125)
         }
     }
@@ -181,7 +181,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
             .collect::<anyhow::Result<_>>()?,
         workdir: args.workdir,
         timeout: args.timeout,
-        forward_stdin: !std::io::stdin().is_terminal(),
+        forward_stdin: stdin_is_data(),
         no_init: args.no_init,
         verbosity,
         started,
@@ -195,15 +195,38 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
     };
     let outcome = run::run(&spec, args.engine, &vm)?;
     if let Some(reason) = &outcome.reason {
-        eprintln!("microrun: {reason}");
+        microrun::say(format_args!("{reason}"));
     }
     if args.timings {
-        eprint!(
-            "{}",
-            run::timings_report(args.engine, started, &outcome.times)
-        );
+        {
+            use std::io::Write as _;
+            let report = run::timings_report(args.engine, started, &outcome.times);
+            let _ = std::io::stderr().lock().write_all(report.as_bytes());
+        }
     }
     Ok(outcome.exit_code)
+}
+
+/// Whether stdin is data to forward: a pipe, a file or a socket. A terminal
+/// is not forwarded (it is the user's), nor another character device such
+/// as /dev/null: a serial port has no end of file, so a program reading
+/// forwarded stdin to its end would wait for ever, while /dev/null in the
+/// guest ends at once.
+fn stdin_is_data() -> bool {
+    if std::io::stdin().is_terminal() {
+        return false;
+    }
+    // SAFETY: `stat` is plain data, valid when zeroed, and fstat only
+    // writes into it.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is only inspected; `stat` is a valid out-pointer.
+    if unsafe { libc::fstat(0, &mut stat) } != 0 {
+        return false;
+    }
+    matches!(
+        stat.st_mode & libc::S_IFMT,
+        libc::S_IFIFO | libc::S_IFREG | libc::S_IFSOCK
+    )
 }
 
 /// `KEY=VALUE`, or `KEY` alone for the host's value of KEY.

@@ -10,6 +10,11 @@ use crate::boot::{kernel_cmdline, prepare_initrd};
 use crate::engine::{chroot, kvm, qemu};
 use crate::spec::{PhaseTimes, RunOutcome, RunSpec};
 
+/// The least guest memory besides the initrd that microrun accepts: a
+/// minimal kernel boots in 32 MiB (kernels/README.md), of which the
+/// initrd's unpacked copy takes its share.
+const MIN_MEM_BESIDES_INITRD: u64 = 16 << 20;
+
 /// Which engine runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Engine {
@@ -48,9 +53,18 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
     let kernel = crate::kernel::discover(vm.kernel.as_deref())?;
     log::info!("kernel: {}", kernel.display());
     let initrd = prepare_initrd(spec).context("cannot prepare the initrd")?;
-    let mem_size = vm
-        .mem
-        .unwrap_or_else(|| initrd_tools::guest_memory_for_initrd(initrd.len()));
+    let default_mem = initrd_tools::guest_memory_for_initrd(initrd.len());
+    let mem_size = vm.mem.unwrap_or(default_mem);
+    // Checked here so both VM engines refuse alike (QEMU alone would take
+    // `-m 0` as its default, or fail as a guest that never reported).
+    if mem_size < initrd.len() + MIN_MEM_BESIDES_INITRD {
+        bail!(
+            "--mem {mem_size} bytes is too small: the initrd alone is {} bytes and the kernel \
+             needs room beside it; raise --mem (the default for this initrd is {} MiB)",
+            initrd.len(),
+            default_mem >> 20
+        );
+    }
     let cmdline = kernel_cmdline(spec, vm.cmdline.as_deref());
     log::info!(
         "initrd: {} ({} bytes with guest-init), memory {} MiB, {} vCPU(s), cmdline: {cmdline}",

@@ -155,7 +155,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome, ChrootError> {
     drop(report_write);
 
     let mut supervisor = Supervisor::new(helper);
-    let result = supervisor.supervise(status_read, report_read, deadline, spec.timeout);
+    let result = supervisor.supervise(status_read, report_read, deadline);
     supervisor.reap();
     let mut outcome = result?;
     outcome.times.end = Some(Instant::now());
@@ -357,7 +357,6 @@ impl Supervisor {
         status: OwnedFd,
         report: OwnedFd,
         deadline: Option<Instant>,
-        timeout: Option<Duration>,
     ) -> Result<RunOutcome, ChrootError> {
         let mut status = Some(status);
         let mut report = Some(report);
@@ -403,13 +402,7 @@ impl Supervisor {
                 if self.exit_status.is_some() {
                     break;
                 }
-                let after = timeout.unwrap_or_default();
-                return Ok(self.outcome(
-                    124,
-                    Some(format!(
-                        "timed out after {after:?}; the namespace was killed"
-                    )),
-                ));
+                return Ok(self.outcome(124, Some(crate::engine::qemu::TIMEOUT_REASON.to_string())));
             }
             if fds.get(1).is_some_and(|p| p.revents != 0) && !self.read_status(&mut status)? {
                 status = None;

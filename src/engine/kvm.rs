@@ -33,9 +33,9 @@ pub struct KvmBoot {
 pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> {
     if let KvmHost::Emulated(why) = vmm::kvm_host() {
         if spec.verbosity != Verbosity::Quiet {
-            eprintln!(
-                "microrun: warning: {why}: a Linux guest will be very slow or fail here; --engine qemu works"
-            );
+            crate::say(format_args!(
+                "warning: {why}: a Linux guest will be very slow or fail here; --engine qemu works"
+            ));
         }
     }
     let mut initrd = vec![InitrdPart::File(boot.initrd.rootfs)];
@@ -59,7 +59,11 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
     let exit_code = outcome.end.exit_code();
     Ok(RunOutcome {
         exit_code,
-        reason: (!matches!(outcome.end, VmEnd::Status(_))).then(|| outcome.end.describe()),
+        reason: match &outcome.end {
+            VmEnd::Status(_) => None,
+            VmEnd::Timeout => Some(crate::engine::qemu::TIMEOUT_REASON.to_string()),
+            other => Some(other.describe()),
+        },
         times: PhaseTimes {
             ready: t.first_run.or(t.vm_ready),
             init: t.init_event,

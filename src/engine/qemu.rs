@@ -22,6 +22,10 @@ use vmm::KvmHost;
 use crate::boot::BootInitrd;
 use crate::spec::{PhaseTimes, RunOutcome, RunSpec, Verbosity};
 
+/// What microrun says when `--timeout` ends a run, whatever the engine.
+pub const TIMEOUT_REASON: &str =
+    "--timeout expired; the guest was stopped (raise --timeout if the program needs longer)";
+
 /// The QEMU binary microrun runs.
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -90,7 +94,7 @@ pub fn resolve_accel(accel: Accel) -> (Accel, String) {
 pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError> {
     let (accel, why) = resolve_accel(boot.accel);
     if spec.verbosity == Verbosity::Verbose {
-        eprintln!("microrun: qemu engine: accel {accel:?} ({why})");
+        crate::say(format_args!("qemu engine: accel {accel:?} ({why})"));
     }
     let initrd = initrd_memfd(&boot.initrd)?;
     let console = Pipe::new()?;
@@ -132,9 +136,9 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         .arg("-chardev")
         .arg(format!("file,id=ttyS2,path=/dev/fd/{}", status.write_fd()))
         .args(["-serial", "chardev:ttyS2"]);
-    // Stdin goes through a pipe that is fed only from guest-init's `@init`
-    // on: the guest's serial driver clears its FIFO when it opens ttyS1, so
-    // earlier bytes would be lost.
+    // Stdin goes through a pipe that is fed only from the first `@` event on
+    // the status channel (guest-init's `@init`): the guest's serial driver
+    // clears its FIFO when it opens ttyS1, so earlier bytes would be lost.
     let mut stdin_feed = None;
     if spec.forward_stdin {
         let (reader, writer) = io::pipe().map_err(QemuEngineError::Setup)?;
@@ -143,13 +147,23 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     } else {
         cmd.stdin(Stdio::null());
     }
-    cmd.stdout(Stdio::from(stdout.take_writer()));
-    cmd.stderr(Stdio::from(qemu_err.take_writer()));
+    cmd.stdout(Stdio::from(stdout.take_writer()?));
+    cmd.stderr(Stdio::from(qemu_err.take_writer()?));
     let inherit = [initrd.as_raw_fd(), console.write_fd(), status.write_fd()];
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on
-    // descriptors that stay open in the parent until after the spawn.
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure only calls prctl, getppid and fcntl, which are
+    // async-signal-safe, the latter on descriptors that stay open in the
+    // parent until after the spawn.
     unsafe {
         cmd.pre_exec(move || {
+            // QEMU must not outlive microrun (killed, or timed out by a CI
+            // runner); the check closes the race with a parent that died
+            // before the prctl.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
+                return Err(io::Error::other("microrun exited while starting QEMU"));
+            }
             for fd in inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
@@ -356,7 +370,7 @@ fn outcome(
 ) -> RunOutcome {
     let (exit_code, reason) = match end {
         PumpEnd::Status(code) => (code, None),
-        PumpEnd::Timeout => (124, Some("--timeout expired; QEMU was stopped".to_string())),
+        PumpEnd::Timeout => (124, Some(TIMEOUT_REASON.to_string())),
         PumpEnd::Closed => {
             let how = match wait {
                 Ok(s) if s.signal().is_some() => {
@@ -426,9 +440,12 @@ impl Pipe {
         self.writer.as_ref().map_or(-1, |w| w.as_raw_fd())
     }
 
-    fn take_writer(&self) -> OwnedFd {
-        let w = self.writer.as_ref().expect("writer present");
-        w.as_fd().try_clone_to_owned().expect("dup of a pipe")
+    fn take_writer(&self) -> Result<OwnedFd, QemuEngineError> {
+        match &self.writer {
+            Some(w) => w.as_fd().try_clone_to_owned(),
+            None => Err(io::Error::other("the pipe's write end is gone")),
+        }
+        .map_err(QemuEngineError::Setup)
     }
 
     fn into_reader(self) -> OwnedFd {
