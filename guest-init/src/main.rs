@@ -779,6 +779,16 @@ pub fn finish(status: u8) -> ! {
     if NO_POWEROFF.load(Ordering::Relaxed) {
         sys::exit_group(if sent { 0 } else { 1 });
     }
+    if sent {
+        // The host stops the VM at the status line; powering off at once
+        // would race with it and can print the kernel's "reboot: System
+        // halted" on the console (the program's stderr). So wait a moment:
+        // this is only the fallback for a host that does not stop.
+        let _ = rustix::thread::nanosleep(&rustix::thread::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+    }
     let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
     halt()
 }
