@@ -149,17 +149,25 @@ pub fn kernel_cmdline(spec: &RunSpec, user: Option<&str>) -> String {
     cmdline
 }
 
+/// The compressed formats the kernel unpacks an initramfs from, by magic.
+const COMPRESSIONS: [(&[u8], &str); 5] = [
+    (&[0x1f, 0x8b], "gzip"),
+    (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
+    (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+    (&[0x02, 0x21, 0x4c, 0x18], "lz4"),
+    (b"BZh", "bzip2"),
+];
+
+/// The compression of an initrd that starts with `head`, if any.
+pub fn compression_format(head: &[u8]) -> Option<&'static str> {
+    COMPRESSIONS
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|&(_, format)| format)
+}
+
 /// Rejects files the kernel would not unpack, before booting them.
 fn check_initrd_magic(path: &Path) -> Result<(), BootError> {
-    const MAGICS: &[&[u8]] = &[
-        b"070701",
-        b"070702",
-        &[0x1f, 0x8b],
-        &[0xfd, b'7', b'z', b'X', b'Z', 0],
-        &[0x28, 0xb5, 0x2f, 0xfd],
-        &[0x02, 0x21, 0x4c, 0x18],
-        b"BZh",
-    ];
     let mut head = [0u8; 6];
     let read_err = |source| BootError::ReadInitrd {
         path: path.to_path_buf(),
@@ -173,7 +181,9 @@ fn check_initrd_magic(path: &Path) -> Result<(), BootError> {
             n => filled += n,
         }
     }
-    if MAGICS.iter().any(|m| head[..filled].starts_with(m)) {
+    let head = &head[..filled];
+    let newc = head.starts_with(b"070701") || head.starts_with(b"070702");
+    if newc || compression_format(head).is_some() {
         Ok(())
     } else {
         Err(BootError::NotAnInitrd {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use vmm::status::{StatusLine, StatusParser};
 
-use crate::boot::run_config;
+use crate::boot::{compression_format, run_config};
 use crate::embedded::GUEST_INIT;
 use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
 use crate::spec::{PhaseTimes, Rootfs, RunOutcome, RunSpec};
@@ -241,20 +241,6 @@ fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>, ChrootError> {
         });
     }
     parse_archive(reader).map_err(archive_error)
-}
-
-fn compression_format(head: &[u8]) -> Option<&'static str> {
-    const MAGICS: [(&[u8], &str); 5] = [
-        (&[0x1f, 0x8b], "gzip"),
-        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
-        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
-        (&[0x02, 0x21, 0x4c, 0x18], "lz4"),
-        (b"BZh", "bzip2"),
-    ];
-    MAGICS
-        .iter()
-        .find(|(magic, _)| head.starts_with(magic))
-        .map(|&(_, format)| format)
 }
 
 fn parse_archive<R: BufRead>(mut reader: R) -> io::Result<Vec<ArchiveEntry>> {

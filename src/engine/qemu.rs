@@ -278,26 +278,19 @@ impl Pump {
                 let data = &buf[..n];
                 match i {
                     0 => {
-                        let mut code = None;
-                        let mut init = None;
-                        for &b in data {
-                            match self.parser.push(b) {
-                                Some(StatusLine::Exit(c)) => {
-                                    code = Some(c);
-                                    break;
+                        let mut event = false;
+                        let code = self.parser.feed(data, |line| match line {
+                            StatusLine::Event(name) => {
+                                event = true;
+                                if name == "init" && times.init.is_none() {
+                                    times.init = Some(Instant::now());
                                 }
-                                Some(StatusLine::Event(e)) => {
-                                    if e == "init" {
-                                        init = Some(Instant::now());
-                                    }
-                                    self.start_stdin();
-                                }
-                                Some(other) => log::debug!("status channel: {other:?}"),
-                                None => {}
                             }
-                        }
-                        if init.is_some() && times.init.is_none() {
-                            times.init = init;
+                            StatusLine::Other(text) => log::debug!("status channel: {text}"),
+                            StatusLine::Exit(_) => {}
+                        });
+                        if event {
+                            self.start_stdin();
                         }
                         if let Some(c) = code {
                             times.status = Some(Instant::now());
