@@ -3,7 +3,8 @@
 //! `<cache dir>/initrd/<key>.cpio`, where the key is a SHA-256 over the
 //! scanned tree's metadata (see `Tree::cache_key`). A hit refreshes the
 //! file's mtime; after each new entry only the [`KEEP`] most recently used
-//! archives are kept, and temporary files older than an hour (left by an
+//! archives are kept (and any used in the last minute, which a parallel run
+//! may be about to boot), and temporary files older than an hour (left by an
 //! interrupted pack) are removed.
 
 use std::fs;
@@ -17,6 +18,9 @@ pub(crate) const FORMAT_VERSION: &str = "microrun-initrd-v1";
 
 /// How many archives the cache keeps.
 pub const KEEP: usize = 8;
+
+/// How long after its last use an archive is never evicted.
+const IN_USE: Duration = Duration::from_secs(60);
 
 /// Prefix of the temporary files written before the rename.
 pub(crate) const TEMP_PREFIX: &str = ".pack-";
@@ -68,8 +72,13 @@ pub(crate) fn evict(dir: &Path, keep: usize) {
         }
     }
     archives.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    for (_, path) in archives.into_iter().skip(keep) {
-        remove(&path);
+    for (modified, path) in archives.into_iter().skip(keep) {
+        // A run boots its archive a moment after looking it up: one used
+        // within the last minute may be about to be opened by a parallel
+        // run, so it waits for a later eviction.
+        if now.duration_since(modified).unwrap_or_default() > IN_USE {
+            remove(&path);
+        }
     }
 }
 
@@ -123,6 +132,16 @@ mod tests {
             Some(PathBuf::from("/home/u/.cache/microrun"))
         );
         assert_eq!(cache_dir_from(None, None), None);
+    }
+
+    #[test]
+    fn evict_spares_archives_used_in_the_last_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            fs::File::create(dir.path().join(format!("{i}.cpio"))).unwrap();
+        }
+        evict(dir.path(), 1);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -43,12 +43,26 @@ fn unchanged_tree_is_not_repacked_and_cache_is_bounded() {
     pack_dir_to(&tree, &mut expected, &opts).unwrap();
     assert_eq!(fs::read(&changed).unwrap(), expected);
 
-    // Many trees: the cache keeps only the newest CACHE_KEEP archives, and
+    // Many trees: the cache keeps only the newest CACHE_KEEP archives (and
+    // any used in the last minute, so the older ones are aged here), and
     // the newest is always there.
     let mut last = changed;
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for i in 0..CACHE_KEEP + 3 {
         fs::write(tree.join("file"), format!("version {i}")).unwrap();
         last = cached_pack(&tree, &opts).unwrap();
+        let age = std::time::Duration::from_secs(i as u64);
+        for entry in fs::read_dir(last.parent().unwrap()).unwrap() {
+            let path = entry.unwrap().path();
+            if path != last && fs::metadata(&path).unwrap().modified().unwrap() > long_ago + age {
+                fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(long_ago + age)
+                    .unwrap();
+            }
+        }
     }
     assert!(last.exists());
     let archives = fs::read_dir(last.parent().unwrap()).unwrap().count();
