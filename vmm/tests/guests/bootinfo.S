@@ -29,28 +29,8 @@ main:
 	mov %r9d, %eax
 	call puthex
 	call newline
-	lea 0x2d0(%r15), %r10	# e820_table: 20-byte entries
-3:	test %r9d, %r9d
-	jz 4f
-	mov 4(%r10), %eax
-	call puthex
-	mov (%r10), %eax
-	call puthex
-	mov $' ', %al
-	out %al, %dx
-	mov 12(%r10), %eax
-	call puthex
-	mov 8(%r10), %eax
-	call puthex
-	mov $' ', %al
-	out %al, %dx
-	mov 16(%r10), %eax
-	call puthex
-	call newline
-	add $20, %r10
-	sub $1, %r9d
-	jmp 3b
-4:	mov $STATUS, %dx
+	call put_e820
+	mov $STATUS, %dx
 	mov $'0', %al
 	out %al, %dx
 	call newline

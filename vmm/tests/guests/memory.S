@@ -7,29 +7,8 @@ main:
 	mov 0x21c(%r15), %eax	# ramdisk_size
 	call puthex
 	call newline
-	movzbl 0x1e8(%r15), %r9d	# e820_entries
-	lea 0x2d0(%r15), %r10	# e820_table: 20-byte entries
-1:	test %r9d, %r9d
-	jz 2f
-	mov 4(%r10), %eax
-	call puthex
-	mov (%r10), %eax
-	call puthex
-	mov $' ', %al
-	out %al, %dx
-	mov 12(%r10), %eax
-	call puthex
-	mov 8(%r10), %eax
-	call puthex
-	mov $' ', %al
-	out %al, %dx
-	mov 16(%r10), %eax
-	call puthex
-	call newline
-	add $20, %r10
-	sub $1, %r9d
-	jmp 1b
-2:	mov $STATUS, %dx
+	call put_e820
+	mov $STATUS, %dx
 	mov $'0', %al
 	out %al, %dx
 	call newline
