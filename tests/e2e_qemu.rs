@@ -79,3 +79,25 @@ fn qemu_failing_to_start_shows_its_stderr() {
     let err = common::stderr(&output);
     assert!(err.contains("QEMU"), "{err}");
 }
+
+/// Without QEMU on the PATH the error names the package to install (125).
+#[test]
+fn missing_qemu_names_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("file"), b"x").unwrap();
+    let kernel = dir.path().join("kernel");
+    std::fs::write(&kernel, b"not looked at before QEMU starts").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microrun"))
+        .env("PATH", dir.path())
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .args(["--engine", "qemu", "--kernel"])
+        .arg(&kernel)
+        .arg(&root)
+        .output()
+        .unwrap();
+    common::assert_code(&output, 125);
+    let err = common::stderr(&output);
+    assert!(err.contains("qemu-system-x86"), "{err}");
+}
