@@ -4,20 +4,7 @@
 # `--cmdline 7` the status is 7, whatever microrun put before it.
 	.include "common.inc"
 main:
-	mov $STATUS, %dx
-	lea init_event(%rip), %rdi
-	call puts
-	mov $CONSOLE, %dx
-	lea console_text(%rip), %rdi
-	call puts
-	mov $STDOUT, %dx
-	xor %eax, %eax		# every byte value, 0..255, in order
-1:	out %al, %dx
-	add $1, %eax
-	cmp $256, %eax
-	jne 1b
-	lea stdout_text(%rip), %rdi
-	call puts
+	call put_streams
 	mov 0x228(%r15), %edi	# the command line
 	mov %rdi, %rsi		# start of its last word so far
 2:	movb (%rdi), %al
@@ -33,7 +20,3 @@ main:
 	call puts
 	call newline
 4:	jmp 4b
-
-init_event:	.asciz "@init\n"
-console_text:	.asciz "console: hello from the guest\n"
-stdout_text:	.asciz "stdout-end\n"
