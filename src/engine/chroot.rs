@@ -633,20 +633,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), ChrootError> {
 }
 
 fn read_fd(fd: RawFd, buf: &mut [u8]) -> Result<usize, ChrootError> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(ChrootError::Sys {
-                call: "read",
-                source: error,
-            });
-        }
-    }
+    super::read_retrying(fd, buf).map_err(|source| ChrootError::Sys {
+        call: "read",
+        source,
+    })
 }
 
 fn sys_error(call: &'static str) -> ChrootError {
@@ -958,14 +948,7 @@ fn extract_archive(entries: &[ArchiveEntry], root: &Path) -> Result<(), String> 
 /// writes, symlinks included, resolves inside `root` and never on the host.
 fn in_chroot(root: &Path, work: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     let root_c = CString::new(root.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors were just created and are owned only here.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = pipe().map_err(|e| e.to_string())?;
     // SAFETY: this process is single-threaded (a namespace's freshly forked
     // PID 1), so the child may run ordinary code after fork.
     let pid = unsafe { libc::fork() };

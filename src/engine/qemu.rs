@@ -401,17 +401,7 @@ fn write_out(out: &mut impl Write, data: &[u8]) {
 /// Reads what is there from `fd`, one of the pump's own open pipes; 0 at
 /// end of file or on error.
 fn read_some(fd: RawFd, buf: &mut [u8]) -> usize {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes of writes; `fd` is a
-        // pipe owned by the caller and open for the whole call.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return n as usize;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return 0;
-        }
-    }
+    super::read_retrying(fd, buf).unwrap_or(0)
 }
 
 /// A pipe whose write end QEMU inherits.
