@@ -29,16 +29,9 @@ fn exit_guest_stdout() -> Vec<u8> {
     bytes
 }
 
-fn skip_reason() -> Option<String> {
-    if let vmm::KvmHost::Unavailable(why) = vmm::kvm_host() {
-        return Some(why);
-    }
-    guests::missing_tools()
-}
-
 macro_rules! require_kvm {
     () => {
-        if let Some(why) = skip_reason() {
+        if let Some(why) = guests::vm_skip_reason() {
             // Straight to stderr: the harness does not capture it, so the
             // reason shows in every run.
             use std::io::Write as _;
@@ -91,23 +84,40 @@ impl Fixture {
     }
 
     /// Runs `microrun ARGS` with stdin from /dev/null and nothing taken
-    /// from the environment (no MICRORUN_KERNEL, the fixture's cache).
-    fn microrun<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> (Output, Duration) {
+    /// from the environment (no MICRORUN_KERNEL or MICRORUN_IRQCHIP, the
+    /// fixture's cache) but `env`.
+    fn microrun_env<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> (Output, Duration) {
         let start = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_microrun"))
             .args(args)
             .env_remove("MICRORUN_KERNEL")
+            .env_remove("MICRORUN_IRQCHIP")
             .env_remove("SOURCE_DATE_EPOCH")
             .env("XDG_CACHE_HOME", self.path("cache"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run microrun");
         (out, start.elapsed())
     }
 
+    /// [`Fixture::microrun_env`] with nothing added to the environment.
+    fn microrun<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> (Output, Duration) {
+        self.microrun_env(args, &[])
+    }
+
     /// Boots `kernel` with the fixture's rootfs, the safety timeout and
     /// `-q` (so stderr is only what the guest or an error says) plus `extra`.
     fn boot(&self, kernel: &Path, extra: &[&str]) -> Output {
+        self.boot_env(kernel, extra, &[])
+    }
+
+    /// [`Fixture::boot`] with `env` added to the environment.
+    fn boot_env(&self, kernel: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let mut args: Vec<std::ffi::OsString> = vec![
             "-q".into(),
             "--timeout".into(),
@@ -117,7 +127,7 @@ impl Fixture {
         ];
         args.extend(extra.iter().map(Into::into));
         args.push(self.root().into());
-        self.microrun(&args).0
+        self.microrun_env(&args, env).0
     }
 }
 
@@ -236,6 +246,20 @@ fn exit_statuses_propagate_and_streams_arrive_exactly() {
             "{what}: the console is microrun's stderr"
         );
     }
+}
+
+#[test]
+fn microrun_irqchip_picks_the_interrupt_controllers() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("exit");
+    for model in ["split", "kernel"] {
+        let out = f.boot_env(&kernel, &["--cmdline", "3"], &[("MICRORUN_IRQCHIP", model)]);
+        assert_eq!(code(&out), Some(3), "{model}: {}", stderr(&out));
+        assert_eq!(out.stdout, exit_guest_stdout(), "{model}");
+    }
+    let out = f.boot_env(&kernel, &[], &[("MICRORUN_IRQCHIP", "pic")]);
+    assert_fails(&out, &["MICRORUN_IRQCHIP=\"pic\"", "split", "kernel"]);
 }
 
 #[test]

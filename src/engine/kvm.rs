@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use vmm::{InitrdPart, KvmHost, VmConfig, VmEnd};
+use vmm::{InitrdPart, IrqChip, KvmHost, VmConfig, VmEnd};
 
 use crate::boot::BootInitrd;
 use crate::spec::{PhaseTimes, RunOutcome, RunSpec, Verbosity};
@@ -13,6 +13,21 @@ pub enum KvmEngineError {
     /// The VMM refused the configuration or failed.
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
+    /// `MICRORUN_IRQCHIP` names no interrupt controller model.
+    #[error("{IRQCHIP_VAR}={0:?} is not an interrupt controller model: use `split` (the default) or `kernel` (KVM's PIC, I/O APIC and PIT, for guest kernels without kvm-clock)")]
+    IrqChip(String),
+}
+
+/// The environment variable that picks the interrupt controllers.
+pub const IRQCHIP_VAR: &str = "MICRORUN_IRQCHIP";
+
+/// The interrupt controller model named by `value` (of [`IRQCHIP_VAR`]).
+pub fn parse_irqchip(value: Option<&str>) -> Result<IrqChip, KvmEngineError> {
+    match value {
+        None | Some("") | Some("split") => Ok(IrqChip::Split),
+        Some("kernel") => Ok(IrqChip::Kernel),
+        Some(other) => Err(KvmEngineError::IrqChip(other.to_string())),
+    }
 }
 
 /// What the kvm engine boots, decided by the caller.
@@ -38,6 +53,7 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
             ));
         }
     }
+    let irqchip = parse_irqchip(std::env::var(IRQCHIP_VAR).ok().as_deref())?;
     let mut initrd = vec![InitrdPart::File(boot.initrd.rootfs)];
     if let Some(archive) = boot.initrd.init_archive {
         initrd.push(InitrdPart::Bytes(archive));
@@ -50,6 +66,7 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
         vcpus: boot.vcpus,
         timeout: spec.timeout,
         forward_stdin: spec.forward_stdin,
+        irqchip,
         console: Box::new(std::io::stderr()),
         stdout: Box::new(std::io::stdout()),
         process_start: spec.started,
@@ -71,4 +88,21 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
             end: t.exit,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irqchip_names() {
+        assert_eq!(parse_irqchip(None).unwrap(), IrqChip::Split);
+        assert_eq!(parse_irqchip(Some("split")).unwrap(), IrqChip::Split);
+        assert_eq!(parse_irqchip(Some("kernel")).unwrap(), IrqChip::Kernel);
+        let e = parse_irqchip(Some("pic")).unwrap_err().to_string();
+        assert!(
+            e.contains("MICRORUN_IRQCHIP") && e.contains("kernel"),
+            "{e}"
+        );
+    }
 }

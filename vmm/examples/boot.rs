@@ -1,5 +1,5 @@
 //! A tiny driver for benchmarks and manual checks:
-//! `boot KERNEL [--mem MIB] [--cpus N] [--cmdline TEXT] [--initrd FILE] [--timeout-ms MS] [--stdin] [--timings]`.
+//! `boot KERNEL [--mem MIB] [--cpus N] [--cmdline TEXT] [--initrd FILE] [--timeout-ms MS] [--stdin] [--irqchip split|kernel] [--timings]`.
 //! Exits with the VM's exit code (125 on a VMM error).
 
 use std::process::ExitCode;
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         vcpus: 1,
         timeout: None,
         forward_stdin: false,
+        irqchip: vmm::IrqChip::Split,
         console: Box::new(std::io::stderr()),
         stdout: Box::new(std::io::stdout()),
         process_start,
@@ -32,6 +33,12 @@ fn main() -> ExitCode {
                 config.timeout = Some(Duration::from_millis(value().parse().unwrap_or(1000)))
             }
             "--stdin" => config.forward_stdin = true,
+            "--irqchip" => {
+                config.irqchip = match value().as_str() {
+                    "kernel" => vmm::IrqChip::Kernel,
+                    _ => vmm::IrqChip::Split,
+                }
+            }
             "--timings" => timings = true,
             _ => config.kernel = arg.into(),
         }

@@ -71,6 +71,8 @@ pub const POST_CODE_PORT: u16 = 0x80;
 pub const APIC_DEFAULT_PHYS_BASE: u32 = 0xfee0_0000;
 /// I/O APIC base (in the MP table).
 pub const IO_APIC_DEFAULT_PHYS_BASE: u32 = 0xfec0_0000;
+/// The MMIO range the VMM's I/O APIC claims (split irqchip): one page.
+pub const IO_APIC_MMIO_LEN: u64 = 0x1000;
 
 /// e820 entry type for usable RAM.
 pub const E820_RAM: u32 = 1;

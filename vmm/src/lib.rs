@@ -12,6 +12,7 @@
 //!     vcpus: 1,
 //!     timeout: None,
 //!     forward_stdin: false,
+//!     irqchip: vmm::IrqChip::default(),
 //!     console: Box::new(std::io::stderr()),
 //!     stdout: Box::new(std::io::stdout()),
 //!     process_start: Instant::now(),
@@ -23,6 +24,7 @@
 
 pub mod devices;
 pub mod initrd;
+pub mod irqchip;
 pub mod kernel;
 pub mod layout;
 pub mod memory;
@@ -38,20 +40,19 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_reinject_control, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use devices::i8042::I8042;
-use devices::serial::{SerialDevice, StatusOutput};
-use devices::{bus::lock, Bus};
+use devices::ioapic::IoApic;
+use devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
+use devices::{bus::lock, Bus, Devices};
 pub use initrd::InitrdPart;
+pub use irqchip::IrqChip;
+use irqchip::KvmMsiSink;
 use kernel::BootProtocol;
 use memory::GuestMemory;
 use vcpu::{VcpuContext, VcpuMessage};
@@ -72,6 +73,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Feed host stdin to ttyS1's receive side.
     pub forward_stdin: bool,
+    /// Which interrupt controllers KVM provides (see [`IrqChip`]).
+    pub irqchip: IrqChip,
     /// ttyS0 output.
     pub console: Box<dyn Write + Send>,
     /// ttyS1 output, byte for byte; flushed before `run` returns.
@@ -229,6 +232,9 @@ pub enum VmmError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    /// The interrupt controllers.
+    #[error(transparent)]
+    IrqChip(#[from] irqchip::IrqChipError),
     /// The device bus.
     #[error(transparent)]
     Bus(#[from] devices::BusError),
@@ -252,9 +258,10 @@ fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 
 /// Boots the VM described by `config` and runs it until it ends.
 ///
-/// The steps follow the boot checklist: KVM, guest memory, VM (irqchip,
-/// PIT), kernel, command line, initrd, zero page or PVH info, MP table,
-/// boot page tables, devices, vCPUs, the memory slot, then the run loop.
+/// The steps follow the boot checklist: KVM, guest memory, VM (interrupt
+/// controllers), kernel, command line, initrd, zero page or PVH info, MP
+/// table, boot page tables, devices, vCPUs, the memory slot, then the run
+/// loop.
 pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     let VmConfig {
         kernel: kernel_path,
@@ -264,6 +271,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         vcpus,
         timeout,
         forward_stdin,
+        irqchip,
         console,
         stdout,
         process_start,
@@ -288,40 +296,44 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     }
 
     let mem = memory::create_guest_memory(mem_size)?;
-    let vm = create_vm(&kvm)?;
-
-    let (devices, vcpu_fds) = std::thread::scope(|scope| {
-        // Switching off PIT re-injection sometimes waits 12-20 ms for an
-        // SRCU grace period (see the function); on its own thread that wait
-        // overlaps the rest of the setup, which waits for another one.
-        let pit = std::thread::Builder::new()
-            .name("pit".into())
-            .spawn_scoped(scope, || switch_off_pit_reinjection(&kvm, &vm));
-        let spec = BootSpec {
-            kernel: &kernel_path,
-            initrd: &initrd_parts,
-            cmdline: &cmdline,
-            mem_size,
-            vcpus,
-        };
-        let built = set_up_guest(&kvm, &vm, &mem, &spec, console, stdout);
-        let pit = match pit {
-            Ok(thread) => thread.join().unwrap_or_else(|_| {
-                Err(VmmError::Host {
-                    what: "switch off PIT tick re-injection",
-                    source: std::io::Error::other("its thread panicked"),
-                })
-            }),
-            Err(_) => switch_off_pit_reinjection(&kvm, &vm),
-        };
-        let built = built?;
-        pit.map(|()| built)
-    })?;
+    let vm = Arc::new(create_vm(&kvm)?);
+    let irqchip = irqchip::create(&kvm, &vm, irqchip)?;
+    let spec = BootSpec {
+        kernel: &kernel_path,
+        initrd: &initrd_parts,
+        cmdline: &cmdline,
+        mem_size,
+        vcpus,
+        irqchip,
+    };
+    let (devices, vcpu_fds) = match irqchip {
+        IrqChip::Split => set_up_guest(&kvm, &vm, &mem, &spec, console, stdout)?,
+        IrqChip::Kernel => std::thread::scope(|scope| {
+            // Switching off PIT re-injection sometimes waits 12-20 ms for an
+            // SRCU grace period (see the function); on its own thread that
+            // wait overlaps the rest of the setup, which waits for another.
+            let pit = std::thread::Builder::new()
+                .name("pit".into())
+                .spawn_scoped(scope, || irqchip::switch_off_pit_reinjection(&kvm, &vm));
+            let built = set_up_guest(&kvm, &vm, &mem, &spec, console, stdout);
+            let pit = match pit {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(irqchip::IrqChipError::Kvm {
+                        what: "switch off PIT tick re-injection",
+                        source: kvm_ioctls::Error::new(libc::EIO),
+                    })
+                }),
+                Err(_) => irqchip::switch_off_pit_reinjection(&kvm, &vm),
+            };
+            let built = built?;
+            pit.map(|()| built).map_err(VmmError::from)
+        })?,
+    };
     timings.vm_ready = Some(Instant::now());
 
     let stdin_gate = if forward_stdin {
         let (open, gate) = mpsc::channel();
-        spawn_stdin_forwarder(devices.stdout.clone(), gate)?;
+        spawn_stdin_forwarder(Arc::downgrade(&devices.stdout), gate)?;
         Some(open)
     } else {
         None
@@ -342,6 +354,7 @@ struct BootSpec<'a> {
     cmdline: &'a str,
     mem_size: u64,
     vcpus: u8,
+    irqchip: IrqChip,
 }
 
 /// Everything between creating the VM and running it: loads the kernel,
@@ -349,12 +362,12 @@ struct BootSpec<'a> {
 /// registers guest memory.
 fn set_up_guest(
     kvm: &Kvm,
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     mem: &GuestMemory,
     spec: &BootSpec,
     console: Box<dyn Write + Send>,
     stdout: Box<dyn Write + Send>,
-) -> Result<(Devices, Vec<kvm_ioctls::VcpuFd>), VmmError> {
+) -> Result<(VmDevices, Vec<kvm_ioctls::VcpuFd>), VmmError> {
     let kernel = kernel::load_kernel(mem, spec.kernel, spec.mem_size)?;
     kernel::load_cmdline(mem, spec.cmdline, kernel.image.cmdline_max)?;
     let initrd = initrd::load_initrd(
@@ -373,11 +386,17 @@ fn set_up_guest(
     mptable::setup_mptable(mem, spec.vcpus)?;
     vcpu::setup_boot_tables(mem, kernel.protocol)?;
 
-    let devices = create_devices(vm, console, stdout)?;
+    let devices = create_devices(vm, spec, console, stdout)?;
 
-    let supported_cpuid = kvm
+    let mut supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get the supported CPUID"))?;
+    // KVM emulates the TSC-deadline timer but cannot know whether the VMM's
+    // LAPIC model has it, so it leaves the bit to the VMM. Linux needs it to
+    // run without a PIT (the split model has none).
+    if kvm.check_extension(Cap::TscDeadlineTimer) {
+        vcpu::advertise_tsc_deadline(&mut supported_cpuid);
+    }
     let mut vcpu_fds = Vec::with_capacity(usize::from(spec.vcpus));
     for id in 0..spec.vcpus {
         let fd = vm
@@ -398,61 +417,23 @@ fn set_up_guest(
     Ok((devices, vcpu_fds))
 }
 
-/// VM ioctls that kvm-ioctls does not wrap.
-mod raw_ioctls {
-    use kvm_bindings::KVMIO;
-    use vmm_sys_util::ioctl_io_nr;
-
-    ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
-}
-
 fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
     let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("set the TSS address"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("set the identity map address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("create the in-kernel irqchip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
     Ok(vm)
-}
-
-/// Stops KVM from re-injecting PIT ticks the guest missed.
-fn switch_off_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<(), VmmError> {
-    // KVM re-injects PIT ticks the guest has not acknowledged unless told
-    // not to; a real PIT drops them, and Linux keeps time by its clocksource,
-    // not by counting ticks. Switching it off here rather than leaving it to
-    // VM teardown is for speed: switching it off waits for SRCU grace
-    // periods, which at teardown are never expedited (13-25 ms measured
-    // there) and here often are (see docs/bench-null-vm.md). With
-    // re-injection off, AMD's AVIC also stays usable.
-    if kvm.check_extension(Cap::ReinjectControl) {
-        let control = kvm_reinject_control::default();
-        // SAFETY: KVM_REINJECT_CONTROL reads a `kvm_reinject_control`, which
-        // `control` is, and writes nothing; the VM fd is valid.
-        let ret = unsafe { ioctl_with_ref(vm, raw_ioctls::KVM_REINJECT_CONTROL(), &control) };
-        if ret != 0 {
-            return Err(VmmError::Kvm {
-                what: "switch off PIT tick re-injection",
-                source: kvm_ioctls::Error::last(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Registers guest memory with KVM, one slot per region.
 ///
 /// This is the last step before the vCPUs run, and that order is deliberate:
-/// KVM frees the I/O bus replaced by each in-kernel device (PIC, I/O APIC,
-/// PIT) after an SRCU grace period that is not expedited, and a memory slot
-/// change waits for that grace period to end (one to two timer ticks, 4-8
-/// ms at HZ=250). Everything done before it overlaps with that wait.
+/// with the in-kernel irqchip, KVM frees the I/O bus replaced by each
+/// in-kernel device (PIC, I/O APIC, PIT) after an SRCU grace period that is
+/// not expedited, and a memory slot change waits for that grace period to
+/// end (one to two timer ticks, 4-8 ms at HZ=250). Everything done before
+/// it overlaps with that wait. (The split irqchip has no such wait.)
 fn map_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
@@ -472,52 +453,82 @@ fn map_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmmError> {
 
 type ConsoleUart = SerialDevice<Box<dyn Write + Send>>;
 
-struct Devices {
-    bus: Arc<Bus>,
+/// The devices, and the two UARTs the VMM flushes and feeds.
+struct VmDevices {
+    map: Arc<Devices>,
     console: Arc<Mutex<ConsoleUart>>,
     stdout: Arc<Mutex<ConsoleUart>>,
 }
 
-fn create_devices(
+/// The interrupt line of ISA IRQ `irq`: an irqfd for KVM's in-kernel
+/// irqchip, or the matching pin of the VMM's I/O APIC (the MP table routes
+/// ISA IRQ n to pin n).
+fn irq_line(
     vm: &VmFd,
+    ioapic: Option<&Arc<Mutex<IoApic>>>,
+    irq: u32,
+) -> Result<IrqTrigger, VmmError> {
+    if let Some(ioapic) = ioapic {
+        return Ok(IrqTrigger::Pin(ioapic.clone(), irq as usize));
+    }
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    vm.register_irqfd(&fd, irq)
+        .map_err(kvm_err("register a UART's irqfd"))?;
+    Ok(IrqTrigger::Fd(fd))
+}
+
+fn create_devices(
+    vm: &Arc<VmFd>,
+    spec: &BootSpec,
     console: Box<dyn Write + Send>,
     stdout: Box<dyn Write + Send>,
-) -> Result<Devices, VmmError> {
-    let irq4 = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
-    let irq3 = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
-    vm.register_irqfd(&irq4, layout::SERIAL_CONSOLE_IRQ)
-        .map_err(kvm_err("register the IRQ 4 irqfd"))?;
-    vm.register_irqfd(&irq3, layout::SERIAL_STDOUT_IRQ)
-        .map_err(kvm_err("register the IRQ 3 irqfd"))?;
-    // ttyS0 and ttyS2 share IRQ 4, so they share its event fd.
-    let irq4_status = irq4.try_clone().map_err(host_err("clone an event fd"))?;
+) -> Result<VmDevices, VmmError> {
+    let ioapic = (spec.irqchip == IrqChip::Split).then(|| {
+        // The I/O APIC's ID follows the vCPUs' APIC IDs, as in the MP table.
+        let sink = Box::new(KvmMsiSink(vm.clone()));
+        Arc::new(Mutex::new(IoApic::new(spec.vcpus, sink)))
+    });
+    let irq4 = irq_line(vm, ioapic.as_ref(), layout::SERIAL_CONSOLE_IRQ)?;
+    let irq3 = irq_line(vm, ioapic.as_ref(), layout::SERIAL_STDOUT_IRQ)?;
+    // ttyS0 and ttyS2 share IRQ 4, so they share its line.
+    let irq4_status = match &irq4 {
+        IrqTrigger::Fd(fd) => {
+            IrqTrigger::Fd(fd.try_clone().map_err(host_err("clone an event fd"))?)
+        }
+        IrqTrigger::Pin(ioapic, pin) => IrqTrigger::Pin(ioapic.clone(), *pin),
+    };
     let console = Arc::new(Mutex::new(SerialDevice::new(irq4, console)));
     let stdout = Arc::new(Mutex::new(SerialDevice::new(irq3, stdout)));
     let status = Arc::new(Mutex::new(SerialDevice::new(
         irq4_status,
         StatusOutput::default(),
     )));
-    let mut bus = Bus::new();
-    bus.insert(
+    let mut pio = Bus::new();
+    let uart_len = u64::from(layout::SERIAL_PORT_LEN);
+    pio.insert(
         console.clone(),
-        layout::SERIAL_CONSOLE_PORT,
-        layout::SERIAL_PORT_LEN,
+        layout::SERIAL_CONSOLE_PORT.into(),
+        uart_len,
     )?;
-    bus.insert(
-        stdout.clone(),
-        layout::SERIAL_STDOUT_PORT,
-        layout::SERIAL_PORT_LEN,
-    )?;
-    bus.insert(status, layout::SERIAL_STATUS_PORT, layout::SERIAL_PORT_LEN)?;
-    bus.insert(
+    pio.insert(stdout.clone(), layout::SERIAL_STDOUT_PORT.into(), uart_len)?;
+    pio.insert(status, layout::SERIAL_STATUS_PORT.into(), uart_len)?;
+    pio.insert(
         Arc::new(Mutex::new(I8042)),
-        layout::I8042_PORT,
-        layout::I8042_PORT_LEN,
+        layout::I8042_PORT.into(),
+        layout::I8042_PORT_LEN.into(),
     )?;
     // Port 0x80 (POST codes, used as an I/O delay) needs no device: the bus
     // ignores writes to empty ports.
-    Ok(Devices {
-        bus: Arc::new(bus),
+    let mut mmio = Bus::new();
+    if let Some(ioapic) = &ioapic {
+        mmio.insert(
+            ioapic.clone(),
+            layout::IO_APIC_DEFAULT_PHYS_BASE.into(),
+            layout::IO_APIC_MMIO_LEN,
+        )?;
+    }
+    Ok(VmDevices {
+        map: Arc::new(Devices { pio, mmio, ioapic }),
         console,
         stdout,
     })
@@ -527,8 +538,9 @@ fn create_devices(
 /// the first `@` event on (guest-init's `@init`): the guest's serial driver
 /// clears the FIFO when it opens the port, so bytes sent earlier are lost.
 /// The thread is detached: it may be blocked in `read` when the VM ends.
+/// It holds the UART weakly, so that the VM can be torn down meanwhile.
 fn spawn_stdin_forwarder(
-    uart: Arc<Mutex<ConsoleUart>>,
+    uart: std::sync::Weak<Mutex<ConsoleUart>>,
     gate: mpsc::Receiver<()>,
 ) -> Result<(), VmmError> {
     std::thread::Builder::new()
@@ -543,6 +555,9 @@ fn spawn_stdin_forwarder(
                 if n == 0 {
                     return;
                 }
+                let Some(uart) = uart.upgrade() else {
+                    return;
+                };
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
                     let sent = lock(&uart).receive(rest);
@@ -565,7 +580,7 @@ fn vcpu_kick_signal() -> libc::c_int {
 
 fn run_vcpus(
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
-    devices: &Devices,
+    devices: &VmDevices,
     mem: &GuestMemory,
     timeout: Option<Duration>,
     mut stdin_gate: Option<mpsc::Sender<()>>,
@@ -582,7 +597,7 @@ fn run_vcpus(
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
         let ctx = VcpuContext {
-            bus: devices.bus.clone(),
+            devices: devices.map.clone(),
             stop: stop.clone(),
             events: tx.clone(),
             mem: mem.clone(),

@@ -16,7 +16,8 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::{Bus, BusEvent};
+use crate::devices::bus::lock;
+use crate::devices::{BusEvent, Devices};
 use crate::kernel::BootProtocol;
 use crate::layout;
 use crate::memory::GuestMemory;
@@ -191,6 +192,18 @@ pub fn vcpu_cpuid(supported: &CpuId, id: u8, count: u8) -> CpuId {
     cpuid
 }
 
+/// CPUID.1:ECX bit 24: the local APIC timer has TSC-deadline mode.
+const CPUID_TSC_DEADLINE_BIT: u32 = 1 << 24;
+
+/// Advertises the local APIC's TSC-deadline timer mode in leaf 1.
+pub fn advertise_tsc_deadline(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 1 {
+            entry.ecx |= CPUID_TSC_DEADLINE_BIT;
+        }
+    }
+}
+
 fn boot_msrs() -> Vec<kvm_msr_entry> {
     [
         (MSR_IA32_SYSENTER_CS, 0),
@@ -317,25 +330,25 @@ pub enum ExitAction {
 }
 
 /// Maps one vCPU exit to what the run loop should do, doing the device I/O.
-pub fn handle_exit(exit: VcpuExit<'_>, bus: &Bus) -> ExitAction {
+pub fn handle_exit(exit: VcpuExit<'_>, devices: &Devices) -> ExitAction {
     match exit {
-        VcpuExit::IoOut(port, data) => match bus.write(port, data) {
-            Some(BusEvent::Status(code)) => ExitAction::End(VmEnd::Status(code)),
-            Some(BusEvent::Reset) => ExitAction::End(VmEnd::Reset),
-            Some(BusEvent::Event(name)) => ExitAction::Event(name),
-            None => ExitAction::Continue,
-        },
+        VcpuExit::IoOut(port, data) => bus_action(devices.pio.write(port.into(), data)),
         VcpuExit::IoIn(port, data) => {
-            bus.read(port, data);
+            devices.pio.read(port.into(), data);
             ExitAction::Continue
         }
-        VcpuExit::MmioRead(_, data) => {
-            data.fill(0xff);
+        VcpuExit::MmioWrite(addr, data) => bus_action(devices.mmio.write(addr, data)),
+        VcpuExit::MmioRead(addr, data) => {
+            devices.mmio.read(addr, data);
             ExitAction::Continue
         }
-        VcpuExit::MmioWrite(..) | VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => {
+        VcpuExit::IoapicEoi(vector) => {
+            if let Some(ioapic) = &devices.ioapic {
+                lock(ioapic).end_of_interrupt(vector);
+            }
             ExitAction::Continue
         }
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen => ExitAction::Continue,
         VcpuExit::Shutdown => ExitAction::End(VmEnd::Shutdown),
         VcpuExit::SystemEvent(kind, _) if kind == KVM_SYSTEM_EVENT_RESET => {
             ExitAction::End(VmEnd::Reset)
@@ -346,6 +359,15 @@ pub fn handle_exit(exit: VcpuExit<'_>, bus: &Bus) -> ExitAction {
             "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu})"
         )),
         other => ExitAction::GuestFault(format!("unexpected vCPU exit {other:?}")),
+    }
+}
+
+fn bus_action(event: Option<BusEvent>) -> ExitAction {
+    match event {
+        Some(BusEvent::Status(code)) => ExitAction::End(VmEnd::Status(code)),
+        Some(BusEvent::Reset) => ExitAction::End(VmEnd::Reset),
+        Some(BusEvent::Event(name)) => ExitAction::Event(name),
+        None => ExitAction::Continue,
     }
 }
 
@@ -362,8 +384,8 @@ pub enum VcpuMessage {
 
 /// What a vCPU thread shares with the rest of the VMM.
 pub struct VcpuContext {
-    /// The port-I/O bus.
-    pub bus: Arc<Bus>,
+    /// The devices.
+    pub devices: Arc<Devices>,
     /// Set when the VM is over; the thread returns at its next exit.
     pub stop: Arc<AtomicBool>,
     /// Where the thread reports.
@@ -432,7 +454,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
     }
     while !ctx.stop.load(Ordering::Acquire) {
         let action = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, &ctx.bus),
+            Ok(exit) => handle_exit(exit, &ctx.devices),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
             Err(e) => ExitAction::End(VmEnd::GuestError(format!("vCPU {id}: KVM_RUN failed: {e}"))),
         };
@@ -456,18 +478,28 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
 mod tests {
     use super::*;
     use crate::devices::i8042::I8042;
-    use crate::devices::serial::{SerialDevice, StatusOutput};
+    use crate::devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
+    use crate::devices::{Bus, BusDevice};
     use std::sync::Mutex;
     use vmm_sys_util::eventfd::EventFd;
 
-    fn bus() -> Bus {
-        let mut bus = Bus::new();
-        let status = SerialDevice::new(EventFd::new(0).unwrap(), StatusOutput::default());
-        bus.insert(Arc::new(Mutex::new(status)), layout::SERIAL_STATUS_PORT, 8)
+    fn bus() -> Devices {
+        let mut pio = Bus::new();
+        let irq = IrqTrigger::Fd(EventFd::new(0).unwrap());
+        let status = SerialDevice::new(irq, StatusOutput::default());
+        pio.insert(
+            Arc::new(Mutex::new(status)),
+            layout::SERIAL_STATUS_PORT.into(),
+            8,
+        )
+        .unwrap();
+        pio.insert(Arc::new(Mutex::new(I8042)), layout::I8042_PORT.into(), 5)
             .unwrap();
-        bus.insert(Arc::new(Mutex::new(I8042)), layout::I8042_PORT, 5)
-            .unwrap();
-        bus
+        Devices {
+            pio,
+            mmio: Bus::new(),
+            ioapic: None,
+        }
     }
 
     #[test]
@@ -521,6 +553,56 @@ mod tests {
             handle_exit(VcpuExit::FailEntry(7, 0), &bus),
             ExitAction::GuestFault(m) if m.contains("0x7")
         ));
+    }
+
+    #[test]
+    fn mmio_and_eoi_exits_reach_the_ioapic() {
+        use crate::devices::ioapic::testing::{write_reg, Recorder};
+        use crate::devices::ioapic::IoApic;
+
+        let rec = Recorder::default();
+        let ioapic = Arc::new(Mutex::new(IoApic::new(1, Box::new(rec.clone()))));
+        let base = u64::from(layout::IO_APIC_DEFAULT_PHYS_BASE);
+        let mut mmio = Bus::new();
+        mmio.insert(ioapic.clone(), base, layout::IO_APIC_MMIO_LEN)
+            .unwrap();
+        let devices = Devices {
+            pio: Bus::new(),
+            mmio,
+            ioapic: Some(ioapic.clone()),
+        };
+        // The guest programs pin 4 level-triggered, vector 0x30, by MMIO exits.
+        for (offset, value) in [(0x00u64, 0x18u32), (0x10, 0x30 | (1 << 15))] {
+            let action = handle_exit(
+                VcpuExit::MmioWrite(base + offset, &value.to_le_bytes()),
+                &devices,
+            );
+            assert_eq!(action, ExitAction::Continue);
+        }
+        let mut data = [0u8; 4];
+        handle_exit(VcpuExit::MmioRead(base + 0x10, &mut data), &devices);
+        assert_eq!(u32::from_le_bytes(data), 0x30 | (1 << 15));
+        // A UART wired to pin 4 interrupts; the pin then waits for the EOI.
+        let mut uart = SerialDevice::new(
+            IrqTrigger::Pin(ioapic.clone(), 4),
+            Box::new(std::io::sink()) as Box<dyn std::io::Write + Send>,
+        );
+        let mut iir = [0u8];
+        uart.write(1, &[0x02]); // IER: transmitter empty
+        uart.write(0, b"x");
+        uart.read(2, &mut iir); // the driver acknowledges
+        uart.write(0, b"y");
+        assert_eq!(rec.sent.lock().unwrap().len(), 1);
+        handle_exit(VcpuExit::IoapicEoi(0x30), &devices);
+        uart.read(2, &mut iir);
+        uart.write(0, b"z");
+        assert_eq!(rec.sent.lock().unwrap().len(), 2);
+        // MMIO outside any device reads as all ones.
+        handle_exit(VcpuExit::MmioRead(0xfed0_0000, &mut data), &devices);
+        assert_eq!(data, [0xff; 4]);
+        // Writes through the window helper land in the same registers.
+        write_reg(&mut *lock(&ioapic), 0, 0x18, 0x10000);
+        assert_eq!(lock(&ioapic).redirection_entry(4), Some(0x10000));
     }
 
     #[test]

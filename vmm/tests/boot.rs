@@ -6,44 +6,14 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{build_guest, missing_tools, symbol_address, GuestFormat};
+use common::{build_guest, symbol_address, Capture, GuestFormat};
 use vmm::{InitrdPart, KvmHost, VmConfig, VmEnd, VmmError};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-}
-
-fn skip_reason() -> Option<String> {
-    if let KvmHost::Unavailable(why) = vmm::kvm_host() {
-        return Some(why);
-    }
-    missing_tools()
-}
 
 macro_rules! require_kvm {
     () => {
-        if let Some(why) = skip_reason() {
+        if let Some(why) = common::vm_skip_reason() {
             eprintln!("skipped: {why}");
             return;
         }
@@ -65,6 +35,7 @@ fn config(kernel: &Path, cmdline: &str) -> VmConfig {
         vcpus: 1,
         timeout: Some(Duration::from_secs(20)),
         forward_stdin: false,
+        irqchip: vmm::IrqChip::default(),
         console: Box::new(std::io::sink()),
         stdout: Box::new(std::io::sink()),
         process_start: Instant::now(),

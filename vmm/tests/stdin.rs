@@ -7,11 +7,7 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn stdin_is_forwarded_to_ttys1() {
-    if let vmm::KvmHost::Unavailable(why) = vmm::kvm_host() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    if let Some(why) = common::missing_tools() {
+    if let Some(why) = common::vm_skip_reason() {
         eprintln!("skipped: {why}");
         return;
     }

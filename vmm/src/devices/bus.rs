@@ -1,4 +1,5 @@
-//! A tiny port-I/O bus: devices claim port ranges and see offsets into them.
+//! A tiny bus: devices claim address ranges and see offsets into them. One
+//! instance serves port I/O, another MMIO.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,32 +17,32 @@ pub enum BusEvent {
 /// A device model: a state machine driven by reads and writes at offsets.
 pub trait BusDevice: Send {
     /// Fills `data` for a read at `offset` into the device's range.
-    fn read(&mut self, offset: u16, data: &mut [u8]);
+    fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Handles a write at `offset`; may return an event for the VMM.
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<BusEvent>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent>;
 }
 
 /// Errors building the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// Two devices claim overlapping ranges.
-    #[error("I/O port range {base:#x}+{len} overlaps a device already on the bus")]
+    #[error("address range {base:#x}+{len:#x} overlaps a device already on the bus")]
     Overlap {
         /// Start of the rejected range.
-        base: u16,
+        base: u64,
         /// Its length.
-        len: u16,
+        len: u64,
     },
 }
 
 struct Entry {
-    base: u16,
-    len: u16,
+    base: u64,
+    len: u64,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// The port-I/O bus. Ports without a device read as 0xff and ignore writes,
-/// as on a PC with nothing at that address.
+/// A port-I/O or MMIO bus. Addresses without a device read as 0xff and
+/// ignore writes, as on a PC with nothing at that address.
 #[derive(Default)]
 pub struct Bus {
     entries: Vec<Entry>,
@@ -53,16 +54,16 @@ impl Bus {
         Self::default()
     }
 
-    /// Puts `device` at ports `base..base + len`.
+    /// Puts `device` at addresses `base..base + len`.
     pub fn insert(
         &mut self,
         device: Arc<Mutex<dyn BusDevice>>,
-        base: u16,
-        len: u16,
+        base: u64,
+        len: u64,
     ) -> Result<(), BusError> {
-        let end = u32::from(base) + u32::from(len);
+        let end = u128::from(base) + u128::from(len);
         let overlaps = self.entries.iter().any(|e| {
-            u32::from(base) < u32::from(e.base) + u32::from(e.len) && u32::from(e.base) < end
+            u128::from(base) < u128::from(e.base) + u128::from(e.len) && u128::from(e.base) < end
         });
         if overlaps || len == 0 {
             return Err(BusError::Overlap { base, len });
@@ -71,24 +72,24 @@ impl Bus {
         Ok(())
     }
 
-    fn find(&self, port: u16) -> Option<(&Entry, u16)> {
+    fn find(&self, addr: u64) -> Option<(&Entry, u64)> {
         self.entries
             .iter()
-            .find(|e| port >= e.base && u32::from(port) < u32::from(e.base) + u32::from(e.len))
-            .map(|e| (e, port - e.base))
+            .find(|e| addr >= e.base && addr - e.base < e.len)
+            .map(|e| (e, addr - e.base))
     }
 
-    /// Reads from `port`.
-    pub fn read(&self, port: u16, data: &mut [u8]) {
-        match self.find(port) {
+    /// Reads from `addr`.
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
             Some((entry, offset)) => lock(&entry.device).read(offset, data),
             None => data.fill(0xff),
         }
     }
 
-    /// Writes to `port`; returns the device's event, if any.
-    pub fn write(&self, port: u16, data: &[u8]) -> Option<BusEvent> {
-        let (entry, offset) = self.find(port)?;
+    /// Writes to `addr`; returns the device's event, if any.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<BusEvent> {
+        let (entry, offset) = self.find(addr)?;
         let event = lock(&entry.device).write(offset, data);
         event
     }
@@ -104,12 +105,12 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    struct Recorder(Vec<(u16, u8)>);
+    struct Recorder(Vec<(u64, u8)>);
     impl BusDevice for Recorder {
-        fn read(&mut self, offset: u16, data: &mut [u8]) {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn write(&mut self, offset: u16, data: &[u8]) -> Option<BusEvent> {
+        fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent> {
             self.0.push((offset, data[0]));
             (data[0] == 0xfe).then_some(BusEvent::Reset)
         }

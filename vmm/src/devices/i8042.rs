@@ -3,7 +3,7 @@
 use super::bus::{BusDevice, BusEvent};
 
 /// Offset of the command/status register from the data port (0x64 - 0x60).
-pub const COMMAND_OFFSET: u16 = 4;
+pub const COMMAND_OFFSET: u64 = 4;
 /// The "pulse reset line" command.
 pub const CMD_RESET_CPU: u8 = 0xfe;
 
@@ -12,12 +12,12 @@ pub const CMD_RESET_CPU: u8 = 0xfe;
 pub struct I8042;
 
 impl BusDevice for I8042 {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         // Status 0: output buffer empty, input buffer empty (ready for commands).
         data.fill(0);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<BusEvent> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent> {
         (offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU))
             .then_some(BusEvent::Reset)
     }

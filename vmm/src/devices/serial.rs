@@ -1,22 +1,31 @@
 //! 16550A UARTs (vm-superio) on the bus: the console, stdout and status ports.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::{BusDevice, BusEvent};
+use super::bus::{lock, BusDevice, BusEvent};
+use super::ioapic::IoApic;
 use crate::status::{StatusLine, StatusParser};
 
-/// Raises the UART's interrupt by signalling an irqfd.
-#[derive(Debug)]
-pub struct IrqTrigger(pub EventFd);
+/// How a UART raises its interrupt.
+pub enum IrqTrigger {
+    /// By signalling an irqfd: KVM's in-kernel irqchip delivers it.
+    Fd(EventFd),
+    /// By an edge on a pin of the VMM's I/O APIC (split irqchip).
+    Pin(Arc<Mutex<IoApic>>, usize),
+}
 
 impl Trigger for IrqTrigger {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        match self {
+            IrqTrigger::Fd(fd) => fd.write(1),
+            IrqTrigger::Pin(ioapic, pin) => lock(ioapic).pulse(*pin),
+        }
     }
 }
 
@@ -68,9 +77,9 @@ pub struct SerialDevice<W: SerialOutput> {
 
 impl<W: SerialOutput> SerialDevice<W> {
     /// A UART whose interrupt is `irq` and whose output goes to `out`.
-    pub fn new(irq: EventFd, out: W) -> Self {
+    pub fn new(irq: IrqTrigger, out: W) -> Self {
         Self {
-            serial: Serial::new(IrqTrigger(irq), out),
+            serial: Serial::new(irq, out),
         }
     }
 
@@ -94,7 +103,7 @@ impl<W: SerialOutput> SerialDevice<W> {
 }
 
 impl<W: SerialOutput> BusDevice for SerialDevice<W> {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = u8::try_from(offset).map_or(0xff, |o| self.serial.read(o));
         data.fill(0);
         if let Some(first) = data.first_mut() {
@@ -102,7 +111,7 @@ impl<W: SerialOutput> BusDevice for SerialDevice<W> {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<BusEvent> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent> {
         let (Ok(offset), Some(&value)) = (u8::try_from(offset), data.first()) else {
             return None;
         };
@@ -132,8 +141,8 @@ mod tests {
         }
     }
 
-    fn evt() -> EventFd {
-        EventFd::new(libc::EFD_NONBLOCK).unwrap()
+    fn evt() -> IrqTrigger {
+        IrqTrigger::Fd(EventFd::new(libc::EFD_NONBLOCK).unwrap())
     }
 
     #[test]
@@ -165,9 +174,9 @@ mod tests {
 
     #[test]
     fn received_bytes_respect_the_fifo_and_raise_the_irq() {
-        let irq = evt();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut dev = SerialDevice::new(
-            irq.try_clone().unwrap(),
+            IrqTrigger::Fd(irq.try_clone().unwrap()),
             Box::new(io::sink()) as Box<dyn Write + Send>,
         );
         // Enable the received-data interrupt (IER bit 0).

@@ -3,8 +3,44 @@
 //! that other crates' tests can include it with `#[path]`.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+/// Collects what a VM writes to one of its outputs.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Everything written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+/// Why synthetic guests cannot boot here, if they cannot: no usable
+/// `/dev/kvm`, or binutils missing.
+pub fn vm_skip_reason() -> Option<String> {
+    if let vmm::KvmHost::Unavailable(why) = vmm::kvm_host() {
+        return Some(why);
+    }
+    missing_tools()
+}
 
 /// How a synthetic guest is packaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
