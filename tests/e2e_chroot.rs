@@ -14,6 +14,7 @@ use common::{assert_code, microrun, stderr, stdout, Engine};
 const ENGINE: Engine = Engine {
     name: "chroot",
     args: &["--engine", "chroot"],
+    env: &[],
     is_vm: false,
     unavailable: user_namespaces_unavailable,
     kernel: common::no_kernel,

@@ -13,6 +13,7 @@ use common::Engine;
 const ENGINE: Engine = Engine {
     name: "kvm",
     args: &["--engine", "kvm"],
+    env: &[],
     is_vm: true,
     unavailable: kvm_cannot_run_linux,
     kernel,
@@ -36,3 +37,17 @@ fn kernel() -> Option<PathBuf> {
 }
 
 e2e_cases!(ENGINE);
+
+/// The same cases with KVM's in-kernel PIC, I/O APIC and PIT instead of the
+/// default split irqchip.
+mod in_kernel_irqchip {
+    use super::*;
+
+    const ENGINE: Engine = Engine {
+        name: "kvm with MICRORUN_IRQCHIP=kernel",
+        env: &[("MICRORUN_IRQCHIP", "kernel")],
+        ..super::ENGINE
+    };
+
+    e2e_cases!(ENGINE);
+}

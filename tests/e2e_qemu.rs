@@ -12,6 +12,7 @@ use common::Engine;
 const ENGINE: Engine = Engine {
     name: "qemu",
     args: &["--engine", "qemu"],
+    env: &[],
     is_vm: true,
     unavailable: qemu_unavailable,
     kernel: common::project_kernel,

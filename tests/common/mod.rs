@@ -25,6 +25,9 @@ pub struct Engine {
     pub name: &'static str,
     /// The options that select it, such as `["--engine", "chroot"]`.
     pub args: &'static [&'static str],
+    /// Environment variables set for every run (`MICRORUN_IRQCHIP` is
+    /// removed otherwise).
+    pub env: &'static [(&'static str, &'static str)],
     /// Whether the engine boots a VM (so `--cpus` means something).
     pub is_vm: bool,
     /// Why the engine cannot run on this machine, when it cannot.
@@ -224,7 +227,11 @@ fn prerequisites(engine: &Engine) -> Option<&'static Path> {
 /// Runs `microrun <engine args> <options> ROOTFS [-- cmd...]`.
 pub fn microrun(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
-    command.args(engine.args).args(options);
+    command
+        .env_remove("MICRORUN_IRQCHIP")
+        .envs(engine.env.iter().copied())
+        .args(engine.args)
+        .args(options);
     if let Some(kernel) = (engine.kernel)() {
         command.arg("--kernel").arg(kernel);
     }
