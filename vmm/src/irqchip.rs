@@ -50,6 +50,9 @@ pub enum IrqChipError {
         /// The ioctl's error.
         source: kvm_ioctls::Error,
     },
+    /// The thread that switches off PIT re-injection panicked.
+    #[error("the thread switching off PIT tick re-injection panicked")]
+    PitThreadPanicked,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> IrqChipError {
@@ -68,6 +71,7 @@ pub fn create(kvm: &Kvm, vm: &VmFd, wanted: IrqChip) -> Result<IrqChip, IrqChipE
         }
         IrqChip::Kernel => IrqChip::Kernel,
     };
+    log::debug!("interrupt controllers: {model:?}");
     match model {
         IrqChip::Split => {
             // The argument is the number of GSIs reserved for I/O APIC pins:
@@ -130,18 +134,20 @@ pub fn switch_off_pit_reinjection(kvm: &Kvm, vm: &VmFd) -> Result<(), IrqChipErr
 pub struct KvmMsiSink(pub Arc<VmFd>);
 
 impl MsiSink for KvmMsiSink {
-    fn send(&self, msi: Msi) -> io::Result<()> {
+    fn send(&self, msi: Msi) -> io::Result<bool> {
         let message = kvm_msi {
             address_lo: msi.address as u32,
             address_hi: (msi.address >> 32) as u32,
             data: msi.data,
             ..Default::default()
         };
-        // 0 means the guest's APICs refused it (say, disabled); like an
-        // interrupt nobody listens to, that is not the VMM's error.
+        // KVM returns the number of local APICs that took it: 0 when none
+        // would (say, all disabled); an error (EPERM) when the message
+        // names no APIC at all. Either way nobody listens; the guest
+        // caused it.
         self.0
             .signal_msi(message)
-            .map(drop)
+            .map(|accepted| accepted > 0)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
     }
 

@@ -148,6 +148,9 @@ pub struct Outcome {
     pub end: VmEnd,
     /// When each stage was reached.
     pub timings: Timings,
+    /// The interrupt controller model the VM had (the one asked for, or
+    /// [`IrqChip::Kernel`] where KVM has no split irqchip).
+    pub irqchip: IrqChip,
 }
 
 /// What kind of KVM this host offers.
@@ -317,12 +320,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
                 .spawn_scoped(scope, || irqchip::switch_off_pit_reinjection(&kvm, &vm));
             let built = set_up_guest(&kvm, &vm, &mem, &spec, console, stdout);
             let pit = match pit {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
-                    Err(irqchip::IrqChipError::Kvm {
-                        what: "switch off PIT tick re-injection",
-                        source: kvm_ioctls::Error::new(libc::EIO),
-                    })
-                }),
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or(Err(irqchip::IrqChipError::PitThreadPanicked)),
                 Err(_) => irqchip::switch_off_pit_reinjection(&kvm, &vm),
             };
             let built = built?;
@@ -344,7 +344,11 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     let _ = lock(&devices.stdout).flush();
     let _ = lock(&devices.console).flush();
     timings.exit = Some(Instant::now());
-    Ok(Outcome { end, timings })
+    Ok(Outcome {
+        end,
+        timings,
+        irqchip,
+    })
 }
 
 /// What the guest boots, borrowed from [`VmConfig`].
@@ -555,12 +559,15 @@ fn spawn_stdin_forwarder(
                 if n == 0 {
                     return;
                 }
-                let Some(uart) = uart.upgrade() else {
-                    return;
-                };
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
+                    // Upgraded per attempt: between attempts (and while
+                    // blocked in `read`) only the weak reference is held.
+                    let Some(uart) = uart.upgrade() else {
+                        return;
+                    };
                     let sent = lock(&uart).receive(rest);
+                    drop(uart);
                     rest = &rest[sent..];
                     if sent == 0 {
                         std::thread::sleep(Duration::from_millis(1));

@@ -582,7 +582,8 @@ mod tests {
         let mut data = [0u8; 4];
         handle_exit(VcpuExit::MmioRead(base + 0x10, &mut data), &devices);
         assert_eq!(u32::from_le_bytes(data), 0x30 | (1 << 15));
-        // A UART wired to pin 4 interrupts; the pin then waits for the EOI.
+        // A UART wired to pin 4 interrupts (enabling THRE raises it at
+        // once); the pin then waits for the EOI.
         let mut uart = SerialDevice::new(
             IrqTrigger::Pin(ioapic.clone(), 4),
             Box::new(std::io::sink()) as Box<dyn std::io::Write + Send>,
@@ -603,6 +604,19 @@ mod tests {
         // Writes through the window helper land in the same registers.
         write_reg(&mut *lock(&ioapic), 0, 0x18, 0x10000);
         assert_eq!(lock(&ioapic).redirection_entry(4), Some(0x10000));
+    }
+
+    #[test]
+    fn tsc_deadline_bit_goes_into_leaf_1_only() {
+        let entries = [1u32, 6].map(|function| kvm_cpuid_entry2 {
+            function,
+            ecx: 0x8000_0001,
+            ..Default::default()
+        });
+        let mut cpuid = CpuId::from_entries(&entries).unwrap();
+        advertise_tsc_deadline(&mut cpuid);
+        let ecx: Vec<u32> = cpuid.as_slice().iter().map(|e| e.ecx).collect();
+        assert_eq!(ecx, [0x8100_0001, 0x8000_0001]);
     }
 
     #[test]

@@ -62,7 +62,11 @@ fn boot(kernel: &Path, mode: &str, irqchip: IrqChip) -> Run {
     cfg.console = Box::new(console.clone());
     let start = Instant::now();
     let end = match vmm::run(cfg) {
-        Ok(outcome) => outcome.end,
+        Ok(outcome) => {
+            // No silent fallback: each model must really be the one tested.
+            assert_eq!(outcome.irqchip, irqchip, "{mode}: the model in use");
+            outcome.end
+        }
         Err(e) => panic!("{mode} with {irqchip:?}: run failed: {e}"),
     };
     eprintln!("{mode} with {irqchip:?}: {end:?} in {:?}", start.elapsed());

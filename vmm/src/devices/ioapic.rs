@@ -5,11 +5,15 @@
 //! at +0x10) with one input, [`IoApic::pulse`], and one output, an
 //! [`MsiSink`]. A pulse on an unmasked pin sends the pin's redirection
 //! entry as an MSI; a pulse on a masked pin is dropped, as on the real part.
-//! A level-triggered pin also sets its remote IRR, which blocks it until the
-//! guest's EOI for that vector comes back ([`IoApic::end_of_interrupt`]);
-//! KVM reports such EOIs only for vectors of level-triggered routes it
-//! knows of, so every change to the level-triggered entries is passed on
-//! with [`MsiSink::set_level_routes`].
+//! A level-triggered pin also sets its remote IRR when a local APIC took
+//! the message, which blocks the pin until the guest's EOI for that vector
+//! comes back ([`IoApic::end_of_interrupt`]); KVM reports such EOIs only for
+//! vectors of level-triggered routes it knows of, so every change to the
+//! level-triggered entries is passed on with [`MsiSink::set_level_routes`].
+//! The devices signal events, not levels, so a level-triggered pin sees
+//! pulses: one that comes while the pin is masked or waits for its EOI is
+//! dropped, as KVM's in-kernel I/O APIC drops an irqfd's pulse then (Linux
+//! programs the ISA pins edge-triggered, as the MP table says).
 
 use std::io;
 
@@ -63,8 +67,8 @@ pub struct Msi {
 
 /// Where the I/O APIC's messages go: KVM in the VMM, a recorder in tests.
 pub trait MsiSink: Send {
-    /// Delivers one interrupt message.
-    fn send(&self, msi: Msi) -> io::Result<()>;
+    /// Delivers one interrupt message; false when no local APIC took it.
+    fn send(&self, msi: Msi) -> io::Result<bool>;
     /// The level-triggered entries are now exactly `routes` (pin, message):
     /// the guest's EOIs for their vectors must come back as
     /// [`IoApic::end_of_interrupt`].
@@ -78,17 +82,21 @@ pub struct IoApic {
     redirection: [u64; NUM_PINS],
     level_routes: Vec<(u8, Msi)>,
     sink: Box<dyn MsiSink>,
+    /// Whether a failure to update the routes was logged already.
+    routes_warned: bool,
 }
 
 impl IoApic {
-    /// An I/O APIC with APIC ID `id`, every pin masked (its reset state).
+    /// An I/O APIC with APIC ID `id` (its low 4 bits: the register's
+    /// width), every pin masked (its reset state).
     pub fn new(id: u8, sink: Box<dyn MsiSink>) -> Self {
         Self {
-            id: u32::from(id) << 24,
+            id: (u32::from(id) << 24) & ID_MASK,
             select: 0,
             redirection: [RTE_MASKED; NUM_PINS],
             level_routes: Vec::new(),
             sink,
+            routes_warned: false,
         }
     }
 
@@ -99,6 +107,7 @@ impl IoApic {
 
     /// An interrupt edge on `pin`: the line went up and, because the
     /// devices here signal events rather than hold a level, down again.
+    /// An error is the sink's (the message named no local APIC).
     pub fn pulse(&mut self, pin: usize) -> io::Result<()> {
         let Some(entry) = self.redirection.get_mut(pin) else {
             return Ok(());
@@ -106,10 +115,11 @@ impl IoApic {
         if *entry & RTE_MASKED != 0 || *entry & RTE_REMOTE_IRR != 0 {
             return Ok(());
         }
-        if *entry & RTE_LEVEL != 0 {
+        let accepted = self.sink.send(message(*entry))?;
+        if accepted && *entry & RTE_LEVEL != 0 {
             *entry |= RTE_REMOTE_IRR;
         }
-        self.sink.send(message(*entry))
+        Ok(())
     }
 
     /// The guest's local APIC acknowledged `vector`: clears the remote IRR of
@@ -203,6 +213,7 @@ impl BusDevice for IoApic {
             IOWIN => self.read_register(),
             _ => 0,
         };
+        data.fill(0);
         for (dst, src) in data.iter_mut().zip(value.to_le_bytes()) {
             *dst = src;
         }
@@ -220,7 +231,10 @@ impl BusDevice for IoApic {
             IOREGSEL => self.select = value & 0xff,
             IOWIN => {
                 if let Err(e) = self.write_register(value) {
-                    log::warn!("I/O APIC: cannot update the level-triggered routes: {e}");
+                    // Once: the guest may write entries again and again.
+                    if !std::mem::replace(&mut self.routes_warned, true) {
+                        log::warn!("I/O APIC: cannot update the level-triggered routes: {e}");
+                    }
                 }
             }
             _ => {}
@@ -243,12 +257,14 @@ pub(crate) mod testing {
     pub struct Recorder {
         pub sent: Arc<Mutex<Vec<Msi>>>,
         pub routes: Arc<Mutex<Vec<Routes>>>,
+        /// Answer that no local APIC took the messages.
+        pub refuse: Arc<Mutex<bool>>,
     }
 
     impl MsiSink for Recorder {
-        fn send(&self, msi: Msi) -> io::Result<()> {
+        fn send(&self, msi: Msi) -> io::Result<bool> {
             self.sent.lock().unwrap().push(msi);
-            Ok(())
+            Ok(!*self.refuse.lock().unwrap())
         }
         fn set_level_routes(&self, routes: &[(u8, Msi)]) -> io::Result<()> {
             self.routes.lock().unwrap().push(routes.to_vec());
@@ -288,6 +304,15 @@ mod tests {
     fn identification_registers() {
         let (mut io, _) = ioapic();
         assert_eq!(read_reg(&mut io, REG_ID), 1 << 24);
+        // An 8-byte read gets the register and zeros.
+        let mut wide = [0xaau8; 8];
+        io.read(IOWIN, &mut wide);
+        assert_eq!(wide, [0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            IoApic::new(0x21, Box::new(Recorder::default())).id,
+            1 << 24,
+            "4-bit ID"
+        );
         assert_eq!(read_reg(&mut io, REG_VERSION), 0x0017_0011);
         write_reg(&mut io, REG_ID, 0xffff_ffff);
         assert_eq!(read_reg(&mut io, REG_ID), 0x0f00_0000);
@@ -354,6 +379,13 @@ mod tests {
         io.end_of_interrupt(0x41);
         io.pulse(3).unwrap();
         assert_eq!(*rec.sent.lock().unwrap(), vec![level, level]);
+        // A message no local APIC takes leaves remote IRR clear.
+        io.end_of_interrupt(0x41);
+        *rec.refuse.lock().unwrap() = true;
+        io.pulse(3).unwrap();
+        assert_eq!(read_reg(&mut io, 0x10 + 2 * 3) & (1 << 14), 0);
+        *rec.refuse.lock().unwrap() = false;
+        io.pulse(3).unwrap();
         // The guest cannot write remote IRR; switching to edge clears it.
         write_reg(&mut io, 0x10 + 2 * 3, 0x41 | (1 << 15));
         assert_ne!(read_reg(&mut io, 0x10 + 2 * 3) & (1 << 14), 0);
