@@ -274,7 +274,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         vcpus,
         timeout,
         forward_stdin,
-        irqchip,
+        irqchip: wanted_irqchip,
         console,
         stdout,
         process_start,
@@ -300,16 +300,16 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
 
     let mem = memory::create_guest_memory(mem_size)?;
     let vm = Arc::new(create_vm(&kvm)?);
-    let irqchip = irqchip::create(&kvm, &vm, irqchip)?;
+    let model = irqchip::create(&kvm, &vm, wanted_irqchip)?;
     let spec = BootSpec {
         kernel: &kernel_path,
         initrd: &initrd_parts,
         cmdline: &cmdline,
         mem_size,
         vcpus,
-        irqchip,
+        irqchip: model,
     };
-    let (devices, vcpu_fds) = match irqchip {
+    let (devices, vcpu_fds) = match model {
         IrqChip::Split => set_up_guest(&kvm, &vm, &mem, &spec, console, stdout)?,
         IrqChip::Kernel => std::thread::scope(|scope| {
             // Switching off PIT re-injection sometimes waits 12-20 ms for an
@@ -347,7 +347,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     Ok(Outcome {
         end,
         timings,
-        irqchip,
+        irqchip: model,
     })
 }
 
