@@ -30,8 +30,4 @@ main:
 	call puthex
 	call newline
 	call put_e820
-	mov $STATUS, %dx
-	mov $'0', %al
-	out %al, %dx
-	call newline
-5:	jmp 5b
+	jmp report_ok

@@ -26,8 +26,4 @@ main:
 4:	add $8, %r10
 	sub $1, %r9d
 	jmp 3b
-9:	mov $STATUS, %dx
-	mov $'0', %al
-	out %al, %dx
-	call newline
-10:	jmp 10b
+9:	jmp report_ok

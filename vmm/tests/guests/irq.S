@@ -170,8 +170,7 @@ done:
 	cmp %ecx, count(%rip)
 	lea s_extra(%rip), %rdi
 	jae fail
-	mov $'0', %al
-	jmp 1f
+	jmp report_ok
 
 # fail: the string at %rdi and a newline on stdout, then status 1.
 fail:
@@ -179,10 +178,7 @@ fail:
 	call puts
 	call newline
 	mov $'1', %al
-1:	mov $STATUS, %dx
-	out %al, %dx
-	call newline
-9:	jmp 9b
+	jmp report
 
 # expect: wait (up to WAIT) until `count` is %ecx; print "irq 34 count N".
 expect:

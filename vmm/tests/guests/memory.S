@@ -8,8 +8,4 @@ main:
 	call puthex
 	call newline
 	call put_e820
-	mov $STATUS, %dx
-	mov $'0', %al
-	out %al, %dx
-	call newline
-3:	jmp 3b
+	jmp report_ok
