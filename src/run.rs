@@ -53,8 +53,17 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
     let kernel = crate::kernel::discover(vm.kernel.as_deref())?;
     log::info!("kernel: {}", kernel.display());
     let initrd = prepare_initrd(spec).context("cannot prepare the initrd")?;
-    let default_mem = initrd_tools::guest_memory_for_initrd(initrd.len());
-    let mem_size = vm.mem.unwrap_or(default_mem);
+    // A kernel that cannot be inspected is reported by the engine that
+    // boots it (the kvm engine names the problem; QEMU has its own words).
+    let image = vmm::kernel::inspect(&kernel).ok();
+    let (default_mem, why) = default_memory(image.as_ref().map(|i| i.load_end), initrd.len());
+    let mem_size = match vm.mem {
+        Some(mem) => mem,
+        None => {
+            log::info!("memory: {why}");
+            default_mem
+        }
+    };
     // Checked here so both VM engines refuse alike (QEMU alone would take
     // `-m 0` as its default, or fail as a guest that never reported).
     if mem_size < initrd.len() + MIN_MEM_BESIDES_INITRD {
@@ -73,7 +82,7 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
         mem_size >> 20,
         vm.cpus
     );
-    Ok(match engine {
+    let mut outcome = match engine {
         Engine::Kvm => kvm::run(
             spec,
             kvm::KvmBoot {
@@ -96,7 +105,78 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
             },
         )?,
         Engine::Chroot => unreachable!("handled above"),
-    })
+    };
+    if outcome.exit_code == 125 && outcome.times.init.is_none() && !spec.no_init {
+        if let Some(reason) = outcome.reason.as_mut() {
+            reason.push_str(&stopped_before_the_program(mem_size, spec.verbosity));
+        }
+    }
+    Ok(outcome)
+}
+
+/// What to add when a VM ended before guest-init reported `@init`: the
+/// kernel never got as far as the program, and the usual reasons.
+fn stopped_before_the_program(mem_size: u64, verbosity: crate::spec::Verbosity) -> String {
+    let log = if verbosity == crate::spec::Verbosity::Verbose {
+        "the kernel log above says why"
+    } else {
+        "run with -v to see the kernel log"
+    };
+    format!(
+        "\nmicrorun: the kernel stopped before the program started (guest-init never \
+         reported): it may need more memory than {} MiB (--mem), or a command line that \
+         suits it (--cmdline); {log}",
+        mem_size >> 20
+    )
+}
+
+/// Room for the running system beside the kernel image and the initrd,
+/// the same 64 MiB the 3 × initrd rule gives it.
+const RUNNING_ROOM: u64 = 64 << 20;
+
+/// The default guest memory and how it was chosen: 3 × the initrd + 64
+/// MiB (`initrd_tools::guest_memory_for_initrd`), or, when the kernel needs
+/// more, the memory its image needs before it reads the memory map
+/// (`kernel_end`, see `vmm::kernel::KernelImage::load_end`) + the initrd +
+/// 64 MiB. A distribution kernel decompresses from 16 MiB and needs 64 MiB
+/// there (Debian 6.1: up to 79.6 MiB), so the 3 × rule alone leaves it none.
+pub fn default_memory(kernel_end: Option<u64>, initrd_len: u64) -> (u64, String) {
+    const MIB: f64 = (1 << 20) as f64;
+    let by_initrd = initrd_tools::guest_memory_for_initrd(initrd_len);
+    let rule = format!(
+        "3 x initrd ({:.1} MiB) + 64 MiB = {} MiB",
+        initrd_len as f64 / MIB,
+        by_initrd >> 20
+    );
+    let Some(kernel_end) = kernel_end else {
+        return (by_initrd, format!("{} MiB: {rule}", by_initrd >> 20));
+    };
+    let by_kernel = kernel_end
+        .saturating_add(initrd_len)
+        .saturating_add(RUNNING_ROOM)
+        .div_ceil(2 << 20)
+        .checked_mul(2 << 20)
+        .unwrap_or(!((2 << 20) - 1));
+    if by_kernel <= by_initrd {
+        return (
+            by_initrd,
+            format!(
+                "{} MiB: {rule} (the kernel needs memory up to {:.1} MiB)",
+                by_initrd >> 20,
+                kernel_end as f64 / MIB
+            ),
+        );
+    }
+    (
+        by_kernel,
+        format!(
+            "{} MiB: the kernel needs memory up to {:.1} MiB to decompress and start, then the \
+             initrd ({:.1} MiB) and 64 MiB to run ({rule} would be too little)",
+            by_kernel >> 20,
+            kernel_end as f64 / MIB,
+            initrd_len as f64 / MIB
+        ),
+    )
 }
 
 /// The `--timings` report: one line per phase and the total, on stderr.
@@ -134,6 +214,28 @@ pub fn timings_report(engine: Engine, started: Instant, t: &PhaseTimes) -> Strin
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn default_memory_makes_room_for_the_kernel_when_the_initrd_rule_does_not() {
+        const MIB: u64 = 1 << 20;
+        // No kernel information: the 3 x initrd + 64 MiB rule.
+        assert_eq!(default_memory(None, 4 * MIB).0, 76 * MIB);
+        // The project kernel (16 MiB + 13.7 MiB) with the libs example.
+        let (mem, why) = default_memory(Some(0x100_0000 + 0xdb_8000), 4 * MIB);
+        assert_eq!(mem, 98 * MIB, "{why}");
+        // Debian's kernel: up to 79.6 MiB before it reads the memory map.
+        let (mem, why) = default_memory(Some(0x100_0000 + 0x3f9_8000), 4 * MIB);
+        assert_eq!(mem, 148 * MIB);
+        assert!(
+            why.contains("79.6 MiB") && why.contains("too little"),
+            "{why}"
+        );
+        // A large initrd: the 3 x rule is the larger one and stays.
+        let (mem, why) = default_memory(Some(80 * MIB), 346 * MIB);
+        assert_eq!(mem, (3 * 346 + 64) * MIB);
+        assert!(why.starts_with("1102 MiB: 3 x initrd"), "{why}");
+        assert_eq!(default_memory(Some(u64::MAX), u64::MAX).0 % (2 * MIB), 0);
+    }
 
     #[test]
     fn timings_have_one_line_per_phase_and_a_total() {

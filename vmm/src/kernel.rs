@@ -125,7 +125,8 @@ pub struct KernelImage {
     pub path: PathBuf,
     /// bzImage setup header, if the file is a bzImage.
     pub setup_header: Option<setup_header>,
-    /// The end (exclusive) of the memory the kernel occupies once loaded.
+    /// The end (exclusive) of the memory the kernel needs before it reads
+    /// the memory map: a bzImage's decompression extent, an ELF's segments.
     pub load_end: u64,
     /// Longest command line the kernel accepts (without NUL).
     pub cmdline_max: usize,
@@ -193,6 +194,13 @@ fn read_at(
     Ok(done)
 }
 
+/// Opens and checks the kernel at `path` without loading it: what a caller
+/// needs to size guest memory before building a VM.
+pub fn inspect(path: &Path) -> Result<KernelImage, KernelError> {
+    let mut file = open_kernel(path)?;
+    inspect_kernel(path, &mut file)
+}
+
 /// Checks the kernel file's header and computes where it will live, so that
 /// bad input gets a precise error before anything is loaded.
 pub fn inspect_kernel(path: &Path, file: &mut File) -> Result<KernelImage, KernelError> {
@@ -253,15 +261,38 @@ fn inspect_bzimage(path: &Path, head: &[u8], len: u64) -> Result<KernelImage, Ke
         )));
     }
     let payload = len - setup_size;
-    let init_size = u64::from(hdr.init_size);
     let cmdline_max = (hdr.cmdline_size as usize).max(255);
     Ok(KernelImage {
         path: path.to_path_buf(),
+        load_end: bzimage_extent_end(&hdr, payload),
         setup_header: Some(hdr),
-        load_end: layout::HIMEM_START + payload.max(init_size),
         cmdline_max,
         initrd_addr_max: u64::from(hdr.initrd_addr_max),
     })
+}
+
+/// The end of the memory a bzImage needs before it reads the memory map:
+/// the compressed image as loaded at 1 MiB, and `init_size` bytes from the
+/// address it decompresses to. That address is `pref_address` (the
+/// kernel's `LOAD_PHYSICAL_ADDR`, 16 MiB in distribution kernels) for a
+/// kernel that is not relocatable, and for a relocatable one the load
+/// address rounded up to `kernel_alignment` but never below
+/// `pref_address` (arch/x86/boot/compressed/head_64.S). A Debian kernel
+/// thus needs memory up to 16 MiB + 63.6 MiB, far above 1 MiB + init_size.
+fn bzimage_extent_end(hdr: &setup_header, payload: u64) -> u64 {
+    let loaded_end = layout::HIMEM_START + payload;
+    // (Protocol 2.12, checked before, has both pref_address and
+    // kernel_alignment.)
+    let pref_address = hdr.pref_address;
+    let alignment = u64::from(hdr.kernel_alignment).max(1);
+    let aligned_load = if hdr.relocatable_kernel != 0 && alignment.is_power_of_two() {
+        layout::HIMEM_START.next_multiple_of(alignment)
+    } else {
+        layout::HIMEM_START
+    };
+    let runtime_start = pref_address.max(aligned_load);
+    let decompressed_end = runtime_start.saturating_add(u64::from(hdr.init_size));
+    loaded_end.max(decompressed_end)
 }
 
 fn inspect_elf(
@@ -543,6 +574,30 @@ mod tests {
         b[0x211] = 1;
         b[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
         b
+    }
+
+    #[test]
+    fn a_bzimage_needs_init_size_from_where_it_decompresses() {
+        let mut b = bzimage(0x20f, 1, 64);
+        // Debian's 6.1 kernel: relocatable, 2 MiB aligned, pref_address
+        // 16 MiB, init_size 0x3f98000.
+        b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+        b[0x234] = 1;
+        b[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        b[0x260..0x264].copy_from_slice(&0x3f9_8000u32.to_le_bytes());
+        assert_eq!(inspect(&b).unwrap().load_end, 0x100_0000 + 0x3f9_8000);
+        // Not relocatable: it always runs at pref_address.
+        b[0x234] = 0;
+        assert_eq!(inspect(&b).unwrap().load_end, 0x100_0000 + 0x3f9_8000);
+        // Relocatable with pref_address below the aligned load address.
+        b[0x234] = 1;
+        b[0x258..0x260].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        assert_eq!(inspect(&b).unwrap().load_end, 0x20_0000 + 0x3f9_8000);
+        // Neither field set: the image as loaded at 1 MiB is all it needs.
+        assert_eq!(
+            inspect(&bzimage(0x20f, 1, 64)).unwrap().load_end,
+            0x10_0000 + 64
+        );
     }
 
     #[test]
