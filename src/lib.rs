@@ -13,10 +13,57 @@ pub mod runconfig;
 pub mod spec;
 pub mod units;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use vmm::output::{FdWriter, OutputSink};
+
+/// microrun's own messages on stderr: a queue and a writer thread, so that
+/// a stderr nobody reads (a full pipe) never stops the thread that enforces
+/// `--timeout` or ends the run. Messages that do not fit are counted and
+/// dropped.
+fn messages() -> Option<&'static OutputSink> {
+    static SINK: OnceLock<Option<OutputSink>> = OnceLock::new();
+    SINK.get_or_init(|| OutputSink::spawn("messages", Box::new(FdWriter(2)), 256 * 1024).ok())
+        .as_ref()
+}
+
+static DROPPED_MESSAGES: AtomicUsize = AtomicUsize::new(0);
+
 /// Writes `microrun: <message>` as one line on stderr. Unlike `eprintln!`,
-/// a closed or broken stderr is not a panic: microrun still exits with the
-/// program's status.
+/// a closed or broken stderr is not a panic, and a full one never blocks:
+/// microrun still ends the run and exits with the program's status.
 pub fn say(message: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "microrun: {message}");
+    say_lines(&format!("microrun: {message}\n"));
+}
+
+/// Writes `text` (whole lines, each starting with `microrun:`) on stderr
+/// the way [`say`] does.
+pub fn say_lines(text: &str) {
+    match messages() {
+        Some(sink) => {
+            if !sink.try_write(text.as_bytes()) {
+                DROPPED_MESSAGES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        None => {
+            use std::io::Write as _;
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
+    }
+}
+
+/// Waits, at most `grace`, until microrun's messages have been written.
+/// Called before exiting.
+pub fn flush_messages(grace: Duration) {
+    let Some(sink) = messages() else {
+        return;
+    };
+    let dropped = DROPPED_MESSAGES.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let line = format!("microrun: {dropped} messages were dropped: stderr was full\n");
+        let _ = sink.try_write(line.as_bytes());
+    }
+    let _ = sink.drain(Some(Instant::now() + grace));
 }

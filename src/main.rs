@@ -122,14 +122,20 @@ fn main() -> ExitCode {
         _ => Verbosity::Normal,
     };
     microrun::logger::init(verbosity);
-    match real_main(cli, verbosity, started) {
-        Ok(code) => ExitCode::from(code),
+    let code = match real_main(cli, verbosity, started) {
+        Ok(code) => code,
         Err(err) => {
             microrun::say(format_args!("error: {}", error_chain(&err)));
-            ExitCode::from(125)
+            125
         }
-    }
+    };
+    // Bounded: a stderr nobody reads must not keep microrun from exiting.
+    microrun::flush_messages(MESSAGE_GRACE);
+    ExitCode::from(code)
 }
+
+/// How long microrun waits at exit for its last messages to be written.
+const MESSAGE_GRACE: Duration = Duration::from_millis(300);
 
 fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result<u8> {
     match cli.command {
@@ -198,11 +204,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         microrun::say(format_args!("{reason}"));
     }
     if args.timings {
-        {
-            use std::io::Write as _;
-            let report = run::timings_report(args.engine, started, &outcome.times);
-            let _ = std::io::stderr().lock().write_all(report.as_bytes());
-        }
+        microrun::say_lines(&run::timings_report(args.engine, started, &outcome.times));
     }
     Ok(outcome.exit_code)
 }

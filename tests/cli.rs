@@ -620,3 +620,145 @@ fn bad_pack_and_rootfs_input_is_refused_with_its_path() {
     ]);
     assert_fails(&out, &["not-elf.sh", "not an ELF"]);
 }
+
+/// How a run with chosen output streams ended: exit code, wall time, peak
+/// RSS (KiB), and what it wrote to the streams the test reads.
+struct StreamRun {
+    code: Option<i32>,
+    took: Duration,
+    max_rss_kib: i64,
+}
+
+/// Runs `microrun ARGS` with stdout and stderr as given, and waits with
+/// `wait4` for its peak RSS.
+fn run_with_streams(
+    f: &Fixture,
+    args: &[std::ffi::OsString],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> StreamRun {
+    let start = Instant::now();
+    // Reaped by the wait4 below, which std's `Child` does not know of.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(env!("CARGO_BIN_EXE_microrun"))
+        .args(args)
+        .env_remove("MICRORUN_KERNEL")
+        .env_remove("MICRORUN_IRQCHIP")
+        .env("XDG_CACHE_HOME", f.path("cache"))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("run microrun");
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our child's, not yet waited for; both pointers are
+    // valid for the call.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    let took = start.elapsed();
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    StreamRun {
+        code,
+        took,
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+/// A guest that floods every channel, with the stream under test a pipe
+/// nobody reads: the timeout still stops it within a second of the limit,
+/// and microrun's memory stays bounded.
+#[test]
+fn a_full_output_pipe_does_not_outlive_the_timeout() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("flood");
+    // The idle figure: the same run with both streams thrown away.
+    let base_args = |extra: &[&'static str]| -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
+        args.extend([
+            "--no-init".into(),
+            "--timeout".into(),
+            "2s".into(),
+            "--kernel".into(),
+        ]);
+        args.push(kernel.clone().into());
+        args.push(f.root().into());
+        args
+    };
+    let quiet = base_args(&["-q"]);
+    let idle = run_with_streams(&f, &quiet, Stdio::null(), Stdio::null());
+    assert_eq!(idle.code, Some(124));
+    let verbose = base_args(&["-v"]);
+    for (what, args, full_stdout) in [
+        ("stdout", &quiet, true),
+        ("stderr", &quiet, false),
+        ("stderr with -v", &verbose, false),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let (out, err) = if full_stdout {
+            (Stdio::from(writer), Stdio::null())
+        } else {
+            (Stdio::null(), Stdio::from(writer))
+        };
+        let run = run_with_streams(&f, args, out, err);
+        drop(reader);
+        assert_eq!(run.code, Some(124), "{what}: exit code");
+        assert!(
+            run.took < Duration::from_secs(3),
+            "{what}: a 2 s timeout with a full pipe took {:?}",
+            run.took
+        );
+        assert!(
+            run.max_rss_kib < idle.max_rss_kib + 16 * 1024,
+            "{what}: peak RSS {} KiB, idle {} KiB",
+            run.max_rss_kib,
+            idle.max_rss_kib
+        );
+    }
+}
+
+/// A write error on stdout ends the run with 125 and names the stream; a
+/// reader that went away ends it quietly with 141, as a program in a
+/// pipeline ends.
+#[test]
+fn output_write_errors_are_reported_and_a_closed_reader_is_quiet() {
+    require_kvm!();
+    let f = Fixture::new();
+    let kernel = bz("flood");
+    let args: Vec<std::ffi::OsString> = vec![
+        "-q".into(),
+        "--no-init".into(),
+        "--timeout".into(),
+        "10s".into(),
+        "--kernel".into(),
+        kernel.into(),
+        f.root().into(),
+    ];
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let err_path = f.path("stderr");
+    let err_file = std::fs::File::create(&err_path).unwrap();
+    let run = run_with_streams(&f, &args, Stdio::from(full), Stdio::from(err_file));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(run.code, Some(125), "stderr: {err}");
+    assert!(
+        err.contains("cannot write the program's stdout: No space left on device"),
+        "stderr: {err}"
+    );
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let err_file = std::fs::File::create(&err_path).unwrap();
+    let run = run_with_streams(&f, &args, Stdio::from(writer), Stdio::from(err_file));
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(run.code, Some(141), "stderr: {err}");
+    assert!(
+        !err.contains("microrun:"),
+        "a closed reader is quiet: {err}"
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use vmm::output::FdWriter;
 use vmm::{InitrdPart, IrqChip, KvmHost, VmConfig, VmEnd};
 
 use crate::boot::BootInitrd;
@@ -67,8 +68,10 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
         timeout: spec.timeout,
         forward_stdin: spec.forward_stdin,
         irqchip,
-        console: Box::new(std::io::stderr()),
-        stdout: Box::new(std::io::stdout()),
+        // Unbuffered and past std's locks: the VMM writes them from threads
+        // of its own, and nothing may be left in std's buffers at exit.
+        console: Box::new(FdWriter(2)),
+        stdout: Box::new(FdWriter(1)),
         process_start: spec.started,
     };
     let outcome = vmm::run(config)?;
@@ -77,7 +80,10 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
     Ok(RunOutcome {
         exit_code,
         reason: match &outcome.end {
+            // A closed stdout ends the run quietly, as it ends a program in
+            // a pipeline (exit 141).
             VmEnd::Status(_) => None,
+            VmEnd::OutputFailed(failure) if failure.is_closed_reader() => None,
             VmEnd::Timeout => Some(crate::engine::qemu::TIMEOUT_REASON.to_string()),
             other => Some(other.describe()),
         },

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use vmm::output::{self, FdWriter, OutputFailure, OutputSink, Undelivered};
 use vmm::status::{StatusLine, StatusParser};
 use vmm::KvmHost;
 
@@ -189,23 +190,33 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     let stdout = stdout.into_reader();
     let qemu_err = qemu_err.into_reader();
 
+    let sink = |name, fd| {
+        OutputSink::spawn(name, Box::new(FdWriter(fd)), output::DEFAULT_CAPACITY)
+            .map_err(QemuEngineError::Setup)
+    };
+    let deadline = spec.timeout.and_then(|t| spec.started.checked_add(t));
     let mut pump = Pump {
         console,
         stdout,
         status,
         qemu_err,
+        to_stdout: sink("stdout", 1)?,
+        to_stderr: sink("stderr", 2)?,
+        deadline,
         parser: StatusParser::new(),
         qemu_stderr: Vec::new(),
         verbose: spec.verbosity == Verbosity::Verbose,
         stdin_feed,
     };
-    let deadline = spec
-        .timeout
-        .map(|t| spec.started.max(times.ready.unwrap()) + t);
-    let end = pump.until_status(deadline, &mut times);
+    let mut end = pump.until_status(&mut times);
     let _ = child.kill();
     let wait = child.wait();
-    pump.drain_outputs();
+    if let Err(undelivered) = pump.drain_outputs(&end) {
+        end = match undelivered {
+            Undelivered::Failed(failure) => PumpEnd::OutputFailed(failure),
+            Undelivered::Deadline | Undelivered::Aborted => PumpEnd::Timeout,
+        };
+    }
     times.end = Some(Instant::now());
     Ok(outcome(end, wait, &pump.qemu_stderr, times))
 }
@@ -215,13 +226,24 @@ enum PumpEnd {
     Status(u8),
     Timeout,
     Closed,
+    /// Writing the guest's output to microrun's stdout or stderr failed.
+    OutputFailed(OutputFailure),
 }
+
+/// After a timeout, how long what QEMU already wrote may take to reach
+/// microrun's streams (so that microrun exits within a second of the limit).
+const TIMEOUT_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 struct Pump {
     console: OwnedFd,
     stdout: OwnedFd,
     status: OwnedFd,
     qemu_err: OwnedFd,
+    /// The queues to microrun's own stdout and stderr: the pump never blocks
+    /// in a write to a stream nobody reads, so the deadline holds.
+    to_stdout: OutputSink,
+    to_stderr: OutputSink,
+    deadline: Option<Instant>,
     parser: StatusParser,
     qemu_stderr: Vec<u8>,
     verbose: bool,
@@ -230,13 +252,13 @@ struct Pump {
 }
 
 impl Pump {
-    /// Copies guest output until the status line, the deadline, or until
-    /// every pipe is closed (QEMU has exited).
-    fn until_status(&mut self, deadline: Option<Instant>, times: &mut PhaseTimes) -> PumpEnd {
+    /// Copies guest output until the status line, the deadline, a failed
+    /// output stream, or until every pipe is closed (QEMU has exited).
+    fn until_status(&mut self, times: &mut PhaseTimes) -> PumpEnd {
         let mut open = [true; 4];
         let mut buf = vec![0u8; 64 * 1024];
         while open.iter().any(|&o| o) {
-            let wait_ms = match deadline {
+            let wait_ms = match self.deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -297,11 +319,25 @@ impl Pump {
                             return PumpEnd::Status(c);
                         }
                     }
-                    1 => write_out(&mut io::stdout().lock(), data),
-                    2 => write_out(&mut io::stderr().lock(), data),
+                    1 | 2 => {
+                        let sink = if i == 1 {
+                            &self.to_stdout
+                        } else {
+                            &self.to_stderr
+                        };
+                        match sink.write_until(data, self.deadline) {
+                            Ok(()) => {}
+                            Err(Undelivered::Failed(failure)) => {
+                                return PumpEnd::OutputFailed(failure)
+                            }
+                            Err(Undelivered::Deadline | Undelivered::Aborted) => {
+                                return PumpEnd::Timeout
+                            }
+                        }
+                    }
                     _ => {
                         if self.verbose {
-                            write_out(&mut io::stderr().lock(), data);
+                            let _ = self.to_stderr.write_until(data, self.deadline);
                         }
                         if self.qemu_stderr.len() < 64 * 1024 {
                             self.qemu_stderr.extend_from_slice(data);
@@ -329,28 +365,46 @@ impl Pump {
     }
 
     /// After QEMU is gone: everything it wrote to ttyS1 and ttyS0 before
-    /// the end is still in the pipes.
-    fn drain_outputs(&mut self) {
+    /// the end is still in the pipes, and goes on to microrun's streams
+    /// within the deadline (after a timeout, within a short grace).
+    fn drain_outputs(&mut self, end: &PumpEnd) -> Result<(), Undelivered> {
+        let deadline = match end {
+            PumpEnd::Timeout => Some(Instant::now() + TIMEOUT_DRAIN_GRACE),
+            PumpEnd::OutputFailed(failure) => return Err(Undelivered::Failed(failure.clone())),
+            _ => self.deadline,
+        };
         let mut buf = vec![0u8; 64 * 1024];
-        for (fd, to_stdout) in [(&self.stdout, true), (&self.console, false)] {
+        let mut result = Ok(());
+        for (fd, sink) in [
+            (&self.stdout, &self.to_stdout),
+            (&self.console, &self.to_stderr),
+        ] {
             loop {
                 let n = read_some(fd.as_raw_fd(), &mut buf);
                 if n == 0 {
                     break;
                 }
-                if to_stdout {
-                    write_out(&mut io::stdout().lock(), &buf[..n]);
-                } else {
-                    write_out(&mut io::stderr().lock(), &buf[..n]);
+                if let Err(e) = sink.write_until(&buf[..n], deadline) {
+                    result = result.and(Err(e));
+                    break;
                 }
             }
         }
+        result = result.and(output::drain_all(
+            &[&self.to_stdout, &self.to_stderr],
+            deadline,
+        ));
         loop {
             let n = read_some(self.qemu_err.as_raw_fd(), &mut buf);
             if n == 0 || self.qemu_stderr.len() >= 64 * 1024 {
                 break;
             }
             self.qemu_stderr.extend_from_slice(&buf[..n]);
+        }
+        match end {
+            // The run had already timed out: it stays a timeout.
+            PumpEnd::Timeout => Ok(()),
+            _ => result,
         }
     }
 }
@@ -364,6 +418,9 @@ fn outcome(
     let (exit_code, reason) = match end {
         PumpEnd::Status(code) => (code, None),
         PumpEnd::Timeout => (124, Some(TIMEOUT_REASON.to_string())),
+        // Quiet, with 128 + SIGPIPE, as a program in a pipeline ends.
+        PumpEnd::OutputFailed(f) if f.is_closed_reader() => (128 + libc::SIGPIPE as u8, None),
+        PumpEnd::OutputFailed(f) => (125, Some(format!("{f}; QEMU was stopped"))),
         PumpEnd::Closed => {
             let how = match wait {
                 Ok(s) if s.signal().is_some() => {
@@ -390,12 +447,6 @@ fn outcome(
         reason,
         times,
     }
-}
-
-/// Writes guest output to one of microrun's streams. A closed stream (the
-/// reader went away) is not an error: the guest keeps running to its end.
-fn write_out(out: &mut impl Write, data: &[u8]) {
-    let _ = out.write_all(data).and_then(|()| out.flush());
 }
 
 /// Reads what is there from `fd`, one of the pump's own open pipes; 0 at

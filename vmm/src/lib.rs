@@ -29,6 +29,7 @@ pub mod kernel;
 pub mod layout;
 pub mod memory;
 pub mod mptable;
+pub mod output;
 pub mod status;
 pub mod vcpu;
 
@@ -55,7 +56,8 @@ pub use irqchip::IrqChip;
 use irqchip::KvmMsiSink;
 use kernel::BootProtocol;
 use memory::GuestMemory;
-use vcpu::{VcpuContext, VcpuMessage};
+use output::{OutputFailure, OutputSink, Undelivered};
+use vcpu::{VcpuContext, VcpuEnd, VcpuMessage};
 
 /// Everything needed to boot one VM.
 pub struct VmConfig {
@@ -69,15 +71,18 @@ pub struct VmConfig {
     pub mem_size: u64,
     /// Number of vCPUs.
     pub vcpus: u8,
-    /// Stop the VM (exit code 124) after this long.
+    /// Stop the VM (exit code 124) this long after `process_start`.
     pub timeout: Option<Duration>,
     /// Feed host stdin to ttyS1's receive side.
     pub forward_stdin: bool,
     /// Which interrupt controllers KVM provides (see [`IrqChip`]).
     pub irqchip: IrqChip,
-    /// ttyS0 output.
+    /// ttyS0 output (the caller's stderr). Written from a thread of its
+    /// own ([`output`]), so a writer that blocks never holds a vCPU.
     pub console: Box<dyn Write + Send>,
-    /// ttyS1 output, byte for byte; flushed before `run` returns.
+    /// ttyS1 output, byte for byte, likewise; everything the guest wrote
+    /// has reached it before `run` returns (unless the deadline passed or
+    /// it failed).
     pub stdout: Box<dyn Write + Send>,
     /// Origin of the timings.
     pub process_start: Instant,
@@ -96,14 +101,20 @@ pub enum VmEnd {
     Shutdown,
     /// KVM could not run the guest (internal error, failed entry).
     GuestError(String),
+    /// Writing the guest's output failed (a full disk, a closed pipe); the
+    /// VM was stopped.
+    OutputFailed(OutputFailure),
 }
 
 impl VmEnd {
-    /// microrun's exit code: the status, 124 for a timeout, else 125.
+    /// microrun's exit code: the status, 124 for a timeout, 141 (128 +
+    /// SIGPIPE, as for a program whose reader went away) when the reader of
+    /// its output closed it, else 125.
     pub fn exit_code(&self) -> u8 {
         match self {
             VmEnd::Status(n) => *n,
             VmEnd::Timeout => 124,
+            VmEnd::OutputFailed(f) if f.is_closed_reader() => 128 + libc::SIGPIPE as u8,
             _ => 125,
         }
     }
@@ -120,6 +131,7 @@ impl VmEnd {
                 "the VM shut down (triple fault) without reporting an exit status".into()
             }
             VmEnd::GuestError(msg) => format!("KVM could not run the guest: {msg}"),
+            VmEnd::OutputFailed(failure) => format!("{failure}; the VM was stopped"),
         }
     }
 }
@@ -299,6 +311,16 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     }
 
     let mem = memory::create_guest_memory(mem_size)?;
+    let sinks = Sinks {
+        stdout: OutputSink::spawn("stdout", stdout, output::DEFAULT_CAPACITY)
+            .map_err(host_err("start the stdout writer thread"))?,
+        console: OutputSink::spawn("stderr", console, output::DEFAULT_CAPACITY)
+            .map_err(host_err("start the stderr writer thread"))?,
+    };
+    let (console, stdout): (Box<dyn Write + Send>, Box<dyn Write + Send>) = (
+        Box::new(sinks.console.clone()),
+        Box::new(sinks.stdout.clone()),
+    );
     let vm = Arc::new(create_vm(&kvm)?);
     let model = irqchip::create(&kvm, &vm, wanted_irqchip)?;
     let spec = BootSpec {
@@ -338,17 +360,65 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     } else {
         None
     };
-    let end = run_vcpus(vcpu_fds, &devices, &mem, timeout, stdin_gate, &mut timings)?;
-
-    // Everything the guest wrote reaches the caller before it acts on the status.
-    let _ = lock(&devices.stdout).flush();
-    let _ = lock(&devices.console).flush();
+    // The limit counts from the process's start, as in every engine: the
+    // whole run, not only the guest, stays within it.
+    let deadline = timeout.and_then(|t| process_start.checked_add(t));
+    let end = run_vcpus(
+        vcpu_fds,
+        &devices,
+        &sinks,
+        &mem,
+        deadline,
+        stdin_gate,
+        &mut timings,
+    )?;
+    drop(devices);
+    let end = deliver_output(end, &sinks, deadline);
     timings.exit = Some(Instant::now());
     Ok(Outcome {
         end,
         timings,
         irqchip: model,
     })
+}
+
+/// The queues between the devices and the caller's writers.
+struct Sinks {
+    stdout: OutputSink,
+    console: OutputSink,
+}
+
+impl Sinks {
+    fn both(&self) -> [&OutputSink; 2] {
+        [&self.stdout, &self.console]
+    }
+}
+
+/// How long the output may take to drain after a timeout (the VM is
+/// already stopped), so that microrun exits within a second of the limit.
+const TIMEOUT_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits until everything the guest wrote has reached the caller's writers
+/// (before the caller acts on the status), within the deadline; returns
+/// how the run ended once its output is accounted for.
+fn deliver_output(end: VmEnd, sinks: &Sinks, deadline: Option<Instant>) -> VmEnd {
+    match end {
+        VmEnd::OutputFailed(_) => return end,
+        VmEnd::Timeout => {
+            // Whatever can still be written in a moment is; the run is over.
+            let grace = Instant::now() + TIMEOUT_DRAIN_GRACE;
+            let _ = output::drain_all(&sinks.both(), Some(grace));
+            return end;
+        }
+        _ => {}
+    }
+    match output::drain_all(&sinks.both(), deadline) {
+        Ok(()) => end,
+        Err(Undelivered::Failed(failure)) => VmEnd::OutputFailed(failure),
+        // The guest is done, but its output is stuck (nobody reads the
+        // pipe) past the limit: the run timed out all the same.
+        Err(Undelivered::Deadline | Undelivered::Aborted) => VmEnd::Timeout,
+    }
 }
 
 /// What the guest boots, borrowed from [`VmConfig`].
@@ -457,10 +527,9 @@ fn map_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmmError> {
 
 type ConsoleUart = SerialDevice<Box<dyn Write + Send>>;
 
-/// The devices, and the two UARTs the VMM flushes and feeds.
+/// The devices, and the UART that stdin feeds.
 struct VmDevices {
     map: Arc<Devices>,
-    console: Arc<Mutex<ConsoleUart>>,
     stdout: Arc<Mutex<ConsoleUart>>,
 }
 
@@ -468,7 +537,7 @@ struct VmDevices {
 /// irqchip, or the matching pin of the VMM's I/O APIC (the MP table routes
 /// ISA IRQ n to pin n).
 fn irq_line(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     ioapic: Option<&Arc<Mutex<IoApic>>>,
     irq: u32,
 ) -> Result<IrqTrigger, VmmError> {
@@ -533,7 +602,6 @@ fn create_devices(
     }
     Ok(VmDevices {
         map: Arc::new(Devices { pio, mmio, ioapic }),
-        console,
         stdout,
     })
 }
@@ -585,11 +653,25 @@ fn vcpu_kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
+/// How often the supervising thread looks at the end slot and the output
+/// streams while it waits for a message.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
+
+/// Guest events logged at `-v` before the rest are only counted: a guest
+/// can write `@` lines without end.
+const EVENTS_LOGGED: usize = 32;
+
+/// Starts the vCPU threads and supervises them until the VM ends: a vCPU
+/// reports the end, the deadline passes, or an output stream fails. This
+/// thread never writes to the caller's streams itself (the guest's output
+/// goes through [`Sinks`], the log through the caller's logger), so a
+/// stream nobody reads cannot keep it from enforcing the deadline.
 fn run_vcpus(
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     devices: &VmDevices,
+    sinks: &Sinks,
     mem: &GuestMemory,
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
     mut stdin_gate: Option<mpsc::Sender<()>>,
     timings: &mut Timings,
 ) -> Result<VmEnd, VmmError> {
@@ -599,7 +681,10 @@ fn run_vcpus(
         .call_once(|| handler_result = register_signal_handler(vcpu_kick_signal(), kick_handler));
     handler_result.map_err(|e| host_err("install the vCPU kick signal handler")(e.into()))?;
 
-    let (tx, rx) = mpsc::channel();
+    // Bounded: a guest that floods events only loses events, never grows
+    // the VMM's memory. The end itself has a slot of its own.
+    let (tx, rx) = mpsc::sync_channel(64);
+    let ended = Arc::new(Mutex::new(None::<VcpuEnd>));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
@@ -607,6 +692,7 @@ fn run_vcpus(
             devices: devices.map.clone(),
             stop: stop.clone(),
             events: tx.clone(),
+            ended: ended.clone(),
             mem: mem.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -615,24 +701,43 @@ fn run_vcpus(
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {
-                stop_vcpus(&stop, threads, None);
+                stop_vcpus(&stop, sinks, threads, None);
                 return Err(host_err("start a vCPU thread")(e));
             }
         }
     }
     drop(tx);
 
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut events_seen = 0usize;
     let mut ended_by = None;
     let end = loop {
-        let message = match deadline {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match message {
+        if let Some(end) = lock(&ended).take() {
+            if matches!(end.end, VmEnd::Status(_)) {
+                timings.status = Some(end.at);
+            }
+            ended_by = Some(usize::from(end.vcpu));
+            break end.end;
+        }
+        if let Some(failure) = sinks.both().iter().find_map(|s| s.failure()) {
+            break VmEnd::OutputFailed(failure);
+        }
+        let mut wait = SUPERVISOR_TICK;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break VmEnd::Timeout;
+            }
+            wait = wait.min(left);
+        }
+        match rx.recv_timeout(wait) {
             Ok(VcpuMessage::FirstRun(at)) => timings.first_run = Some(at),
             Ok(VcpuMessage::Event(name, at)) => {
-                log::debug!("guest event @{name}");
+                events_seen += 1;
+                if events_seen <= EVENTS_LOGGED {
+                    log::debug!("guest event @{name}");
+                } else if events_seen == EVENTS_LOGGED + 1 {
+                    log::debug!("the guest sends more events; they are no longer logged");
+                }
                 if let Some(gate) = stdin_gate.take() {
                     let _ = gate.send(());
                 }
@@ -640,35 +745,55 @@ fn run_vcpus(
                     timings.init_event.get_or_insert(at);
                 }
             }
-            Ok(VcpuMessage::End(end, at, id)) => {
-                if matches!(end, VmEnd::Status(_)) {
-                    timings.status = Some(at);
-                }
-                ended_by = Some(usize::from(id));
-                break end;
-            }
-            Err(RecvTimeoutError::Timeout) => break VmEnd::Timeout,
+            Ok(VcpuMessage::Ended) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                break VmEnd::GuestError("every vCPU thread stopped without a result".into())
+                if let Some(end) = lock(&ended).take() {
+                    ended_by = Some(usize::from(end.vcpu));
+                    break end.end;
+                }
+                break VmEnd::GuestError("every vCPU thread stopped without a result".into());
             }
         }
     };
-    stop_vcpus(&stop, threads, ended_by);
+    stop_vcpus(&stop, sinks, threads, ended_by);
     Ok(end)
 }
 
-/// Stops and joins every vCPU thread: sets `stop`, then signals each thread
-/// until it has left `KVM_RUN` (a signal that lands just before the ioctl
-/// is retried). The thread that reported the end, `ended_by`, is already
-/// returning and is joined without polling.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>, ended_by: Option<usize>) {
+/// How long stopping the vCPUs may take before the VMM stops waiting for
+/// them (a thread stuck in the host kernel is left behind; the caller is
+/// about to exit).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Stops and joins every vCPU thread: releases any that waits for room in
+/// an output queue, sets `stop`, then signals each thread until it has left
+/// `KVM_RUN` (a signal that lands just before the ioctl is retried). The
+/// thread that reported the end, `ended_by`, is already returning and is
+/// joined without polling.
+fn stop_vcpus(
+    stop: &AtomicBool,
+    sinks: &Sinks,
+    threads: Vec<JoinHandle<()>>,
+    ended_by: Option<usize>,
+) {
     stop.store(true, Ordering::Release);
+    for sink in sinks.both() {
+        sink.abort();
+    }
+    let give_up = Instant::now() + STOP_WAIT;
     for (id, thread) in threads.into_iter().enumerate() {
-        while Some(id) != ended_by && !thread.is_finished() {
-            let _ = thread.kill(vcpu_kick_signal());
+        while !thread.is_finished() {
+            if Instant::now() >= give_up {
+                log::warn!("vCPU {id} does not stop; leaving it behind");
+                break;
+            }
+            if Some(id) != ended_by {
+                let _ = thread.kill(vcpu_kick_signal());
+            }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let _ = thread.join();
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
     }
 }
 

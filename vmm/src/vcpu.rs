@@ -5,8 +5,8 @@
 //! synthetic exits and no KVM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -372,14 +372,27 @@ fn bus_action(event: Option<BusEvent>) -> ExitAction {
 }
 
 /// Messages from vCPU threads to the thread that waits for the VM's end.
+/// The channel is bounded and these are dropped when it is full; the end
+/// itself goes into [`VcpuContext::ended`].
 #[derive(Debug)]
 pub enum VcpuMessage {
     /// vCPU 0 is about to enter the guest for the first time.
     FirstRun(Instant),
     /// The status channel received `@name`.
     Event(String, Instant),
-    /// The VM is over, as vCPU `u8` saw; its thread returns right after.
-    End(VmEnd, Instant, u8),
+    /// [`VcpuContext::ended`] has been filled.
+    Ended,
+}
+
+/// The end of the VM as the first vCPU to see it reported it.
+#[derive(Debug)]
+pub struct VcpuEnd {
+    /// How the VM ended.
+    pub end: VmEnd,
+    /// When.
+    pub at: Instant,
+    /// Which vCPU saw it; its thread returns right after.
+    pub vcpu: u8,
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -388,8 +401,10 @@ pub struct VcpuContext {
     pub devices: Arc<Devices>,
     /// Set when the VM is over; the thread returns at its next exit.
     pub stop: Arc<AtomicBool>,
-    /// Where the thread reports.
-    pub events: Sender<VcpuMessage>,
+    /// Where the thread reports events (never blocking: full means dropped).
+    pub events: SyncSender<VcpuMessage>,
+    /// Where the first vCPU to see the end puts it.
+    pub ended: Arc<Mutex<Option<VcpuEnd>>>,
     /// Guest memory, to show instruction bytes on a guest error.
     pub mem: GuestMemory,
 }
@@ -450,7 +465,7 @@ fn describe_guest_fault(vcpu: &mut VcpuFd, mem: &GuestMemory, what: &str, id: u8
 /// then kicked out of `KVM_RUN` with a signal).
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
     if id == 0 {
-        let _ = ctx.events.send(VcpuMessage::FirstRun(Instant::now()));
+        let _ = ctx.events.try_send(VcpuMessage::FirstRun(Instant::now()));
     }
     while !ctx.stop.load(Ordering::Acquire) {
         let action = match vcpu.run() {
@@ -461,7 +476,9 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
         let end = match action {
             ExitAction::Continue => continue,
             ExitAction::Event(name) => {
-                let _ = ctx.events.send(VcpuMessage::Event(name, Instant::now()));
+                let _ = ctx
+                    .events
+                    .try_send(VcpuMessage::Event(name, Instant::now()));
                 continue;
             }
             ExitAction::End(end) => end,
@@ -469,7 +486,9 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
                 VmEnd::GuestError(describe_guest_fault(&mut vcpu, &ctx.mem, &what, id))
             }
         };
-        let _ = ctx.events.send(VcpuMessage::End(end, Instant::now(), id));
+        let at = Instant::now();
+        lock(&ctx.ended).get_or_insert(VcpuEnd { end, at, vcpu: id });
+        let _ = ctx.events.try_send(VcpuMessage::Ended);
         return;
     }
 }
