@@ -44,7 +44,6 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use devices::i8042::I8042;
@@ -544,10 +543,7 @@ fn irq_line(
     if let Some(ioapic) = ioapic {
         return Ok(IrqTrigger::Pin(ioapic.clone(), irq as usize));
     }
-    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
-    vm.register_irqfd(&fd, irq)
-        .map_err(kvm_err("register a UART's irqfd"))?;
-    Ok(IrqTrigger::Fd(fd))
+    Ok(IrqTrigger::Line(vm.clone(), irq))
 }
 
 fn create_devices(
@@ -569,6 +565,7 @@ fn create_devices(
             IrqTrigger::Fd(fd.try_clone().map_err(host_err("clone an event fd"))?)
         }
         IrqTrigger::Pin(ioapic, pin) => IrqTrigger::Pin(ioapic.clone(), *pin),
+        IrqTrigger::Line(vm, irq) => IrqTrigger::Line(vm.clone(), *irq),
     };
     let console = Arc::new(Mutex::new(SerialDevice::new(irq4, console)));
     let stdout = Arc::new(Mutex::new(SerialDevice::new(irq3, stdout)));

@@ -17,6 +17,9 @@ pub enum IrqTrigger {
     Fd(EventFd),
     /// By an edge on a pin of the VMM's I/O APIC (split irqchip).
     Pin(Arc<Mutex<IoApic>>, usize),
+    /// By raising and lowering an ISA line of KVM's in-kernel irqchip
+    /// (`KVM_IRQ_LINE`), in the calling thread.
+    Line(Arc<kvm_ioctls::VmFd>, u32),
 }
 
 impl Trigger for IrqTrigger {
@@ -24,6 +27,10 @@ impl Trigger for IrqTrigger {
     fn trigger(&self) -> io::Result<()> {
         match self {
             IrqTrigger::Fd(fd) => fd.write(1),
+            IrqTrigger::Line(vm, irq) => vm
+                .set_irq_line(*irq, true)
+                .and_then(|()| vm.set_irq_line(*irq, false))
+                .map_err(|e| io::Error::from_raw_os_error(e.errno())),
             IrqTrigger::Pin(ioapic, pin) => {
                 // A message that reaches no local APIC is the guest's doing
                 // (its APICs are off or the entry names none): the

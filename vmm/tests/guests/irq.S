@@ -2,8 +2,11 @@
 # APIC and the local APIC, as Linux's 8250 driver does, using only the
 # architectural interfaces (82093AA registers, xAPIC MMIO, 16550 IER/IIR/THR)
 # so that any irqchip model must pass. The command line's last word picks the
-# pin's mode: `edge`, `level` or `masked`. Results go to stdout as lines, then
-# status 0; anything wrong prints a line and status 1.
+# pin's mode: `edge`, `level` or `masked`, or `stream`: 64 KiB sent the way
+# Linux's 8250 driver sends a program's output (a transmit loop in the
+# handler, stop and start of THRI as its buffer empties and fills), which
+# must never stall. Results go to stdout as lines, then status 0; anything
+# wrong prints a line and status 1.
 	.include "common.inc"
 .set IOAPIC, 0xfec00000		# IOREGSEL at +0, IOWIN at +0x10 (in %r13)
 .set LAPIC, 0xfee00000		# (in %r12)
@@ -88,6 +91,8 @@ main:	# Map 3-4 GiB (both APICs) with uncached 2 MiB pages: PDPT entry 3.
 	je level
 	cmpb $'m', (%rsi)
 	je masked
+	cmpb $'s', (%rsi)
+	je stream
 	lea s_mode(%rip), %rdi
 	jmp fail
 
@@ -158,6 +163,98 @@ masked:
 	call send
 	mov $1, %ecx
 	call expect
+
+# Stream: the main loop is the tty layer, putting 256 bytes at a time into
+# a 4 KiB buffer and starting the transmitter (THRI on) with interrupts
+# off; the handler is serial8250_interrupt: it reads IIR until no interrupt
+# is pending, and on THRE writes up to 16 bytes, or turns THRI off when the
+# buffer is empty. If nothing is sent for about a second, an interrupt was
+# lost: the UART holds THRE pending and waits to be read.
+.set STREAM_TOTAL, 65536
+stream:
+	lea idt + VECTOR * 16(%rip), %rdi
+	lea irq_stream(%rip), %eax
+	call set_gate
+	mov $VECTOR, %eax
+	call set_pin
+	call now
+	mov %rax, %r10			# when `sent` last moved
+	xor %r11d, %r11d		# `sent` as last seen
+1:	cli
+	cmpl $STREAM_TOTAL, queued(%rip)
+	jae 2f
+	cmpl $4096 - 256, pending(%rip)
+	ja 2f
+	addl $256, pending(%rip)
+	addl $256, queued(%rip)
+	testb $2, ier(%rip)		# start_tx: THRI on unless it is
+	jnz 2f
+	orb $2, ier(%rip)
+	mov $CONSOLE + 1, %dx
+	movb ier(%rip), %al
+	out %al, %dx
+2:	sti
+	cmpl $STREAM_TOTAL, sent(%rip)
+	jae 4f
+	mov sent(%rip), %eax
+	cmp %eax, %r11d
+	je 3f
+	mov %eax, %r11d
+	call now
+	mov %rax, %r10
+	jmp 1b
+3:	call now
+	sub %r10, %rax
+	cmp $WAIT, %rax
+	jb 1b
+	cli
+	mov $STDOUT, %dx
+	lea s_stalled(%rip), %rdi
+	call puts
+	mov sent(%rip), %eax
+	call puthex
+	lea s_empty(%rip), %rdi
+	jmp fail
+4:	cli
+	mov $STDOUT, %dx
+	lea s_streamed(%rip), %rdi
+	call puts
+	mov sent(%rip), %eax
+	call puthex
+	call newline
+	jmp report_ok
+
+irq_stream:
+	push %rax
+	push %rcx
+	push %rdx
+1:	mov $CONSOLE + 2, %dx
+	in %dx, %al
+	test $1, %al			# no interrupt pending: done
+	jnz 4f
+	testb $2, ier(%rip)
+	jz 1b
+	mov $16, %ecx
+2:	cmpl $0, pending(%rip)
+	je 3f
+	mov $CONSOLE, %dx
+	mov $'x', %al
+	out %al, %dx
+	subl $1, pending(%rip)
+	addl $1, sent(%rip)
+	sub $1, %ecx
+	jnz 2b
+	jmp 1b
+3:	andb $~2, ier(%rip)		# stop_tx
+	mov $CONSOLE + 1, %dx
+	movb ier(%rip), %al
+	out %al, %dx
+	jmp 1b
+4:	movl $0, 0xb0(%r12)
+	pop %rdx
+	pop %rcx
+	pop %rax
+	iretq
 
 # No more interrupts may come; then report success.
 done:
@@ -298,9 +395,13 @@ stubs:	.set v, 0
 idtr:	.word 256 * 16 - 1
 	.quad idt
 count:	.long 0
+pending:	.long 0
+queued:	.long 0
+sent:	.long 0
+ier:	.byte 0
 s_version:	.asciz "ioapic version "
 s_pins:	.asciz "fewer than 24 I/O APIC pins"
-s_mode:	.asciz "the mode must be edge, level or masked"
+s_mode:	.asciz "the mode must be edge, level, masked or stream"
 s_irq:	.asciz "irq 34 count "
 s_none:	.asciz "no interrupt came"
 s_total:	.asciz "total "
@@ -310,6 +411,8 @@ s_irr_after:	.asciz "remote irr after eoi "
 s_masked_count:	.asciz "while masked: count "
 s_iir:	.asciz "iir "
 s_unexpected:	.asciz "unexpected vector "
+s_stalled:	.asciz "stalled: no interrupt for a second after bytes sent: "
+s_streamed:	.asciz "streamed "
 s_empty:	.asciz ""
 	.balign 4096
 idt:	.skip 256 * 16
