@@ -18,6 +18,7 @@ const ENGINE: Engine = Engine {
     is_vm: false,
     unavailable: user_namespaces_unavailable,
     kernel: common::no_kernel,
+    nested: false,
 };
 
 /// The chroot engine needs user namespaces; `sysctl user.max_user_namespaces=0`

@@ -1,7 +1,9 @@
 //! The shared end-to-end cases through microrun's own VMM, booting a real
-//! kernel. They need a KVM that runs Linux guests; on a host whose KVM
-//! emulates guest kernel code (kvm_pvm, see shared/PLATFORM.md) or has no
-//! /dev/kvm, each case reports itself skipped with the reason.
+//! kernel. They need a KVM that runs Linux guests: on hardware KVM they run
+//! here; on a host whose KVM emulates guest kernel code (kvm_pvm, see
+//! shared/PLATFORM.md) they run in the nested-KVM lane (`common::nested`,
+//! one outer VM for the whole binary); without /dev/kvm each case reports
+//! itself skipped with the reason.
 
 #[macro_use]
 mod common;
@@ -17,6 +19,7 @@ const ENGINE: Engine = Engine {
     is_vm: true,
     unavailable: kvm_cannot_run_linux,
     kernel,
+    nested: true,
 };
 
 fn kvm_cannot_run_linux() -> Option<String> {

@@ -16,6 +16,7 @@ const ENGINE: Engine = Engine {
     is_vm: true,
     unavailable: qemu_unavailable,
     kernel: common::project_kernel,
+    nested: false,
 };
 
 fn qemu_unavailable() -> Option<String> {
