@@ -1,7 +1,8 @@
 //! Build initrds for microrun: pack a directory tree into a reproducible
 //! newc cpio archive, cache packed trees, and assemble a rootfs directory
 //! from ELF binaries and the libraries they need; read a kernel image's
-//! release and configuration ([`kernel_info`]).
+//! release and configuration ([`kernel_info`]) and find the modules of the
+//! host's kernel that a guest needs, decompressed ([`modules`]).
 //!
 //! The archive holds the whole tree: regular files, directories, symlinks,
 //! hard links (data stored once), device nodes and FIFOs (sockets are
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 mod cache;
 pub mod kernel_info;
+pub mod modules;
 pub mod newc;
 mod pack;
 pub mod rootfs;
