@@ -1,6 +1,8 @@
 //! Build initrds for microrun: pack a directory tree into a reproducible
 //! newc cpio archive, cache packed trees, and assemble a rootfs directory
-//! from ELF binaries and the libraries they need.
+//! from ELF binaries and the libraries they need; read a kernel image's
+//! release and configuration ([`kernel_info`]) and find the modules of the
+//! host's kernel that a guest needs, decompressed ([`modules`]).
 //!
 //! The archive holds the whole tree: regular files, directories, symlinks,
 //! hard links (data stored once), device nodes and FIFOs (sockets are
@@ -30,6 +32,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 mod cache;
+pub mod kernel_info;
+pub mod modules;
 pub mod newc;
 mod pack;
 pub mod rootfs;

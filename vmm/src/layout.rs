@@ -92,3 +92,28 @@ pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 /// The page size used for initrd alignment.
 pub const PAGE_SIZE: u64 = 0x1000;
+
+/// ACPI tables (DSDT, FADT, MADT, XSDT) start here, right after the MP
+/// table's KiB, in the legacy VGA/ROM window (`[0xa0000, 1 MiB)`) that
+/// Linux never uses as RAM. The area ends at [`ACPI_RSDP_START`].
+pub const ACPI_TABLES_START: u64 = BASE_MEMORY_END;
+/// The RSDP: at the start of the BIOS range Linux scans (`0xe0000-0xfffff`,
+/// 16-byte aligned) when the boot protocol does not hand it the address.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+/// Bytes available to the ACPI tables: `[ACPI_TABLES_START, ACPI_RSDP_START)`.
+pub const ACPI_TABLES_SIZE: u64 = ACPI_RSDP_START - ACPI_TABLES_START;
+/// End (exclusive) of the low range held by firmware-style tables (MP table,
+/// ACPI tables, RSDP): the BIOS area ends at 1 MiB.
+pub const SYSTEM_TABLES_END: u64 = HIMEM_START;
+
+/// One virtio-mmio device window and its interrupt, as the guest learns it
+/// from the DSDT or from `virtio_mmio.device=<len>@<addr>:<gsi>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioSlot {
+    /// Guest-physical base of the register window.
+    pub addr: u64,
+    /// Length of the window in bytes (4 KiB for virtio-mmio).
+    pub len: u64,
+    /// The I/O APIC pin (GSI) the device interrupts on, edge-triggered.
+    pub gsi: u32,
+}

@@ -22,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod devices;
 pub mod initrd;
 pub mod irqchip;
