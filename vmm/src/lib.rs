@@ -29,6 +29,7 @@ pub mod kernel;
 pub mod layout;
 pub mod memory;
 pub mod mptable;
+pub mod regular_file;
 pub mod status;
 pub mod vcpu;
 
@@ -622,7 +623,7 @@ fn run_vcpus(
     }
     drop(tx);
 
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = deadline_after(timeout);
     let mut ended_by = None;
     let end = loop {
         let message = match deadline {
@@ -672,9 +673,24 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>, ended_by: Option<
     }
 }
 
+/// When a run that starts now with `timeout` must end: `None` for no
+/// limit, and also for a timeout so long that the clock cannot represent
+/// its end (the run then has no limit, rather than panicking).
+pub fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unrepresentable_deadlines_mean_no_limit() {
+        assert_eq!(deadline_after(None), None);
+        assert_eq!(deadline_after(Some(Duration::MAX)), None);
+        let soon = deadline_after(Some(Duration::from_secs(1))).unwrap();
+        assert!(soon > Instant::now());
+    }
 
     #[test]
     fn exit_codes() {
