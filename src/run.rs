@@ -53,6 +53,20 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
     let kernel = crate::kernel::discover(vm.kernel.as_deref())?;
     log::info!("kernel: {}", kernel.display());
     let initrd = prepare_initrd(spec).context("cannot prepare the initrd")?;
+    // The initrd must lie below the 32-bit MMIO gap beside the kernel,
+    // however much memory there is above it.
+    let never_fits = initrd.len().saturating_add(MIN_MEM_BESIDES_INITRD);
+    if never_fits > vmm::layout::MMIO_GAP_START {
+        bail!(
+            "the initrd is {} bytes ({} MiB, guest-init included): it must fit below {} MiB \
+             (the 32-bit MMIO gap) together with the kernel, whatever --mem is; make it smaller: \
+             leave files out of the rootfs, or give a compressed archive as ROOTFS (for example \
+             `microrun pack DIR -o /dev/stdout | gzip > rootfs.cpio.gz`)",
+            initrd.len(),
+            initrd.len() >> 20,
+            vmm::layout::MMIO_GAP_START >> 20
+        );
+    }
     let default_mem = initrd_tools::guest_memory_for_initrd(initrd.len());
     let mem_size = vm.mem.unwrap_or(default_mem);
     // Checked here so both VM engines refuse alike (QEMU alone would take

@@ -137,7 +137,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome, ChrootError> {
     let job = prepare(spec)?;
     let (status_read, status_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
-    let deadline = spec.timeout.map(|t| Instant::now() + t);
+    let deadline = vmm::deadline_after(spec.timeout);
 
     // SAFETY: fork has no memory-safety preconditions. The child only runs
     // `namespace_helper`, which never returns, and uses data prepared
@@ -231,7 +231,7 @@ fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>, ChrootError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(archive_error)?;
+    let file = vmm::regular_file::open(path).map_err(archive_error)?;
     let mut reader = BufReader::new(file);
     let head = reader.fill_buf().map_err(archive_error)?;
     if let Some(format) = compression_format(head) {

@@ -199,9 +199,10 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         verbose: spec.verbosity == Verbosity::Verbose,
         stdin_feed,
     };
+    // A timeout too long for the clock is no limit (see vmm::deadline_after).
     let deadline = spec
         .timeout
-        .map(|t| spec.started.max(times.ready.unwrap()) + t);
+        .and_then(|t| spec.started.max(times.ready.unwrap()).checked_add(t));
     let end = pump.until_status(deadline, &mut times);
     let _ = child.kill();
     let wait = child.wait();
@@ -453,7 +454,7 @@ fn initrd_memfd(initrd: &BootInitrd) -> Result<OwnedFd, QemuEngineError> {
         path: initrd.rootfs.clone(),
         source,
     };
-    let mut rootfs = std::fs::File::open(&initrd.rootfs).map_err(initrd_err)?;
+    let mut rootfs = vmm::regular_file::open(&initrd.rootfs).map_err(initrd_err)?;
     let copied = io::copy(&mut rootfs, &mut file).map_err(initrd_err)?;
     let pad = copied.next_multiple_of(4) - copied;
     file.write_all(&[0u8; 3][..pad as usize])
