@@ -43,12 +43,8 @@ impl StatusParser {
             b'\r' => None,
             b'\n' => {
                 let line = std::mem::take(&mut self.line);
-                if std::mem::take(&mut self.cut) {
-                    return Some(StatusLine::Other(
-                        String::from_utf8_lossy(&line).into_owned(),
-                    ));
-                }
-                Some(parse_line(&line))
+                let cut = std::mem::take(&mut self.cut);
+                Some(parse_line(&line, cut))
             }
             _ => {
                 if self.line.len() < MAX_LINE {
@@ -77,13 +73,15 @@ impl StatusParser {
     }
 }
 
-fn parse_line(line: &[u8]) -> StatusLine {
+/// What a complete line is; `cut` when it was longer than [`MAX_LINE`]
+/// (then it can still be an event, cut short, but never a status).
+fn parse_line(line: &[u8], cut: bool) -> StatusLine {
     let text = String::from_utf8_lossy(line);
     let trimmed = text.trim_matches(|c: char| c == ' ' || c == '\t');
     if let Some(event) = trimmed.strip_prefix('@') {
         return StatusLine::Event(event.to_string());
     }
-    let is_number = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit());
+    let is_number = !cut && !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit());
     // Without its leading zeros a status has at most three digits (none for 0).
     let significant = trimmed.trim_start_matches('0');
     let code = match significant.len() {
