@@ -243,6 +243,17 @@ fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>, ChrootError> {
     parse_archive(reader).map_err(archive_error)
 }
 
+/// Where the members of the newc archive `archive` (or several
+/// concatenated) would be extracted, relative to the new root and in order:
+/// what this engine makes of a ROOTFS archive, without writing anything.
+/// Members that would leave the root are not there. For tests and fuzzing.
+pub fn archive_member_paths(archive: &[u8]) -> io::Result<Vec<PathBuf>> {
+    Ok(parse_archive(archive)?
+        .into_iter()
+        .map(|entry| entry.path)
+        .collect())
+}
+
 fn parse_archive<R: BufRead>(mut reader: R) -> io::Result<Vec<ArchiveEntry>> {
     let mut entries = Vec::new();
     loop {
@@ -270,7 +281,10 @@ fn parse_archive<R: BufRead>(mut reader: R) -> io::Result<Vec<ArchiveEntry>> {
         let mode = entry.mode();
         let inode = (entry.ino(), entry.dev_major(), entry.dev_minor());
         let nlink = entry.nlink();
-        let mut data = Vec::with_capacity(entry.file_size() as usize);
+        // The size is the header's word: reserve no more than a small
+        // archive could hold, and let the read grow it (a 100-byte archive
+        // claiming a 4 GiB member made this allocate 4 GiB up front).
+        let mut data = Vec::with_capacity(entry.file_size().min(1 << 16) as usize);
         member.read_to_end(&mut data)?;
         reader = member.finish()?;
         match path {
