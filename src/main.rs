@@ -36,7 +36,7 @@ enum Command {
     Pack {
         /// The directory to pack.
         dir: PathBuf,
-        /// The archive to write (atomically).
+        /// The archive: a file (replaced atomically), or a FIFO or device such as /dev/stdout (streamed).
         #[arg(short, long)]
         output: PathBuf,
         /// Keep the files' owners instead of making everything root's.

@@ -1,7 +1,8 @@
-//! Input that once made `microrun` panic, hang or give advice that could
-//! not help: FIFOs where files are expected, durations and vCPU counts out
-//! of range, an initrd too large for any memory size. Every case fails
-//! before a VM is created, so these run on any machine.
+//! Input that once made `microrun` panic, hang, give advice that could not
+//! help or replace what it should write to: FIFOs where files are
+//! expected, durations and vCPU counts out of range, an initrd too large
+//! for any memory size, `pack -o /dev/stdout`. No case creates a VM, so
+//! these run on any machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -180,4 +181,51 @@ fn cpus_out_of_range_name_the_real_range() {
         let out = s.run(&["--cpus", value, root.to_str().unwrap()]);
         assert_usage_error(&out, &["--cpus", value, "1 to 32"], &["0..=255"]);
     }
+}
+
+#[test]
+fn pack_streams_to_dev_stdout() {
+    let s = Scratch::new();
+    let root = s.path("root");
+    let pack = |stdout: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_microrun"))
+            .args([
+                "pack".as_ref(),
+                root.as_os_str(),
+                "-o".as_ref(),
+                "/dev/stdout".as_ref(),
+            ])
+            .env("SOURCE_DATE_EPOCH", "0")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run microrun pack")
+    };
+    let piped = pack(Stdio::piped());
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let archive = piped.stdout;
+    assert!(archive.starts_with(b"070701") && archive.len() % 4 == 0);
+    assert!(archive.windows(10).any(|w| w == b"TRAILER!!!"));
+    // Through the caller's descriptor: appended, as `>>` asked.
+    let log = s.path("log");
+    std::fs::write(&log, b"old\n").unwrap();
+    let append = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let out = pack(Stdio::from(append));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected = b"old\n".to_vec();
+    expected.extend_from_slice(&archive);
+    assert_eq!(std::fs::read(&log).unwrap(), expected);
+    assert!(std::fs::symlink_metadata("/dev/stdout")
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
