@@ -68,7 +68,11 @@ fn drive<W: SerialOutput>(uart: &mut SerialDevice<W>, ops: &[u8], output: &Outpu
                 let input: Vec<u8> = bytes.by_ref().take(usize::from(arg)).collect();
                 let room = uart.rx_room();
                 let taken = uart.receive(&input);
-                assert!(taken <= room && taken <= input.len(), "{taken} of {}", input.len());
+                assert!(
+                    taken <= room && taken <= input.len(),
+                    "{taken} of {}",
+                    input.len()
+                );
                 assert_eq!(uart.rx_room(), room - taken);
             }
             3 => output.failing.store(arg & 1 == 1, Ordering::Relaxed),
@@ -90,6 +94,10 @@ fuzz_target!(|data: &[u8]| {
         let writer: Box<dyn Write + Send> = Box::new(output.clone());
         drive(&mut SerialDevice::new(irq, writer), ops, &output);
     } else {
-        drive(&mut SerialDevice::new(irq, StatusOutput::default()), ops, &output);
+        drive(
+            &mut SerialDevice::new(irq, StatusOutput::default()),
+            ops,
+            &output,
+        );
     }
 });

@@ -20,9 +20,9 @@ fn expected(raw: &[u8]) -> StatusLine {
     }
     let digits = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit());
     if line.len() <= MAX_LINE && digits {
-        let value = trimmed
-            .bytes()
-            .try_fold(0u32, |v, d| Some(v * 10 + u32::from(d - b'0')).filter(|&v| v <= 255));
+        let value = trimmed.bytes().try_fold(0u32, |v, d| {
+            Some(v * 10 + u32::from(d - b'0')).filter(|&v| v <= 255)
+        });
         if let Some(code) = value {
             return StatusLine::Exit(code as u8);
         }
