@@ -144,31 +144,21 @@ fn an_initrd_no_memory_size_can_hold_is_called_too_large() {
 fn durations_out_of_range_are_refused_without_a_panic() {
     let s = Scratch::new();
     let root = s.path("root");
-    for engine in ["kvm", "chroot", "qemu"] {
-        for value in [
-            "10000000000000000000",
-            "99999999999999999999999999",
-            "31536001",
-            "8761h",
-        ] {
-            let out = s.run(&[
-                "--engine",
-                engine,
-                "--timeout",
-                value,
-                root.to_str().unwrap(),
-            ]);
-            assert_usage_error(&out, &["--timeout", value, "at most"], &["panicked"]);
-        }
-        for value in ["0", "0s", "0ms", "0.0"] {
-            let out = s.run(&[
-                "--engine",
-                engine,
-                "--timeout",
-                value,
-                root.to_str().unwrap(),
-            ]);
-            assert_usage_error(&out, &["--timeout", value, "more than 0"], &[]);
+    let too_long = [
+        "10000000000000000000",
+        "99999999999999999999999999",
+        "31536001",
+        "8761h",
+    ];
+    let cases = too_long
+        .map(|value| (value, "at most"))
+        .into_iter()
+        .chain(["0", "0s", "0ms", "0.0"].map(|value| (value, "more than 0")));
+    for (value, why) in cases {
+        for engine in ["kvm", "chroot", "qemu"] {
+            let args = ["--engine", engine, "--timeout", value];
+            let out = s.run(&[&args[..], &[root.to_str().unwrap()]].concat());
+            assert_usage_error(&out, &["--timeout", value, why], &["panicked"]);
         }
     }
 }

@@ -651,10 +651,7 @@ mod tests {
     #[test]
     fn a_fifo_as_kernel_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `name` is a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let fifo = crate::regular_file::testing::make_fifo(dir.path());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mem = memory::create_guest_memory(64 << 20).unwrap();

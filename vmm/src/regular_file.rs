@@ -81,6 +81,21 @@ pub fn open(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Test helpers shared with the other modules' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
+
+    /// Makes a FIFO named `fifo` in `dir`.
+    pub fn make_fifo(dir: &Path) -> PathBuf {
+        let fifo = dir.join("fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        fifo
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,10 +117,7 @@ mod tests {
     #[test]
     fn a_fifo_is_refused_at_once_instead_of_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `name` is a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let fifo = testing::make_fifo(dir.path());
         let err = open(&fifo).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(not_regular_kind(&err), Some("a FIFO"));
