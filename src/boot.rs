@@ -1,7 +1,6 @@
 //! What a VM engine boots: the kernel, the initrd parts and the kernel
 //! command line. The kvm and qemu engines boot exactly the same thing.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -173,7 +172,7 @@ fn check_initrd_magic(path: &Path) -> Result<(), BootError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = vmm::regular_file::open(path).map_err(read_err)?;
     let mut filled = 0;
     while filled < head.len() {
         match file.read(&mut head[filled..]).map_err(read_err)? {

@@ -1,7 +1,6 @@
 //! Which kernel to boot: the contract's discovery order, with errors that
 //! say where microrun looked and how to get a kernel.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Why no kernel could be used.
@@ -51,8 +50,8 @@ pub fn project_kernel(cache: &Path) -> PathBuf {
 /// when given, else the first readable candidate.
 pub fn discover(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     if let Some(path) = explicit {
-        return match File::open(path).and_then(|f| is_regular(&f)) {
-            Ok(()) => Ok(path.to_path_buf()),
+        return match vmm::regular_file::open(path) {
+            Ok(_) => Ok(path.to_path_buf()),
             Err(source) => {
                 let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
                     ROOT_ONLY_HINT
@@ -69,8 +68,8 @@ pub fn discover(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     }
     let mut searched = String::new();
     for candidate in default_candidates() {
-        match File::open(&candidate).and_then(|f| is_regular(&f)) {
-            Ok(()) => return Ok(candidate),
+        match vmm::regular_file::open(&candidate) {
+            Ok(_) => return Ok(candidate),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 searched.push_str(&format!("  {}: not found\n", candidate.display()));
             }
@@ -87,15 +86,6 @@ pub fn discover(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     Err(KernelError::NotFound {
         searched: searched.trim_end().to_string(),
     })
-}
-
-/// A kernel is a regular file (a directory opens fine, then fails later).
-fn is_regular(file: &File) -> std::io::Result<()> {
-    if file.metadata()?.is_file() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("not a regular file"))
-    }
 }
 
 fn kernel_release() -> Option<String> {
@@ -120,6 +110,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = discover(Some(dir.path())).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let named = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(discover(Some(&named)).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("discover blocked opening a FIFO");
+        let err = result.unwrap_err();
+        assert!(
+            err.contains(fifo.to_str().unwrap()) && err.contains("a FIFO, not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]

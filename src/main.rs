@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use microrun::engine::qemu::Accel;
 use microrun::run::{self, Engine, VmOptions};
 use microrun::spec::{Rootfs, RunSpec, Verbosity};
-use microrun::units::{parse_duration, parse_size};
+use microrun::units::{parse_size, parse_timeout, parse_vcpus};
 
 /// Run a program in a KVM microVM as easily as chroot runs it in a directory.
 #[derive(Parser, Debug)]
@@ -36,7 +36,7 @@ enum Command {
     Pack {
         /// The directory to pack.
         dir: PathBuf,
-        /// The archive to write (atomically).
+        /// The archive: a file (replaced atomically), or a FIFO or device such as /dev/stdout (streamed).
         #[arg(short, long)]
         output: PathBuf,
         /// Keep the files' owners instead of making everything root's.
@@ -70,11 +70,11 @@ struct RunArgs {
     /// Guest memory, e.g. 256M [default: 3 × initrd + 64 MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     mem: Option<u64>,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Number of vCPUs, 1 to 32.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = parse_vcpus)]
     cpus: u8,
-    /// Stop the VM after this long and exit 124, e.g. 30s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Stop the VM after this long (at most 365 days) and exit 124, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     timeout: Option<Duration>,
     /// Arguments appended to the kernel command line.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
@@ -111,9 +111,17 @@ fn main() -> ExitCode {
     // has it), not clap's default 2; --help and --version exit 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            // `microrun: error: ...` like every other failure, clap's hint
+            // on the lines after it.
+            let text = err.render().to_string();
+            microrun::say(format_args!("{}", text.trim_end()));
+            microrun::flush_messages(MESSAGE_GRACE);
+            return ExitCode::from(125);
+        }
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { 125 } else { 0 });
+            return ExitCode::from(0);
         }
     };
     let verbosity = match (cli.run.quiet, cli.run.verbose) {
@@ -174,8 +182,15 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         .with_context(|| format!("cannot use rootfs {}", path.display()))?;
     let rootfs = if meta.is_dir() {
         Rootfs::Dir(path)
-    } else {
+    } else if meta.is_file() {
         Rootfs::Cpio(path)
+    } else {
+        // A FIFO would block the first read for ever, before --timeout.
+        bail!(
+            "rootfs {} is {}: give a rootfs directory or a regular file (a cpio initrd)",
+            path.display(),
+            vmm::regular_file::describe(meta.file_type())
+        );
     };
     let spec = RunSpec {
         rootfs,

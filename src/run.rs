@@ -53,6 +53,20 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
     let kernel = crate::kernel::discover(vm.kernel.as_deref())?;
     log::info!("kernel: {}", kernel.display());
     let initrd = prepare_initrd(spec).context("cannot prepare the initrd")?;
+    // The initrd must lie below the 32-bit MMIO gap beside the kernel,
+    // however much memory there is above it.
+    let never_fits = initrd.len().saturating_add(MIN_MEM_BESIDES_INITRD);
+    if never_fits > vmm::layout::MMIO_GAP_START {
+        bail!(
+            "the initrd is {} bytes ({} MiB, guest-init included): it must fit below {} MiB \
+             (the 32-bit MMIO gap) together with the kernel, whatever --mem is; make it smaller: \
+             leave files out of the rootfs, or give a compressed archive as ROOTFS (for example \
+             `microrun pack DIR -o /dev/stdout | gzip > rootfs.cpio.gz`)",
+            initrd.len(),
+            initrd.len() >> 20,
+            vmm::layout::MMIO_GAP_START >> 20
+        );
+    }
     // A kernel that cannot be inspected is reported by the engine that
     // boots it (the kvm engine names the problem; QEMU has its own words).
     let image = vmm::kernel::inspect(&kernel).ok();

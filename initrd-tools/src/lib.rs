@@ -25,10 +25,10 @@
 
 #![deny(missing_docs)]
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 mod cache;
@@ -68,6 +68,19 @@ pub enum InitrdError {
         out: PathBuf,
         /// The tree.
         dir: PathBuf,
+    },
+    /// The output names something that is neither a file to replace nor a
+    /// stream to write to.
+    #[error(
+        "cannot write the archive to {}: it is {kind}; give a regular file, a new name, a FIFO \
+         or a character device (such as /dev/stdout)",
+        path.display()
+    )]
+    OutputType {
+        /// The output path (after following symbolic links).
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
     },
     /// The archive could not be written.
     #[error("cannot write {}: {source}", path.display())]
@@ -171,26 +184,164 @@ pub struct PackStats {
     pub bytes: u64,
 }
 
-/// Packs the tree at `dir` into the file `out`.
+/// Packs the tree at `dir` into `out`.
 ///
-/// The archive is written to a temporary file next to `out` and renamed over
-/// it at the end, so `out` is either the old file or the complete new one.
-/// Refuses an `out` inside `dir`.
+/// Symbolic links are followed. A new name or a regular file is written to
+/// a temporary file in its directory and renamed over it at the end, so it
+/// is either the old file or the complete new one; `out` inside `dir` is
+/// refused. A FIFO, a character device, or a file of `/proc` (such as
+/// `/dev/stdout`, `/dev/fd/N`) is written to as a stream, in place; a
+/// descriptor of this process (`/dev/stdout` and the like) is written
+/// through, keeping its offset and append mode. Nothing else (a directory,
+/// a block device, a socket) is written, and nothing but a regular file is
+/// ever renamed over.
 pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<PackStats, InitrdError> {
     let canonical_dir = fs::canonicalize(dir).map_err(|e| InitrdError::read(dir, e))?;
-    let out_dir = output_dir(out)?;
-    let canonical_out_dir = fs::canonicalize(&out_dir).map_err(|source| InitrdError::Write {
+    match output_target(out)? {
+        Output::Replace { path, dir: out_dir } => {
+            if out_dir.starts_with(&canonical_dir) {
+                return Err(InitrdError::OutputInsideTree {
+                    out: out.to_path_buf(),
+                    dir: dir.to_path_buf(),
+                });
+            }
+            let tree = Tree::scan(dir)?;
+            write_atomically(&tree, &path, &out_dir, opts)
+        }
+        Output::Stream(stream) => {
+            let tree = Tree::scan(dir)?;
+            let file = open_stream(&stream).map_err(|source| InitrdError::Write {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            pack::write_tree(&tree, &file, None, out, opts)
+        }
+    }
+}
+
+/// How [`pack_dir`] writes its output.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    /// A new name or a regular file at `path` (canonical directory `dir`):
+    /// through a temporary file in `dir` and a rename.
+    Replace { path: PathBuf, dir: PathBuf },
+    /// A FIFO, a character device or a file of /proc: written in place.
+    Stream(PathBuf),
+}
+
+/// Symbolic links followed before giving up, as the kernel's limit.
+const MAX_SYMLINKS: usize = 40;
+
+/// `PROC_SUPER_MAGIC`, the `f_type` of a procfs mount.
+const PROC_SUPER_MAGIC: libc::c_long = 0x9fa0;
+
+/// Where `out` leads, following symbolic links one at a time (a link under
+/// /proc, such as /proc/self/fd/1, is not a path to follow but a stream).
+fn output_target(out: &Path) -> Result<Output, InitrdError> {
+    let write_error = |source| InitrdError::Write {
         path: out.to_path_buf(),
         source,
-    })?;
-    if canonical_out_dir.starts_with(&canonical_dir) {
-        return Err(InitrdError::OutputInsideTree {
-            out: out.to_path_buf(),
-            dir: dir.to_path_buf(),
-        });
+    };
+    let mut path = out.to_path_buf();
+    for _ in 0..=MAX_SYMLINKS {
+        let name = path
+            .file_name()
+            .ok_or_else(|| {
+                write_error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a file name",
+                ))
+            })?
+            .to_os_string();
+        let dir = output_dir(&path)?;
+        let canonical_dir = fs::canonicalize(&dir).map_err(write_error)?;
+        if is_procfs(&canonical_dir) {
+            return Ok(Output::Stream(path));
+        }
+        let full = canonical_dir.join(&name);
+        let file_type = match fs::symlink_metadata(&full) {
+            Ok(meta) => meta.file_type(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Output::Replace {
+                    path: full,
+                    dir: canonical_dir,
+                })
+            }
+            Err(e) => return Err(write_error(e)),
+        };
+        if file_type.is_symlink() {
+            path = canonical_dir.join(fs::read_link(&full).map_err(write_error)?);
+        } else if file_type.is_file() {
+            return Ok(Output::Replace {
+                path: full,
+                dir: canonical_dir,
+            });
+        } else if file_type.is_fifo() || file_type.is_char_device() {
+            return Ok(Output::Stream(full));
+        } else {
+            return Err(InitrdError::OutputType {
+                path: full,
+                kind: describe_type(file_type),
+            });
+        }
     }
-    let tree = Tree::scan(dir)?;
-    write_atomically(&tree, out, &out_dir, opts)
+    Err(write_error(io::Error::from_raw_os_error(libc::ELOOP)))
+}
+
+fn describe_type(file_type: fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Whether `dir` is on a procfs mount.
+fn is_procfs(dir: &Path) -> bool {
+    let Ok(name) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `statfs` is plain data, valid when zeroed.
+    let mut fs_info: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `fs_info` a valid out-pointer.
+    let found = unsafe { libc::statfs(name.as_ptr(), &mut fs_info) } == 0;
+    found && fs_info.f_type as libc::c_long == PROC_SUPER_MAGIC
+}
+
+/// Opens the stream `path` for writing. One of this process's own
+/// descriptors (`/proc/self/fd/N`, what /dev/stdout leads to) is
+/// duplicated rather than opened again, so the archive goes exactly where
+/// that descriptor writes (a reopened file would start at offset 0 and
+/// lose `O_APPEND`).
+fn open_stream(path: &Path) -> io::Result<File> {
+    if let Some(fd) = own_descriptor(path) {
+        // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; a closed one fails.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `copy` is a new descriptor that nothing else owns.
+        return Ok(File::from(unsafe { OwnedFd::from_raw_fd(copy) }));
+    }
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
+}
+
+/// `N` when `path` is `/proc/self/fd/N` (or `/proc/thread-self/fd/N`, or
+/// this process's PID instead of `self`).
+fn own_descriptor(path: &Path) -> Option<libc::c_int> {
+    let fd: libc::c_int = path.file_name()?.to_str()?.parse().ok()?;
+    let dir = fs::canonicalize(path.parent()?).ok()?;
+    let own = ["/proc/self/fd", "/proc/thread-self/fd"]
+        .iter()
+        .any(|d| fs::canonicalize(d).is_ok_and(|d| d == dir));
+    own.then_some(fd)
 }
 
 /// The directory `out` will be created in.

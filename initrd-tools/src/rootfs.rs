@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -45,6 +46,18 @@ pub enum RootfsError {
         /// The file.
         path: PathBuf,
         /// What the parser said.
+        reason: String,
+    },
+    /// An ELF file whose dependencies cannot be read: a `DT_NEEDED` name
+    /// or the `PT_INTERP` path lies outside the file or its string table.
+    #[error(
+        "{} is a damaged ELF file ({reason}): the libraries it needs cannot be known; rebuild it or give another binary",
+        path.display()
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
         reason: String,
     },
     /// A needed library was found nowhere.
@@ -323,6 +336,86 @@ impl LdCache {
     }
 }
 
+/// What one ELF object asks of the dynamic loader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElfNeeds {
+    kind: ElfKind,
+    /// The `PT_INTERP` path (up to its first NUL), for a dynamic executable.
+    pub interpreter: Option<PathBuf>,
+    /// `DT_SONAME`.
+    pub soname: Option<String>,
+    /// The `DT_NEEDED` names, in order.
+    pub needed: Vec<String>,
+    /// The `DT_RPATH` entries, unexpanded.
+    pub rpath: Vec<String>,
+    /// The `DT_RUNPATH` entries, unexpanded.
+    pub runpath: Vec<String>,
+}
+
+/// Reads what the ELF object `bytes` (the file `path`, for messages) needs:
+/// its interpreter, soname, needed libraries and search paths. A `DT_NEEDED`
+/// entry or interpreter that cannot be read is an error, never skipped: a
+/// rootfs without that library would fail only when the guest runs.
+pub fn read_elf_needs(path: &Path, bytes: &[u8]) -> Result<ElfNeeds, RootfsError> {
+    let not_elf = |reason: String| RootfsError::NotElf {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let damaged = |reason: String| RootfsError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let kind = elf_kind(bytes).ok_or_else(|| not_elf("no ELF magic number".into()))?;
+    let elf = Elf::parse(bytes).map_err(|e| not_elf(e.to_string()))?;
+
+    let mut interpreter = None;
+    for ph in &elf.program_headers {
+        if ph.p_type != goblin::elf::program_header::PT_INTERP {
+            continue;
+        }
+        let segment = usize::try_from(ph.p_offset)
+            .ok()
+            .zip(usize::try_from(ph.p_filesz).ok())
+            .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
+            .ok_or_else(|| damaged("its PT_INTERP segment lies outside the file".into()))?;
+        // The path ends at the first NUL, as the kernel reads it.
+        let path_bytes = segment.split(|&b| b == 0).next().unwrap_or_default();
+        if path_bytes.is_empty() {
+            return Err(damaged("its PT_INTERP path is empty".into()));
+        }
+        interpreter = Some(PathBuf::from(std::ffi::OsStr::from_bytes(path_bytes)));
+    }
+
+    let mut needed = Vec::new();
+    let entries = elf.dynamic.as_ref().map_or(&[][..], |d| &d.dyns[..]);
+    for entry in entries {
+        if entry.d_tag != goblin::elf::dynamic::DT_NEEDED {
+            continue;
+        }
+        let name = usize::try_from(entry.d_val)
+            .ok()
+            .and_then(|offset| elf.dynstrtab.get_at(offset))
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                damaged(format!(
+                    "a DT_NEEDED entry names offset {:#x}, which is not a string of its dynamic \
+                     string table",
+                    entry.d_val
+                ))
+            })?;
+        needed.push(name.to_string());
+    }
+    let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    Ok(ElfNeeds {
+        kind,
+        interpreter,
+        soname: elf.soname.map(str::to_string),
+        needed,
+        rpath: strings(&elf.rpaths),
+        runpath: strings(&elf.runpaths),
+    })
+}
+
 /// An object to load: its path, who needs it, and the RPATH directories
 /// inherited from the objects that loaded it.
 struct Pending {
@@ -354,16 +447,11 @@ fn resolve(roots: &[PathBuf], cache: &LdCache) -> Result<Vec<PathBuf>, RootfsErr
             path: pending.path.clone(),
             source,
         })?;
-        let not_elf = |reason: String| RootfsError::NotElf {
-            path: pending.path.clone(),
-            reason,
-        };
-        let kind = elf_kind(&bytes).ok_or_else(|| not_elf("no ELF magic number".into()))?;
-        let elf = Elf::parse(&bytes).map_err(|e| not_elf(e.to_string()))?;
+        let needs = read_elf_needs(&pending.path, &bytes)?;
+        let kind = needs.kind;
         files.push(pending.path.clone());
 
-        if let Some(interpreter) = elf.interpreter {
-            let interpreter = PathBuf::from(interpreter);
+        if let Some(interpreter) = needs.interpreter {
             if !interpreter.is_file() {
                 return Err(RootfsError::InterpreterNotFound {
                     interpreter,
@@ -381,10 +469,8 @@ fn resolve(roots: &[PathBuf], cache: &LdCache) -> Result<Vec<PathBuf>, RootfsErr
                 files.push(interpreter);
             }
         }
-        if let Some(soname) = elf.soname {
-            loaded
-                .entry(soname.to_string())
-                .or_insert(pending.path.clone());
+        if let Some(soname) = needs.soname {
+            loaded.entry(soname).or_insert(pending.path.clone());
         }
 
         // $ORIGIN of the main program is its real directory; of a library,
@@ -395,26 +481,26 @@ fn resolve(roots: &[PathBuf], cache: &LdCache) -> Result<Vec<PathBuf>, RootfsErr
             pending.path.clone()
         };
         let origin = origin.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let expand = |list: &[&str]| -> Vec<PathBuf> {
+        let expand = |list: &[String]| -> Vec<PathBuf> {
             list.iter()
                 .flat_map(|l| l.split(':'))
                 .filter(|d| !d.is_empty())
                 .filter_map(|d| expand_dst(d, &origin, kind))
                 .collect()
         };
-        let runpath = expand(&elf.runpaths);
+        let runpath = expand(&needs.runpath);
         let mut rpath = Vec::new();
-        if elf.runpaths.is_empty() {
-            rpath = expand(&elf.rpaths);
+        if needs.runpath.is_empty() {
+            rpath = expand(&needs.rpath);
             rpath.extend(pending.inherited_rpath.iter().cloned());
         }
-        let child_rpath = if elf.runpaths.is_empty() {
+        let child_rpath = if needs.runpath.is_empty() {
             Rc::new(rpath.clone())
         } else {
             Rc::clone(&pending.inherited_rpath)
         };
 
-        for &library in &elf.libraries {
+        for library in &needs.needed {
             if let Some(found) = loaded.get(library) {
                 queue.push_back(Pending {
                     path: found.clone(),
@@ -721,5 +807,74 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = assemble(dir.path(), &[PathBuf::from("/nonexistent/bin/x")], None).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/bin/x"), "{err}");
+    }
+
+    /// This test binary (a dynamic x86-64 executable) with `patch` applied
+    /// to its bytes, written as `name` in `dir`.
+    fn patched_self(dir: &Path, name: &str, patch: impl FnOnce(&mut Vec<u8>, &Elf)) -> PathBuf {
+        let bytes = fs::read("/proc/self/exe").unwrap();
+        let mut copy = bytes.clone();
+        patch(&mut copy, &Elf::parse(&bytes).unwrap());
+        let path = dir.join(name);
+        fs::write(&path, copy).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_corrupt_dt_needed_is_an_error_not_a_missing_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = patched_self(dir.path(), "bad-needed", |bytes, elf| {
+            let dynamic = elf
+                .program_headers
+                .iter()
+                .find(|ph| ph.p_type == goblin::elf::program_header::PT_DYNAMIC)
+                .expect("the test binary is dynamic");
+            let start = dynamic.p_offset as usize;
+            let entry = (start..start + dynamic.p_filesz as usize)
+                .step_by(16)
+                .find(|&at| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) == 1)
+                .expect("a DT_NEEDED entry");
+            bytes[entry + 8..entry + 16].copy_from_slice(&0x7fff_ffffu64.to_le_bytes());
+        });
+        let rootfs = dir.path().join("rootfs");
+        let err = assemble(&rootfs, std::slice::from_ref(&binary), None).unwrap_err();
+        assert!(matches!(err, RootfsError::Damaged { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("bad-needed") && text.contains("DT_NEEDED"),
+            "{text}"
+        );
+        assert!(!rootfs.exists());
+    }
+
+    #[test]
+    fn the_interpreter_path_ends_at_its_first_nul() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = patched_self(dir.path(), "nul-interp", |bytes, elf| {
+            let interp = elf
+                .program_headers
+                .iter()
+                .find(|ph| ph.p_type == goblin::elf::program_header::PT_INTERP)
+                .expect("the test binary has an interpreter");
+            // A short path, a NUL, then junk up to the segment's end.
+            let (start, len) = (interp.p_offset as usize, interp.p_filesz as usize);
+            let segment = &mut bytes[start..start + len];
+            segment.fill(b'x');
+            segment[..5].copy_from_slice(b"/bin\0");
+        });
+        let needs = read_elf_needs(&binary, &fs::read(&binary).unwrap()).unwrap();
+        assert_eq!(needs.interpreter, Some(PathBuf::from("/bin")));
+        // Through assemble: the cut path is looked up (a directory, so not
+        // found), and the message shows no junk.
+        let err = assemble(&dir.path().join("rootfs"), &[binary], None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, RootfsError::InterpreterNotFound { .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("interpreter /bin of") && !text.contains("xxx"),
+            "{text}"
+        );
     }
 }

@@ -325,3 +325,110 @@ fn regular_file_as_tree_is_refused() {
     assert!(err.to_string().contains("is not a directory"), "{err}");
     assert!(err.to_string().contains("file"), "{err}");
 }
+
+/// A small tree and the archive `pack_dir_to` makes of it.
+fn small_tree(work: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let src = work.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let mut archive = Vec::new();
+    pack_dir_to(&src, &mut archive, &PackOptions::default()).unwrap();
+    (src, archive)
+}
+
+#[test]
+fn a_fifo_output_is_streamed_to_and_stays_a_fifo() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, archive) = small_tree(work.path());
+    let fifo = work.path().join("out.fifo");
+    run(Command::new("mkfifo").arg(&fifo));
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read(fifo).unwrap())
+    };
+    let stats = pack_dir(&src, &fifo, &PackOptions::default()).unwrap();
+    // Checked before joining: a replaced FIFO would leave the reader
+    // waiting for ever.
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(reader.join().unwrap(), archive);
+    assert_eq!(stats.bytes, archive.len() as u64);
+    assert_eq!(
+        fs::read_dir(work.path()).unwrap().count(),
+        2,
+        "no temporary file"
+    );
+}
+
+#[test]
+fn a_character_device_output_is_written_in_place_never_replaced() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, _) = small_tree(work.path());
+    // As root, a node of our own with /dev/null's numbers: a bug here must
+    // not replace the host's /dev/null. As anyone else, /dev/null itself.
+    let null = if is_root() {
+        let node = work.path().join("null");
+        run(Command::new("mknod").arg(&node).args(["c", "1", "3"]));
+        node
+    } else {
+        Path::new("/dev/null").to_path_buf()
+    };
+    pack_dir(&src, &null, &PackOptions::default()).unwrap();
+    let meta = fs::symlink_metadata(&null).unwrap();
+    assert!(meta.file_type().is_char_device(), "{null:?} was replaced");
+    assert_eq!(meta.rdev(), fs::metadata("/dev/null").unwrap().rdev());
+}
+
+#[test]
+fn a_symlink_output_is_followed_and_its_target_replaced() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, archive) = small_tree(work.path());
+    let links = work.path().join("links");
+    let images = work.path().join("images");
+    fs::create_dir(&links).unwrap();
+    fs::create_dir(&images).unwrap();
+    let target = images.join("rootfs.cpio");
+    fs::write(&target, b"old contents").unwrap();
+    std::os::unix::fs::symlink("../images/rootfs.cpio", links.join("current")).unwrap();
+    // A chain: a link to the link.
+    std::os::unix::fs::symlink("current", links.join("alias")).unwrap();
+    pack_dir(&src, &links.join("alias"), &PackOptions::default()).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), archive);
+    for link in ["alias", "current"] {
+        let meta = fs::symlink_metadata(links.join(link)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{link} was replaced");
+    }
+    // The temporary file was made beside the target, not the link.
+    assert_eq!(fs::read_dir(&links).unwrap().count(), 2);
+    assert_eq!(fs::read_dir(&images).unwrap().count(), 1);
+
+    // A dangling link: its target is created.
+    std::os::unix::fs::symlink("../images/new.cpio", links.join("next")).unwrap();
+    pack_dir(&src, &links.join("next"), &PackOptions::default()).unwrap();
+    assert_eq!(fs::read(images.join("new.cpio")).unwrap(), archive);
+    assert!(fs::symlink_metadata(links.join("next"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn outputs_that_are_neither_files_nor_streams_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, _) = small_tree(work.path());
+    let dir = work.path().join("a-directory");
+    fs::create_dir(&dir).unwrap();
+    let err = pack_dir(&src, &dir, &PackOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("a-directory") && err.to_string().contains("a directory"),
+        "{err}"
+    );
+    assert!(fs::metadata(&dir).unwrap().is_dir());
+    let looped = work.path().join("loop");
+    std::os::unix::fs::symlink("loop", &looped).unwrap();
+    let err = pack_dir(&src, &looped, &PackOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("loop"), "{err}");
+    assert!(fs::symlink_metadata(&looped)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

@@ -137,7 +137,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome, ChrootError> {
     let job = prepare(spec)?;
     let (status_read, status_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
-    let deadline = spec.timeout.map(|t| Instant::now() + t);
+    let deadline = vmm::deadline_after(spec.started, spec.timeout);
 
     // SAFETY: fork has no memory-safety preconditions. The child only runs
     // `namespace_helper`, which never returns, and uses data prepared
@@ -231,7 +231,7 @@ fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>, ChrootError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(archive_error)?;
+    let file = vmm::regular_file::open(path).map_err(archive_error)?;
     let mut reader = BufReader::new(file);
     let head = reader.fill_buf().map_err(archive_error)?;
     if let Some(format) = compression_format(head) {
@@ -241,6 +241,17 @@ fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>, ChrootError> {
         });
     }
     parse_archive(reader).map_err(archive_error)
+}
+
+/// Where the members of the newc archive `archive` (or several
+/// concatenated) would be extracted, relative to the new root and in order:
+/// what this engine makes of a ROOTFS archive, without writing anything.
+/// Members that would leave the root are not there. For tests and fuzzing.
+pub fn archive_member_paths(archive: &[u8]) -> io::Result<Vec<PathBuf>> {
+    Ok(parse_archive(archive)?
+        .into_iter()
+        .map(|entry| entry.path)
+        .collect())
 }
 
 fn parse_archive<R: BufRead>(mut reader: R) -> io::Result<Vec<ArchiveEntry>> {
@@ -270,7 +281,10 @@ fn parse_archive<R: BufRead>(mut reader: R) -> io::Result<Vec<ArchiveEntry>> {
         let mode = entry.mode();
         let inode = (entry.ino(), entry.dev_major(), entry.dev_minor());
         let nlink = entry.nlink();
-        let mut data = Vec::with_capacity(entry.file_size() as usize);
+        // The size is the header's word: reserve no more than a small
+        // archive could hold, and let the read grow it (a 100-byte archive
+        // claiming a 4 GiB member made this allocate 4 GiB up front).
+        let mut data = Vec::with_capacity(entry.file_size().min(1 << 16) as usize);
         member.read_to_end(&mut data)?;
         reader = member.finish()?;
         match path {

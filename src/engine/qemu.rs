@@ -194,7 +194,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         OutputSink::spawn(name, Box::new(FdWriter(fd)), output::DEFAULT_CAPACITY)
             .map_err(QemuEngineError::Setup)
     };
-    let deadline = spec.timeout.and_then(|t| spec.started.checked_add(t));
+    let deadline = vmm::deadline_after(spec.started, spec.timeout);
     let mut pump = Pump {
         console,
         stdout,
@@ -504,7 +504,7 @@ fn initrd_memfd(initrd: &BootInitrd) -> Result<OwnedFd, QemuEngineError> {
         path: initrd.rootfs.clone(),
         source,
     };
-    let mut rootfs = std::fs::File::open(&initrd.rootfs).map_err(initrd_err)?;
+    let mut rootfs = vmm::regular_file::open(&initrd.rootfs).map_err(initrd_err)?;
     let copied = io::copy(&mut rootfs, &mut file).map_err(initrd_err)?;
     let pad = copied.next_multiple_of(4) - copied;
     file.write_all(&[0u8; 3][..pad as usize])

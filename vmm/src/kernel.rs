@@ -11,7 +11,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vm_memory::{ByteValued, Bytes, GuestAddress, ReadVolatile};
 
 use crate::layout;
 use crate::memory::{self, GuestMemory};
@@ -28,6 +28,16 @@ pub enum KernelError {
          root only: run as root, make a readable copy, or pass another kernel with --kernel)"
     )]
     PermissionDenied(PathBuf),
+    /// The path names a FIFO, a directory, a device...
+    #[error(
+        "kernel {path} is {kind}: a kernel must be a regular file (a bzImage or an ELF vmlinux)"
+    )]
+    NotRegular {
+        /// The kernel path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Any other failure opening or reading the file.
     #[error("cannot read kernel {path}: {source}")]
     Read {
@@ -79,6 +89,22 @@ pub enum KernelError {
         needed: u64,
         /// The configured memory size.
         mem_size: u64,
+    },
+    /// The kernel would end past the memory below the 32-bit MMIO gap,
+    /// where it must be loaded whatever the memory size.
+    #[error(
+        "kernel {path} needs memory up to {needed:#x} ({} MiB), but a kernel must fit below \
+         {limit:#x} (the 32-bit MMIO gap) whatever --mem is: use a smaller kernel (a compressed \
+         bzImage rather than a vmlinux, or one built with fewer features)",
+        needed.div_ceil(1 << 20)
+    )]
+    TooLarge {
+        /// The kernel file.
+        path: PathBuf,
+        /// The end address the kernel needs.
+        needed: u64,
+        /// The end of the memory a kernel can use.
+        limit: u64,
     },
     /// linux-loader rejected the image after validation.
     #[error("cannot load kernel {path}: {source}")]
@@ -160,19 +186,27 @@ fn read_u64(b: &[u8], off: usize) -> u64 {
 }
 
 fn open_kernel(path: &Path) -> Result<File, KernelError> {
-    File::open(path).map_err(|source| match source.kind() {
-        ErrorKind::NotFound => KernelError::NotFound(path.to_path_buf()),
-        ErrorKind::PermissionDenied => KernelError::PermissionDenied(path.to_path_buf()),
-        _ => KernelError::Read {
-            path: path.to_path_buf(),
-            source,
-        },
+    crate::regular_file::open(path).map_err(|source| {
+        if let Some(kind) = crate::regular_file::not_regular_kind(&source) {
+            return KernelError::NotRegular {
+                path: path.to_path_buf(),
+                kind,
+            };
+        }
+        match source.kind() {
+            ErrorKind::NotFound => KernelError::NotFound(path.to_path_buf()),
+            ErrorKind::PermissionDenied => KernelError::PermissionDenied(path.to_path_buf()),
+            _ => KernelError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
     })
 }
 
 /// Reads up to `buf.len()` bytes at `offset`; returns how many were read.
-fn read_at(
-    file: &mut File,
+fn read_at<R: Read + Seek>(
+    file: &mut R,
     path: &Path,
     offset: u64,
     buf: &mut [u8],
@@ -201,16 +235,19 @@ pub fn inspect(path: &Path) -> Result<KernelImage, KernelError> {
     inspect_kernel(path, &mut file)
 }
 
-/// Checks the kernel file's header and computes where it will live, so that
-/// bad input gets a precise error before anything is loaded.
-pub fn inspect_kernel(path: &Path, file: &mut File) -> Result<KernelImage, KernelError> {
+/// Checks the kernel's header and computes where it will live, so that
+/// bad input gets a precise error before anything is loaded. `file` is the
+/// kernel (a `File`, or bytes in a `Cursor`), `path` its name for messages.
+pub fn inspect_kernel<R: Read + Seek>(
+    path: &Path,
+    file: &mut R,
+) -> Result<KernelImage, KernelError> {
     let len = file
-        .metadata()
+        .seek(SeekFrom::End(0))
         .map_err(|source| KernelError::Read {
             path: path.to_path_buf(),
             source,
-        })?
-        .len();
+        })?;
     if len == 0 {
         return Err(KernelError::Empty(path.to_path_buf()));
     }
@@ -295,9 +332,9 @@ fn bzimage_extent_end(hdr: &setup_header, payload: u64) -> u64 {
     loaded_end.max(decompressed_end)
 }
 
-fn inspect_elf(
+fn inspect_elf<R: Read + Seek>(
     path: &Path,
-    file: &mut File,
+    file: &mut R,
     head: &[u8],
     len: u64,
 ) -> Result<KernelImage, KernelError> {
@@ -377,7 +414,25 @@ pub fn load_kernel(
     mem_size: u64,
 ) -> Result<LoadedKernel, KernelError> {
     let mut file = open_kernel(path)?;
-    let image = inspect_kernel(path, &mut file)?;
+    load_kernel_from(mem, path, &mut file, mem_size)
+}
+
+/// Validates the kernel in `file` (named `path` in messages) and loads it
+/// into `mem` of `mem_size` bytes.
+pub fn load_kernel_from<R: Read + ReadVolatile + Seek>(
+    mem: &GuestMemory,
+    path: &Path,
+    file: &mut R,
+    mem_size: u64,
+) -> Result<LoadedKernel, KernelError> {
+    let image = inspect_kernel(path, file)?;
+    if image.load_end > layout::MMIO_GAP_START {
+        return Err(KernelError::TooLarge {
+            path: path.to_path_buf(),
+            needed: image.load_end,
+            limit: layout::MMIO_GAP_START,
+        });
+    }
     if image.load_end > memory::low_memory_end(mem_size) {
         return Err(KernelError::MemoryTooSmall {
             path: path.to_path_buf(),
@@ -390,13 +445,8 @@ pub fn load_kernel(
         source,
     };
     if image.setup_header.is_some() {
-        let result = BzImage::load(
-            mem,
-            Some(GuestAddress(layout::HIMEM_START)),
-            &mut file,
-            None,
-        )
-        .map_err(load_error)?;
+        let result = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
+            .map_err(load_error)?;
         Ok(LoadedKernel {
             entry: GuestAddress(result.kernel_load.0 + layout::BZIMAGE_64BIT_ENTRY_OFFSET),
             protocol: BootProtocol::Linux64,
@@ -404,13 +454,8 @@ pub fn load_kernel(
             image,
         })
     } else {
-        let result = Elf::load(
-            mem,
-            None,
-            &mut file,
-            Some(GuestAddress(layout::HIMEM_START)),
-        )
-        .map_err(load_error)?;
+        let result = Elf::load(mem, None, file, Some(GuestAddress(layout::HIMEM_START)))
+            .map_err(load_error)?;
         let (entry, protocol) = match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (addr, BootProtocol::Pvh),
             _ => (result.kernel_load, BootProtocol::Linux64),
@@ -632,5 +677,49 @@ mod tests {
             inspect(&elf32),
             Err(KernelError::UnsupportedElf { .. })
         ));
+    }
+
+    #[test]
+    fn a_kernel_past_the_mmio_gap_is_too_large_whatever_the_memory() {
+        // init_size (at 0x260) says the kernel needs 3 GiB once unpacked.
+        let mut image = bzimage(0x20f, 1, 64);
+        image[0x260..0x264].copy_from_slice(&0xc000_0000u32.to_le_bytes());
+        for mem_size in [64 << 20, 8 << 30] {
+            let mem = memory::create_guest_memory(mem_size).unwrap();
+            let mut cursor = std::io::Cursor::new(&image);
+            let err = load_kernel_from(&mem, Path::new("k"), &mut cursor, mem_size).unwrap_err();
+            assert!(matches!(err, KernelError::TooLarge { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                !text.contains("raise --mem") && text.contains("smaller kernel"),
+                "{text}"
+            );
+        }
+        // One that fits below the gap gets the advice to raise --mem.
+        image[0x260..0x264].copy_from_slice(&(256u32 << 20).to_le_bytes());
+        let mem = memory::create_guest_memory(64 << 20).unwrap();
+        let mut cursor = std::io::Cursor::new(&image);
+        let err = load_kernel_from(&mem, Path::new("k"), &mut cursor, 64 << 20).unwrap_err();
+        assert!(err.to_string().contains("raise --mem"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_as_kernel_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = crate::regular_file::testing::make_fifo(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mem = memory::create_guest_memory(64 << 20).unwrap();
+            let _ = tx.send(load_kernel(&mem, &fifo, 64 << 20).map(|_| ()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("load_kernel blocked on a FIFO");
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, KernelError::NotRegular { kind: "a FIFO", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("fifo") && err.to_string().contains("regular file"));
     }
 }

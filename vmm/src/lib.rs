@@ -31,6 +31,7 @@ pub mod layout;
 pub mod memory;
 pub mod mptable;
 pub mod output;
+pub mod regular_file;
 pub mod status;
 pub mod vcpu;
 
@@ -362,7 +363,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     };
     // The limit counts from the process's start, as in every engine: the
     // whole run, not only the guest, stays within it.
-    let deadline = timeout.and_then(|t| process_start.checked_add(t));
+    let deadline = deadline_after(process_start, timeout);
     let end = run_vcpus(
         vcpu_fds,
         &devices,
@@ -795,9 +796,27 @@ fn stop_vcpus(
     }
 }
 
+/// When a run that started at `start` with `timeout` must end: `None` for
+/// no limit, and also for a timeout so long that the clock cannot
+/// represent its end (the run then has no limit, rather than panicking).
+/// Every engine counts from the process's start, so the whole run, set-up
+/// included, stays within the limit.
+pub fn deadline_after(start: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| start.checked_add(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unrepresentable_deadlines_mean_no_limit() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, None), None);
+        assert_eq!(deadline_after(now, Some(Duration::MAX)), None);
+        let soon = deadline_after(now, Some(Duration::from_secs(1))).unwrap();
+        assert!(soon > Instant::now());
+    }
 
     #[test]
     fn exit_codes() {

@@ -1,13 +1,16 @@
 //! The status channel protocol (ttyS2), shared by every engine.
 //!
-//! The guest writes ASCII lines. A line that is a decimal integer 0-255 is
-//! the program's exit status; a line starting with `@` is an event (such as
-//! `@init`); anything else is noise that is logged and ignored. `\r` is
-//! dropped wherever it appears, so `echo $? >/dev/ttyS2` through a cooked
-//! tty works unchanged.
+//! The guest writes ASCII lines. A line of decimal digits whose value is
+//! 0-255 is the program's exit status; leading zeros are allowed (`042` and
+//! `0042` are 42, `000` is 0), and spaces and tabs around the digits are
+//! ignored. A line starting with `@` is an event (such as `@init`);
+//! anything else is noise that is logged and ignored. `\r` is dropped
+//! wherever it appears, so `echo $? >/dev/ttyS2` through a cooked tty works
+//! unchanged. A line longer than [`MAX_LINE`] bytes is cut and is never a
+//! status, whatever it starts with.
 
 /// The longest line kept; longer lines are cut (and then cannot be a status).
-const MAX_LINE: usize = 256;
+pub const MAX_LINE: usize = 256;
 
 /// One complete line received on the status channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub enum StatusLine {
 #[derive(Debug, Default)]
 pub struct StatusParser {
     line: Vec<u8>,
+    /// The current line was longer than [`MAX_LINE`].
+    cut: bool,
 }
 
 impl StatusParser {
@@ -38,11 +43,14 @@ impl StatusParser {
             b'\r' => None,
             b'\n' => {
                 let line = std::mem::take(&mut self.line);
-                Some(parse_line(&line))
+                let cut = std::mem::take(&mut self.cut);
+                Some(parse_line(&line, cut))
             }
             _ => {
                 if self.line.len() < MAX_LINE {
                     self.line.push(byte);
+                } else {
+                    self.cut = true;
                 }
                 None
             }
@@ -65,17 +73,25 @@ impl StatusParser {
     }
 }
 
-fn parse_line(line: &[u8]) -> StatusLine {
+/// What a complete line is; `cut` when it was longer than [`MAX_LINE`]
+/// (then it can still be an event, cut short, but never a status).
+fn parse_line(line: &[u8], cut: bool) -> StatusLine {
     let text = String::from_utf8_lossy(line);
     let trimmed = text.trim_matches(|c: char| c == ' ' || c == '\t');
     if let Some(event) = trimmed.strip_prefix('@') {
         return StatusLine::Event(event.to_string());
     }
-    let is_number =
-        !trimmed.is_empty() && trimmed.len() <= 3 && trimmed.bytes().all(|b| b.is_ascii_digit());
-    match is_number.then(|| trimmed.parse::<u16>()) {
-        Some(Ok(code)) if code <= 255 => StatusLine::Exit(code as u8),
-        _ => StatusLine::Other(trimmed.to_string()),
+    let is_number = !cut && !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit());
+    // Without its leading zeros a status has at most three digits (none for 0).
+    let significant = trimmed.trim_start_matches('0');
+    let code = match significant.len() {
+        0 => Some(0),
+        1..=3 => significant.parse::<u16>().ok(),
+        _ => None,
+    };
+    match code.filter(|&c| is_number && c <= 255) {
+        Some(code) => StatusLine::Exit(code as u8),
+        None => StatusLine::Other(trimmed.to_string()),
     }
 }
 
@@ -98,9 +114,25 @@ mod tests {
         assert_eq!(lines(b"42"), vec![]);
         assert_eq!(lines(b"256\n"), vec![StatusLine::Other("256".into())]);
         assert_eq!(lines(b"-1\n"), vec![StatusLine::Other("-1".into())]);
-        assert_eq!(lines(b"0042\n"), vec![StatusLine::Other("0042".into())]);
         assert_eq!(lines(b"hello\n"), vec![StatusLine::Other("hello".into())]);
         assert_eq!(lines(b"\n"), vec![StatusLine::Other(String::new())]);
+    }
+
+    #[test]
+    fn leading_zeros_are_allowed_in_any_number() {
+        assert_eq!(lines(b"0042\n"), vec![StatusLine::Exit(42)]);
+        assert_eq!(lines(b"042\n"), vec![StatusLine::Exit(42)]);
+        assert_eq!(lines(b"003\n"), vec![StatusLine::Exit(3)]);
+        assert_eq!(lines(b"000\n"), vec![StatusLine::Exit(0)]);
+        assert_eq!(lines(b"00000255\n"), vec![StatusLine::Exit(255)]);
+        assert_eq!(lines(b" \t7 \n"), vec![StatusLine::Exit(7)]);
+        assert_eq!(lines(b"0256\n"), vec![StatusLine::Other("0256".into())]);
+        assert_eq!(lines(b"1000\n"), vec![StatusLine::Other("1000".into())]);
+        assert_eq!(lines(b"4 2\n"), vec![StatusLine::Other("4 2".into())]);
+        assert_eq!(lines(b"+42\n"), vec![StatusLine::Other("+42".into())]);
+        let mut long = vec![b'0'; MAX_LINE - 2];
+        long.extend_from_slice(b"42\n");
+        assert_eq!(lines(&long), vec![StatusLine::Exit(42)]);
     }
 
     #[test]
@@ -114,8 +146,17 @@ mod tests {
 
     #[test]
     fn overlong_lines_are_cut_and_never_a_status() {
-        let mut input = vec![b'1'; 1000];
-        input.push(b'\n');
-        assert!(matches!(lines(&input)[0], StatusLine::Other(_)));
+        for digit in [b'0', b'1'] {
+            let mut input = vec![digit; 1000];
+            input.push(b'\n');
+            assert!(matches!(lines(&input)[..], [StatusLine::Other(_)]));
+        }
+        // One byte over the limit: cut, so not the status it would be.
+        let mut input = vec![b'0'; MAX_LINE - 1];
+        input.extend_from_slice(b"42\n");
+        assert!(matches!(lines(&input)[..], [StatusLine::Other(_)]));
+        // The next line is read afresh.
+        input.extend_from_slice(b"7\n");
+        assert_eq!(lines(&input)[1], StatusLine::Exit(7));
     }
 }
