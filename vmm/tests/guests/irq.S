@@ -164,6 +164,19 @@ masked:
 	mov $1, %ecx
 	call expect
 
+# No more interrupts may come; then report success.
+done:
+	mov count(%rip), %ecx
+	add $1, %ecx
+	mov $QUIET, %r9d
+	call wait
+	lea s_total(%rip), %rdi
+	call put_count
+	cmp %ecx, count(%rip)
+	lea s_extra(%rip), %rdi
+	jae fail
+	jmp report_ok
+
 # Stream: the main loop is the tty layer, putting 256 bytes at a time into
 # a 4 KiB buffer and starting the transmitter (THRI on) with interrupts
 # off; the handler is serial8250_interrupt: it reads IIR until no interrupt
@@ -255,19 +268,6 @@ irq_stream:
 	pop %rcx
 	pop %rax
 	iretq
-
-# No more interrupts may come; then report success.
-done:
-	mov count(%rip), %ecx
-	add $1, %ecx
-	mov $QUIET, %r9d
-	call wait
-	lea s_total(%rip), %rdi
-	call put_count
-	cmp %ecx, count(%rip)
-	lea s_extra(%rip), %rdi
-	jae fail
-	jmp report_ok
 
 # fail: the string at %rdi and a newline on stdout, then status 1.
 fail:
