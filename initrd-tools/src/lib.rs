@@ -30,6 +30,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 mod cache;
+pub mod image;
 pub mod newc;
 mod pack;
 pub mod rootfs;
