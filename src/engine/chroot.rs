@@ -102,6 +102,9 @@ pub enum ChrootError {
         /// The I/O error.
         source: io::Error,
     },
+    /// Converting the rootfs image failed.
+    #[error(transparent)]
+    Image(#[from] initrd_tools::image::ImageError),
     /// The archive is compressed; only the kernel can unpack those.
     #[error("{path} is a {format}-compressed initrd, which the chroot engine cannot unpack: decompress it first (the result must be a newc cpio archive) or pass the rootfs directory")]
     CompressedArchive {
@@ -179,7 +182,7 @@ struct Job {
 enum RootSource {
     /// The rootfs directory, opened before any mount can hide its path.
     Dir(OwnedFd),
-    /// A cpio archive, indexed.
+    /// A cpio archive (the user's, or a converted image), indexed.
     Archive(Archive),
 }
 
@@ -187,6 +190,7 @@ fn prepare(spec: &RunSpec) -> Result<Job, ChrootError> {
     let source = match &spec.rootfs {
         Rootfs::Dir(dir) => RootSource::Dir(open_rootfs_dir(dir)?),
         Rootfs::Cpio(path) => RootSource::Archive(Archive::open(path)?),
+        Rootfs::Image(image) => RootSource::Archive(Archive::open(&image.cached_convert()?)?),
     };
     if let RootSource::Archive(archive) = &source {
         if let Some(losses) = archive.losses() {
