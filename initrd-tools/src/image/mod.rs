@@ -34,7 +34,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -414,17 +414,11 @@ impl Image {
     /// (`<cache_dir>/initrd/<key>.cpio`), converting only when it is not
     /// there. The cache's eviction rules are those of directory packs.
     pub fn cached_convert(&self) -> Result<PathBuf, ImageError> {
-        let initrd_dir = crate::cache_dir()?.join("initrd");
-        let path = initrd_dir.join(format!("{}.cpio", self.cache_key()));
-        if path.is_file() {
-            log::debug!("{}: cached as {}", self.path.display(), path.display());
-            cache::touch(&path);
-            return Ok(path);
-        }
-        fs::create_dir_all(&initrd_dir).map_err(|source| InitrdError::Cache {
-            path: initrd_dir.clone(),
-            source,
-        })?;
+        let slot = cache::slot(&crate::cache_dir()?, &self.cache_key(), &self.path)?;
+        let (path, initrd_dir) = match slot {
+            cache::Slot::Hit(path) => return Ok(path),
+            cache::Slot::Miss { path, dir } => (path, dir),
+        };
         let stats = self.write_atomically(&path, &initrd_dir)?;
         log::info!(
             "{}: converted {} entries, {} bytes, into {}",
@@ -438,21 +432,9 @@ impl Image {
     }
 
     fn write_atomically(&self, out: &Path, out_dir: &Path) -> Result<PackStats, ImageError> {
-        let write_error = |source| ImageError::Write {
-            path: out.to_path_buf(),
-            source,
-        };
-        let temp = tempfile::Builder::new()
-            .prefix(cache::TEMP_PREFIX)
-            .suffix(".tmp")
-            .tempfile_in(out_dir)
-            .map_err(write_error)?;
-        let file: &File = temp.as_file();
-        let stats = self.convert(file, temp.path(), out_dir)?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(write_error)?;
-        temp.persist(out).map_err(|e| write_error(e.error))?;
-        Ok(stats)
+        crate::write_atomically_with(out, out_dir, |file, temp_path| {
+            self.convert(file, temp_path, out_dir)
+        })
     }
 
     /// Reads every layer into the merged tree, then writes the tree to
