@@ -288,12 +288,7 @@ fn bad_images_fail_with_a_clear_error() {
     // A layer edited after the image was saved: its digest no longer
     // matches the config's diff_id.
     let mut files = docker_legacy(&plain);
-    let layer = files
-        .files
-        .keys()
-        .find(|k| k.ends_with("layer.tar"))
-        .unwrap()
-        .clone();
+    let layer = files.legacy_layer();
     let blob = files.files.get_mut(&layer).unwrap();
     let at = blob.len() / 2;
     blob[at] ^= 1;

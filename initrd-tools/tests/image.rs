@@ -580,12 +580,7 @@ fn metadata_that_does_not_match_its_digest_or_is_missing_is_refused() {
 
     // The manifest names a layer the archive does not have.
     let mut files = docker_legacy(&spec);
-    let layer = files
-        .files
-        .keys()
-        .find(|k| k.ends_with("layer.tar"))
-        .unwrap()
-        .clone();
+    let layer = files.legacy_layer();
     files.files.remove(&layer);
     let path = write(work.path(), "missing.tar", &files.tar());
     let err = detect(&path).unwrap_err();

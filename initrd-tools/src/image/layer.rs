@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 
-use super::merge::{Action, LayerEntry, Meta};
+use super::merge::{Action, LayerEntry, Leaf, Meta};
 use super::store::{Hashing, Window};
 use super::write::{DataRef, Sources};
 use super::{Compression, Digest, Layer};
@@ -278,10 +278,10 @@ impl EntryReader<'_> {
         }
 
         let action = if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            Action::File(self.data(&mut entry, size, position, &name)?)
+            Action::File(self.file_data(&mut entry, size, Some(position), &name)?)
         } else if entry_type.is_gnu_sparse() {
             // The tar reader expands the holes: only a copy has the bytes.
-            Action::File(self.spool(&mut entry, size, &name)?)
+            Action::File(self.file_data(&mut entry, size, None, &name)?)
         } else if entry_type.is_hard_link() {
             let target = link.unwrap_or_default();
             let target = normalise(&target).ok_or_else(|| LayerError::PathEscapes {
@@ -300,23 +300,22 @@ impl EntryReader<'_> {
                     what: format!("a symbolic link with a target of {} bytes", target.len()),
                 });
             }
-            Action::Symlink(target.into())
-        } else if entry_type.is_character_special() {
-            Action::Device {
-                kind: S_IFCHR,
+            Action::Leaf(Leaf::Symlink(target.into()))
+        } else if entry_type.is_character_special() || entry_type.is_block_special() {
+            let kind = if entry_type.is_character_special() {
+                S_IFCHR
+            } else {
+                S_IFBLK
+            };
+            Action::Leaf(Leaf::Device {
+                kind,
                 major: device.0,
                 minor: device.1,
-            }
-        } else if entry_type.is_block_special() {
-            Action::Device {
-                kind: S_IFBLK,
-                major: device.0,
-                minor: device.1,
-            }
+            })
         } else if entry_type.is_dir() {
             Action::Dir
         } else if entry_type.is_fifo() {
-            Action::Fifo
+            Action::Leaf(Leaf::Fifo)
         } else {
             log::warn!(
                 "skipping {}: tar entry type {:?} has no equivalent in a cpio archive",
@@ -329,13 +328,14 @@ impl EntryReader<'_> {
         Ok(())
     }
 
-    /// Where a regular file's data is: in place when the layer is
-    /// uncompressed, else in the spool.
-    fn data<R: Read>(
+    /// Where a regular file's data is: where it lies in the layer when the
+    /// layer is uncompressed and the entry's bytes are stored as they are
+    /// (`position` given), else copied into the spool.
+    fn file_data<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         size: u64,
-        position: u64,
+        position: Option<u64>,
         name: &dyn Fn() -> String,
     ) -> Result<DataRef, LayerError> {
         if size > u64::from(u32::MAX) {
@@ -344,32 +344,19 @@ impl EntryReader<'_> {
                 size,
             });
         }
-        if !self.in_place {
-            return self.spool(entry, size, name);
+        match position {
+            Some(position) if self.in_place => {
+                if position.saturating_add(size) > self.len {
+                    return Err(LayerError::Truncated { entry: name() });
+                }
+                Ok(DataRef {
+                    source: self.source,
+                    offset: self.base + position,
+                    len: size,
+                })
+            }
+            _ => self.sources.spool(entry, size, name),
         }
-        if position.saturating_add(size) > self.len {
-            return Err(LayerError::Truncated { entry: name() });
-        }
-        Ok(DataRef {
-            source: self.source,
-            offset: self.base + position,
-            len: size,
-        })
-    }
-
-    fn spool<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        size: u64,
-        name: &dyn Fn() -> String,
-    ) -> Result<DataRef, LayerError> {
-        if size > u64::from(u32::MAX) {
-            return Err(LayerError::FileTooLarge {
-                entry: name(),
-                size,
-            });
-        }
-        self.sources.spool(entry, size, name)
     }
 }
 

@@ -55,14 +55,10 @@ impl Meta {
     }
 }
 
-/// What a layer entry does to the tree.
+/// A node that is neither a directory nor a regular file: what a layer
+/// entry makes and what the tree holds are the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action {
-    Dir,
-    /// A regular file and where its data is.
-    File(DataRef),
-    /// A hard link to the (normalised) path of a file.
-    HardLink(Vec<Box<[u8]>>),
+pub(crate) enum Leaf {
     /// A symbolic link to a target (kept as it is).
     Symlink(Box<[u8]>),
     /// A character or block device: its file type bits and numbers.
@@ -72,6 +68,17 @@ pub(crate) enum Action {
         minor: u32,
     },
     Fifo,
+}
+
+/// What a layer entry does to the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    Dir,
+    /// A regular file and where its data is.
+    File(DataRef),
+    /// A hard link to the (normalised) path of a file.
+    HardLink(Vec<Box<[u8]>>),
+    Leaf(Leaf),
     /// `.wh.NAME`: hides the entry's path in lower layers.
     Whiteout,
     /// `.wh..wh..opq`: hides everything below the entry's path (a directory)
@@ -95,13 +102,7 @@ pub(crate) enum Kind {
     /// A regular file: its index in [`MergedTree::inodes`], shared by hard
     /// links.
     File(u32),
-    Symlink(Box<[u8]>),
-    Device {
-        kind: u32,
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
+    Leaf(Leaf),
 }
 
 #[derive(Debug, Clone)]
@@ -219,13 +220,7 @@ impl MergedTree {
                 self.inodes.push(*data);
                 with_meta(Kind::File(self.inodes.len() as u32 - 1))
             }
-            Action::Symlink(target) => with_meta(Kind::Symlink(target.clone())),
-            Action::Device { kind, major, minor } => with_meta(Kind::Device {
-                kind: *kind,
-                major: *major,
-                minor: *minor,
-            }),
-            Action::Fifo => with_meta(Kind::Fifo),
+            Action::Leaf(leaf) => with_meta(Kind::Leaf(leaf.clone())),
         };
         let dir = self
             .resolve_dir(parents, true, &entry.path)?
@@ -322,7 +317,7 @@ impl MergedTree {
             };
             match &self.node(id).kind {
                 Kind::Dir(_) => stack.push(id),
-                Kind::Symlink(target) => {
+                Kind::Leaf(Leaf::Symlink(target)) => {
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(LayerError::SymlinkLoop {
@@ -382,11 +377,11 @@ impl MergedTree {
                     name.as_bytes().into(),
                     Node {
                         meta: Meta::root_owned(mode & !S_IFMT),
-                        kind: Kind::Device {
+                        kind: Kind::Leaf(Leaf::Device {
                             kind: mode & S_IFMT,
                             major,
                             minor,
-                        },
+                        }),
                     },
                 );
             }
@@ -421,6 +416,10 @@ mod tests {
         }
     }
 
+    fn symlink(text: &str, target: &str) -> LayerEntry {
+        entry(text, Action::Leaf(Leaf::Symlink(target.as_bytes().into())))
+    }
+
     fn file(text: &str, offset: u64) -> LayerEntry {
         entry(
             text,
@@ -448,9 +447,9 @@ mod tests {
             let what = match &tree.node(id).kind {
                 Kind::Dir(_) => "dir".to_string(),
                 Kind::File(inode) => format!("file@{}", tree.inodes[*inode as usize].offset),
-                Kind::Symlink(t) => format!("-> {}", String::from_utf8_lossy(t)),
-                Kind::Device { .. } => "dev".to_string(),
-                Kind::Fifo => "fifo".to_string(),
+                Kind::Leaf(Leaf::Symlink(t)) => format!("-> {}", String::from_utf8_lossy(t)),
+                Kind::Leaf(Leaf::Device { .. }) => "dev".to_string(),
+                Kind::Leaf(Leaf::Fifo) => "fifo".to_string(),
             };
             if !name.is_empty() {
                 out.push(format!("{name} {what}"));
@@ -498,10 +497,10 @@ mod tests {
         let mut tree = MergedTree::new();
         tree.apply(vec![
             entry("usr/bin", Action::Dir),
-            entry("bin", Action::Symlink((*b"usr/bin").into())),
-            entry("up", Action::Symlink((*b"../../../usr").into())),
-            entry("abs", Action::Symlink((*b"/usr/bin").into())),
-            entry("loop", Action::Symlink((*b"loop").into())),
+            symlink("bin", "usr/bin"),
+            symlink("up", "../../../usr"),
+            symlink("abs", "/usr/bin"),
+            symlink("loop", "loop"),
         ])
         .unwrap();
         tree.apply(vec![file("bin/a", 1), file("up/b", 2), file("abs/c", 3)])
@@ -522,7 +521,7 @@ mod tests {
         tree.apply(vec![
             entry("real", Action::Dir),
             file("real/f", 1),
-            entry("link", Action::Symlink((*b"real").into())),
+            symlink("link", "real"),
         ])
         .unwrap();
         tree.apply(vec![
@@ -547,11 +546,7 @@ mod tests {
     #[test]
     fn hard_links_share_inodes_across_layers() {
         let mut tree = MergedTree::new();
-        tree.apply(vec![
-            file("a", 1),
-            entry("s", Action::Symlink((*b"a").into())),
-        ])
-        .unwrap();
+        tree.apply(vec![file("a", 1), symlink("s", "a")]).unwrap();
         tree.apply(vec![
             entry("b", Action::HardLink(path("a"))),
             entry("t", Action::HardLink(path("s"))),

@@ -10,7 +10,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::layer::LayerError;
-use super::merge::{Kind, MergedTree, NodeId, ROOT};
+use super::merge::{Kind, Leaf, MergedTree, NodeId, ROOT};
 use super::ImageError;
 use crate::newc::{Header, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
 use crate::pack::Sink;
@@ -239,25 +239,25 @@ impl TreeWriter<'_> {
                     data = Some(file_data);
                 }
             }
-            Kind::Symlink(target) => {
+            Kind::Leaf(leaf) => {
                 header.ino = self.new_ino();
-                header.mode |= S_IFLNK;
-                // Layers refuse targets longer than PATH_MAX.
-                header.filesize = target.len() as u32;
-            }
-            Kind::Device { kind, major, minor } => {
-                header.ino = self.new_ino();
-                header.mode |= kind;
-                header.rdev_major = *major;
-                header.rdev_minor = *minor;
-            }
-            Kind::Fifo => {
-                header.ino = self.new_ino();
-                header.mode |= S_IFIFO;
+                match leaf {
+                    Leaf::Symlink(target) => {
+                        header.mode |= S_IFLNK;
+                        // Layers refuse targets longer than PATH_MAX.
+                        header.filesize = target.len() as u32;
+                    }
+                    Leaf::Device { kind, major, minor } => {
+                        header.mode |= kind;
+                        header.rdev_major = *major;
+                        header.rdev_minor = *minor;
+                    }
+                    Leaf::Fifo => header.mode |= S_IFIFO,
+                }
             }
         }
         sink.entry_header(&header, name)?;
-        if let Kind::Symlink(target) = &node.kind {
+        if let Kind::Leaf(Leaf::Symlink(target)) = &node.kind {
             sink.space(target.len())?.copy_from_slice(target);
         }
         if let Some(data) = data {

@@ -241,6 +241,12 @@ impl Files {
         json!({"digest": d, "size": size})
     }
 
+    /// The first `<id>/layer.tar` of a legacy docker-archive.
+    pub fn legacy_layer(&self) -> String {
+        let name = self.files.keys().find(|k| k.ends_with("/layer.tar"));
+        name.expect("a legacy docker-archive layer").clone()
+    }
+
     /// Writes the files under `dir`.
     pub fn write_to(&self, dir: &Path) {
         for (name, data) in &self.files {
