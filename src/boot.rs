@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use initrd_tools::image::compression_format;
 use initrd_tools::newc::NewcWriter;
 use initrd_tools::PackOptions;
 
@@ -28,6 +29,9 @@ pub enum BootError {
     /// Packing the rootfs directory failed.
     #[error(transparent)]
     Pack(#[from] initrd_tools::InitrdError),
+    /// Converting the rootfs image failed.
+    #[error(transparent)]
+    Image(#[from] initrd_tools::image::ImageError),
     /// The run configuration cannot be encoded.
     #[error(transparent)]
     RunConfig(#[from] crate::runconfig::RunConfigError),
@@ -77,11 +81,12 @@ impl BootInitrd {
     }
 }
 
-/// Packs (or finds in the cache) the rootfs and builds the guest-init
-/// archive for `spec`.
+/// Packs or converts (or finds in the cache) the rootfs and builds the
+/// guest-init archive for `spec`.
 pub fn prepare_initrd(spec: &RunSpec) -> Result<BootInitrd, BootError> {
     let rootfs = match &spec.rootfs {
         Rootfs::Dir(dir) => initrd_tools::cached_pack(dir, &PackOptions::from_env()?)?,
+        Rootfs::Image(image) => image.cached_convert()?,
         Rootfs::Cpio(path) => {
             check_initrd_magic(path)?;
             path.clone()
@@ -146,23 +151,6 @@ pub fn kernel_cmdline(spec: &RunSpec, user: Option<&str>) -> String {
         cmdline.push_str(extra);
     }
     cmdline
-}
-
-/// The compressed formats the kernel unpacks an initramfs from, by magic.
-const COMPRESSIONS: [(&[u8], &str); 5] = [
-    (&[0x1f, 0x8b], "gzip"),
-    (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
-    (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
-    (&[0x02, 0x21, 0x4c, 0x18], "lz4"),
-    (b"BZh", "bzip2"),
-];
-
-/// The compression of an initrd that starts with `head`, if any.
-pub fn compression_format(head: &[u8]) -> Option<&'static str> {
-    COMPRESSIONS
-        .iter()
-        .find(|(magic, _)| head.starts_with(magic))
-        .map(|&(_, format)| format)
 }
 
 /// Rejects files the kernel would not unpack, before booting them.

@@ -6,6 +6,7 @@
 pub mod boot;
 pub mod embedded;
 pub mod engine;
+pub mod image;
 pub mod kernel;
 pub mod logger;
 pub mod run;

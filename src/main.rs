@@ -58,7 +58,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// A rootfs directory, or a cpio initrd file.
+    /// A rootfs directory, a cpio initrd, a rootfs tar (plain, gzip, zstd),
+    /// a docker-archive, or an OCI image (layout directory or archive).
     #[arg(required = true)]
     rootfs: Option<PathBuf>,
     /// The command to run instead of /init, looked up in the guest's PATH.
@@ -176,24 +177,10 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
 
 fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::Result<u8> {
     let Some(path) = args.rootfs else {
-        bail!("no ROOTFS given: pass a rootfs directory or a cpio initrd");
+        bail!("no ROOTFS given: pass a rootfs directory, a cpio initrd, a tar or an image");
     };
-    let meta = std::fs::metadata(&path)
-        .with_context(|| format!("cannot use rootfs {}", path.display()))?;
-    let rootfs = if meta.is_dir() {
-        Rootfs::Dir(path)
-    } else if meta.is_file() {
-        Rootfs::Cpio(path)
-    } else {
-        // A FIFO would block the first read for ever, before --timeout.
-        bail!(
-            "rootfs {} is {}: give a rootfs directory or a regular file (a cpio initrd)",
-            path.display(),
-            vmm::regular_file::describe(meta.file_type())
-        );
-    };
-    let spec = RunSpec {
-        rootfs,
+    let mut spec = RunSpec {
+        rootfs: Rootfs::detect(&path)?,
         command: args.cmd,
         env: args
             .env
@@ -207,6 +194,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         verbosity,
         started,
     };
+    microrun::image::apply_image_defaults(&mut spec);
     let vm = VmOptions {
         kernel: args.kernel,
         mem: args.mem,

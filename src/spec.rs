@@ -1,8 +1,10 @@
 //! What a run is: the engine-independent description every engine takes,
 //! and what every engine hands back.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use initrd_tools::image::{Detected, Image, ImageError};
 
 /// Where the guest's files come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +13,22 @@ pub enum Rootfs {
     Dir(PathBuf),
     /// An existing cpio initrd file, used as given.
     Cpio(PathBuf),
+    /// A container image or a rootfs tar, converted into a newc cpio (and
+    /// cached); its configuration gives the run's defaults.
+    Image(Box<Image>),
+}
+
+impl Rootfs {
+    /// What `path` holds, told by its content (never its name): the one
+    /// place a ROOTFS argument is classified. An image is opened (index,
+    /// manifest and configuration read and checked) but not converted.
+    pub fn detect(path: &Path) -> Result<Rootfs, ImageError> {
+        Ok(match initrd_tools::image::detect(path)? {
+            Detected::Directory => Rootfs::Dir(path.to_path_buf()),
+            Detected::Cpio => Rootfs::Cpio(path.to_path_buf()),
+            Detected::Image(image) => Rootfs::Image(image),
+        })
+    }
 }
 
 /// How much microrun says on stderr besides the guest's own output.

@@ -37,6 +37,30 @@ pub(crate) fn cache_dir_from(xdg: Option<&str>, home: Option<&str>) -> Option<Pa
         .map(|h| Path::new(h).join(".cache").join("microrun"))
 }
 
+/// Where the archive with `key` is or goes in `<cache>/initrd/`.
+pub(crate) enum Slot {
+    /// Cached: its mtime was refreshed.
+    Hit(PathBuf),
+    /// Not cached: write it at `path`, in `dir` (created).
+    Miss { path: PathBuf, dir: PathBuf },
+}
+
+/// Looks up the archive `key` of `source` (for the log) in the cache.
+pub(crate) fn slot(cache: &Path, key: &str, source: &Path) -> Result<Slot, InitrdError> {
+    let dir = cache.join("initrd");
+    let path = dir.join(format!("{key}.cpio"));
+    if path.is_file() {
+        log::debug!("{}: cached as {}", source.display(), path.display());
+        touch(&path);
+        return Ok(Slot::Hit(path));
+    }
+    fs::create_dir_all(&dir).map_err(|source| InitrdError::Cache {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(Slot::Miss { path, dir })
+}
+
 /// Marks a cached archive as just used, for the eviction order.
 pub(crate) fn touch(path: &Path) {
     let result = fs::File::options()

@@ -32,6 +32,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 mod cache;
+pub mod image;
 pub mod kernel_info;
 pub mod modules;
 pub mod newc;
@@ -288,9 +289,13 @@ fn output_target(out: &Path) -> Result<Output, InitrdError> {
     Err(write_error(io::Error::from_raw_os_error(libc::ELOOP)))
 }
 
-fn describe_type(file_type: fs::FileType) -> &'static str {
+pub(crate) fn describe_type(file_type: fs::FileType) -> &'static str {
     if file_type.is_dir() {
         "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
     } else if file_type.is_block_device() {
         "a block device"
     } else if file_type.is_socket() {
@@ -364,6 +369,20 @@ fn write_atomically(
     out_dir: &Path,
     opts: &PackOptions,
 ) -> Result<PackStats, InitrdError> {
+    write_atomically_with(out, out_dir, |file, temp_path| {
+        pack::write_tree(tree, file, Some(file.as_raw_fd()), temp_path, opts)
+    })
+}
+
+/// Runs `write` on a temporary file in `out_dir` (named with the cache's
+/// temporary prefix, so a killed run's leftover is evicted) and renames it
+/// over `out` when it succeeds, mode 0644; on failure the temporary file is
+/// removed. Directory packs and image conversions both write this way.
+pub(crate) fn write_atomically_with<E: From<InitrdError>>(
+    out: &Path,
+    out_dir: &Path,
+    write: impl FnOnce(&File, &Path) -> Result<PackStats, E>,
+) -> Result<PackStats, E> {
     let write_error = |source| InitrdError::Write {
         path: out.to_path_buf(),
         source,
@@ -374,7 +393,7 @@ fn write_atomically(
         .tempfile_in(out_dir)
         .map_err(write_error)?;
     let file: &File = temp.as_file();
-    let stats = pack::write_tree(tree, file, Some(file.as_raw_fd()), temp.path(), opts)?;
+    let stats = write(file, temp.path())?;
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .map_err(write_error)?;
     temp.persist(out).map_err(|e| write_error(e.error))?;
@@ -415,18 +434,10 @@ pub fn cached_pack(dir: &Path, opts: &PackOptions) -> Result<PathBuf, InitrdErro
     let cache = cache_dir()?;
     cache::check_outside(&cache, dir)?;
     let tree = Tree::scan(dir)?;
-    let key = tree.cache_key(opts);
-    let initrd_dir = cache.join("initrd");
-    let path = initrd_dir.join(format!("{key}.cpio"));
-    if path.is_file() {
-        log::debug!("{}: cached as {}", dir.display(), path.display());
-        cache::touch(&path);
-        return Ok(path);
-    }
-    fs::create_dir_all(&initrd_dir).map_err(|source| InitrdError::Cache {
-        path: initrd_dir.clone(),
-        source,
-    })?;
+    let (path, initrd_dir) = match cache::slot(&cache, &tree.cache_key(opts), dir)? {
+        cache::Slot::Hit(path) => return Ok(path),
+        cache::Slot::Miss { path, dir } => (path, dir),
+    };
     let stats = write_atomically(&tree, &path, &initrd_dir, opts)?;
     log::debug!(
         "{}: packed {} entries, {} bytes, into {}",

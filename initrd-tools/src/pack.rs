@@ -1,7 +1,7 @@
 //! Writing a scanned tree as a newc archive, fast: headers and small files
 //! go through one large buffer (small files are read straight into it), and
 //! large files are copied in the kernel with `copy_file_range` when the
-//! output is a file.
+//! output is a file. The image converter writes through the same [`Sink`].
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -25,7 +25,7 @@ const SMALL_FILE: u64 = BUF_LEN as u64;
 
 /// Where the archive goes: a buffered writer that knows, when the output is
 /// a file, its descriptor for in-kernel copies.
-struct Sink<W: Write> {
+pub(crate) struct Sink<W: Write> {
     out: W,
     out_fd: Option<RawFd>,
     out_name: PathBuf,
@@ -35,6 +35,24 @@ struct Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
+    /// A sink writing to `out` (named `out_name` in errors); `out_fd` is its
+    /// descriptor when it is a plain file.
+    pub(crate) fn new(out: W, out_fd: Option<RawFd>, out_name: &Path) -> Self {
+        Sink {
+            out,
+            out_fd,
+            out_name: out_name.to_path_buf(),
+            buf: vec![0; BUF_LEN],
+            pos: 0,
+            total: 0,
+        }
+    }
+
+    /// Bytes written so far, trailer included once [`Sink::finish`] ran.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
     fn write_error(&self, source: io::Error) -> InitrdError {
         InitrdError::Write {
             path: self.out_name.clone(),
@@ -53,7 +71,7 @@ impl<W: Write> Sink<W> {
 
     /// The next `len` bytes of the buffer (`len` <= BUF_LEN), counted as
     /// written.
-    fn space(&mut self, len: usize) -> Result<&mut [u8], InitrdError> {
+    pub(crate) fn space(&mut self, len: usize) -> Result<&mut [u8], InitrdError> {
         if self.pos + len > self.buf.len() {
             self.flush_buf()?;
         }
@@ -63,7 +81,7 @@ impl<W: Write> Sink<W> {
         Ok(&mut self.buf[start..start + len])
     }
 
-    fn entry_header(&mut self, header: &Header, name: &[u8]) -> Result<(), InitrdError> {
+    pub(crate) fn entry_header(&mut self, header: &Header, name: &[u8]) -> Result<(), InitrdError> {
         let len = header_and_name_len(name.len());
         if len > BUF_LEN {
             return Err(InitrdError::NameTooLong(
@@ -74,14 +92,20 @@ impl<W: Write> Sink<W> {
         encode_header(dst, header, name).map_err(|e| self.write_error(e))
     }
 
-    fn padding(&mut self, data_len: u64) -> Result<(), InitrdError> {
+    pub(crate) fn padding(&mut self, data_len: u64) -> Result<(), InitrdError> {
         let pad = pad4((data_len % 4) as usize);
         self.space(pad)?.fill(0);
         Ok(())
     }
 
-    /// Appends exactly `len` bytes of `file` (the file at `path`).
-    fn file_data(&mut self, file: &mut File, len: u64, path: &Path) -> Result<(), InitrdError> {
+    /// Appends exactly `len` bytes of `file`, from its current position
+    /// (the file at `path`).
+    pub(crate) fn file_data(
+        &mut self,
+        file: &mut File,
+        len: u64,
+        path: &Path,
+    ) -> Result<(), InitrdError> {
         let changed = || InitrdError::FileChanged(path.to_path_buf());
         let read_error = |e: io::Error| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -151,6 +175,13 @@ impl<W: Write> Sink<W> {
         }
         Ok(())
     }
+
+    /// Writes the trailer and flushes everything to the output.
+    pub(crate) fn finish(&mut self) -> Result<(), InitrdError> {
+        self.entry_header(&trailer_header(), TRAILER_NAME)?;
+        self.flush_buf()?;
+        self.out.flush().map_err(|e| self.write_error(e))
+    }
 }
 
 /// Writes `tree` to `out` as a newc archive; `out_fd` is the descriptor of
@@ -162,14 +193,7 @@ pub(crate) fn write_tree<W: Write>(
     out_name: &Path,
     opts: &PackOptions,
 ) -> Result<PackStats, InitrdError> {
-    let mut sink = Sink {
-        out,
-        out_fd,
-        out_name: out_name.to_path_buf(),
-        buf: vec![0; BUF_LEN],
-        pos: 0,
-        total: 0,
-    };
+    let mut sink = Sink::new(out, out_fd, out_name);
     let mut source = tree.root.as_os_str().as_encoded_bytes().to_vec();
     for entry in &tree.entries {
         let name = tree.name(entry);
@@ -216,11 +240,9 @@ pub(crate) fn write_tree<W: Write>(
         }
         sink.padding(data_len)?;
     }
-    sink.entry_header(&trailer_header(), TRAILER_NAME)?;
-    sink.flush_buf()?;
-    sink.out.flush().map_err(|e| sink.write_error(e))?;
+    sink.finish()?;
     Ok(PackStats {
         entries: tree.entries.len() as u64,
-        bytes: sink.total,
+        bytes: sink.total(),
     })
 }

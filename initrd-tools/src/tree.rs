@@ -15,16 +15,15 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::newc::{S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::newc::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG};
 use crate::{InitrdError, PackOptions};
 
-const S_IFBLK: u32 = 0o060_000;
-const S_IFIFO: u32 = 0o010_000;
 const S_IFSOCK: u32 = 0o140_000;
 
 /// Device nodes the kernel needs to open a console for the first process;
 /// added under `dev/` when the tree lacks them: (name, mode, major, minor).
-const DEV_NODES: [(&str, u32, u32, u32); 2] = [
+/// Converted images get them by the same rule.
+pub(crate) const DEV_NODES: [(&str, u32, u32, u32); 2] = [
     ("console", S_IFCHR | 0o600, 5, 1),
     ("null", S_IFCHR | 0o666, 1, 3),
 ];

@@ -27,19 +27,21 @@
 //! microrun runs as root, root in the namespace is root on the host's
 //! files that are visible there (`/sys`, the few device nodes).
 
-use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vmm::status::{StatusLine, StatusParser};
 
-use crate::boot::{compression_format, run_config};
+mod archive;
+use archive::Archive;
+
+use crate::boot::run_config;
 use crate::embedded::GUEST_INIT;
 use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
 use crate::spec::{PhaseTimes, Rootfs, RunOutcome, RunSpec};
@@ -100,6 +102,9 @@ pub enum ChrootError {
         /// The I/O error.
         source: io::Error,
     },
+    /// Converting the rootfs image failed.
+    #[error(transparent)]
+    Image(#[from] initrd_tools::image::ImageError),
     /// The archive is compressed; only the kernel can unpack those.
     #[error("{path} is a {format}-compressed initrd, which the chroot engine cannot unpack: decompress it first (the result must be a newc cpio archive) or pass the rootfs directory")]
     CompressedArchive {
@@ -129,6 +134,16 @@ pub enum ChrootError {
 ///
 /// Must be called from the thread that stays alive for the whole run (the
 /// namespace is killed when that thread exits, through `PR_SET_PDEATHSIG`).
+/// What this engine makes of a ROOTFS archive, without writing anything:
+/// where each member of the newc archive `archive` (or several
+/// concatenated) would be extracted, relative to the new root and in
+/// order. Members that would leave the root are not there. For tests and
+/// fuzzing.
+pub fn archive_member_paths(archive: &[u8]) -> io::Result<Vec<PathBuf>> {
+    archive::member_paths(archive)
+}
+
+/// Runs `spec` in new namespaces and reports how it ended.
 pub fn run(spec: &RunSpec) -> Result<RunOutcome, ChrootError> {
     if spec.no_init {
         return Err(ChrootError::NoInit);
@@ -137,6 +152,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome, ChrootError> {
     let job = prepare(spec)?;
     let (status_read, status_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
+    // A timeout too long for the clock is no limit (vmm::deadline_after).
     let deadline = vmm::deadline_after(spec.started, spec.timeout);
 
     // SAFETY: fork has no memory-safety preconditions. The child only runs
@@ -177,28 +193,21 @@ struct Job {
 enum RootSource {
     /// The rootfs directory, opened before any mount can hide its path.
     Dir(OwnedFd),
-    /// The entries of a cpio archive, read into memory.
-    Archive(Vec<ArchiveEntry>),
-}
-
-/// One member of a newc archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ArchiveEntry {
-    /// Relative, normalised path (no `..`, no leading `/`).
-    path: PathBuf,
-    mode: u32,
-    /// Identity of the inode, to restore hard links.
-    inode: (u32, u32, u32),
-    nlink: u32,
-    /// File contents, or a symlink's target.
-    data: Vec<u8>,
+    /// A cpio archive (the user's, or a converted image), indexed.
+    Archive(Archive),
 }
 
 fn prepare(spec: &RunSpec) -> Result<Job, ChrootError> {
     let source = match &spec.rootfs {
         Rootfs::Dir(dir) => RootSource::Dir(open_rootfs_dir(dir)?),
-        Rootfs::Cpio(path) => RootSource::Archive(read_archive(path)?),
+        Rootfs::Cpio(path) => RootSource::Archive(Archive::open(path)?),
+        Rootfs::Image(image) => RootSource::Archive(Archive::open(&image.cached_convert()?)?),
     };
+    if let RootSource::Archive(archive) = &source {
+        if let Some(losses) = archive.losses() {
+            log::info!("chroot engine: {losses}");
+        }
+    }
     Ok(Job {
         source,
         run_config: run_config(spec).encode()?,
@@ -222,96 +231,6 @@ fn open_rootfs_dir(dir: &Path) -> Result<OwnedFd, ChrootError> {
             source,
         })?;
     Ok(file.into())
-}
-
-/// Reads a newc archive (or several concatenated, as the kernel accepts)
-/// into memory.
-fn read_archive(path: &Path) -> Result<Vec<ArchiveEntry>, ChrootError> {
-    let archive_error = |source| ChrootError::ReadArchive {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = vmm::regular_file::open(path).map_err(archive_error)?;
-    let mut reader = BufReader::new(file);
-    let head = reader.fill_buf().map_err(archive_error)?;
-    if let Some(format) = compression_format(head) {
-        return Err(ChrootError::CompressedArchive {
-            path: path.to_path_buf(),
-            format,
-        });
-    }
-    parse_archive(reader).map_err(archive_error)
-}
-
-/// Where the members of the newc archive `archive` (or several
-/// concatenated) would be extracted, relative to the new root and in order:
-/// what this engine makes of a ROOTFS archive, without writing anything.
-/// Members that would leave the root are not there. For tests and fuzzing.
-pub fn archive_member_paths(archive: &[u8]) -> io::Result<Vec<PathBuf>> {
-    Ok(parse_archive(archive)?
-        .into_iter()
-        .map(|entry| entry.path)
-        .collect())
-}
-
-fn parse_archive<R: BufRead>(mut reader: R) -> io::Result<Vec<ArchiveEntry>> {
-    let mut entries = Vec::new();
-    loop {
-        // Concatenated archives are separated by zero padding.
-        loop {
-            let buf = reader.fill_buf()?;
-            if buf.is_empty() {
-                return Ok(entries);
-            }
-            let zeros = buf.iter().take_while(|&&b| b == 0).count();
-            if zeros < buf.len() {
-                reader.consume(zeros);
-                break;
-            }
-            let len = buf.len();
-            reader.consume(len);
-        }
-        let mut member = cpio::NewcReader::new(reader)?;
-        let entry = member.entry();
-        if entry.is_trailer() {
-            reader = member.finish()?;
-            continue;
-        }
-        let path = normalise_member_path(entry.name());
-        let mode = entry.mode();
-        let inode = (entry.ino(), entry.dev_major(), entry.dev_minor());
-        let nlink = entry.nlink();
-        // The size is the header's word: reserve no more than a small
-        // archive could hold, and let the read grow it (a 100-byte archive
-        // claiming a 4 GiB member made this allocate 4 GiB up front).
-        let mut data = Vec::with_capacity(entry.file_size().min(1 << 16) as usize);
-        member.read_to_end(&mut data)?;
-        reader = member.finish()?;
-        match path {
-            Some(path) => entries.push(ArchiveEntry {
-                path,
-                mode,
-                inode,
-                nlink,
-                data,
-            }),
-            None => continue,
-        }
-    }
-}
-
-/// The member's path relative to the root, or `None` for the root itself
-/// and for names that would leave it.
-fn normalise_member_path(name: &str) -> Option<PathBuf> {
-    let mut path = PathBuf::new();
-    for component in Path::new(name).components() {
-        match component {
-            Component::Normal(part) => path.push(part),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!path.as_os_str().is_empty()).then_some(path)
 }
 
 /// Turns the status and report pipes into a [`RunOutcome`].
@@ -839,11 +758,11 @@ fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
                 copy_tree(Path::new(&lower), &root)?;
             }
         }
-        RootSource::Archive(entries) => {
+        RootSource::Archive(archive) => {
             mount_tmpfs(&root, "mode=0755")?;
             // Chrooted, like the kernel's unpacker: a member's path that
             // runs through an earlier member's symlink stays inside.
-            in_chroot(&root, || extract_archive(entries, Path::new("/")))?;
+            in_chroot(&root, || archive.extract(Path::new("/")))?;
         }
     }
     in_chroot(&root, || {
@@ -907,52 +826,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
             std::os::unix::fs::symlink(link, &target).map_err(|e| error(&source, e))?;
         } else if file_type.is_file() {
             fs::copy(&source, &target).map_err(|e| error(&source, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes the archive's members under `root`, as the kernel unpacks an
-/// initramfs: a later member with the inode of an earlier one is a hard
-/// link to it. Device nodes, fifos and sockets are skipped (/dev is
-/// mounted).
-fn extract_archive(entries: &[ArchiveEntry], root: &Path) -> Result<(), String> {
-    let mut first_names: HashMap<(u32, u32, u32), PathBuf> = HashMap::new();
-    for entry in entries {
-        let target = root.join(&entry.path);
-        let error = |e: io::Error| format!("extracting /{}: {e}", entry.path.display());
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(error)?;
-        }
-        let permissions = fs::Permissions::from_mode(entry.mode & 0o7777);
-        match entry.mode & libc::S_IFMT {
-            libc::S_IFDIR => {
-                match fs::create_dir(&target) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(error(e)),
-                    _ => {}
-                }
-                fs::set_permissions(&target, permissions).map_err(error)?;
-            }
-            libc::S_IFREG => {
-                let linked = entry.nlink > 1 && first_names.contains_key(&entry.inode);
-                if linked {
-                    fs::hard_link(&first_names[&entry.inode], &target).map_err(error)?;
-                    if !entry.data.is_empty() {
-                        fs::write(&target, &entry.data).map_err(error)?;
-                    }
-                } else {
-                    fs::write(&target, &entry.data).map_err(error)?;
-                    fs::set_permissions(&target, permissions).map_err(error)?;
-                    if entry.nlink > 1 {
-                        first_names.insert(entry.inode, target);
-                    }
-                }
-            }
-            libc::S_IFLNK => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&entry.data), &target)
-                    .map_err(error)?;
-            }
-            _ => {}
         }
     }
     Ok(())
@@ -1270,81 +1143,6 @@ fn mount(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn newc(entries: &[(&str, u32, u32, u32, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for &(name, mode, ino, nlink, data) in entries {
-            let mut w = cpio::NewcBuilder::new(name)
-                .mode(mode)
-                .ino(ino)
-                .nlink(nlink)
-                .write(&mut out, data.len() as u32);
-            io::Write::write_all(&mut w, data).unwrap();
-            w.finish().unwrap();
-        }
-        cpio::newc::trailer(&mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn archives_parse_with_normalised_paths_and_concatenation() {
-        let mut bytes = newc(&[
-            (".", 0o40755, 1, 2, b""),
-            ("./bin", 0o40755, 2, 2, b""),
-            ("bin/sh", 0o120777, 3, 1, b"busybox"),
-            ("../escape", 0o100644, 4, 1, b"x"),
-        ]);
-        bytes.extend_from_slice(&[0; 7]);
-        bytes.extend(newc(&[("/init", 0o100755, 5, 1, b"#!/bin/sh\n")]));
-        let entries = parse_archive(&bytes[..]).unwrap();
-        let paths: Vec<_> = entries.iter().map(|e| e.path.to_str().unwrap()).collect();
-        assert_eq!(paths, ["bin", "bin/sh", "init"]);
-        assert_eq!(entries[1].data, b"busybox");
-        assert_eq!(entries[2].mode, 0o100755);
-    }
-
-    #[test]
-    fn truncated_archives_are_errors() {
-        let bytes = newc(&[("init", 0o100755, 5, 1, b"#!/bin/sh\n")]);
-        assert!(parse_archive(&bytes[..40]).is_err());
-        assert!(parse_archive(&b"not an archive at all, no"[..]).is_err());
-    }
-
-    #[test]
-    fn compressed_archives_are_recognised() {
-        assert_eq!(compression_format(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
-        assert_eq!(
-            compression_format(&[0x28, 0xb5, 0x2f, 0xfd, 1]),
-            Some("zstd")
-        );
-        assert_eq!(compression_format(b"070701"), None);
-    }
-
-    #[test]
-    fn extraction_restores_files_links_and_modes() {
-        let bytes = newc(&[
-            ("bin", 0o40755, 2, 2, b""),
-            ("bin/a", 0o100755, 3, 2, b""),
-            ("bin/b", 0o100755, 3, 2, b"data"),
-            ("bin/sh", 0o120777, 4, 1, b"a"),
-            ("dev/console", 0o20600, 5, 1, b""),
-        ]);
-        let entries = parse_archive(&bytes[..]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        extract_archive(&entries, dir.path()).unwrap();
-        let a = dir.path().join("bin/a");
-        assert_eq!(fs::read(&a).unwrap(), b"data");
-        assert_eq!(fs::read(dir.path().join("bin/sh")).unwrap(), b"data");
-        assert_eq!(
-            fs::metadata(&a).unwrap().permissions().mode() & 0o7777,
-            0o755
-        );
-        assert_eq!(
-            std::os::unix::fs::MetadataExt::nlink(&fs::metadata(&a).unwrap()),
-            2
-        );
-        assert!(!dir.path().join("dev/console").exists());
-    }
 
     #[test]
     fn advice_names_the_blocking_sysctl_or_all() {

@@ -1,0 +1,407 @@
+//! What a ROOTFS path is, by content: a directory, an OCI layout
+//! directory, a cpio initrd, a tar of a rootfs, a docker-archive or an OCI
+//! archive. Names and extensions are never looked at.
+//!
+//! A tar archive is an image archive when every member lies in an image
+//! archive's vocabulary (`manifest.json`, `index.json`, `oci-layout`,
+//! `repositories`, `blobs/...`, `<64 hex>/...`, `<64 hex>.json`) and it has
+//! `manifest.json` (docker-archive; Docker 25+ archives also have the OCI
+//! files) or `oci-layout` and `index.json` (OCI archive). Anything else is
+//! a rootfs tar; the first member outside the vocabulary (in a rootfs tar,
+//! the first or second) ends the scan.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::Path;
+
+use super::store::{link_target, normalise_member_name, Member, Store, Window};
+use super::{
+    docker, file_identity, is_sha256_hex, oci, Compression, Image, ImageError, ImageFormat, Layer,
+};
+
+/// The compressed formats the kernel unpacks an initramfs from, by magic.
+const COMPRESSIONS: [(&[u8], &str); 5] = [
+    (&[0x1f, 0x8b], "gzip"),
+    (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
+    (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+    (&[0x02, 0x21, 0x4c, 0x18], "lz4"),
+    (b"BZh", "bzip2"),
+];
+
+/// The length of a tar header block.
+const BLOCK: usize = 512;
+
+/// The compression of an initrd that starts with `head`, if any, among
+/// those the kernel unpacks.
+pub fn compression_format(head: &[u8]) -> Option<&'static str> {
+    COMPRESSIONS
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|&(_, format)| format)
+}
+
+/// What a ROOTFS path holds.
+#[derive(Debug)]
+pub enum Detected {
+    /// A plain directory, to pack as it is.
+    Directory,
+    /// A cpio initrd (newc, or compressed), to boot as it is.
+    Cpio,
+    /// An image or a rootfs tar, opened, to convert.
+    Image(Box<Image>),
+}
+
+/// Tells what `path` is, by its content, and opens it when it is an image
+/// (reading its index, manifest and configuration, checked against their
+/// digests). Anything else is an [`ImageError::UnknownFormat`] that lists
+/// what is accepted.
+pub fn detect(path: &Path) -> Result<Detected, ImageError> {
+    let meta = fs::metadata(path).map_err(|e| ImageError::read(path, e))?;
+    if meta.is_dir() {
+        if fs::symlink_metadata(path.join("oci-layout")).is_ok() {
+            let store = Store::Dir(path.to_path_buf());
+            return Ok(Detected::Image(Box::new(oci::open(
+                &store,
+                ImageFormat::OciLayout,
+            )?)));
+        }
+        return Ok(Detected::Directory);
+    }
+    if !meta.is_file() {
+        return Err(ImageError::NotAFile {
+            path: path.to_path_buf(),
+            kind: crate::describe_type(meta.file_type()),
+        });
+    }
+    let file = File::open(path).map_err(|e| ImageError::read(path, e))?;
+    let head =
+        read_head(&mut Window::new(&file, 0, meta.len())).map_err(|e| ImageError::read(path, e))?;
+    if is_newc(&head) {
+        return Ok(Detected::Cpio);
+    }
+    let unknown = || ImageError::UnknownFormat {
+        path: path.to_path_buf(),
+    };
+    let compression = Compression::of(&head);
+    if compression != Compression::None {
+        let decompression_error = |source| ImageError::Decompress {
+            path: path.to_path_buf(),
+            compression: compression.name(),
+            source,
+        };
+        let mut decoder = compression
+            .decoder(Window::new(&file, 0, meta.len()))
+            .map_err(decompression_error)?;
+        let inner = read_head(&mut decoder).map_err(decompression_error)?;
+        if is_newc(&inner) {
+            return Ok(Detected::Cpio);
+        }
+        if !is_tar_header(&inner) {
+            return Err(unknown());
+        }
+        let decoder = compression
+            .decoder(Window::new(&file, 0, meta.len()))
+            .map_err(decompression_error)?;
+        let kind = classify_stream(decoder).map_err(decompression_error)?;
+        let (kind, tool) = match (kind, compression) {
+            (None, _) => {
+                return Ok(Detected::Image(Box::new(rootfs_tar(
+                    path,
+                    &meta,
+                    compression,
+                ))))
+            }
+            (Some(kind), Compression::Zstd) => (kind, "zstd"),
+            (Some(kind), _) => (kind, "gzip"),
+        };
+        return Err(ImageError::CompressedImageArchive {
+            path: path.to_path_buf(),
+            compression: compression.name(),
+            kind: match kind {
+                ImageFormat::DockerArchive => "docker-archive",
+                _ => "OCI archive",
+            },
+            tool,
+        });
+    }
+    if compression_format(&head).is_some() {
+        // xz, lz4, bzip2: only the kernel unpacks those, as initrds.
+        return Ok(Detected::Cpio);
+    }
+    if !is_tar_header(&head) {
+        return Err(unknown());
+    }
+    let (kind, members) = scan_archive(&file, path, meta.len())?;
+    let store = Store::Tar {
+        path: path.to_path_buf(),
+        members,
+    };
+    let image = match kind {
+        None => rootfs_tar(path, &meta, Compression::None),
+        Some(ImageFormat::DockerArchive) => docker::open(&store)?,
+        Some(format) => oci::open(&store, format)?,
+    };
+    Ok(Detected::Image(Box::new(image)))
+}
+
+/// A rootfs tar: one layer, the whole file, no configuration.
+fn rootfs_tar(path: &Path, meta: &fs::Metadata, compression: Compression) -> Image {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Image {
+        path: path.to_path_buf(),
+        format: ImageFormat::Tar(compression),
+        layers: vec![Layer {
+            name,
+            file: path.to_path_buf(),
+            offset: 0,
+            len: meta.len(),
+            digest: None,
+            diff_id: None,
+        }],
+        config: Default::default(),
+        identity: file_identity(meta),
+        description: String::new(),
+    }
+}
+
+/// Up to one tar block from the start of `reader`.
+fn read_head(reader: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(BLOCK);
+    reader.take(BLOCK as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+fn is_newc(head: &[u8]) -> bool {
+    head.starts_with(b"070701") || head.starts_with(b"070702")
+}
+
+/// Whether `block` is a tar header: not all zeros, and its checksum (the
+/// byte sum with the checksum field counted as spaces) matches. Holds for
+/// v7, ustar, GNU and pax archives alike.
+fn is_tar_header(block: &[u8]) -> bool {
+    let Some(block) = block.get(..BLOCK) else {
+        return false;
+    };
+    if block.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let field = &block[148..156];
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|&b| b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .collect();
+    let Ok(text) = std::str::from_utf8(&digits) else {
+        return false;
+    };
+    let Ok(stored) = u32::from_str_radix(text, 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    sum == stored
+}
+
+/// The names seen so far in a tar that may be an image archive.
+#[derive(Default)]
+struct Vocabulary {
+    manifest_json: bool,
+    index_json: bool,
+    oci_layout: bool,
+}
+
+impl Vocabulary {
+    /// Notes the member `name`; false when an image archive has no such
+    /// member (so the tar is a rootfs).
+    fn observe(&mut self, name: &[u8]) -> bool {
+        let Some(name) = std::str::from_utf8(name)
+            .ok()
+            .and_then(normalise_member_name)
+        else {
+            return false;
+        };
+        let (top, nested) = match name.split_once('/') {
+            Some((top, _)) => (top, true),
+            None => (name.as_str(), false),
+        };
+        match (top, nested) {
+            ("", _) | ("blobs", _) => true,
+            ("manifest.json", false) => {
+                self.manifest_json = true;
+                true
+            }
+            ("index.json", false) => {
+                self.index_json = true;
+                true
+            }
+            ("oci-layout", false) => {
+                self.oci_layout = true;
+                true
+            }
+            ("repositories", false) => true,
+            (top, _) if is_sha256_hex(top) => true,
+            (top, false) => top.strip_suffix(".json").is_some_and(is_sha256_hex),
+            _ => false,
+        }
+    }
+
+    fn verdict(&self) -> Option<ImageFormat> {
+        if self.manifest_json {
+            Some(ImageFormat::DockerArchive)
+        } else if self.oci_layout && self.index_json {
+            Some(ImageFormat::OciArchive)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which image archive a tar stream is, `None` for a rootfs tar.
+fn classify_stream(reader: impl Read) -> io::Result<Option<ImageFormat>> {
+    let mut archive = tar::Archive::new(reader);
+    let mut vocabulary = Vocabulary::default();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if !vocabulary.observe(&entry.path_bytes()) {
+            return Ok(None);
+        }
+    }
+    Ok(vocabulary.verdict())
+}
+
+/// Which image archive the uncompressed tar `file` is (`None`: a rootfs
+/// tar), and its members when it is one. Member data is skipped, not read.
+fn scan_archive(
+    file: &File,
+    path: &Path,
+    file_len: u64,
+) -> Result<(Option<ImageFormat>, BTreeMap<String, Member>), ImageError> {
+    let corrupt =
+        |e: io::Error| ImageError::invalid(path, format!("not a readable tar archive: {e}"));
+    let mut archive = tar::Archive::new(file);
+    let mut vocabulary = Vocabulary::default();
+    let mut members = BTreeMap::new();
+    for entry in archive.entries_with_seek().map_err(corrupt)? {
+        let entry = entry.map_err(corrupt)?;
+        let raw_name = entry.path_bytes();
+        if !vocabulary.observe(&raw_name) {
+            return Ok((None, BTreeMap::new()));
+        }
+        // observe() accepted it, so it is UTF-8 and normalises.
+        let name = std::str::from_utf8(&raw_name)
+            .ok()
+            .and_then(normalise_member_name)
+            .unwrap_or_default();
+        let entry_type = entry.header().entry_type();
+        let member = if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+            let (offset, size) = (entry.raw_file_position(), entry.size());
+            if offset.saturating_add(size) > file_len {
+                return Err(ImageError::invalid(
+                    path,
+                    format!(
+                        "the archive is truncated: its member {name} runs past the end of the file"
+                    ),
+                ));
+            }
+            Member::File { offset, size }
+        } else if entry_type.is_symlink() || entry_type.is_hard_link() {
+            let target = entry.link_name_bytes().unwrap_or_default();
+            let target = String::from_utf8_lossy(&target);
+            match link_target(&name, &target, entry_type.is_symlink()) {
+                Some(target) => Member::Link(target),
+                None => Member::Other,
+            }
+        } else {
+            Member::Other
+        };
+        members.insert(name, member);
+    }
+    Ok((vocabulary.verdict(), members))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(names: &[&str]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for name in names {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(2);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, &b"{}"[..]).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn tar_headers_are_recognised_by_checksum() {
+        let bytes = tar_of(&["etc/passwd"]);
+        assert!(is_tar_header(&bytes));
+        let mut broken = bytes.clone();
+        broken[0] ^= 1;
+        assert!(!is_tar_header(&broken));
+        assert!(!is_tar_header(&[0; 512]));
+        assert!(!is_tar_header(b"070701"));
+    }
+
+    #[test]
+    fn archives_are_classified_by_their_members() {
+        let hex = "a".repeat(64);
+        let legacy = [
+            format!("{hex}/layer.tar"),
+            format!("{hex}.json"),
+            "manifest.json".into(),
+        ];
+        let legacy: Vec<&str> = legacy.iter().map(String::as_str).collect();
+        let classify = |names: &[&str]| classify_stream(&tar_of(names)[..]).unwrap();
+        assert_eq!(classify(&legacy), Some(ImageFormat::DockerArchive));
+        assert_eq!(
+            classify(&["oci-layout", "index.json", "blobs/sha256/x"]),
+            Some(ImageFormat::OciArchive)
+        );
+        assert_eq!(
+            classify(&[
+                "blobs/sha256/x",
+                "index.json",
+                "manifest.json",
+                "oci-layout"
+            ]),
+            Some(ImageFormat::DockerArchive)
+        );
+        // A rootfs that happens to have a manifest.json is a rootfs.
+        assert_eq!(classify(&["manifest.json", "etc/passwd"]), None);
+        assert_eq!(classify(&["./", "./bin/sh"]), None);
+        assert_eq!(classify(&["index.json"]), None);
+    }
+
+    #[test]
+    fn compression_magics() {
+        assert_eq!(compression_format(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
+        assert_eq!(
+            compression_format(&[0x28, 0xb5, 0x2f, 0xfd, 1]),
+            Some("zstd")
+        );
+        assert_eq!(compression_format(b"070701"), None);
+        assert_eq!(
+            Compression::of(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
+        assert_eq!(Compression::of(b"BZh"), Compression::None);
+    }
+}

@@ -1,0 +1,382 @@
+//! Reading one layer: its tar stream (plain, gzip or zstd, told by magic)
+//! becomes a list of entries for the merged tree. File data is located,
+//! not read into memory: an uncompressed layer's data stays where it is in
+//! its file; a compressed layer's is copied into the spool file. The
+//! layer's digest and its uncompressed digest are checked on the way.
+//!
+//! Entry paths are normalised: a leading `/` or `./` and `.` components
+//! are dropped; a `..` component is an error, so no entry names anything
+//! outside the tree. A symlink's target is data and is kept as it is.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use super::merge::{Action, LayerEntry, Leaf, Meta};
+use super::store::{Hashing, Window};
+use super::write::{DataRef, Sources};
+use super::{Compression, Digest, Layer};
+use crate::newc::{S_IFBLK, S_IFCHR};
+
+/// The longest symlink target Linux accepts (`PATH_MAX` - 1).
+const MAX_SYMLINK_TARGET: usize = 4095;
+
+/// What is wrong with a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The tar (or compressed) stream cannot be read.
+    #[error("cannot read it as a tar stream (truncated or corrupt): {0}")]
+    Corrupt(io::Error),
+    /// An entry's path has a `..` component.
+    #[error("the entry {entry:?} has a `..` component, which could reach outside the tree")]
+    PathEscapes {
+        /// The entry's path as the tar has it.
+        entry: String,
+    },
+    /// An entry's path runs through something that is not a directory.
+    #[error("the entry {entry:?} runs through {component:?}, which is not a directory")]
+    NotADirectory {
+        /// The entry.
+        entry: String,
+        /// The component that is not a directory.
+        component: String,
+    },
+    /// Resolving an entry's path met too many symbolic links.
+    #[error("the entry {entry:?} runs through more than 40 symbolic links (a loop?)")]
+    SymlinkLoop {
+        /// The entry.
+        entry: String,
+    },
+    /// A hard link whose target cannot be linked to.
+    #[error("the hard link {entry:?} points to {target:?}, which {why}")]
+    HardLink {
+        /// The link.
+        entry: String,
+        /// Its target.
+        target: String,
+        /// What is wrong with the target.
+        why: &'static str,
+    },
+    /// A file too large for newc.
+    #[error("the file {entry:?} is {size} bytes: newc archives hold only files below 4 GiB")]
+    FileTooLarge {
+        /// The file.
+        entry: String,
+        /// Its size.
+        size: u64,
+    },
+    /// Something the cpio format or microrun does not support.
+    #[error("the entry {entry:?}: {what}")]
+    Unsupported {
+        /// The entry.
+        entry: String,
+        /// What is not supported, and what to do.
+        what: String,
+    },
+    /// An entry's data runs past the end of the layer.
+    #[error("the data of {entry:?} runs past the end of the layer: it is truncated")]
+    Truncated {
+        /// The entry.
+        entry: String,
+    },
+    /// A digest differs from what the image names.
+    #[error("its {what} digest is {actual}, but the image expects {expected}: the image is corrupt; save or copy it again")]
+    DigestMismatch {
+        /// `blob` or `uncompressed (diff_id)`.
+        what: &'static str,
+        /// The digest the image names.
+        expected: String,
+        /// The digest of what was read.
+        actual: String,
+    },
+    /// The spool file for a compressed layer's data could not be written.
+    #[error("cannot keep the layer's file data in a temporary file: {0}")]
+    Spool(io::Error),
+}
+
+/// Reads `layer` (a byte range of `file`) into entries; file data of a
+/// compressed layer goes into `sources`' spool, and data references name
+/// `file` by the id it gets next in `sources`.
+pub(crate) fn read_layer(
+    layer: &Layer,
+    file: &File,
+    sources: &mut Sources,
+) -> Result<Vec<LayerEntry>, LayerError> {
+    let window = || Window::new(file, layer.offset, layer.len);
+    let mut head = Vec::with_capacity(4);
+    window()
+        .take(4)
+        .read_to_end(&mut head)
+        .map_err(LayerError::Corrupt)?;
+    let compression = Compression::of(&head);
+    let mut reader = EntryReader {
+        source: sources.next_layer_id(),
+        base: layer.offset,
+        len: layer.len,
+        in_place: compression == Compression::None,
+        sources,
+        entries: Vec::new(),
+    };
+    if compression == Compression::None && layer.digest.is_none() && layer.diff_id.is_none() {
+        // Nothing to check: only the headers are read, data is skipped.
+        let mut archive = tar::Archive::new(window());
+        for entry in archive.entries_with_seek().map_err(LayerError::Corrupt)? {
+            reader.take(entry.map_err(LayerError::Corrupt)?)?;
+        }
+        return Ok(reader.entries);
+    }
+    let mut blob = Hashing::new(window());
+    let diff_digest = {
+        let decoder = compression
+            .decoder(&mut blob)
+            .map_err(LayerError::Corrupt)?;
+        let mut diff = Hashing::new(decoder);
+        {
+            let mut archive = tar::Archive::new(&mut diff);
+            for entry in archive.entries().map_err(LayerError::Corrupt)? {
+                reader.take(entry.map_err(LayerError::Corrupt)?)?;
+            }
+        }
+        diff.finish().map_err(LayerError::Corrupt)?
+    };
+    let blob_digest = blob.finish().map_err(LayerError::Corrupt)?;
+    check_digest("blob", layer.digest.as_ref(), &blob_digest)?;
+    check_digest(
+        "uncompressed (diff_id)",
+        layer.diff_id.as_ref(),
+        &diff_digest,
+    )?;
+    Ok(reader.entries)
+}
+
+fn check_digest(
+    what: &'static str,
+    expected: Option<&Digest>,
+    actual: &Digest,
+) -> Result<(), LayerError> {
+    match expected {
+        Some(expected) if expected != actual => Err(LayerError::DigestMismatch {
+            what,
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Normalises an entry's path into its components (see the module
+/// comment); `None` when it has a `..` component.
+pub(crate) fn normalise(raw: &[u8]) -> Option<Vec<Box<[u8]>>> {
+    let mut components = Vec::new();
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return None,
+            part => components.push(part.into()),
+        }
+    }
+    Some(components)
+}
+
+/// Turns tar entries into layer entries.
+struct EntryReader<'s> {
+    /// The id of the layer's file in the sources.
+    source: u32,
+    /// Where the layer starts in its file.
+    base: u64,
+    /// The layer's length.
+    len: u64,
+    /// Whether file data can be read where it is (uncompressed layers).
+    in_place: bool,
+    sources: &'s mut Sources,
+    entries: Vec<LayerEntry>,
+}
+
+impl EntryReader<'_> {
+    fn take<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let name = || String::from_utf8_lossy(&raw_path).into_owned();
+        let header = entry.header();
+        let entry_type = header.entry_type();
+        if entry_type.is_pax_global_extensions() {
+            return Ok(());
+        }
+        let perm = header.mode().map_err(LayerError::Corrupt)? & 0o7777;
+        let id = |value: io::Result<u64>, what: &str| -> Result<u32, LayerError> {
+            let value = value.map_err(LayerError::Corrupt)?;
+            u32::try_from(value).map_err(|_| LayerError::Unsupported {
+                entry: name(),
+                what: format!("its {what} {value} does not fit a cpio archive's 32 bits"),
+            })
+        };
+        let uid = id(header.uid(), "uid")?;
+        let gid = id(header.gid(), "gid")?;
+        let mut mtime = header.mtime().map_err(LayerError::Corrupt)?;
+        let device = if entry_type.is_character_special() || entry_type.is_block_special() {
+            let major = header.device_major().map_err(LayerError::Corrupt)?;
+            let minor = header.device_minor().map_err(LayerError::Corrupt)?;
+            (major.unwrap_or(0), minor.unwrap_or(0))
+        } else {
+            (0, 0)
+        };
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let size = entry.size();
+        let position = entry.raw_file_position();
+        if let Some(extensions) = entry.pax_extensions().map_err(LayerError::Corrupt)? {
+            for extension in extensions {
+                let extension = extension.map_err(LayerError::Corrupt)?;
+                match extension.key() {
+                    Ok("mtime") => {
+                        let value = extension.value().unwrap_or("");
+                        let seconds = value.split('.').next().unwrap_or("");
+                        // Before 1970: 0, as newc has no earlier time.
+                        mtime = seconds.parse::<i64>().map_or(mtime, |s| s.max(0) as u64);
+                    }
+                    Ok(key) if key.starts_with("GNU.sparse.") => {
+                        return Err(LayerError::Unsupported {
+                            entry: name(),
+                            what: "a PAX sparse file, which microrun does not read; \
+                                   make the layer without --sparse"
+                                .to_string(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let meta = Meta {
+            perm,
+            uid,
+            gid,
+            mtime: u32::try_from(mtime).unwrap_or(u32::MAX),
+        };
+        let mut path =
+            normalise(&raw_path).ok_or_else(|| LayerError::PathEscapes { entry: name() })?;
+
+        if let Some(hidden) = path.last().and_then(|last| last.strip_prefix(b".wh.")) {
+            let action = match hidden {
+                b".wh..opq" => Action::Opaque,
+                // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs), or a
+                // whiteout that names nothing: ignored.
+                hidden if hidden.starts_with(b".wh.") || matches!(hidden, b"" | b"." | b"..") => {
+                    return Ok(())
+                }
+                _ => Action::Whiteout,
+            };
+            match action {
+                Action::Opaque => {
+                    path.pop();
+                }
+                _ => {
+                    let hidden: Box<[u8]> = hidden.into();
+                    if let Some(last) = path.last_mut() {
+                        *last = hidden;
+                    }
+                }
+            }
+            self.entries.push(LayerEntry { path, meta, action });
+            return Ok(());
+        }
+
+        let action = if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+            Action::File(self.file_data(&mut entry, size, Some(position), &name)?)
+        } else if entry_type.is_gnu_sparse() {
+            // The tar reader expands the holes: only a copy has the bytes.
+            Action::File(self.file_data(&mut entry, size, None, &name)?)
+        } else if entry_type.is_hard_link() {
+            let target = link.unwrap_or_default();
+            let target = normalise(&target).ok_or_else(|| LayerError::PathEscapes {
+                entry: format!(
+                    "{} (a hard link to {})",
+                    name(),
+                    String::from_utf8_lossy(&target)
+                ),
+            })?;
+            Action::HardLink(target)
+        } else if entry_type.is_symlink() {
+            let target = link.unwrap_or_default();
+            if target.is_empty() || target.len() > MAX_SYMLINK_TARGET {
+                return Err(LayerError::Unsupported {
+                    entry: name(),
+                    what: format!("a symbolic link with a target of {} bytes", target.len()),
+                });
+            }
+            Action::Leaf(Leaf::Symlink(target.into()))
+        } else if entry_type.is_character_special() || entry_type.is_block_special() {
+            let kind = if entry_type.is_character_special() {
+                S_IFCHR
+            } else {
+                S_IFBLK
+            };
+            Action::Leaf(Leaf::Device {
+                kind,
+                major: device.0,
+                minor: device.1,
+            })
+        } else if entry_type.is_dir() {
+            Action::Dir
+        } else if entry_type.is_fifo() {
+            Action::Leaf(Leaf::Fifo)
+        } else {
+            log::warn!(
+                "skipping {}: tar entry type {:?} has no equivalent in a cpio archive",
+                name(),
+                entry_type
+            );
+            return Ok(());
+        };
+        self.entries.push(LayerEntry { path, meta, action });
+        Ok(())
+    }
+
+    /// Where a regular file's data is: where it lies in the layer when the
+    /// layer is uncompressed and the entry's bytes are stored as they are
+    /// (`position` given), else copied into the spool.
+    fn file_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        size: u64,
+        position: Option<u64>,
+        name: &dyn Fn() -> String,
+    ) -> Result<DataRef, LayerError> {
+        if size > u64::from(u32::MAX) {
+            return Err(LayerError::FileTooLarge {
+                entry: name(),
+                size,
+            });
+        }
+        match position {
+            Some(position) if self.in_place => {
+                if position.saturating_add(size) > self.len {
+                    return Err(LayerError::Truncated { entry: name() });
+                }
+                Ok(DataRef {
+                    source: self.source,
+                    offset: self.base + position,
+                    len: size,
+                })
+            }
+            _ => self.sources.spool(entry, size, name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_and_dotdot_refused() {
+        let parts = |raw: &[u8]| {
+            normalise(raw).map(|p| {
+                p.iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(parts(b"./usr//bin/./sh").unwrap(), ["usr", "bin", "sh"]);
+        assert_eq!(parts(b"/etc/").unwrap(), ["etc"]);
+        assert!(parts(b"./").unwrap().is_empty());
+        assert_eq!(parts(b"a/../../etc"), None);
+        assert_eq!(parts(b".."), None);
+    }
+}

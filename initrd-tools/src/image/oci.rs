@@ -1,0 +1,195 @@
+//! OCI image layouts (a directory, or a tar of one): `oci-layout`,
+//! `index.json`, and blobs named by their digests. The index may list
+//! several manifests, or nest indexes (`skopeo`, `docker buildx`): the
+//! linux/amd64 one is taken.
+
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, OciLayout, Os};
+
+use super::config;
+use super::store::Store;
+use super::{Digest, Image, ImageError, ImageFormat, Layer};
+
+/// Docker's names for the OCI index and manifest media types, which OCI
+/// layouts written by Docker and some registries' copies use.
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// How deep indexes may nest (an index of indexes is common; more is not).
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// Opens the OCI layout in `store`.
+pub(crate) fn open(store: &Store, format: ImageFormat) -> Result<Image, ImageError> {
+    let path = store.image_path();
+    let layout = store.read("oci-layout")?;
+    let layout = OciLayout::from_reader(&layout[..])
+        .map_err(|e| ImageError::invalid(path, format!("oci-layout: {e}")))?;
+    if !layout.image_layout_version().starts_with("1.") {
+        return Err(ImageError::invalid(
+            path,
+            format!(
+                "oci-layout: image layout version {} (microrun reads version 1.x)",
+                layout.image_layout_version()
+            ),
+        ));
+    }
+    let index = store.read("index.json")?;
+    let index = ImageIndex::from_reader(&index[..])
+        .map_err(|e| ImageError::invalid(path, format!("index.json: {e}")))?;
+    let mut candidates = Vec::new();
+    collect_manifests(store, index.manifests(), 0, &mut candidates)?;
+    let chosen = choose(&candidates).ok_or_else(|| ImageError::NoPlatform {
+        path: path.to_path_buf(),
+        available: available(&candidates),
+    })?;
+    let manifest = store.read_blob(&chosen.digest, chosen.size)?;
+    let manifest = ImageManifest::from_reader(&manifest[..])
+        .map_err(|e| ImageError::invalid(path, format!("manifest {}: {e}", chosen.digest)))?;
+    from_manifest(store, format, &chosen.digest, &manifest)
+}
+
+/// A manifest an index lists.
+struct Candidate {
+    digest: Digest,
+    size: u64,
+    /// `os/arch[/variant]`, when the index says.
+    platform: Option<String>,
+    amd64: bool,
+}
+
+/// The linux/amd64 manifest; a single manifest without a platform is
+/// taken too (its configuration's platform is checked later).
+fn choose(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates
+        .iter()
+        .find(|c| c.amd64)
+        .or_else(|| match candidates {
+            [only] if only.platform.is_none() => Some(only),
+            _ => None,
+        })
+}
+
+fn available(candidates: &[Candidate]) -> String {
+    if candidates.is_empty() {
+        return "no image manifest at all".to_string();
+    }
+    let names: Vec<&str> = candidates
+        .iter()
+        .map(|c| {
+            c.platform
+                .as_deref()
+                .unwrap_or("a manifest without a platform")
+        })
+        .collect();
+    names.join(", ")
+}
+
+fn parse_digest(store: &Store, descriptor: &Descriptor) -> Result<Digest, ImageError> {
+    let text = descriptor.digest().to_string();
+    Digest::parse(&text).ok_or_else(|| {
+        ImageError::invalid(
+            store.image_path(),
+            format!("the digest {text} is not sha256, the only algorithm microrun checks"),
+        )
+    })
+}
+
+fn collect_manifests(
+    store: &Store,
+    descriptors: &[Descriptor],
+    depth: usize,
+    out: &mut Vec<Candidate>,
+) -> Result<(), ImageError> {
+    for descriptor in descriptors {
+        let is_index = match descriptor.media_type() {
+            MediaType::ImageIndex => true,
+            MediaType::ImageManifest => false,
+            MediaType::Other(other) if other == DOCKER_MANIFEST_LIST => true,
+            MediaType::Other(other) if other == DOCKER_MANIFEST => false,
+            other => {
+                log::debug!(
+                    "{}: skipping an index entry of type {other}",
+                    store.image_path().display()
+                );
+                continue;
+            }
+        };
+        let digest = parse_digest(store, descriptor)?;
+        if is_index {
+            if depth >= MAX_INDEX_DEPTH {
+                return Err(ImageError::invalid(
+                    store.image_path(),
+                    format!("indexes nest more than {MAX_INDEX_DEPTH} deep"),
+                ));
+            }
+            let nested = store.read_blob(&digest, descriptor.size())?;
+            let nested = ImageIndex::from_reader(&nested[..]).map_err(|e| {
+                ImageError::invalid(store.image_path(), format!("index {digest}: {e}"))
+            })?;
+            collect_manifests(store, nested.manifests(), depth + 1, out)?;
+            continue;
+        }
+        let platform = descriptor.platform().as_ref();
+        out.push(Candidate {
+            digest,
+            size: descriptor.size(),
+            platform: platform.map(|p| match p.variant() {
+                Some(variant) => format!("{}/{}/{variant}", p.os(), p.architecture()),
+                None => format!("{}/{}", p.os(), p.architecture()),
+            }),
+            amd64: platform
+                .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64),
+        });
+    }
+    Ok(())
+}
+
+/// The image a manifest describes: its configuration and its layers,
+/// located and sized (their contents are checked when converting).
+fn from_manifest(
+    store: &Store,
+    format: ImageFormat,
+    manifest_digest: &Digest,
+    manifest: &ImageManifest,
+) -> Result<Image, ImageError> {
+    let path = store.image_path();
+    let config_digest = parse_digest(store, manifest.config())?;
+    let config_bytes = store.read_blob(&config_digest, manifest.config().size())?;
+    let parsed = config::parse(&config_bytes, path, &config_digest.to_string())?;
+    check_layer_count(path, parsed.diff_ids.len(), manifest.layers().len())?;
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for (descriptor, diff_id) in manifest.layers().iter().zip(parsed.diff_ids) {
+        let digest = parse_digest(store, descriptor)?;
+        let located = store.locate_blob(&digest, descriptor.size())?;
+        layers.push(Layer {
+            name: digest.to_string(),
+            file: located.file,
+            offset: located.offset,
+            len: located.len,
+            digest: Some(digest),
+            diff_id: Some(diff_id),
+        });
+    }
+    Ok(Image {
+        path: path.to_path_buf(),
+        format,
+        layers,
+        config: parsed.config,
+        identity: format!("manifest:{manifest_digest}"),
+        description: format!("manifest {manifest_digest}"),
+    })
+}
+
+/// The configuration names one uncompressed digest per layer.
+pub(crate) fn check_layer_count(
+    path: &std::path::Path,
+    diff_ids: usize,
+    layers: usize,
+) -> Result<(), ImageError> {
+    if diff_ids != layers {
+        return Err(ImageError::invalid(
+            path,
+            format!("its configuration lists {diff_ids} layer digests for {layers} layers"),
+        ));
+    }
+    Ok(())
+}
