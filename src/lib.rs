@@ -24,10 +24,24 @@ use vmm::output::{FdWriter, OutputSink};
 /// a stderr nobody reads (a full pipe) never stops the thread that enforces
 /// `--timeout` or ends the run. Messages that do not fit are counted and
 /// dropped.
+/// Its writer thread runs under the VMM's output filter (vmm::seccomp)
+/// unless `MICRORUN_SECCOMP=off`: all it does is write to fd 2.
 fn messages() -> Option<&'static OutputSink> {
     static SINK: OnceLock<Option<OutputSink>> = OnceLock::new();
-    SINK.get_or_init(|| OutputSink::spawn("messages", Box::new(FdWriter(2)), 256 * 1024).ok())
-        .as_ref()
+    SINK.get_or_init(|| {
+        let filter = vmm::seccomp::wanted()
+            .then(|| vmm::seccomp::filter(vmm::seccomp::ThreadKind::Output).ok())
+            .flatten();
+        OutputSink::spawn_filtered("messages", Box::new(FdWriter(2)), 256 * 1024, filter).ok()
+    })
+    .as_ref()
+}
+
+/// Starts the messages' writer thread now (it otherwise starts with the
+/// first message): the kvm engine does so before the VMM's supervising
+/// thread goes under a seccomp filter that does not let it start threads.
+pub fn start_messages() {
+    let _ = messages();
 }
 
 static DROPPED_MESSAGES: AtomicUsize = AtomicUsize::new(0);

@@ -762,3 +762,86 @@ fn output_write_errors_are_reported_and_a_closed_reader_is_quiet() {
         "a closed reader is quiet: {err}"
     );
 }
+
+/// Each thread of a running microrun (a spinning guest, stdin forwarded)
+/// with its seccomp mode from /proc (0 none, 2 filter).
+fn thread_seccomp_modes(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    let f = Fixture::new();
+    let kernel = bz("spin");
+    let (stdin_reader, stdin_writer) = std::io::pipe().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microrun"))
+        .args([
+            "-q",
+            "--no-init",
+            "--cpus",
+            "2",
+            "--timeout",
+            "20s",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .arg(f.root())
+        .env_remove("MICRORUN_SECCOMP")
+        .env("XDG_CACHE_HOME", f.path("cache"))
+        .envs(env.iter().copied())
+        .stdin(stdin_reader)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run microrun");
+    // Until both vCPUs run (the filters are in place before the first
+    // KVM_RUN), at most 10 s.
+    let task_dir = PathBuf::from(format!("/proc/{}/task", child.id()));
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let modes = loop {
+        let modes: Vec<(String, String)> = std::fs::read_dir(&task_dir)
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| {
+                        let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                        let field = |key: &str| {
+                            status
+                                .lines()
+                                .find_map(|l| l.strip_prefix(key))
+                                .map(|v| v.trim().to_string())
+                        };
+                        Some((field("Name:")?, field("Seccomp:")?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let vcpus = modes.iter().filter(|(n, _)| n.starts_with("vcpu")).count();
+        if vcpus == 2 || Instant::now() > give_up {
+            // The supervisor's filter follows the vCPUs' start.
+            std::thread::sleep(Duration::from_millis(300));
+            break modes;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin_writer);
+    modes
+}
+
+#[test]
+fn every_vmm_thread_runs_under_a_seccomp_filter() {
+    require_kvm!();
+    let modes = thread_seccomp_modes(&[]);
+    let names: Vec<&str> = modes.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in ["vcpu0", "vcpu1", "output-stdout", "output-stderr", "stdin"] {
+        assert!(names.contains(&expected), "no {expected} thread: {modes:?}");
+    }
+    let unfiltered: Vec<_> = modes.iter().filter(|(_, mode)| mode != "2").collect();
+    assert!(
+        unfiltered.is_empty(),
+        "threads without a filter: {unfiltered:?} (all: {modes:?})"
+    );
+
+    let off = thread_seccomp_modes(&[("MICRORUN_SECCOMP", "off")]);
+    assert!(
+        off.iter().all(|(_, mode)| mode == "0"),
+        "MICRORUN_SECCOMP=off still filters: {off:?}"
+    );
+}

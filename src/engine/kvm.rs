@@ -73,7 +73,10 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
         console: Box::new(FdWriter(2)),
         stdout: Box::new(FdWriter(1)),
         process_start: spec.started,
+        // Off only for debugging: MICRORUN_SECCOMP=off.
+        seccomp: vmm::seccomp::wanted(),
     };
+    crate::start_messages();
     let outcome = vmm::run(config)?;
     let t = outcome.timings;
     let exit_code = outcome.end.exit_code();

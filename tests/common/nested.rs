@@ -18,8 +18,32 @@ use std::time::{Duration, Instant};
 const INNER_VAR: &str = "MICRORUN_NESTED_INNER";
 /// Where the outer guest's cache (the project kernel) lives.
 const INNER_CACHE: &str = "/nested/cache";
-/// A limit per case, so one stuck case cannot take the suite's time.
-const CASE_TIMEOUT_S: u32 = 600;
+/// A limit per case, so one stuck case cannot take the suite's time (a
+/// slow case, [`left_out`], takes up to 20 minutes).
+const CASE_TIMEOUT_S: u32 = 1500;
+/// Set to run the cases that [`left_out`] names too (`scripts/nested-slow`).
+const SLOW_VAR: &str = "MICRORUN_NESTED_SLOW";
+
+/// Why case `name` does not run in the lane unless `MICRORUN_NESTED_SLOW`
+/// is set: it does not fit CI's time there, or the lane itself (TCG's
+/// nested SVM, not the kvm engine) makes it fail at random.
+pub fn left_out(name: &str) -> Option<&'static str> {
+    if std::env::var_os(SLOW_VAR).is_some() {
+        return None;
+    }
+    match name {
+        "binary_stdout_arrives_unchanged"
+        | "in_kernel_irqchip::binary_stdout_arrives_unchanged" => {
+            Some("1 MiB through the 16550 takes about 6 minutes there (3 KB/s under TCG)")
+        }
+        "in_kernel_irqchip::binary_stdout_64k_arrives_unchanged" => Some(
+            "with the in-kernel irqchip, TCG's nested SVM sometimes leaves the inner guest's \
+             pending interrupts (UART and timer) in its LAPIC, never injected, and the guest \
+             stalls until --timeout (docs/nested.md)",
+        ),
+        _ => None,
+    }
+}
 /// A limit for the whole outer run.
 const SUITE_TIMEOUT: &str = "50m";
 
@@ -32,6 +56,8 @@ pub struct CaseResult {
     pub log: String,
     /// Seconds it took inside the lane.
     pub seconds: f64,
+    /// It failed once and ran again (the status is the second attempt's).
+    pub retried: bool,
 }
 
 struct Suite {
@@ -168,7 +194,7 @@ fn selected_cases(exe: &Path) -> Result<Vec<String>, String> {
         .lines()
         .filter_map(|line| line.strip_suffix(": test"))
         // The harness's own unit tests need no VM.
-        .filter(|name| !name.starts_with("common::"))
+        .filter(|name| !name.starts_with("common::") && left_out(name).is_none())
         .map(str::to_string)
         .collect())
 }
@@ -203,6 +229,13 @@ for case in "$@"; do
   beat=$!
   timeout "$CASE_TIMEOUT" "$exe" --exact "$case" --nocapture --test-threads 1 </dev/null 2>&1
   rc=$?
+  if [ "$rc" -ne 0 ]; then
+    # Once more: TCG's nested SVM fails a case now and then (an inner
+    # triple fault, a stall); the host side reports the first failure.
+    echo "@@nested-retry $case $rc"
+    timeout "$CASE_TIMEOUT" "$exe" --exact "$case" --nocapture --test-threads 1 </dev/null 2>&1
+    rc=$?
+  fi
   kill "$beat"
   wait "$beat"
   t1=$(cut -d' ' -f1 /proc/uptime)
@@ -261,14 +294,28 @@ fn run_suite() -> Result<Suite, String> {
                 .get(c)
                 .is_none_or(|r: &CaseResult| r.status.is_none())
         });
-        if !run.silent || left.is_empty() || attempt == 2 {
+        if left.is_empty() || attempt == 2 {
             break;
         }
-        say(format_args!(
-            "the outer VM gave no sign of life for {} s; {} cases run again in a new one",
-            SILENCE_LIMIT.as_secs(),
-            left.len()
-        ));
+        if run.silent {
+            say(format_args!(
+                "the outer VM gave no sign of life for {} s; {} cases run again in a new one",
+                SILENCE_LIMIT.as_secs(),
+                left.len()
+            ));
+        } else {
+            say(format_args!(
+                "the outer VM ended before {} cases finished (see the log); they run again in a new one",
+                left.len()
+            ));
+        }
+    }
+    for (name, result) in &results {
+        if result.retried {
+            say(format_args!(
+                "{name} failed once and was run again (the first attempt is in the log)"
+            ));
+        }
     }
     let passed = results.values().filter(|r| r.status == Some(0)).count();
     say(format_args!(
@@ -310,6 +357,9 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
     let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nested-kvm"));
     command
         .env("MICRORUN", env!("CARGO_BIN_EXE_microrun"))
+        // The outer kernel's log goes to the lane's stderr, and so to the
+        // log file: an outer VM that panics or resets says why there.
+        .arg("-v")
         .arg("--timeout")
         .arg(SUITE_TIMEOUT)
         .arg("--bin")
@@ -415,9 +465,11 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
 fn parse_cases(stdout: &str) -> HashMap<String, CaseResult> {
     let mut results = HashMap::new();
     let mut current: Option<(String, String)> = None;
+    let mut retried = false;
     for line in stdout.split_inclusive('\n') {
         if let Some(name) = line.strip_prefix("@@nested-begin ") {
             current = Some((name.trim().to_string(), String::new()));
+            retried = false;
         } else if let Some(rest) = line.strip_prefix("@@nested-end ") {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let Some((name, log)) = current.take() else {
@@ -430,8 +482,14 @@ fn parse_cases(stdout: &str) -> HashMap<String, CaseResult> {
                     status: fields.get(1).and_then(|s| s.parse().ok()),
                     log,
                     seconds: time(3).zip(time(2)).map_or(0.0, |(b, a)| b - a),
+                    retried,
                 },
             );
+        } else if line.starts_with("@@nested-retry ") {
+            retried = true;
+            if let Some((_, log)) = current.as_mut() {
+                log.push_str("--- the case failed; it runs once more:\n");
+            }
         } else if line.starts_with("@@nested-alive ") {
             // A heartbeat: not the case's own output.
         } else if let Some((_, log)) = current.as_mut() {
@@ -447,6 +505,7 @@ fn parse_cases(stdout: &str) -> HashMap<String, CaseResult> {
                 status: None,
                 log,
                 seconds: 0.0,
+                retried,
             },
         );
     }
@@ -478,12 +537,16 @@ mod tests {
     fn cases_are_split_by_their_markers() {
         let out =
             "boot noise\n@@nested-begin a::b\nrunning 1 test\nok\n@@nested-end a::b 0 1.5 4.0\n\
-                   @@nested-begin c\npanicked\n@@nested-end c 101 4.0 5.0\n@@nested-begin d\nhalf";
+                   @@nested-begin c\npanicked\n@@nested-retry c 101\npanicked\n\
+                   @@nested-end c 101 4.0 5.0\n@@nested-begin d\nhalf";
         let r = super::parse_cases(out);
         assert_eq!(r["a::b"].status, Some(0));
         assert_eq!(r["a::b"].log, "running 1 test\nok\n");
         assert!((r["a::b"].seconds - 2.5).abs() < 1e-9);
+        assert!(!r["a::b"].retried);
         assert_eq!(r["c"].status, Some(101));
+        assert!(r["c"].retried);
+        assert!(r["c"].log.contains("runs once more"));
         assert_eq!(r["d"].status, None);
         assert_eq!(r["d"].log, "half");
     }

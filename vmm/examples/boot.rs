@@ -1,5 +1,5 @@
 //! A tiny driver for benchmarks and manual checks:
-//! `boot KERNEL [--mem MIB] [--cpus N] [--cmdline TEXT] [--initrd FILE] [--timeout-ms MS] [--stdin] [--irqchip split|kernel] [--timings]`.
+//! `boot KERNEL [--mem MIB] [--cpus N] [--cmdline TEXT] [--initrd FILE] [--timeout-ms MS] [--stdin] [--irqchip split|kernel] [--no-seccomp] [--timings]`.
 //! Exits with the VM's exit code (125 on a VMM error).
 
 use std::process::ExitCode;
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         console: Box::new(std::io::stderr()),
         stdout: Box::new(std::io::stdout()),
         process_start,
+        seccomp: true,
     };
     let mut timings = false;
     while let Some(arg) = args.next() {
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
                 config.timeout = Some(Duration::from_millis(value().parse().unwrap_or(1000)))
             }
             "--stdin" => config.forward_stdin = true,
+            "--no-seccomp" => config.seccomp = false,
             "--irqchip" => {
                 config.irqchip = match value().as_str() {
                     "kernel" => vmm::IrqChip::Kernel,

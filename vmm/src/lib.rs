@@ -16,6 +16,7 @@
 //!     console: Box::new(std::io::stderr()),
 //!     stdout: Box::new(std::io::stdout()),
 //!     process_start: Instant::now(),
+//!     seccomp: true,
 //! })?;
 //! std::process::exit(outcome.end.exit_code().into());
 //! # Ok::<(), vmm::VmmError>(())
@@ -32,6 +33,7 @@ pub mod memory;
 pub mod mptable;
 pub mod output;
 pub mod regular_file;
+pub mod seccomp;
 pub mod status;
 pub mod vcpu;
 
@@ -87,6 +89,11 @@ pub struct VmConfig {
     pub stdout: Box<dyn Write + Send>,
     /// Origin of the timings.
     pub process_start: Instant,
+    /// Run every VMM thread under its seccomp filter ([`seccomp`]). The
+    /// calling thread is one of them: it stays under the supervisor's
+    /// filter after `run` returns, so it can report the outcome and exit,
+    /// not open files or start threads (start any thread before `run`).
+    pub seccomp: bool,
 }
 
 /// How the VM ended.
@@ -254,6 +261,9 @@ pub enum VmmError {
     /// The device bus.
     #[error(transparent)]
     Bus(#[from] devices::BusError),
+    /// A seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {
@@ -291,6 +301,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         console,
         stdout,
         process_start,
+        seccomp: seccomp_wanted,
     } = config;
     let mut timings = Timings {
         process_start,
@@ -311,12 +322,25 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         });
     }
 
+    // Compiled before anything starts, installed by each thread on itself.
+    let filters = seccomp_wanted.then(seccomp::Filters::compile).transpose()?;
     let mem = memory::create_guest_memory(mem_size)?;
+    let output_filter = || filters.as_ref().map(|f| f.output.clone());
     let sinks = Sinks {
-        stdout: OutputSink::spawn("stdout", stdout, output::DEFAULT_CAPACITY)
-            .map_err(host_err("start the stdout writer thread"))?,
-        console: OutputSink::spawn("stderr", console, output::DEFAULT_CAPACITY)
-            .map_err(host_err("start the stderr writer thread"))?,
+        stdout: OutputSink::spawn_filtered(
+            "stdout",
+            stdout,
+            output::DEFAULT_CAPACITY,
+            output_filter(),
+        )
+        .map_err(host_err("start the stdout writer thread"))?,
+        console: OutputSink::spawn_filtered(
+            "stderr",
+            console,
+            output::DEFAULT_CAPACITY,
+            output_filter(),
+        )
+        .map_err(host_err("start the stderr writer thread"))?,
     };
     let (console, stdout): (Box<dyn Write + Send>, Box<dyn Write + Send>) = (
         Box::new(sinks.console.clone()),
@@ -356,7 +380,11 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
 
     let stdin_gate = if forward_stdin {
         let (open, gate) = mpsc::channel();
-        spawn_stdin_forwarder(Arc::downgrade(&devices.stdout), gate)?;
+        spawn_stdin_forwarder(
+            Arc::downgrade(&devices.stdout),
+            gate,
+            filters.as_ref().map(|f| f.stdin.clone()),
+        )?;
         Some(open)
     } else {
         None
@@ -369,7 +397,10 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         &devices,
         &sinks,
         &mem,
-        deadline,
+        Limits {
+            deadline,
+            filters: filters.as_ref(),
+        },
         stdin_gate,
         &mut timings,
     )?;
@@ -531,7 +562,40 @@ type ConsoleUart = SerialDevice<Box<dyn Write + Send>>;
 /// The devices, and the UART that stdin feeds.
 struct VmDevices {
     map: Arc<Devices>,
+    console: Arc<Mutex<ConsoleUart>>,
     stdout: Arc<Mutex<ConsoleUart>>,
+    vm: Arc<VmFd>,
+}
+
+impl VmDevices {
+    /// The interrupt state of the UARTs and their I/O APIC pins, for a
+    /// guest that hangs (say, waiting for an interrupt that never came).
+    fn describe_interrupts(&self) -> String {
+        let pin = |irq: u32| -> String {
+            let entry = match &self.map.ioapic {
+                Some(ioapic) => lock(ioapic).redirection_entry(irq as usize),
+                None => {
+                    let mut chip = kvm_bindings::kvm_irqchip {
+                        chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+                        ..Default::default()
+                    };
+                    self.vm.get_irqchip(&mut chip).ok().map(|()| {
+                        // SAFETY: for KVM_IRQCHIP_IOAPIC, KVM fills the
+                        // `ioapic` member of the union.
+                        unsafe { chip.chip.ioapic.redirtbl[irq as usize].bits }
+                    })
+                }
+            };
+            entry.map_or("unknown".into(), |e| format!("{e:#x}"))
+        };
+        format!(
+            "ttyS0 {} (I/O APIC pin 4 {}); ttyS1 {} (pin 3 {})",
+            lock(&self.console).describe(),
+            pin(layout::SERIAL_CONSOLE_IRQ),
+            lock(&self.stdout).describe(),
+            pin(layout::SERIAL_STDOUT_IRQ)
+        )
+    }
 }
 
 /// The interrupt line of ISA IRQ `irq`: an irqfd for KVM's in-kernel
@@ -601,7 +665,9 @@ fn create_devices(
     }
     Ok(VmDevices {
         map: Arc::new(Devices { pio, mmio, ioapic }),
+        console,
         stdout,
+        vm: vm.clone(),
     })
 }
 
@@ -613,10 +679,13 @@ fn create_devices(
 fn spawn_stdin_forwarder(
     uart: std::sync::Weak<Mutex<ConsoleUart>>,
     gate: mpsc::Receiver<()>,
+    filter: Option<seccompiler::BpfProgram>,
 ) -> Result<(), VmmError> {
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
+    seccomp::spawn(
+        "stdin".into(),
+        seccomp::ThreadKind::Stdin,
+        filter,
+        move || {
             if gate.recv().is_err() {
                 return;
             }
@@ -641,9 +710,10 @@ fn spawn_stdin_forwarder(
                     }
                 }
             }
-        })
-        .map(drop)
-        .map_err(host_err("start the stdin thread"))
+        },
+    )
+    .map(drop)
+    .map_err(host_err("start the stdin thread"))
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -660,6 +730,12 @@ const SUPERVISOR_TICK: Duration = Duration::from_millis(50);
 /// can write `@` lines without end.
 const EVENTS_LOGGED: usize = 32;
 
+/// What confines a run: its deadline and its threads' seccomp filters.
+struct Limits<'a> {
+    deadline: Option<Instant>,
+    filters: Option<&'a seccomp::Filters>,
+}
+
 /// Starts the vCPU threads and supervises them until the VM ends: a vCPU
 /// reports the end, the deadline passes, or an output stream fails. This
 /// thread never writes to the caller's streams itself (the guest's output
@@ -670,10 +746,11 @@ fn run_vcpus(
     devices: &VmDevices,
     sinks: &Sinks,
     mem: &GuestMemory,
-    deadline: Option<Instant>,
+    limits: Limits<'_>,
     mut stdin_gate: Option<mpsc::Sender<()>>,
     timings: &mut Timings,
 ) -> Result<VmEnd, VmmError> {
+    let Limits { deadline, filters } = limits;
     static HANDLER: Once = Once::new();
     let mut handler_result = Ok(());
     HANDLER
@@ -685,27 +762,53 @@ fn run_vcpus(
     let (tx, rx) = mpsc::sync_channel(64);
     let ended = Arc::new(Mutex::new(None::<VcpuEnd>));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let mut threads: Vec<JoinHandle<Option<()>>> = Vec::new();
+    // No vCPU runs the guest before every thread's filter is in place:
+    // each waits for its go, which never comes (the sender is dropped) if
+    // the start fails.
+    let mut gos = Vec::new();
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
         let ctx = VcpuContext {
             devices: devices.map.clone(),
             stop: stop.clone(),
             events: tx.clone(),
             ended: ended.clone(),
+            timed_out: timed_out.clone(),
             mem: mem.clone(),
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run_vcpu(fd, id as u8, ctx));
+        let (go, wait_for_go) = mpsc::sync_channel::<()>(1);
+        gos.push(go);
+        let spawned = seccomp::spawn(
+            format!("vcpu{id}"),
+            seccomp::ThreadKind::Vcpu,
+            filters.map(|f| f.vcpu.clone()),
+            move || {
+                if wait_for_go.recv().is_ok() {
+                    vcpu::run_vcpu(fd, id as u8, ctx);
+                }
+            },
+        );
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {
+                drop(gos);
                 stop_vcpus(&stop, sinks, threads, None);
                 return Err(host_err("start a vCPU thread")(e));
             }
         }
     }
     drop(tx);
+    if let Some(filters) = filters {
+        if let Err(e) = seccomp::install(seccomp::ThreadKind::Supervisor, &filters.supervisor) {
+            drop(gos);
+            stop_vcpus(&stop, sinks, threads, None);
+            return Err(e.into());
+        }
+    }
+    for go in gos {
+        let _ = go.send(());
+    }
 
     let mut events_seen = 0usize;
     let mut ended_by = None;
@@ -754,14 +857,20 @@ fn run_vcpus(
             }
         }
     };
+    timed_out.store(end == VmEnd::Timeout, Ordering::Release);
     stop_vcpus(&stop, sinks, threads, ended_by);
+    if end == VmEnd::Timeout && log::log_enabled!(log::Level::Debug) {
+        log::debug!("at the timeout, {}", devices.describe_interrupts());
+    }
     Ok(end)
 }
 
 /// How long stopping the vCPUs may take before the VMM stops waiting for
 /// them (a thread stuck in the host kernel is left behind; the caller is
-/// about to exit).
-const STOP_WAIT: Duration = Duration::from_secs(2);
+/// about to exit, and exiting tears the VM down). A kicked vCPU leaves
+/// KVM_RUN within microseconds on hardware; this bounds how far past
+/// `--timeout` a stuck one can delay the exit.
+const STOP_WAIT: Duration = Duration::from_millis(500);
 
 /// Stops and joins every vCPU thread: releases any that waits for room in
 /// an output queue, sets `stop`, then signals each thread until it has left
@@ -771,7 +880,7 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 fn stop_vcpus(
     stop: &AtomicBool,
     sinks: &Sinks,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Option<()>>>,
     ended_by: Option<usize>,
 ) {
     stop.store(true, Ordering::Release);

@@ -120,8 +120,19 @@ impl OutputSink {
     /// `out`. The queue holds at most `capacity` bytes.
     pub fn spawn(
         name: &'static str,
+        out: Box<dyn Write + Send>,
+        capacity: usize,
+    ) -> io::Result<Self> {
+        Self::spawn_filtered(name, out, capacity, None)
+    }
+
+    /// [`OutputSink::spawn`], with the writer thread under `filter` (the
+    /// output thread's seccomp filter, [`crate::seccomp`]) from its start.
+    pub fn spawn_filtered(
+        name: &'static str,
         mut out: Box<dyn Write + Send>,
         capacity: usize,
+        filter: Option<seccompiler::BpfProgram>,
     ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             name,
@@ -130,9 +141,12 @@ impl OutputSink {
             changed: Condvar::new(),
         });
         let thread_shared = shared.clone();
-        std::thread::Builder::new()
-            .name(format!("output-{name}"))
-            .spawn(move || writer_loop(&thread_shared, &mut *out))?;
+        crate::seccomp::spawn(
+            format!("output-{name}"),
+            crate::seccomp::ThreadKind::Output,
+            filter,
+            move || writer_loop(&thread_shared, &mut *out),
+        )?;
         Ok(Self {
             _handle: Arc::new(HandleToken(shared.clone())),
             shared,

@@ -405,6 +405,9 @@ pub struct VcpuContext {
     pub events: SyncSender<VcpuMessage>,
     /// Where the first vCPU to see the end puts it.
     pub ended: Arc<Mutex<Option<VcpuEnd>>>,
+    /// Set before `stop` when the VM timed out: each vCPU then says (at
+    /// debug level, `-v`) where the guest was, for a guest that hangs.
+    pub timed_out: Arc<AtomicBool>,
     /// Guest memory, to show instruction bytes on a guest error.
     pub mem: GuestMemory,
 }
@@ -491,6 +494,55 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
         let _ = ctx.events.try_send(VcpuMessage::Ended);
         return;
     }
+    if ctx.timed_out.load(Ordering::Acquire) {
+        log::debug!("at the timeout, {}", describe_stopped_vcpu(&vcpu, id));
+    }
+}
+
+/// Where a stopped vCPU was: its RIP, whether it took interrupts, and the
+/// vectors its local APIC holds pending (IRR) and in service (ISR).
+fn describe_stopped_vcpu(vcpu: &VcpuFd, id: u8) -> String {
+    const RFLAGS_IF: u64 = 1 << 9;
+    let mut out = format!("vCPU {id}:");
+    if let Ok(regs) = vcpu.get_regs() {
+        out.push_str(&format!(
+            " RIP {:#x}, interrupts {}",
+            regs.rip,
+            if regs.rflags & RFLAGS_IF != 0 {
+                "on"
+            } else {
+                "off"
+            }
+        ));
+    }
+    if let Ok(mp) = vcpu.get_mp_state() {
+        out.push_str(&format!(", mp_state {}", mp.mp_state));
+    }
+    if let Ok(lapic) = vcpu.get_lapic() {
+        let reg = |offset: usize| {
+            let b = &lapic.regs[offset..offset + 4];
+            u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+        };
+        let vectors = |base: usize| {
+            (0..8)
+                .flat_map(|i| {
+                    let word = reg(base + 0x10 * i);
+                    (0..32)
+                        .filter(move |bit| word & (1 << bit) != 0)
+                        .map(move |bit| i * 32 + bit)
+                })
+                .map(|v| format!("{v:#x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        out.push_str(&format!(
+            ", LAPIC TPR {:#x}, IRR [{}], ISR [{}]",
+            reg(0x80),
+            vectors(0x200),
+            vectors(0x100)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

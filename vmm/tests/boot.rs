@@ -39,6 +39,8 @@ fn config(kernel: &Path, cmdline: &str) -> VmConfig {
         console: Box::new(std::io::sink()),
         stdout: Box::new(std::io::sink()),
         process_start: Instant::now(),
+        // The filter would stay on the test's thread after the run.
+        seccomp: false,
     }
 }
 

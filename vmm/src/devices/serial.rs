@@ -117,6 +117,15 @@ impl<W: SerialOutput> SerialDevice<W> {
         room - self.serial.fifo_capacity()
     }
 
+    /// The interrupt-related registers, for a guest that hangs. Reading IIR
+    /// acknowledges what it shows, so this is for a VM that is over.
+    pub fn describe(&mut self) -> String {
+        let ier = self.serial.read(1);
+        let lsr = self.serial.read(5);
+        let iir = self.serial.read(2);
+        format!("IER {ier:#04x} IIR {iir:#04x} LSR {lsr:#04x}")
+    }
+
     /// Flushes the output.
     pub fn flush(&mut self) -> io::Result<()> {
         self.serial.writer_mut().flush()

@@ -1,0 +1,426 @@
+//! seccomp filters for the VMM's threads: one allow-list per kind of
+//! thread, compiled with rust-vmm's `seccompiler` and installed by each
+//! thread on itself after set-up and before the guest runs (the shape of
+//! Cloud Hypervisor's `seccomp_filters.rs` and Firecracker's per-thread
+//! filters).
+//!
+//! A thread that makes a system call outside its list gets `SIGSYS`
+//! (`SECCOMP_RET_TRAP`); the handler here writes one line that names the
+//! thread and the system call number the kernel reports, and ends the
+//! process with 125. The lists hold what the threads do once the guest
+//! runs, nothing that opens files, maps new executable memory, creates
+//! processes or talks to the network.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::Once;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Why a filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A rule or the filter was refused by seccompiler.
+    #[error("cannot build the seccomp filter of the {kind} thread: {source}")]
+    Build {
+        /// The thread kind's name.
+        kind: &'static str,
+        /// seccompiler's error.
+        source: seccompiler::BackendError,
+    },
+    /// The filter could not be compiled to BPF.
+    #[error("cannot compile the seccomp filter of the {kind} thread: {source}")]
+    Compile {
+        /// The thread kind's name.
+        kind: &'static str,
+        /// seccompiler's error.
+        source: seccompiler::BackendError,
+    },
+    /// The kernel refused the filter.
+    #[error(
+        "cannot install the seccomp filter of the {kind} thread: {source} \
+         (MICRORUN_SECCOMP=off runs without the filters)"
+    )]
+    Install {
+        /// The thread kind's name.
+        kind: &'static str,
+        /// seccompiler's error.
+        source: seccompiler::Error,
+    },
+    /// sigaction failed.
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+}
+
+/// The kinds of thread, each with its own allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The thread that runs [`crate::run`]: it supervises the vCPUs
+    /// (deadline, kicks, events) and tears the VM down.
+    Supervisor,
+    /// A vCPU: `KVM_RUN` and the device models it drives.
+    Vcpu,
+    /// An output queue's writer ([`crate::output::OutputSink`]).
+    Output,
+    /// The stdin forwarder: reads fd 0 into the UART, whose interrupt it
+    /// then raises.
+    Stdin,
+}
+
+impl ThreadKind {
+    /// For messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Supervisor => "supervisor",
+            ThreadKind::Vcpu => "vCPU",
+            ThreadKind::Output => "output",
+            ThreadKind::Stdin => "stdin",
+        }
+    }
+}
+
+/// Whether the filters are wanted: yes unless `MICRORUN_SECCOMP=off`
+/// (for debugging; the contract fixes the command line, so this is an
+/// environment variable, like `MICRORUN_IRQCHIP`).
+pub fn wanted() -> bool {
+    std::env::var_os("MICRORUN_SECCOMP").is_none_or(|v| v != "off")
+}
+
+// The KVM ioctls the threads issue once the guest runs, as the kernel's
+// <linux/kvm.h> defines them (_IO/_IOR/_IOW/_IOWR on KVMIO, 0xAE, with the
+// argument's size); `ioctl_numbers_match_their_definitions` checks them.
+const KVM_RUN: u64 = 0xae80;
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+const KVM_GET_SREGS: u64 = 0x8138_ae83;
+const KVM_GET_LAPIC: u64 = 0x8400_ae8e;
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
+const KVM_GET_IRQCHIP: u64 = 0xc208_ae62;
+
+/// What every thread needs: memory allocation, locks and condition
+/// variables, sleeping, signals (the vCPU kick and this module's own),
+/// closing what it owns, and ending.
+/// (`mmap` and `mprotect` are in [`rules`]: never executable.)
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_getrandom,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// `syscall(arg0 == value)` as a rule.
+fn arg_is(index: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// One rule per allowed value of argument `index`.
+fn any_of(index: u8, values: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    values.iter().map(|&v| arg_is(index, v)).collect()
+}
+
+/// The allow-list of `kind`: system call number to the rules of which one
+/// must match (an empty list allows every call).
+fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().map(|&n| (n, Vec::new())).collect();
+    // Memory, but no executable memory.
+    let not_exec = SeccompRule::new(vec![SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )?])?;
+    map.insert(libc::SYS_mmap, vec![not_exec.clone()]);
+    map.insert(libc::SYS_mprotect, vec![not_exec]);
+    // Rust's runtime checks that an fd it closes is open (F_GETFD).
+    map.insert(libc::SYS_fcntl, vec![arg_is(1, libc::F_GETFD as u64)?]);
+    // Anything may report a problem on stderr (this module's handler too).
+    let stderr_only = vec![arg_is(0, 2)?];
+    match kind {
+        ThreadKind::Supervisor => {
+            map.insert(libc::SYS_write, Vec::new());
+            map.insert(libc::SYS_tgkill, Vec::new());
+            map.insert(
+                libc::SYS_ioctl,
+                any_of(1, &[KVM_GET_IRQCHIP, libc::TCGETS])?,
+            );
+        }
+        ThreadKind::Vcpu => {
+            map.insert(libc::SYS_write, stderr_only);
+            map.insert(
+                libc::SYS_ioctl,
+                any_of(
+                    1,
+                    &[
+                        KVM_RUN,
+                        KVM_GET_REGS,
+                        KVM_GET_SREGS,
+                        KVM_GET_LAPIC,
+                        KVM_GET_MP_STATE,
+                        KVM_IRQ_LINE,
+                        KVM_SIGNAL_MSI,
+                    ],
+                )?,
+            );
+        }
+        ThreadKind::Output => {
+            map.insert(libc::SYS_write, Vec::new());
+            map.insert(libc::SYS_writev, Vec::new());
+        }
+        ThreadKind::Stdin => {
+            map.insert(libc::SYS_write, stderr_only);
+            map.insert(libc::SYS_read, vec![arg_is(0, 0)?]);
+            // Filling the receive FIFO raises the UART's interrupt.
+            map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
+        }
+    }
+    Ok(map)
+}
+
+/// The compiled filter of `kind`.
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let name = kind.name();
+    let rules = rules(kind).map_err(|source| SeccompError::Build { kind: name, source })?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|source| SeccompError::Build { kind: name, source })?;
+    filter
+        .try_into()
+        .map_err(|source| SeccompError::Compile { kind: name, source })
+}
+
+/// The filters of the threads that [`crate::run`] starts and runs on,
+/// compiled once before any is installed.
+#[derive(Clone)]
+pub struct Filters {
+    /// [`ThreadKind::Supervisor`]'s.
+    pub supervisor: BpfProgram,
+    /// [`ThreadKind::Vcpu`]'s.
+    pub vcpu: BpfProgram,
+    /// [`ThreadKind::Output`]'s.
+    pub output: BpfProgram,
+    /// [`ThreadKind::Stdin`]'s.
+    pub stdin: BpfProgram,
+}
+
+impl Filters {
+    /// Every kind's filter.
+    pub fn compile() -> Result<Self, SeccompError> {
+        Ok(Self {
+            supervisor: filter(ThreadKind::Supervisor)?,
+            vcpu: filter(ThreadKind::Vcpu)?,
+            output: filter(ThreadKind::Output)?,
+            stdin: filter(ThreadKind::Stdin)?,
+        })
+    }
+}
+
+thread_local! {
+    /// The calling thread's kind once its filter is installed, for the
+    /// SIGSYS handler (const-initialised: no allocation in the handler).
+    static INSTALLED: Cell<Option<ThreadKind>> = const { Cell::new(None) };
+}
+
+/// Installs `program`, the filter of `kind`, on the calling thread: from
+/// here on, and in every thread it starts, only what it allows runs.
+pub fn install(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError> {
+    install_handler()?;
+    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+        kind: kind.name(),
+        source,
+    })?;
+    INSTALLED.with(|k| k.set(Some(kind)));
+    Ok(())
+}
+
+/// The SIGSYS handler, once per process.
+fn install_handler() -> Result<(), SeccompError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler is an
+        // `extern "C"` function with the SA_SIGINFO signature, and it only
+        // calls async-signal-safe functions (write, _exit).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigsys as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+                result = Err(SeccompError::Handler(std::io::Error::last_os_error()));
+            }
+        }
+    });
+    result
+}
+
+/// Offset of `si_syscall` in x86-64's `siginfo_t` (after si_signo,
+/// si_errno, si_code, padding and `si_call_addr`).
+const SI_SYSCALL_OFFSET: usize = 24;
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut line = Line::default();
+    line.push(b"microrun: seccomp: the ");
+    let kind = INSTALLED.with(|k| k.get());
+    line.push(kind.map_or("unfiltered", ThreadKind::name).as_bytes());
+    line.push(b" thread made system call ");
+    // SAFETY: the kernel passes a valid siginfo_t for SIGSYS (SA_SIGINFO);
+    // for SECCOMP_RET_TRAP it carries the call's number at this offset.
+    let number = unsafe {
+        info.cast::<u8>()
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
+    line.number(number);
+    line.push(
+        b", which its filter forbids: a bug in microrun (MICRORUN_SECCOMP=off runs without the filters)\n",
+    );
+    // SAFETY: write and _exit are async-signal-safe; the buffer is ours.
+    unsafe {
+        libc::write(2, line.buf.as_ptr().cast(), line.len);
+        libc::_exit(125);
+    }
+}
+
+/// A fixed buffer for the handler's message (no allocation in a handler).
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+}
+
+impl Line {
+    fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn number(&mut self, n: i32) {
+        let mut digits = [0u8; 12];
+        let mut i = digits.len();
+        let mut v = i64::from(n).unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            self.push(b"-");
+        }
+        self.push(&digits[i..]);
+    }
+}
+
+/// Starts a thread named `name` that first installs `filter` (when given)
+/// as a `kind` thread, then runs `body`. Returns once the filter is in
+/// place; a filter that cannot be installed is an error and `body` never
+/// runs (the thread then ends with `None`).
+pub fn spawn<T, F>(
+    name: String,
+    kind: ThreadKind,
+    filter: Option<BpfProgram>,
+    body: F,
+) -> std::io::Result<std::thread::JoinHandle<Option<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (installed, result) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let ready = filter.map_or(Ok(()), |f| install(kind, &f));
+        let ok = ready.is_ok();
+        let _ = installed.send(ready);
+        // Without its filter the thread does nothing.
+        ok.then(body)
+    })?;
+    match result.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        Err(_) => Err(std::io::Error::other(format!(
+            "the {} thread ended before installing its seccomp filter",
+            kind.name()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+        (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+    }
+
+    #[test]
+    fn ioctl_numbers_match_their_definitions() {
+        use kvm_bindings::*;
+        use std::mem::size_of;
+        let (w, r) = (1, 2);
+        assert_eq!(KVM_RUN, ioc(0, 0x80, 0));
+        assert_eq!(KVM_GET_REGS, ioc(r, 0x81, size_of::<kvm_regs>()));
+        assert_eq!(KVM_GET_SREGS, ioc(r, 0x83, size_of::<kvm_sregs>()));
+        assert_eq!(KVM_GET_LAPIC, ioc(r, 0x8e, size_of::<kvm_lapic_state>()));
+        assert_eq!(KVM_GET_MP_STATE, ioc(r, 0x98, size_of::<kvm_mp_state>()));
+        assert_eq!(KVM_IRQ_LINE, ioc(w, 0x61, size_of::<kvm_irq_level>()));
+        assert_eq!(KVM_SIGNAL_MSI, ioc(w, 0xa5, size_of::<kvm_msi>()));
+        assert_eq!(KVM_GET_IRQCHIP, ioc(w | r, 0x62, size_of::<kvm_irqchip>()));
+    }
+
+    #[test]
+    fn every_filter_compiles() {
+        Filters::compile().unwrap();
+    }
+
+    #[test]
+    fn the_handler_writes_numbers_in_decimal() {
+        let mut line = Line::default();
+        line.number(0);
+        line.push(b" ");
+        line.number(257);
+        line.push(b" ");
+        line.number(-1);
+        assert_eq!(&line.buf[..line.len], b"0 257 -1");
+    }
+}

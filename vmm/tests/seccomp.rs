@@ -1,0 +1,158 @@
+//! The seccomp filters stop what they do not allow: each case runs in a
+//! child process (this test binary again), since the violation ends the
+//! whole process with 125 and a line that names the thread and the call.
+
+use std::process::Command;
+
+use vmm::seccomp::{self, ThreadKind};
+
+/// Set in the child; names the case to run there.
+const CHILD_VAR: &str = "VMM_SECCOMP_TEST_CHILD";
+
+/// Runs test `name` again in a child process with `CHILD_VAR` set, and
+/// returns its exit code and stderr.
+fn in_child(name: &str) -> (Option<i32>, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(CHILD_VAR, name)
+        .output()
+        .expect("run the test binary again");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn is_child(name: &str) -> bool {
+    std::env::var(CHILD_VAR).is_ok_and(|v| v == name)
+}
+
+/// Case `name`: in the child, `call` on a thread of `kind` under its
+/// filter, then exit 0 (reached only if the filter let `call` through);
+/// here, the child's exit code and stderr.
+fn case(name: &str, kind: ThreadKind, call: fn()) -> (Option<i32>, String) {
+    if is_child(name) {
+        run_filtered(kind, call);
+        std::process::exit(0);
+    }
+    in_child(name)
+}
+
+/// In the child: `call` on a thread of `kind` under its filter; returns
+/// only if the filter let it through.
+fn run_filtered(kind: ThreadKind, call: fn()) {
+    let filter = seccomp::filter(kind).expect("compile the filter");
+    let thread =
+        seccomp::spawn("filtered".into(), kind, Some(filter), call).expect("install the filter");
+    let _ = thread.join();
+}
+
+#[test]
+fn a_vcpu_thread_cannot_open_a_file() {
+    const NAME: &str = "a_vcpu_thread_cannot_open_a_file";
+    let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
+        let _ = std::fs::File::open("/proc/self/status");
+    });
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the vCPU thread made system call {}, which its filter forbids",
+            libc::SYS_openat
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_vcpu_thread_cannot_start_a_process() {
+    const NAME: &str = "a_vcpu_thread_cannot_start_a_process";
+    let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
+        // SAFETY: fork has no memory preconditions; the child, if one
+        // were made, would exit at once.
+        if unsafe { libc::fork() } == 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+    });
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains("the vCPU thread made system call"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_stdin_thread_reads_only_stdin() {
+    const NAME: &str = "the_stdin_thread_reads_only_stdin";
+    let (code, stderr) = case(NAME, ThreadKind::Stdin, || {
+        let mut buf = [0u8; 1];
+        // SAFETY: a read into a buffer of ours; fd 3 need not be open.
+        unsafe { libc::read(3, buf.as_mut_ptr().cast(), 1) };
+    });
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the stdin thread made system call {}",
+            libc::SYS_read
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn what_a_vcpu_thread_needs_is_allowed() {
+    const NAME: &str = "what_a_vcpu_thread_needs_is_allowed";
+    let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
+        // Allocation, a lock, a sleep, a message on stderr.
+        let v: Vec<u8> = vec![1; 1 << 20];
+        let m = std::sync::Mutex::new(v.len());
+        drop(m.lock());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        eprintln!("still here");
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("still here"), "{stderr}");
+}
+
+#[test]
+fn no_thread_maps_executable_memory() {
+    const NAME: &str = "no_thread_maps_executable_memory";
+    let (code, stderr) = case(NAME, ThreadKind::Output, || {
+        // SAFETY: an anonymous mapping of our own, never used.
+        unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+    });
+    assert_eq!(code, Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the output thread made system call {}",
+            libc::SYS_mmap
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_stdin_thread_may_raise_the_uarts_interrupt() {
+    const NAME: &str = "the_stdin_thread_may_raise_the_uarts_interrupt";
+    let (code, stderr) = case(NAME, ThreadKind::Stdin, || {
+        // KVM_IRQ_LINE and KVM_SIGNAL_MSI on a closed fd: EBADF, not
+        // SIGSYS, when the filter lets them through.
+        for request in [0x4008_ae61u64, 0x4020_aea5] {
+            // SAFETY: fd -1 is never open; the kernel returns EBADF
+            // before it looks at the argument.
+            unsafe { libc::ioctl(-1, request as _, std::ptr::null_mut::<u8>()) };
+        }
+        eprintln!("still here");
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("still here"), "{stderr}");
+}
