@@ -565,7 +565,7 @@ pub fn timeout_gives_124(engine: &Engine) {
     // Long enough for a VM to boot and start the program (the qemu engine
     // under TCG and the nested lane take seconds), so that the limit stops
     // a program that sleeps, not a kernel still booting.
-    let limit = Duration::from_secs(if engine.is_vm { 8 } else { 2 });
+    let limit = Duration::from_secs(if engine.is_vm { 15 } else { 2 });
     let started = Instant::now();
     let output = microrun(
         engine,
