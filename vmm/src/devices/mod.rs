@@ -1,10 +1,12 @@
 //! The guest's devices: three UARTs and an i8042 stub behind a port bus,
-//! and, with the split irqchip, an I/O APIC behind an MMIO bus.
+//! and, with the split irqchip, an I/O APIC behind an MMIO bus; the
+//! virtio-mmio transport and its devices (`virtio`), not yet on a bus.
 
 pub mod bus;
 pub mod i8042;
 pub mod ioapic;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, BusEvent};
 

@@ -1,0 +1,1197 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x, modern only): a
+//! 4 KiB register window on the MMIO bus in front of one [`VirtioDevice`].
+//!
+//! The guest is not trusted. Registers below the configuration space
+//! answer only aligned 32-bit accesses (anything else reads 0 and is
+//! ignored); the status moves only forward through ACKNOWLEDGE, DRIVER,
+//! FEATURES_OK, DRIVER_OK (writing 0 resets); features are accepted only
+//! if the device offered them and include `VIRTIO_F_VERSION_1`; queue
+//! registers are writable only between FEATURES_OK and DRIVER_OK; a queue
+//! size that is 0, not a power of two or above QueueNumMax, and queue
+//! areas outside guest memory (checked at DRIVER_OK), set
+//! DEVICE_NEEDS_RESET, after which only a reset is obeyed.
+//!
+//! QueueNotify is handled here, as a plain MMIO exit, rather than through
+//! a KVM ioeventfd per queue (what Firecracker does): each ioeventfd is a
+//! KVM I/O-bus registration, the set-up cost the split irqchip removed.
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use super::{Activation, Interrupt, InterruptLine, VirtioDevice, VirtioError};
+use crate::devices::bus::{BusDevice, BusEvent};
+use crate::memory::GuestMemory;
+use std::sync::Arc;
+
+/// Bytes of one virtio-mmio window: the registers, then the device's
+/// configuration space from [`CONFIG_SPACE_OFFSET`].
+pub const MMIO_WINDOW_LEN: u64 = 0x1000;
+/// Where the device's configuration space starts in the window.
+pub const CONFIG_SPACE_OFFSET: u64 = VIRTIO_MMIO_CONFIG as u64;
+/// MagicValue: "virt" in little-endian.
+pub const MAGIC_VALUE: u32 = 0x7472_6976;
+/// Version: 2, the modern (virtio 1.x) register layout.
+pub const MMIO_VERSION: u32 = 2;
+/// VendorID: none in particular, as Firecracker answers.
+pub const VENDOR_ID: u32 = 0;
+
+const PROGRESS_MASK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK;
+/// The driver's progress, which must be one of these: it sets
+/// ACKNOWLEDGE, DRIVER, FEATURES_OK and DRIVER_OK in that order.
+const PROGRESS_STEPS: [u32; 4] = [
+    VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK,
+    PROGRESS_MASK,
+];
+
+/// One queue's registers as the driver wrote them. They become a
+/// `virtio_queue::Queue` only at DRIVER_OK, after the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QueueConfig {
+    max_size: u16,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    driver_area: u64,
+    device_area: u64,
+}
+
+impl QueueConfig {
+    fn new(max_size: u16) -> Self {
+        Self {
+            max_size,
+            size: max_size,
+            ready: false,
+            desc_table: 0,
+            driver_area: 0,
+            device_area: 0,
+        }
+    }
+
+    /// The live queue for the device: checked for alignment by
+    /// virtio-queue, and every area against guest memory.
+    fn build(
+        &self,
+        index: usize,
+        device_type: u32,
+        mem: &GuestMemory,
+        event_idx: bool,
+    ) -> Result<Queue, VirtioError> {
+        let misaligned = |area, addr| VirtioError::QueueMisaligned {
+            index,
+            area,
+            addr,
+            size: self.size,
+        };
+        // Both sizes were checked already (by `MmioTransport::new`, and as
+        // the driver wrote QueueNum); these are virtio-queue's own checks.
+        let mut queue = Queue::new(self.max_size).map_err(|_| VirtioError::QueueMaxSize {
+            device_type,
+            index,
+            size: self.max_size,
+        })?;
+        if !self.ready {
+            return Ok(queue);
+        }
+        queue
+            .try_set_size(self.size)
+            .map_err(|_| VirtioError::QueueSize {
+                index,
+                size: self.size.into(),
+                max: self.max_size,
+            })?;
+        queue
+            .try_set_desc_table_address(GuestAddress(self.desc_table))
+            .map_err(|_| misaligned("descriptor table", self.desc_table))?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(self.driver_area))
+            .map_err(|_| misaligned("driver area", self.driver_area))?;
+        queue
+            .try_set_used_ring_address(GuestAddress(self.device_area))
+            .map_err(|_| misaligned("device area", self.device_area))?;
+        let n = u64::from(self.size);
+        // Split-ring sizes (virtio 1.2 §2.7): 16-byte descriptors; flags,
+        // idx, a u16 per entry and used_event; flags, idx, an 8-byte
+        // element per entry and avail_event.
+        for (area, addr, len) in [
+            ("descriptor table", self.desc_table, 16 * n),
+            ("driver area", self.driver_area, 6 + 2 * n),
+            ("device area", self.device_area, 6 + 8 * n),
+        ] {
+            let inside = addr.checked_add(len).is_some()
+                && mem.check_range(GuestAddress(addr), len as usize);
+            if !inside {
+                return Err(VirtioError::QueueOutsideMemory {
+                    index,
+                    area,
+                    addr,
+                    len,
+                    size: self.size,
+                });
+            }
+        }
+        queue.set_event_idx(event_idx);
+        queue.set_ready(true);
+        Ok(queue)
+    }
+}
+
+/// A virtio-mmio register window in front of `device`: a [`BusDevice`].
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemory,
+    interrupt: Interrupt,
+    queues: Vec<QueueConfig>,
+    status: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    /// The driver wrote a feature bit in a page past the 64 bits.
+    driver_features_unknown: bool,
+    queue_select: u32,
+    activated: bool,
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// A transport for `device`, whose queues live in `mem`, interrupting
+    /// through `line`. Fails if the device declares an impossible queue.
+    pub fn new(device: D, mem: GuestMemory, line: Arc<InterruptLine>) -> Result<Self, VirtioError> {
+        let mut queues = Vec::with_capacity(device.queue_max_sizes().len());
+        for (index, &size) in device.queue_max_sizes().iter().enumerate() {
+            Queue::new(size).map_err(|_| VirtioError::QueueMaxSize {
+                device_type: device.device_type(),
+                index,
+                size,
+            })?;
+            queues.push(QueueConfig::new(size));
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt: Interrupt::new(line),
+            queues,
+            status: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            driver_features_unknown: false,
+            queue_select: 0,
+            activated: false,
+        })
+    }
+
+    /// The device model.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// Whether the device is running (DRIVER_OK was accepted).
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// What the device offers: its own features and `VIRTIO_F_VERSION_1`.
+    fn offered_features(&self) -> u64 {
+        self.device.features() | (1 << VIRTIO_F_VERSION_1)
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut QueueConfig> {
+        let index = usize::try_from(self.queue_select).ok()?;
+        self.queues.get_mut(index)
+    }
+
+    fn broken(&self) -> bool {
+        self.status & (VIRTIO_CONFIG_S_FAILED | VIRTIO_CONFIG_S_NEEDS_RESET) != 0
+    }
+
+    /// Queue registers may change between FEATURES_OK and DRIVER_OK only.
+    fn queues_writable(&self) -> bool {
+        self.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)
+            == VIRTIO_CONFIG_S_FEATURES_OK
+            && !self.broken()
+    }
+
+    /// Driver features may change after DRIVER and before FEATURES_OK.
+    fn features_writable(&self) -> bool {
+        self.status & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK)
+            == VIRTIO_CONFIG_S_DRIVER
+            && !self.broken()
+    }
+
+    /// The device cannot go on until the driver resets it. Past DRIVER_OK
+    /// the driver learns it from a configuration interrupt (virtio 1.2
+    /// §2.1.2); before, from the status it reads back.
+    fn needs_reset(&mut self, why: &dyn std::fmt::Display) {
+        log::debug!(
+            "virtio-mmio device type {}: needs reset: {why}",
+            self.device.device_type()
+        );
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            if let Err(e) = self.interrupt.signal_config_change() {
+                log::debug!("virtio-mmio: configuration interrupt not delivered: {e}");
+            }
+        }
+    }
+
+    /// Status 0: back to the state `new` left, the device included.
+    fn reset(&mut self) {
+        self.device.reset();
+        self.activated = false;
+        self.status = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.driver_features_unknown = false;
+        self.queue_select = 0;
+        for queue in &mut self.queues {
+            *queue = QueueConfig::new(queue.max_size);
+        }
+        self.interrupt.clear();
+    }
+
+    fn features_acceptable(&self) -> bool {
+        !self.driver_features_unknown
+            && self.driver_features & !self.offered_features() == 0
+            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status;
+        let added = value & !old;
+        let refuse = |why: &str| {
+            log::debug!("virtio-mmio: status {value:#x} refused (now {old:#x}): {why}");
+        };
+        if value & old != old {
+            return refuse("a driver clears status bits only by writing 0");
+        }
+        if added & !(PROGRESS_MASK | VIRTIO_CONFIG_S_FAILED) != 0 {
+            return refuse("DEVICE_NEEDS_RESET and reserved bits are not the driver's");
+        }
+        if added & VIRTIO_CONFIG_S_FAILED != 0 {
+            // The driver gave up; nothing else it asks for counts until a reset.
+            self.status |= VIRTIO_CONFIG_S_FAILED;
+            return;
+        }
+        if self.broken() {
+            return refuse("the device needs a reset first");
+        }
+        let progress = value & PROGRESS_MASK;
+        if !PROGRESS_STEPS.contains(&progress) {
+            return refuse("ACKNOWLEDGE, DRIVER, FEATURES_OK and DRIVER_OK come in that order");
+        }
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.features_acceptable() {
+            return refuse(&format!(
+                "features {:#x} are not a subset of the offered {:#x} with VIRTIO_F_VERSION_1",
+                self.driver_features,
+                self.offered_features()
+            ));
+        }
+        self.status = value;
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            if let Err(e) = self.activate() {
+                self.needs_reset(&e);
+            }
+        }
+    }
+
+    fn activate(&mut self) -> Result<(), VirtioError> {
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let device_type = self.device.device_type();
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(index, config)| config.build(index, device_type, &self.mem, event_idx))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.device.activate(Activation {
+            mem: self.mem.clone(),
+            interrupt: self.interrupt.clone(),
+            queues,
+            features: self.driver_features,
+        })?;
+        self.activated = true;
+        // A driver may fill and notify a queue before DRIVER_OK (Linux
+        // drivers that call virtio_device_ready late do): those
+        // notifications were dropped, so each ready queue gets one now.
+        for index in 0..self.queues.len() {
+            if self.queues[index].ready {
+                self.device.queue_notify(index as u16);
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, value: u32) {
+        let ready = usize::try_from(value)
+            .ok()
+            .and_then(|i| self.queues.get(i))
+            .is_some_and(|q| q.ready);
+        if self.activated && ready {
+            self.device.queue_notify(value as u16);
+        }
+    }
+
+    fn read_register(&mut self, offset: u32) -> u32 {
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC_VALUE,
+            VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size.into()),
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready.into()),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            // No shared memory regions: a length of all ones says so.
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_SHM_BASE_LOW | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            // No device here changes its configuration once the driver
+            // runs, so the generation never moves.
+            VIRTIO_MMIO_CONFIG_GENERATION => 0,
+            // Write-only, legacy-only and unknown registers.
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, value: u32) {
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES if self.features_writable() => {
+                match self.driver_features_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => self.driver_features_unknown |= value != 0,
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM if self.queues_writable() => {
+                let index = self.queue_select as usize;
+                let Some(queue) = self.selected_queue() else {
+                    return;
+                };
+                let max = queue.max_size;
+                match u16::try_from(value) {
+                    Ok(size) if size != 0 && size.is_power_of_two() && size <= max => {
+                        queue.size = size
+                    }
+                    _ => self.needs_reset(&VirtioError::QueueSize {
+                        index,
+                        size: value,
+                        max,
+                    }),
+                }
+            }
+            VIRTIO_MMIO_QUEUE_READY if self.queues_writable() => {
+                if let (Some(queue), 0 | 1) = (self.selected_queue(), value) {
+                    queue.ready = value == 1;
+                }
+            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH
+                if self.queues_writable() =>
+            {
+                let Some(queue) = self.selected_queue() else {
+                    return;
+                };
+                let (field, high) = match offset {
+                    VIRTIO_MMIO_QUEUE_DESC_LOW => (&mut queue.desc_table, false),
+                    VIRTIO_MMIO_QUEUE_DESC_HIGH => (&mut queue.desc_table, true),
+                    VIRTIO_MMIO_QUEUE_AVAIL_LOW => (&mut queue.driver_area, false),
+                    VIRTIO_MMIO_QUEUE_AVAIL_HIGH => (&mut queue.driver_area, true),
+                    VIRTIO_MMIO_QUEUE_USED_LOW => (&mut queue.device_area, false),
+                    _ => (&mut queue.device_area, true),
+                };
+                *field = if high {
+                    (*field & 0xffff_ffff) | (u64::from(value) << 32)
+                } else {
+                    (*field & !0xffff_ffff) | u64::from(value)
+                };
+            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.queue_notify(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.acknowledge(value),
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            // Read-only, legacy-only and unknown registers, and writes the
+            // status does not allow now.
+            _ => {}
+        }
+    }
+}
+
+/// A register access: aligned and 32 bits wide, else nothing.
+fn register(offset: u64, len: usize) -> Option<u32> {
+    let offset = u32::try_from(offset).ok()?;
+    (len == 4 && offset % 4 == 0).then_some(offset)
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if offset >= MMIO_WINDOW_LEN {
+            return;
+        }
+        if offset >= CONFIG_SPACE_OFFSET {
+            self.device.read_config(offset - CONFIG_SPACE_OFFSET, data);
+            return;
+        }
+        match register(offset, data.len()) {
+            Some(reg) => data.copy_from_slice(&self.read_register(reg).to_le_bytes()),
+            None => log::debug!(
+                "virtio-mmio: {}-byte read at {offset:#x} ignored: registers are 32-bit",
+                data.len()
+            ),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<BusEvent> {
+        if offset >= MMIO_WINDOW_LEN {
+            return None;
+        }
+        if offset >= CONFIG_SPACE_OFFSET {
+            if self.status & VIRTIO_CONFIG_S_DRIVER != 0 && !self.broken() {
+                self.device.write_config(offset - CONFIG_SPACE_OFFSET, data);
+            }
+            return None;
+        }
+        match (register(offset, data.len()), <[u8; 4]>::try_from(data)) {
+            (Some(reg), Ok(bytes)) => self.write_register(reg, u32::from_le_bytes(bytes)),
+            _ => log::debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored: registers are 32-bit",
+                data.len()
+            ),
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+    use vm_superio::Trigger;
+
+    const MEM_SIZE: u64 = 0x10000;
+    const FAKE_TYPE: u32 = 3;
+    /// Two device-specific features, as a console's F_SIZE and F_MULTIPORT.
+    const FAKE_FEATURES: u64 = 0b11;
+    const QUEUE_MAX: u16 = 16;
+    const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+    const ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+    const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+    const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+    const DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+    const NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+    const FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
+
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+    impl Trigger for Counter {
+        type E = std::io::Error;
+        fn trigger(&self) -> std::io::Result<()> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// A queue as the device received it: ready, size, the three areas.
+    type QueueSummary = (bool, u16, u64, u64, u64);
+
+    /// Two queues (a console's port 0), an 8-byte configuration space of
+    /// which the driver may write the last 4 bytes; needs queue 0.
+    struct FakeDevice {
+        config: [u8; 8],
+        activations: Vec<(u64, Vec<QueueSummary>)>,
+        live: Option<(GuestMemory, Vec<Queue>, Interrupt)>,
+        notified: Vec<u16>,
+        resets: usize,
+    }
+
+    impl FakeDevice {
+        fn new() -> Self {
+            Self {
+                config: [1, 2, 3, 4, 5, 6, 7, 8],
+                activations: Vec::new(),
+                live: None,
+                notified: Vec::new(),
+                resets: 0,
+            }
+        }
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            FAKE_TYPE
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[QUEUE_MAX, QUEUE_MAX]
+        }
+        fn features(&self) -> u64 {
+            FAKE_FEATURES
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_from(&self.config, offset, data);
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            if offset >= 4 {
+                super::super::write_config_into(&mut self.config[4..], offset - 4, data);
+            }
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), VirtioError> {
+            if !a.queues[0].ready() {
+                return Err(VirtioError::QueueNotReady {
+                    device_type: FAKE_TYPE,
+                    index: 0,
+                });
+            }
+            let summary = a
+                .queues
+                .iter()
+                .map(|q| {
+                    (
+                        q.ready(),
+                        q.size(),
+                        q.desc_table(),
+                        q.avail_ring(),
+                        q.used_ring(),
+                    )
+                })
+                .collect();
+            self.activations.push((a.features, summary));
+            self.live = Some((a.mem, a.queues, a.interrupt));
+            Ok(())
+        }
+        /// Consumes whatever the driver's ring holds, garbage included, as
+        /// a device worker would: every chain, every descriptor's first byte.
+        fn queue_notify(&mut self, index: u16) {
+            self.notified.push(index);
+            let Some((mem, queues, interrupt)) = &mut self.live else {
+                panic!("notify before activation");
+            };
+            let queue = &mut queues[usize::from(index)];
+            assert!(queue.ready(), "notify on an unready queue");
+            for _ in 0..queue.size() {
+                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                for desc in chain {
+                    let _ = mem.read_obj::<u8>(desc.addr());
+                }
+                let _ = queue.add_used(&*mem, head, 0);
+            }
+            let _ = interrupt.signal_used_queue();
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+            self.live = None;
+        }
+    }
+
+    fn guest_memory() -> GuestMemory {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    }
+
+    fn transport() -> (MmioTransport<FakeDevice>, Arc<Counter>) {
+        let line = Arc::new(Counter::default());
+        let t = MmioTransport::new(FakeDevice::new(), guest_memory(), line.clone()).unwrap();
+        (t, line)
+    }
+
+    fn read(t: &mut MmioTransport<FakeDevice>, offset: u32) -> u32 {
+        let mut data = [0xaa; 4];
+        t.read(offset.into(), &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write(t: &mut MmioTransport<FakeDevice>, offset: u32, value: u32) {
+        assert_eq!(t.write(offset.into(), &value.to_le_bytes()), None);
+    }
+
+    /// Status as Linux's virtio core sets it: read, OR in a bit, write.
+    fn add_status(t: &mut MmioTransport<FakeDevice>, bit: u32) {
+        let status = read(t, VIRTIO_MMIO_STATUS);
+        write(t, VIRTIO_MMIO_STATUS, status | bit);
+    }
+
+    /// Areas of queue `index`: one page each, away from address 0 (which
+    /// virtio-queue takes for an unset ring).
+    fn areas(index: u32) -> (u64, u64, u64) {
+        let base = 0x1000 + u64::from(index) * 0x1000;
+        (base, base + 0x400, base + 0x800)
+    }
+
+    fn write64(t: &mut MmioTransport<FakeDevice>, low: u32, value: u64) {
+        write(t, low, value as u32);
+        write(t, low + 4, (value >> 32) as u32);
+    }
+
+    /// Linux's `vm_setup_vq`.
+    fn setup_queue(t: &mut MmioTransport<FakeDevice>, index: u32, size: u32, at: (u64, u64, u64)) {
+        write(t, VIRTIO_MMIO_QUEUE_SEL, index);
+        assert_eq!(
+            read(t, VIRTIO_MMIO_QUEUE_READY),
+            0,
+            "queue {index} already set up"
+        );
+        assert_eq!(read(t, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_MAX));
+        write(t, VIRTIO_MMIO_QUEUE_NUM, size);
+        write64(t, VIRTIO_MMIO_QUEUE_DESC_LOW, at.0);
+        write64(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, at.1);
+        write64(t, VIRTIO_MMIO_QUEUE_USED_LOW, at.2);
+        write(t, VIRTIO_MMIO_QUEUE_READY, 1);
+    }
+
+    /// Linux's probe up to FEATURES_OK, accepting `features`; returns
+    /// what the device offered.
+    fn negotiate(t: &mut MmioTransport<FakeDevice>, features: u64) -> u64 {
+        write(t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), 0);
+        add_status(t, ACK);
+        add_status(t, DRIVER);
+        write(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        let mut offered = u64::from(read(t, VIRTIO_MMIO_DEVICE_FEATURES)) << 32;
+        write(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        offered |= u64::from(read(t, VIRTIO_MMIO_DEVICE_FEATURES));
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+        add_status(t, FEATURES_OK);
+        offered
+    }
+
+    /// The whole probe: both queues of 8 entries, then DRIVER_OK.
+    fn bring_up(t: &mut MmioTransport<FakeDevice>) {
+        negotiate(t, VERSION_1 | 1);
+        assert_eq!(read(t, VIRTIO_MMIO_STATUS), ACK | DRIVER | FEATURES_OK);
+        setup_queue(t, 0, 8, areas(0));
+        setup_queue(t, 1, 8, areas(1));
+        add_status(t, DRIVER_OK);
+        assert!(t.is_activated());
+    }
+
+    /// Every register and the configuration space, as the driver sees them.
+    fn snapshot(t: &mut MmioTransport<FakeDevice>) -> Vec<u32> {
+        let mut all: Vec<u32> = (0..0x110).step_by(4).map(|o| read(t, o)).collect();
+        for q in 0..3 {
+            write(t, VIRTIO_MMIO_QUEUE_SEL, q);
+            all.push(read(t, VIRTIO_MMIO_QUEUE_NUM_MAX));
+            all.push(read(t, VIRTIO_MMIO_QUEUE_READY));
+        }
+        write(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        all
+    }
+
+    #[test]
+    fn identity_registers_and_offered_features() {
+        let (mut t, _) = transport();
+        assert_eq!(read(&mut t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(
+            &read(&mut t, VIRTIO_MMIO_MAGIC_VALUE).to_le_bytes(),
+            b"virt"
+        );
+        assert_eq!(read(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_DEVICE_ID), FAKE_TYPE);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_VENDOR_ID), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_SHM_LEN_HIGH), u32::MAX);
+        for (page, want) in [(0, FAKE_FEATURES as u32), (1, 1), (2, 0), (u32::MAX, 0)] {
+            write(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, page);
+            assert_eq!(
+                read(&mut t, VIRTIO_MMIO_DEVICE_FEATURES),
+                want,
+                "page {page}"
+            );
+        }
+        for (queue, max) in [(0, 16), (1, 16), (2, 0), (u32::MAX, 0)] {
+            write(&mut t, VIRTIO_MMIO_QUEUE_SEL, queue);
+            assert_eq!(
+                read(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX),
+                max,
+                "queue {queue}"
+            );
+            assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        }
+        // Write-only registers read 0.
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_DRIVER_FEATURES), 0);
+    }
+
+    #[test]
+    fn linux_handshake_activates_the_device_with_its_queues() {
+        let (mut t, line) = transport();
+        let offered = negotiate(&mut t, VERSION_1 | 1);
+        assert_eq!(offered, VERSION_1 | FAKE_FEATURES);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER | FEATURES_OK);
+        setup_queue(&mut t, 0, 8, areas(0));
+        setup_queue(&mut t, 1, 16, (0x3000, 0x3100, 0x3200));
+        assert!(t.device().activations.is_empty());
+        add_status(&mut t, DRIVER_OK);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_STATUS),
+            ACK | DRIVER | FEATURES_OK | DRIVER_OK
+        );
+        assert!(t.is_activated());
+        let (a0, a1) = (areas(0), (0x3000, 0x3100, 0x3200));
+        assert_eq!(
+            t.device().activations,
+            vec![(
+                VERSION_1 | 1,
+                vec![(true, 8, a0.0, a0.1, a0.2), (true, 16, a1.0, a1.1, a1.2)]
+            )]
+        );
+        // Each ready queue is kicked once at activation, for notifications
+        // the driver sent before DRIVER_OK; the rings are empty.
+        assert_eq!(t.device().notified, vec![0, 1]);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        assert_eq!(t.device().notified, vec![0, 1, 1]);
+        assert_eq!(line.0.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_VRING
+        );
+    }
+
+    #[test]
+    fn features_the_device_did_not_offer_are_refused() {
+        let unoffered = [
+            VERSION_1 | 1 << 5,
+            VERSION_1 | 1 << 40,
+            FAKE_FEATURES, // no VERSION_1: a legacy driver
+            0,
+        ];
+        for features in unoffered {
+            let (mut t, _) = transport();
+            negotiate(&mut t, features);
+            assert_eq!(
+                read(&mut t, VIRTIO_MMIO_STATUS),
+                ACK | DRIVER,
+                "{features:#x}"
+            );
+            // The driver goes on regardless: DRIVER_OK is refused too.
+            add_status(&mut t, FEATURES_OK | DRIVER_OK);
+            assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER);
+            assert!(!t.is_activated());
+        }
+        // A bit in a page past the 64 features.
+        let (mut t, _) = transport();
+        add_status(&mut t, ACK);
+        add_status(&mut t, DRIVER);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 2);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        add_status(&mut t, FEATURES_OK);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER);
+        // Features written after FEATURES_OK do not count.
+        let (mut t, _) = transport();
+        negotiate(&mut t, VERSION_1);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1 << 5);
+        setup_queue(&mut t, 0, 8, areas(0));
+        add_status(&mut t, DRIVER_OK);
+        assert_eq!(t.device().activations[0].0, VERSION_1);
+    }
+
+    #[test]
+    fn status_bits_out_of_order_are_refused() {
+        let (mut t, _) = transport();
+        for bad in [
+            DRIVER,
+            FEATURES_OK,
+            DRIVER_OK,
+            ACK | FEATURES_OK,
+            NEEDS_RESET,
+            0x10,
+            0x20,
+        ] {
+            write(&mut t, VIRTIO_MMIO_STATUS, bad);
+            assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0, "{bad:#x}");
+        }
+        add_status(&mut t, ACK);
+        add_status(&mut t, DRIVER);
+        // DRIVER_OK without FEATURES_OK, as a driver that skips it.
+        add_status(&mut t, DRIVER_OK);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER);
+        // Clearing a bit is only done by a reset.
+        write(&mut t, VIRTIO_MMIO_STATUS, ACK);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER);
+        // FAILED is the driver giving up: kept, and nothing else counts.
+        add_status(&mut t, FAILED);
+        add_status(&mut t, FEATURES_OK);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER | FAILED);
+        assert!(!t.is_activated());
+        // Several steps at once are fine, in order.
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, ACK | DRIVER);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER);
+        assert!(t.device().activations.is_empty());
+    }
+
+    #[test]
+    fn queue_sizes_outside_one_to_max_or_not_powers_of_two_need_reset() {
+        for size in [0, 3, 12, 32, 0x1_0010, u32::MAX] {
+            let (mut t, line) = transport();
+            negotiate(&mut t, VERSION_1);
+            setup_queue(&mut t, 0, size, areas(0));
+            let status = read(&mut t, VIRTIO_MMIO_STATUS);
+            assert_eq!(
+                status,
+                ACK | DRIVER | FEATURES_OK | NEEDS_RESET,
+                "size {size}"
+            );
+            // Before DRIVER_OK the driver reads it back; no interrupt.
+            assert_eq!(line.0.load(Ordering::Relaxed), 0);
+            add_status(&mut t, DRIVER_OK);
+            assert!(!t.is_activated(), "size {size}");
+            // A reset clears it and the next probe works.
+            bring_up(&mut t);
+        }
+        let (mut t, _) = transport();
+        negotiate(&mut t, VERSION_1);
+        setup_queue(&mut t, 0, 1, areas(0));
+        setup_queue(&mut t, 1, 16, areas(1));
+        add_status(&mut t, DRIVER_OK);
+        let queues = &t.device().activations[0].1;
+        assert_eq!((queues[0].1, queues[1].1), (1, 16));
+    }
+
+    #[test]
+    fn queue_areas_outside_memory_or_misaligned_fail_activation() {
+        let a = areas(0);
+        let bad = [
+            (MEM_SIZE - 16 * 4, a.1, a.2), // table runs past the end
+            (a.0, MEM_SIZE, a.2),          // driver area outside
+            (a.0, a.1, MEM_SIZE - 8),      // device area runs past the end
+            (a.0 | 1 << 32, a.1, a.2),     // a high half outside
+            (a.0, a.1, u64::MAX - 3),      // the end overflows
+            (a.0 + 8, a.1, a.2),           // descriptors 16-byte aligned
+            (a.0, a.1 + 1, a.2),           // driver area 2-byte aligned
+            (a.0, a.1, a.2 + 2),           // device area 4-byte aligned
+        ];
+        for at in bad {
+            let (mut t, line) = transport();
+            negotiate(&mut t, VERSION_1);
+            setup_queue(&mut t, 0, 8, at);
+            add_status(&mut t, DRIVER_OK);
+            assert!(!t.is_activated(), "{at:x?}");
+            assert!(t.device().activations.is_empty());
+            assert_eq!(
+                read(&mut t, VIRTIO_MMIO_STATUS),
+                ACK | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET
+            );
+            // Past DRIVER_OK the driver is told by a configuration interrupt.
+            assert_eq!(
+                read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+                VIRTIO_MMIO_INT_CONFIG
+            );
+            assert_eq!(line.0.load(Ordering::Relaxed), 1);
+            // Nothing reaches the device until a reset.
+            write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+            add_status(&mut t, DRIVER_OK);
+            assert!(t.device().notified.is_empty());
+            bring_up(&mut t);
+        }
+    }
+
+    #[test]
+    fn a_device_that_cannot_activate_asks_for_a_reset() {
+        let (mut t, line) = transport();
+        negotiate(&mut t, VERSION_1);
+        setup_queue(&mut t, 1, 8, areas(1));
+        add_status(&mut t, DRIVER_OK);
+        assert!(!t.is_activated());
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS) & NEEDS_RESET, NEEDS_RESET);
+        assert_eq!(line.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn queue_registers_change_only_between_features_ok_and_driver_ok() {
+        let (mut t, _) = transport();
+        add_status(&mut t, ACK);
+        add_status(&mut t, DRIVER);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 3);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK | DRIVER);
+
+        let (mut t, _) = transport();
+        bring_up(&mut t);
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 3);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x8000);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS) & NEEDS_RESET, 0);
+        // Only 0 and 1 are values of QueueReady.
+        let (mut t, _) = transport();
+        negotiate(&mut t, VERSION_1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 2);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn notify_on_an_unready_or_absent_queue_is_ignored() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, VERSION_1);
+        setup_queue(&mut t, 0, 8, areas(0));
+        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0); // before DRIVER_OK
+        add_status(&mut t, DRIVER_OK);
+        assert!(t.is_activated());
+        assert!(
+            !t.device().activations[0].1[1].0,
+            "queue 1 was left unready"
+        );
+        assert_eq!(t.device().notified, vec![0]); // the kick at activation
+        for absent in [1, 2, 0x1_0000, u32::MAX] {
+            write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, absent);
+        }
+        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert_eq!(t.device().notified, vec![0, 0]);
+    }
+
+    #[test]
+    fn interrupt_ack_clears_interrupt_status_bits() {
+        let (mut t, line) = transport();
+        bring_up(&mut t);
+        let irq = t.device().live.as_ref().unwrap().2.clone();
+        irq.signal_config_change().unwrap();
+        let status = read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS);
+        assert_eq!(status, VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        write(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+        assert_eq!(
+            read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+            VIRTIO_MMIO_INT_CONFIG
+        );
+        write(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, u32::MAX);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        // Two queue kicks at activation and the configuration change.
+        assert_eq!(line.0.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn reset_returns_everything_to_its_initial_state() {
+        let (mut fresh, _) = transport();
+        let initial = snapshot(&mut fresh);
+        let (mut t, _) = transport();
+        bring_up(&mut t);
+        write(&mut t, 0x104, 0xdead_beef);
+        write(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_ne!(snapshot(&mut t), initial);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert!(!t.is_activated());
+        assert_eq!(t.device().resets, 2); // the probe's and this one
+        assert!(t.device().live.is_none());
+        // The configuration space is the device's: it keeps the write.
+        write(&mut fresh, VIRTIO_MMIO_STATUS, ACK | DRIVER);
+        write(&mut fresh, 0x104, 0xdead_beef);
+        write(&mut fresh, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(snapshot(&mut t), snapshot(&mut fresh));
+        // And the driver can start over.
+        bring_up(&mut t);
+        assert_eq!(t.device().activations.len(), 2);
+    }
+
+    #[test]
+    fn configuration_space_any_size_writable_after_driver() {
+        let (mut t, _) = transport();
+        let mut two = [0u8; 2];
+        t.read(0x103, &mut two);
+        assert_eq!(two, [4, 5]);
+        let mut eight = [0xffu8; 8];
+        t.read(0x104, &mut eight);
+        assert_eq!(eight, [5, 6, 7, 8, 0, 0, 0, 0]);
+        t.write(0x104, &[9]);
+        assert_eq!(t.device().config[4], 5, "written before DRIVER");
+        add_status(&mut t, ACK);
+        add_status(&mut t, DRIVER);
+        t.write(0x106, &[9, 9, 9, 9]);
+        t.write(0x100, &[0, 0]); // read-only part
+        assert_eq!(t.device().config, [1, 2, 3, 4, 5, 6, 9, 9]);
+    }
+
+    #[test]
+    fn odd_sizes_and_offsets_are_ignored() {
+        let (mut t, _) = transport();
+        let offsets = [
+            0,
+            1,
+            2,
+            3,
+            0x70,
+            0x71,
+            0xfc,
+            0xfe,
+            0xffc,
+            0xfff,
+            0x1000,
+            u64::MAX - 3,
+        ];
+        for offset in offsets.into_iter().chain([u64::MAX]) {
+            for len in [0, 1, 2, 3, 4, 5, 8, 16, 4096] {
+                let mut data = vec![0xaau8; len];
+                t.read(offset, &mut data);
+                if len != 4 || offset % 4 != 0 || offset >= 0x100 {
+                    assert!(
+                        (0x100..0x108).contains(&offset) || data.iter().all(|&b| b == 0),
+                        "read {len} at {offset:#x}: {data:x?}"
+                    );
+                }
+                let mut value = vec![0u8; len];
+                if let Some(first) = value.first_mut() {
+                    *first = ACK as u8;
+                }
+                assert_eq!(t.write(offset, &value), None);
+            }
+        }
+        // Of all those writes only the aligned 4-byte one at 0x70 counted.
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), ACK);
+        let (mut t, _) = transport();
+        let mut one = [0u8; 1];
+        t.read(VIRTIO_MMIO_MAGIC_VALUE.into(), &mut one);
+        assert_eq!(one, [0]);
+        t.write(VIRTIO_MMIO_STATUS.into(), &[ACK as u8, 0]);
+        t.write(VIRTIO_MMIO_STATUS.into(), &[ACK as u8, 0, 0, 0, 0, 0, 0, 0]);
+        t.write(u64::from(VIRTIO_MMIO_STATUS) + 1, &[ACK as u8, 0, 0, 0]);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+    }
+
+    #[test]
+    fn a_device_declaring_an_impossible_queue_is_refused() {
+        struct Bad(Vec<u16>);
+        impl VirtioDevice for Bad {
+            fn device_type(&self) -> u32 {
+                9
+            }
+            fn queue_max_sizes(&self) -> &[u16] {
+                &self.0
+            }
+            fn features(&self) -> u64 {
+                0
+            }
+            fn read_config(&self, _: u64, _: &mut [u8]) {}
+            fn write_config(&mut self, _: u64, _: &[u8]) {}
+            fn activate(&mut self, _: Activation) -> Result<(), VirtioError> {
+                Ok(())
+            }
+            fn queue_notify(&mut self, _: u16) {}
+            fn reset(&mut self) {}
+        }
+        for sizes in [vec![0], vec![128, 3], vec![u16::MAX]] {
+            let line = Arc::new(Counter::default());
+            let err = MmioTransport::new(Bad(sizes.clone()), guest_memory(), line)
+                .err()
+                .unwrap();
+            assert!(matches!(
+                err,
+                VirtioError::QueueMaxSize { device_type: 9, .. }
+            ));
+            assert!(err.to_string().contains("power of two"), "{err}");
+        }
+        let line = Arc::new(Counter::default());
+        assert!(MmioTransport::new(Bad(vec![32768, 1]), guest_memory(), line).is_ok());
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A hostile driver: thousands of random accesses, mostly at real
+    /// registers with small values (so the status machine is reached),
+    /// sometimes a proper bring-up with rings somewhere in guest memory
+    /// full of garbage, which the fake device then consumes.
+    #[test]
+    fn random_accesses_never_panic() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let (mut t, _) = transport();
+        let mut garbage = vec![0u8; MEM_SIZE as usize];
+        garbage.iter_mut().for_each(|b| *b = rng.next() as u8);
+        t.mem.write_slice(&garbage, GuestAddress(0)).unwrap();
+        let registers: Vec<u32> = (0..0x110).step_by(4).collect();
+        let mut activations = 0;
+        for _ in 0..5000 {
+            if rng.below(50) == 0 {
+                negotiate(&mut t, VERSION_1 | rng.below(4));
+                for q in 0..2 {
+                    let at = |rng: &mut XorShift| rng.below(MEM_SIZE + 0x100) & !0xf;
+                    let area = (at(&mut rng), at(&mut rng), at(&mut rng));
+                    setup_queue(&mut t, q, 1 << rng.below(6), area);
+                }
+                add_status(&mut t, DRIVER_OK);
+                activations += usize::from(t.is_activated());
+                continue;
+            }
+            let offset = match rng.below(10) {
+                0 => rng.next(),
+                1 => rng.below(0x1100),
+                _ => registers[rng.below(registers.len() as u64) as usize].into(),
+            };
+            let len = [0, 1, 2, 3, 4, 4, 4, 4, 8][rng.below(9) as usize];
+            let value = match rng.below(4) {
+                0 => rng.next(),
+                1 => rng.below(0x10000),
+                _ => rng.below(0x100),
+            };
+            let mut data = value.to_le_bytes().to_vec();
+            data.resize(len, 0);
+            if rng.below(2) == 0 {
+                t.read(offset, &mut data);
+            } else {
+                assert_eq!(t.write(offset, &data), None);
+            }
+            let status = read(&mut t, VIRTIO_MMIO_STATUS);
+            if t.is_activated() {
+                assert_eq!(status & (FEATURES_OK | DRIVER_OK), FEATURES_OK | DRIVER_OK);
+            }
+            if status & DRIVER_OK != 0 && status & (NEEDS_RESET | FAILED) == 0 {
+                assert!(t.is_activated(), "DRIVER_OK {status:#x} without activation");
+            }
+        }
+        assert!(activations > 10, "only {activations} bring-ups activated");
+        assert!(!t.device().notified.is_empty());
+    }
+}
