@@ -41,6 +41,11 @@ pub fn left_out(name: &str) -> Option<&'static str> {
              pending interrupts (UART and timer) in its LAPIC, never injected, and the guest \
              stalls until --timeout (docs/nested.md)",
         ),
+        "binary_stdout_64k_arrives_unchanged" => Some(
+            "under sustained UART interrupts the lane's inner guest has also stalled and \
+             triple-faulted with the split irqchip, in a CI run after four good ones \
+             (docs/nested.md); the 16 KiB case runs in CI instead",
+        ),
         _ => None,
     }
 }
