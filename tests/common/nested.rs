@@ -288,9 +288,9 @@ fn run_suite() -> Result<Suite, String> {
     let mut outer_log = String::new();
     let mut left = cases.clone();
     // An outer VM that stops answering (TCG's nested SVM has been seen to
-    // stall the whole outer guest) is replaced once, for the cases it did
+    // stall the whole outer guest) is replaced, for the cases it did
     // not finish.
-    for attempt in 1..=2 {
+    for attempt in 1..=OUTER_ATTEMPTS {
         let run = run_outer(&mut lane, &left)?;
         outer_log.push_str(&run.log);
         results.extend(run.cases);
@@ -299,7 +299,7 @@ fn run_suite() -> Result<Suite, String> {
                 .get(c)
                 .is_none_or(|r: &CaseResult| r.status.is_none())
         });
-        if left.is_empty() || attempt == 2 {
+        if left.is_empty() || attempt == OUTER_ATTEMPTS {
             break;
         }
         if run.silent {
@@ -342,7 +342,11 @@ fn say(message: std::fmt::Arguments<'_>) {
 
 /// Longest the lane may say nothing: more than a heartbeat's period, so a
 /// silent lane is an outer VM that stopped.
-const SILENCE_LIMIT: Duration = Duration::from_secs(4 * HEARTBEAT_S as u64);
+const SILENCE_LIMIT: Duration = Duration::from_secs(3 * HEARTBEAT_S as u64);
+/// How many outer VMs a suite may use: TCG's nested SVM has frozen the
+/// whole outer guest twice in one suite, so a frozen one is replaced, for
+/// the cases it did not finish, up to three times.
+const OUTER_ATTEMPTS: u32 = 4;
 /// Seconds between a running case's heartbeat lines.
 const HEARTBEAT_S: u32 = 60;
 
