@@ -117,3 +117,27 @@ pub struct VirtioMmioSlot {
     /// The I/O APIC pin (GSI) the device interrupts on, edge-triggered.
     pub gsi: u32,
 }
+
+impl VirtioMmioSlot {
+    /// The slot as `virtio_mmio.device=` takes it: `<len>K@<addr>:<gsi>`.
+    pub fn cmdline_device(&self) -> String {
+        format!("{}K@{:#x}:{}", self.len >> 10, self.addr, self.gsi)
+    }
+}
+
+/// The virtio-console's register window and interrupt: the first 4 KiB
+/// slot of the virtio-mmio area, which starts 256 MiB into the 32-bit MMIO
+/// gap, well clear of the I/O APIC (`0xfec0_0000`) and the LAPIC. GSI 5 is
+/// the first ISA IRQ the UARTs (3, 4) leave free; the MP table routes ISA
+/// IRQs 0-15 1:1 to I/O APIC pins, edge-triggered and active-high.
+pub const VIRTIO_CONSOLE_SLOT: VirtioMmioSlot = VirtioMmioSlot {
+    addr: 0xd000_0000,
+    len: 0x1000,
+    gsi: 5,
+};
+
+/// The port names of the virtio-console, in port order (port 0 first): the
+/// program's stdout, its stderr, and its stdin. guest-init finds each in
+/// `/sys/class/virtio-ports/*/name`.
+pub const VIRTIO_CONSOLE_PORTS: [&str; 3] =
+    ["microrun.stdout", "microrun.stderr", "microrun.stdin"];
