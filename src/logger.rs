@@ -6,14 +6,25 @@ use crate::spec::Verbosity;
 
 struct StderrLogger;
 
+/// virtio-queue reports what a broken or hostile guest driver does to its
+/// queues as errors; those are the guest's, not microrun's, and a guest
+/// could fill the user's stderr with them: they show at `-v` only.
+fn level(metadata: &Metadata) -> Level {
+    if metadata.target().starts_with("virtio_queue") {
+        metadata.level().max(Level::Debug)
+    } else {
+        metadata.level()
+    }
+}
+
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        level(metadata) <= log::max_level()
     }
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            let level = match record.level() {
+            let level = match level(record.metadata()) {
                 Level::Error => "error",
                 Level::Warn => "warning",
                 Level::Info => "info",

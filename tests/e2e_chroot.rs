@@ -19,6 +19,7 @@ const ENGINE: Engine = Engine {
     unavailable: user_namespaces_unavailable,
     kernel: common::no_kernel,
     nested: false,
+    no_stdin_eof: None,
 };
 
 /// The chroot engine needs user namespaces; `sysctl user.max_user_namespaces=0`

@@ -21,6 +21,7 @@ const ENGINE: Engine = Engine {
     unavailable: || image_cases::unavailable("kvm"),
     kernel: common::project_kernel,
     nested: true,
+    no_stdin_eof: None,
 };
 
 #[test]

@@ -20,6 +20,7 @@ const ENGINE: Engine = Engine {
     unavailable: kvm_cannot_run_linux,
     kernel,
     nested: true,
+    no_stdin_eof: None,
 };
 
 fn kvm_cannot_run_linux() -> Option<String> {
@@ -53,4 +54,53 @@ mod in_kernel_irqchip {
     };
 
     e2e_cases!(ENGINE);
+}
+
+/// With `MICRORUN_VIRTIO=off` the VM has no virtio-console and the UARTs
+/// carry the program's streams, as they do for a kernel without virtio.
+mod uarts {
+    use super::*;
+
+    const ENGINE: Engine = Engine {
+        name: "kvm with MICRORUN_VIRTIO=off",
+        env: &[("MICRORUN_VIRTIO", "off")],
+        no_stdin_eof: Some("a serial port has no end of file"),
+        ..super::ENGINE
+    };
+
+    #[test]
+    fn libs_init_says_hello() {
+        common::run_case(
+            &ENGINE,
+            "uarts::libs_init_says_hello",
+            common::libs_init_says_hello,
+        );
+    }
+
+    #[test]
+    fn binary_stdout_16k_arrives_unchanged() {
+        common::run_case(
+            &ENGINE,
+            "uarts::binary_stdout_16k_arrives_unchanged",
+            common::binary_stdout_16k_arrives_unchanged,
+        );
+    }
+
+    #[test]
+    fn stderr_is_separate() {
+        common::run_case(
+            &ENGINE,
+            "uarts::stderr_is_separate",
+            common::stderr_is_separate,
+        );
+    }
+
+    #[test]
+    fn stdin_is_forwarded() {
+        common::run_case(
+            &ENGINE,
+            "uarts::stdin_is_forwarded",
+            common::stdin_is_forwarded,
+        );
+    }
 }

@@ -17,6 +17,9 @@ const ENGINE: Engine = Engine {
     unavailable: qemu_unavailable,
     kernel: common::project_kernel,
     nested: false,
+    no_stdin_eof: Some(
+        "the qemu engine carries stdin over a serial port, which has no end of file",
+    ),
 };
 
 fn qemu_unavailable() -> Option<String> {

@@ -39,6 +39,9 @@ pub struct Engine {
     /// Where this host's KVM cannot run Linux, run the cases in the
     /// nested-KVM lane ([`nested`]) instead of skipping them.
     pub nested: bool,
+    /// Why the program's stdin never ends under this engine, if it does not
+    /// (a serial port has no end of file).
+    pub no_stdin_eof: Option<&'static str>,
 }
 
 /// Runs one shared case: here, or, for an engine that asks for it on a host
@@ -166,6 +169,14 @@ macro_rules! e2e_cases {
                 &$engine,
                 concat!(module_path!(), "::stdin_is_forwarded"),
                 common::stdin_is_forwarded,
+            );
+        }
+        #[test]
+        fn stdin_ends_when_host_stdin_ends() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::stdin_ends_when_host_stdin_ends"),
+                common::stdin_ends_when_host_stdin_ends,
             );
         }
         #[test]
@@ -349,6 +360,13 @@ fn prerequisites(engine: &Engine) -> Option<&'static Path> {
 
 /// Runs `microrun <engine args> <options> ROOTFS [-- cmd...]`.
 pub fn microrun(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Output {
+    microrun_command(engine, options, rootfs, cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env!("CARGO_BIN_EXE_microrun")))
+}
+
+/// The command line [`microrun`] runs.
+fn microrun_command(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
     command
         .env_remove("MICRORUN_IRQCHIP")
@@ -366,8 +384,6 @@ pub fn microrun(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) 
         command.arg("--").args(cmd);
     }
     command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env!("CARGO_BIN_EXE_microrun")))
 }
 
 /// The exit code, with both streams in the message when it is not `want`
@@ -622,22 +638,33 @@ pub fn two_vcpus_seen_by_nproc(engine: &Engine) {
     assert_eq!(stdout(&output), "2\n");
 }
 
-/// Stdin that is not a terminal reaches the command. A serial port has no
-/// end of file, so the command reads a known number of bytes.
-pub fn stdin_is_forwarded(engine: &Engine) {
+/// `printf abc | microrun ROOTFS -- wc -c` prints 3: the program sees the
+/// end of its stdin when microrun's ends (the virtio-console's stdin port;
+/// a pipe under chroot).
+pub fn stdin_ends_when_host_stdin_ends(engine: &Engine) {
     let Some(root) = prerequisites(engine) else {
         return;
     };
-    let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
-    command
-        .args(engine.args)
-        .args(["--timeout", SAFETY_TIMEOUT]);
-    if let Some(kernel) = (engine.kernel)() {
-        command.arg("--kernel").arg(kernel);
+    if let Some(why) = engine.no_stdin_eof {
+        crate::skipped!("{}: {why}", engine.name);
+        return;
     }
+    let output = microrun_with_stdin(engine, &[], root, &["wc", "-c"], b"abc", Duration::ZERO);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output).trim(), "3");
+}
+
+/// Runs microrun with `input` on its stdin, which stays open `hold` longer.
+pub fn microrun_with_stdin(
+    engine: &Engine,
+    options: &[&str],
+    root: &Path,
+    cmd: &[&str],
+    input: &[u8],
+    hold: Duration,
+) -> Output {
+    let mut command = microrun_command(engine, options, root, cmd);
     command
-        .arg(root)
-        .args(["--", "head", "-c", "12"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -645,11 +672,22 @@ pub fn stdin_is_forwarded(engine: &Engine) {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"from stdin\n\n").unwrap();
-        // Keep stdin open a moment: the guest must not need end of file.
-        std::thread::sleep(Duration::from_millis(200));
+        stdin.write_all(input).unwrap();
+        std::thread::sleep(hold);
     }
-    let output = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Stdin that is not a terminal reaches the command. A serial port has no
+/// end of file, so the command reads a known number of bytes.
+pub fn stdin_is_forwarded(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    // Stdin stays open a moment: the guest must not need end of file.
+    let input = b"from stdin\n\n";
+    let hold = Duration::from_millis(200);
+    let output = microrun_with_stdin(engine, &[], root, &["head", "-c", "12"], input, hold);
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "from stdin\n\n");
 }

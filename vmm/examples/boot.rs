@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         stdout: Box::new(std::io::stdout()),
         process_start,
         seccomp: true,
+        virtio: vmm::VirtioOptions::default(),
     };
     let mut timings = false;
     while let Some(arg) = args.next() {

@@ -13,6 +13,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::{ByteValued, Bytes, GuestAddress, ReadVolatile};
 
+use crate::acpi::AcpiInfo;
 use crate::layout;
 use crate::memory::{self, GuestMemory};
 
@@ -489,13 +490,25 @@ pub fn load_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<(), 
         })
 }
 
-/// Fills the zero page for the Linux 64-bit boot protocol.
+/// The e820 map for `mem_size` bytes, with the ACPI tables' range
+/// reserved when there are tables.
+fn e820_map(mem_size: u64, acpi: Option<&AcpiInfo>) -> Vec<(u64, u64, u32)> {
+    let mut map = memory::e820_map(mem_size);
+    if let Some(acpi) = acpi {
+        acpi.reserve_in_e820(&mut map);
+    }
+    map
+}
+
+/// Fills the zero page for the Linux 64-bit boot protocol; with `acpi`,
+/// it points the kernel at the RSDP and reserves the tables.
 pub fn configure_zero_page(
     mem: &GuestMemory,
     kernel: &LoadedKernel,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
     mem_size: u64,
+    acpi: Option<&AcpiInfo>,
 ) -> Result<(), KernelError> {
     let hdr = match kernel.image.setup_header {
         Some(hdr) => hdr,
@@ -520,7 +533,10 @@ pub fn configure_zero_page(
         params.ext_ramdisk_image = (addr >> 32) as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
-    let map = memory::e820_map(mem_size);
+    let map = e820_map(mem_size, acpi);
+    if let Some(acpi) = acpi {
+        params.acpi_rsdp_addr = acpi.rsdp_addr;
+    }
     for (slot, (addr, size, kind)) in params.e820_table.iter_mut().zip(&map) {
         *slot = boot_e820_entry {
             addr: *addr,
@@ -559,10 +575,11 @@ pub fn configure_pvh(
     mem: &GuestMemory,
     initrd: Option<(u64, u64)>,
     mem_size: u64,
+    acpi: Option<&AcpiInfo>,
 ) -> Result<(), KernelError> {
     const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
     let write_err = |what| move |source| KernelError::GuestMemory { what, source };
-    let map = memory::e820_map(mem_size);
+    let map = e820_map(mem_size, acpi);
     for (i, (addr, size, kind)) in map.iter().enumerate() {
         let entry = MemmapEntry(hvm_memmap_table_entry {
             addr: *addr,
@@ -582,6 +599,7 @@ pub fn configure_pvh(
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: layout::PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: acpi.map_or(0, |a| a.rsdp_addr),
         ..Default::default()
     };
     if let Some((paddr, size)) = initrd {

@@ -17,6 +17,7 @@
 //!     stdout: Box::new(std::io::stdout()),
 //!     process_start: Instant::now(),
 //!     seccomp: true,
+//!     virtio: vmm::VirtioOptions::default(),
 //! })?;
 //! std::process::exit(outcome.end.exit_code().into());
 //! # Ok::<(), vmm::VmmError>(())
@@ -53,6 +54,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use devices::i8042::I8042;
 use devices::ioapic::IoApic;
 use devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
+use devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
+use devices::virtio::MmioTransport;
 use devices::{bus::lock, Bus, Devices};
 pub use initrd::InitrdPart;
 pub use irqchip::IrqChip;
@@ -94,6 +97,52 @@ pub struct VmConfig {
     /// filter after `run` returns, so it can report the outcome and exit,
     /// not open files or start threads (start any thread before `run`).
     pub seccomp: bool,
+    /// The virtio devices, and how the kernel finds them.
+    pub virtio: VirtioOptions,
+}
+
+/// Which virtio devices the VM has and how its kernel learns of them.
+/// Without a console, the UARTs carry the program's streams alone; with
+/// one, the UARTs stay (guest-init falls back to them when the console's
+/// ports never appear) and both write to the same outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VirtioOptions {
+    /// A virtio-console with the program's stdout, stderr and stdin ports
+    /// ([`devices::virtio::console`]); host stdin, when forwarded, goes to
+    /// its stdin port, with an end of file.
+    pub console: bool,
+    /// Name the devices on the kernel command line (`virtio_mmio.device=`,
+    /// for kernels with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+    pub cmdline: bool,
+    /// Describe them in ACPI tables ([`acpi`]), for kernels that find
+    /// virtio-mmio devices only there.
+    pub acpi: bool,
+}
+
+impl VirtioOptions {
+    /// The slots of the devices present, in the order the guest sees them.
+    pub fn slots(&self) -> Vec<layout::VirtioMmioSlot> {
+        if self.console {
+            vec![layout::VIRTIO_CONSOLE_SLOT]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `cmdline` with the `virtio_mmio.device=` arguments in front (before
+    /// any `--` in it, which would hand them to init), when asked for.
+    pub fn kernel_cmdline(&self, cmdline: &str) -> String {
+        let slots = self.slots();
+        if !self.cmdline || slots.is_empty() {
+            return cmdline.to_string();
+        }
+        let mut out: Vec<String> = slots
+            .iter()
+            .map(|s| format!("virtio_mmio.device={}", s.cmdline_device()))
+            .collect();
+        out.push(cmdline.to_string());
+        out.join(" ")
+    }
 }
 
 /// How the VM ended.
@@ -264,6 +313,12 @@ pub enum VmmError {
     /// A seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// The ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// A virtio device.
+    #[error(transparent)]
+    Virtio(#[from] devices::virtio::VirtioError),
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {
@@ -302,7 +357,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         stdout,
         process_start,
         seccomp: seccomp_wanted,
+        virtio,
     } = config;
+    let cmdline = virtio.kernel_cmdline(&cmdline);
     let mut timings = Timings {
         process_start,
         vm_ready: None,
@@ -342,10 +399,13 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         )
         .map_err(host_err("start the stderr writer thread"))?,
     };
-    let (console, stdout): (Box<dyn Write + Send>, Box<dyn Write + Send>) = (
-        Box::new(sinks.console.clone()),
-        Box::new(sinks.stdout.clone()),
-    );
+    let outputs = || -> Outputs {
+        Outputs {
+            console: Box::new(sinks.console.clone()),
+            stdout: Box::new(sinks.stdout.clone()),
+        }
+    };
+    let (uarts, console_ports) = (outputs(), virtio.console.then(outputs));
     let vm = Arc::new(create_vm(&kvm)?);
     let model = irqchip::create(&kvm, &vm, wanted_irqchip)?;
     let spec = BootSpec {
@@ -355,9 +415,10 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         mem_size,
         vcpus,
         irqchip: model,
+        acpi: virtio.acpi,
     };
     let (devices, vcpu_fds) = match model {
-        IrqChip::Split => set_up_guest(&kvm, &vm, &mem, &spec, console, stdout)?,
+        IrqChip::Split => set_up_guest(&kvm, &vm, &mem, &spec, uarts, console_ports)?,
         IrqChip::Kernel => std::thread::scope(|scope| {
             // Switching off PIT re-injection sometimes waits 12-20 ms for an
             // SRCU grace period (see the function); on its own thread that
@@ -365,7 +426,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
             let pit = std::thread::Builder::new()
                 .name("pit".into())
                 .spawn_scoped(scope, || irqchip::switch_off_pit_reinjection(&kvm, &vm));
-            let built = set_up_guest(&kvm, &vm, &mem, &spec, console, stdout);
+            let built = set_up_guest(&kvm, &vm, &mem, &spec, uarts, console_ports);
             let pit = match pit {
                 Ok(thread) => thread
                     .join()
@@ -380,11 +441,11 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
 
     let stdin_gate = if forward_stdin {
         let (open, gate) = mpsc::channel();
-        spawn_stdin_forwarder(
-            Arc::downgrade(&devices.stdout),
-            gate,
-            filters.as_ref().map(|f| f.stdin.clone()),
-        )?;
+        let target = match &devices.console_input {
+            Some(input) => StdinTarget::Virtio(input.clone()),
+            None => StdinTarget::Uart(Arc::downgrade(&devices.stdout)),
+        };
+        spawn_stdin_forwarder(target, gate, filters.as_ref().map(|f| f.stdin.clone()))?;
         Some(open)
     } else {
         None
@@ -461,6 +522,15 @@ struct BootSpec<'a> {
     mem_size: u64,
     vcpus: u8,
     irqchip: IrqChip,
+    /// Write ACPI tables.
+    acpi: bool,
+}
+
+/// Where the guest's console (ttyS0, the stderr port) and stdout (ttyS1,
+/// the stdout port) go.
+struct Outputs {
+    console: Box<dyn Write + Send>,
+    stdout: Box<dyn Write + Send>,
 }
 
 /// Everything between creating the VM and running it: loads the kernel,
@@ -471,8 +541,8 @@ fn set_up_guest(
     vm: &Arc<VmFd>,
     mem: &GuestMemory,
     spec: &BootSpec,
-    console: Box<dyn Write + Send>,
-    stdout: Box<dyn Write + Send>,
+    uarts: Outputs,
+    console_ports: Option<Outputs>,
 ) -> Result<(VmDevices, Vec<kvm_ioctls::VcpuFd>), VmmError> {
     let kernel = kernel::load_kernel(mem, spec.kernel, spec.mem_size)?;
     kernel::load_cmdline(mem, spec.cmdline, kernel.image.cmdline_max)?;
@@ -483,16 +553,32 @@ fn set_up_guest(
         kernel.image.initrd_addr_max,
         spec.mem_size,
     )?;
-    match kernel.protocol {
-        BootProtocol::Linux64 => {
-            kernel::configure_zero_page(mem, &kernel, spec.cmdline.len(), initrd, spec.mem_size)?
-        }
-        BootProtocol::Pvh => kernel::configure_pvh(mem, initrd, spec.mem_size)?,
-    }
+    // The MP table stays for kernels without ACPI; one with ACPI reads
+    // the MADT instead.
     mptable::setup_mptable(mem, spec.vcpus)?;
+    let slots = if console_ports.is_some() {
+        vec![layout::VIRTIO_CONSOLE_SLOT]
+    } else {
+        Vec::new()
+    };
+    let acpi = spec
+        .acpi
+        .then(|| acpi::write_acpi_tables(mem, spec.vcpus, &slots))
+        .transpose()?;
+    match kernel.protocol {
+        BootProtocol::Linux64 => kernel::configure_zero_page(
+            mem,
+            &kernel,
+            spec.cmdline.len(),
+            initrd,
+            spec.mem_size,
+            acpi.as_ref(),
+        )?,
+        BootProtocol::Pvh => kernel::configure_pvh(mem, initrd, spec.mem_size, acpi.as_ref())?,
+    }
     vcpu::setup_boot_tables(mem, kernel.protocol)?;
 
-    let devices = create_devices(vm, spec, console, stdout)?;
+    let devices = create_devices(vm, mem, spec, uarts, console_ports)?;
 
     let mut supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -564,6 +650,8 @@ struct VmDevices {
     map: Arc<Devices>,
     console: Arc<Mutex<ConsoleUart>>,
     stdout: Arc<Mutex<ConsoleUart>>,
+    /// The virtio-console's stdin port, when there is one.
+    console_input: Option<ConsoleInput>,
     vm: Arc<VmFd>,
 }
 
@@ -614,10 +702,12 @@ fn irq_line(
 
 fn create_devices(
     vm: &Arc<VmFd>,
+    mem: &GuestMemory,
     spec: &BootSpec,
-    console: Box<dyn Write + Send>,
-    stdout: Box<dyn Write + Send>,
+    uarts: Outputs,
+    console_ports: Option<Outputs>,
 ) -> Result<VmDevices, VmmError> {
+    let Outputs { console, stdout } = uarts;
     let ioapic = (spec.irqchip == IrqChip::Split).then(|| {
         // The I/O APIC's ID follows the vCPUs' APIC IDs, as in the MP table.
         let sink = Box::new(KvmMsiSink(vm.clone()));
@@ -663,21 +753,68 @@ fn create_devices(
             layout::IO_APIC_MMIO_LEN,
         )?;
     }
+    let console_input = match console_ports {
+        Some(outputs) => {
+            let slot = layout::VIRTIO_CONSOLE_SLOT;
+            let device = Console::new(ConsoleOutputs {
+                stdout: outputs.stdout,
+                stderr: outputs.console,
+            });
+            let input = device.input();
+            let line = Arc::new(irq_line(vm, ioapic.as_ref(), slot.gsi)?);
+            let transport = MmioTransport::new(device, mem.clone(), line)?;
+            mmio.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.len)?;
+            Some(input)
+        }
+        None => None,
+    };
     Ok(VmDevices {
         map: Arc::new(Devices { pio, mmio, ioapic }),
         console,
         stdout,
+        console_input,
         vm: vm.clone(),
     })
 }
 
-/// Feeds host stdin into ttyS1's receive FIFO, never more than fits, from
-/// the first `@` event on (guest-init's `@init`): the guest's serial driver
-/// clears the FIFO when it opens the port, so bytes sent earlier are lost.
-/// The thread is detached: it may be blocked in `read` when the VM ends.
-/// It holds the UART weakly, so that the VM can be torn down meanwhile.
+/// Where host stdin goes.
+enum StdinTarget {
+    /// ttyS1's receive FIFO: no end of file.
+    Uart(std::sync::Weak<Mutex<ConsoleUart>>),
+    /// The virtio-console's stdin port, which ends when stdin does.
+    Virtio(ConsoleInput),
+}
+
+impl StdinTarget {
+    /// Hands over as much of `data` as there is room for; `None` once the
+    /// device is gone.
+    fn send(&self, data: &[u8]) -> Option<usize> {
+        match self {
+            // Upgraded per attempt: between attempts (and while blocked
+            // in `read`) only the weak reference is held.
+            StdinTarget::Uart(uart) => {
+                let uart = uart.upgrade()?;
+                let sent = lock(&uart).receive(data);
+                Some(sent)
+            }
+            StdinTarget::Virtio(input) => input.push(data),
+        }
+    }
+
+    fn end(&self) {
+        if let StdinTarget::Virtio(input) = self {
+            input.close();
+        }
+    }
+}
+
+/// Feeds host stdin to `target`, never more than fits, from the first `@`
+/// event on (guest-init's `@init`): the guest's serial driver clears the
+/// FIFO when it opens the port, so bytes sent earlier are lost. The thread
+/// is detached: it may be blocked in `read` when the VM ends. It holds the
+/// device weakly, so that the VM can be torn down meanwhile.
 fn spawn_stdin_forwarder(
-    uart: std::sync::Weak<Mutex<ConsoleUart>>,
+    target: StdinTarget,
     gate: mpsc::Receiver<()>,
     filter: Option<seccompiler::BpfProgram>,
 ) -> Result<(), VmmError> {
@@ -691,19 +828,17 @@ fn spawn_stdin_forwarder(
             }
             let mut buf = [0u8; 4096];
             let mut stdin = std::io::stdin().lock();
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Ok(0) | Err(_) => return target.end(),
+                    Ok(n) => n,
+                };
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
-                    // Upgraded per attempt: between attempts (and while
-                    // blocked in `read`) only the weak reference is held.
-                    let Some(uart) = uart.upgrade() else {
+                    let Some(sent) = target.send(rest) else {
                         return;
                     };
-                    let sent = lock(&uart).receive(rest);
-                    drop(uart);
                     rest = &rest[sent..];
                     if sent == 0 {
                         std::thread::sleep(Duration::from_millis(1));

@@ -41,6 +41,7 @@ fn config(kernel: &Path, cmdline: &str) -> VmConfig {
         process_start: Instant::now(),
         // The filter would stay on the test's thread after the run.
         seccomp: false,
+        virtio: vmm::VirtioOptions::default(),
     }
 }
 

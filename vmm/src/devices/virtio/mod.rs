@@ -8,6 +8,7 @@
 //! has checked them against guest memory. A device never sees a queue the
 //! driver could still change. Queues are rust-vmm's `virtio-queue`.
 
+pub mod console;
 pub mod mmio;
 
 use std::io;
