@@ -173,6 +173,17 @@ impl Rootfs {
     }
 }
 
+/// `config` encoded, followed by `extra` records (those the host encoder
+/// may not write yet: `ports`, `module`).
+fn encode_with(config: &RunConfig, extra: &[&str]) -> Vec<u8> {
+    let mut bytes = config.encode().unwrap();
+    for record in extra {
+        bytes.extend_from_slice(record.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
 /// A config running `argv`, with no other settings.
 fn command(argv: &[&str]) -> RunConfig {
     RunConfig {
@@ -525,7 +536,15 @@ fn missing_or_malformed_configuration_is_126() {
     for (bytes, reason) in [
         (
             &b"arg=true\0bogus=1\0"[..],
-            "record 2 has the unknown key 'bogus' (expected arg, env, cwd or stdin)",
+            "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports or module)",
+        ),
+        (
+            b"arg=true\0module=relative.ko\0",
+            "record 2 is not module=/PATH or module=/PATH PARAMS",
+        ),
+        (
+            b"ports=virtio\0ports=virtio\0",
+            "record 2 repeats the key 'ports'",
         ),
         (b"arg=true", "the last record has no NUL terminator"),
         (b"arg=true\0noequals\0", "record 2 has no '='"),
@@ -842,4 +861,219 @@ fn config_path_knob_is_honoured() {
         &[("MICRORUN_INIT_CONFIG", "/other-config")],
     );
     assert_eq!(outcome.status(), 9, "stderr: {}", outcome.stderr);
+}
+
+/// The fake sysfs and device directories of the virtio-console's ports, and
+/// the knobs that point guest-init at them.
+const PORTS_SYSFS: &str = "/ports/sys";
+const PORTS_DEV: &str = "/ports/dev";
+const PORTS_KNOBS: [(&str, &str); 2] = [
+    ("MICRORUN_INIT_PORTS_SYSFS", PORTS_SYSFS),
+    ("MICRORUN_INIT_PORTS_DEV", PORTS_DEV),
+];
+
+impl Rootfs {
+    /// A sysfs entry `<PORTS_SYSFS>/<device>` whose `name` file holds `name`.
+    fn port_name(&self, device: &str, name: &[u8]) {
+        let dir = format!("{PORTS_SYSFS}/{device}");
+        fs::create_dir_all(self.path(&dir)).unwrap();
+        self.write(&format!("{dir}/name"), name);
+    }
+
+    /// A stand-in for the device node `<PORTS_DEV>/<device>`: a regular file
+    /// holding `contents`.
+    fn port_device(&self, device: &str, contents: &[u8]) {
+        fs::create_dir_all(self.path(PORTS_DEV)).unwrap();
+        self.write(&format!("{PORTS_DEV}/{device}"), contents);
+    }
+
+    fn read(&self, inside: &str) -> String {
+        String::from_utf8_lossy(&fs::read(self.path(inside)).unwrap()).into_owned()
+    }
+}
+
+/// The three ports as the driver shows them, at device numbers other than
+/// 0..2 (they follow probe order), among entries that must be ignored.
+fn rootfs_with_ports(tools: &Tools) -> Rootfs {
+    let rootfs = Rootfs::new(tools);
+    rootfs.port_name("vport3p0", b"other\n");
+    rootfs.port_name("vport3p1", b"microrun.stdout\n");
+    rootfs.port_name("vport3p2", b"microrun.stderr\n");
+    rootfs.port_name("vport12p7", b"microrun.stdin\n");
+    // Far longer than any name, with no newline, and starting like one.
+    rootfs.port_name("vport9p0", "microrun.stdout".repeat(10_000).as_bytes());
+    // An entry without a name file (not named yet) and one whose name file
+    // is a FIFO with no writer, which must not stall the wait.
+    fs::create_dir_all(rootfs.path(&format!("{PORTS_SYSFS}/vport9p1"))).unwrap();
+    fs::create_dir_all(rootfs.path(&format!("{PORTS_SYSFS}/vport9p2"))).unwrap();
+    let fifo = std::ffi::CString::new(
+        rootfs
+            .path(&format!("{PORTS_SYSFS}/vport9p2/name"))
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: `fifo` is a NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    rootfs.port_device("vport3p0", b"");
+    rootfs.port_device("vport3p1", b"");
+    rootfs.port_device("vport3p2", b"");
+    rootfs
+}
+
+#[test]
+fn virtio_ports_carry_stdout_stderr_and_stdin() {
+    let tools = tools_or_skip!();
+    let rootfs = rootfs_with_ports(&tools);
+    rootfs.port_device("vport12p7", b"from the stdin port\n");
+    let config = RunConfig {
+        forward_stdin: true,
+        ..command(&[
+            "sh",
+            "-c",
+            "read line; echo \"out:$line\"; echo err >&2; exit 4",
+        ])
+    };
+    rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
+    assert_eq!(outcome.status(), 4, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        rootfs.read("/ports/dev/vport3p1"),
+        "out:from the stdin port\n"
+    );
+    assert_eq!(rootfs.read("/ports/dev/vport3p2"), "err\n");
+    // Nothing on the serial stand-ins, and the decoy port was left alone.
+    assert_eq!(outcome.stdout, b"");
+    assert_eq!(outcome.stderr, "");
+    assert_eq!(rootfs.read("/ports/dev/vport3p0"), "");
+}
+
+#[test]
+fn the_stdin_port_is_opened_only_when_stdin_is_forwarded() {
+    let tools = tools_or_skip!();
+    // No device node for the stdin port: opening it would fail and send
+    // guest-init back to the serial ports.
+    let rootfs = rootfs_with_ports(&tools);
+    let config = command(&["sh", "-c", "cat; echo done; echo err >&2"]);
+    rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.stderr, "");
+    assert_eq!(rootfs.read("/ports/dev/vport3p1"), "done\n");
+    assert_eq!(rootfs.read("/ports/dev/vport3p2"), "err\n");
+
+    // Forwarded, the missing node is reported and the serial ports serve.
+    let config = RunConfig {
+        forward_stdin: true,
+        ..command(&["sh", "-c", "echo out; echo err >&2"])
+    };
+    rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: guest-init: cannot open the virtio console's port /ports/dev/vport12p7 \
+         (microrun.stdin): no such file or directory; using the serial ports\nerr\n"
+    );
+    assert_eq!(outcome.stdout, b"out\n");
+}
+
+#[test]
+fn missing_virtio_ports_fall_back_to_the_serial_ports_in_bounded_time() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    // Two of the three: still not enough.
+    rootfs.port_name("vport0p1", b"microrun.stdout\n");
+    rootfs.port_name("vport0p2", b"microrun.stderr\n");
+    rootfs.port_device("vport0p1", b"");
+    rootfs.port_device("vport0p2", b"");
+    let config = command(&["sh", "-c", "echo out; echo err >&2"]);
+    rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio"]));
+    let knobs = [
+        PORTS_KNOBS[0],
+        PORTS_KNOBS[1],
+        ("MICRORUN_INIT_PORTS_WAIT_MS", "300"),
+    ];
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &knobs);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: guest-init: the virtio console's ports did not appear within 300 ms; \
+         using the serial ports\nerr\n"
+    );
+    assert_eq!(outcome.stdout, b"out\n");
+    assert_eq!(rootfs.read("/ports/dev/vport0p1"), "");
+    assert!(
+        outcome.elapsed >= Duration::from_millis(300) && outcome.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        outcome.elapsed
+    );
+
+    // The default wait is 2 s, and a sysfs directory that never appears is
+    // no different from an empty one.
+    let knobs = [("MICRORUN_INIT_PORTS_SYSFS", "/no/such/dir")];
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &knobs);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        outcome.stderr,
+        "microrun: guest-init: the virtio console's ports did not appear within 2 s; \
+         using the serial ports\nerr\n"
+    );
+    assert_eq!(outcome.stdout, b"out\n");
+    assert!(
+        outcome.elapsed >= Duration::from_secs(2) && outcome.elapsed < Duration::from_secs(8),
+        "took {:?}",
+        outcome.elapsed
+    );
+}
+
+#[test]
+fn without_ports_virtio_the_ports_are_not_used() {
+    let tools = tools_or_skip!();
+    let rootfs = rootfs_with_ports(&tools);
+    rootfs.configure(&command(&["sh", "-c", "echo out; echo err >&2"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.stdout, b"out\n");
+    assert_eq!(outcome.stderr, "err\n");
+    assert_eq!(rootfs.read("/ports/dev/vport3p1"), "");
+}
+
+#[test]
+fn modules_that_cannot_be_loaded_are_reported_and_the_command_runs() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    fs::create_dir_all(rootfs.path("/.microrun/modules")).unwrap();
+    // Not an ELF file: finit_module refuses it (ENOEXEC), or refuses every
+    // module (EPERM) without CAP_SYS_MODULE. Nothing here can load.
+    rootfs.write("/.microrun/modules/00-not-a-module.ko", b"not a module\n");
+    let config = command(&["sh", "-c", "echo ran"]);
+    rootfs.write(
+        CONFIG_PATH,
+        &encode_with(
+            &config,
+            &[
+                "module=/.microrun/modules/00-not-a-module.ko",
+                "module=/.microrun/modules/01-missing.ko device=4K@0xd0000000:5",
+            ],
+        ),
+    );
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.stdout, b"ran\n");
+    let lines: Vec<&str> = outcome.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", outcome.stderr);
+    assert!(
+        lines[0].starts_with(
+            "microrun: guest-init: cannot load module /.microrun/modules/00-not-a-module.ko: "
+        ),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1],
+        "microrun: guest-init: cannot load module /.microrun/modules/01-missing.ko: \
+         no such file or directory"
+    );
 }

@@ -6,7 +6,11 @@
 //! | `arg` | one argument, in order; none at all means `/init` |
 //! | `env` | `NAME=value`, added to or replacing the default environment |
 //! | `cwd` | the working directory (default `/`) |
-//! | `stdin` | `1`: the command reads ttyS1; anything else: `/dev/null` |
+//! | `stdin` | `1`: the command reads its stdin channel (ttyS1, or the `microrun.stdin` port); anything else: `/dev/null` |
+//! | `ports` | `virtio`: the host offers a multiport virtio-console with the ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`; anything else: the serial ports only |
+//! | `module` | `/PATH` or `/PATH PARAMS`: a kernel module in the initrd, loaded with `finit_module` and the parameter string `PARAMS` (empty when absent); any number, loaded in order |
+//!
+//! `cwd`, `stdin` and `ports` may appear once each.
 //!
 //! Since every record ends with a NUL byte, the values are used in place as
 //! the C strings `execve` wants; only the pointer arrays are built here.
@@ -37,8 +41,13 @@ pub struct RunConfig {
     pub envp: &'static [*const u8],
     /// The working directory.
     pub cwd: &'static CStr,
-    /// Whether the command's stdin is ttyS1 (else `/dev/null`).
+    /// Whether the command's stdin is forwarded (ttyS1 or the stdin port;
+    /// else `/dev/null`).
     pub forward_stdin: bool,
+    /// Whether the host offers the virtio-console's named ports.
+    pub virtio_ports: bool,
+    /// The `module` records, in order.
+    pub modules: Modules,
 }
 
 impl RunConfig {
@@ -71,10 +80,12 @@ pub enum ConfigError {
     Unterminated,
     /// Record `n` (counting from 1) has no `=`.
     NoEquals(usize),
-    /// Record `n` has a key that is not one of the four.
+    /// Record `n` has a key that is not one of the known ones.
     UnknownKey(usize, &'static [u8]),
     /// Record `n` is an `env` record without `NAME=`.
     BadEnv(usize),
+    /// Record `n` is a `module` record whose path is not absolute.
+    BadModule(usize),
     /// Record `n` repeats a key that may appear only once.
     Duplicate(usize, &'static [u8]),
 }
@@ -86,7 +97,7 @@ pub fn load(path: &CStr) -> Result<RunConfig, ConfigError> {
 }
 
 /// Parses configuration bytes that live for the rest of the process.
-fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
+pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
     if data.last().is_some_and(|&b| b != 0) {
         return Err(ConfigError::Unterminated);
     }
@@ -96,6 +107,7 @@ fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
     let mut envs = 0;
     let mut cwd = None;
     let mut forward_stdin = None;
+    let mut virtio_ports = None;
     for (index, record) in records(data).enumerate() {
         let number = index + 1;
         let (key, value) = split_record(record).ok_or(ConfigError::NoEquals(number))?;
@@ -116,6 +128,16 @@ fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
             b"stdin" => {
                 if forward_stdin.replace(value == b"1").is_some() {
                     return Err(ConfigError::Duplicate(number, key));
+                }
+            }
+            b"ports" => {
+                if virtio_ports.replace(value == b"virtio").is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
+                }
+            }
+            b"module" => {
+                if split_module(value).is_none() {
+                    return Err(ConfigError::BadModule(number));
                 }
             }
             _ => return Err(ConfigError::UnknownKey(number, key)),
@@ -168,7 +190,57 @@ fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         envp,
         cwd: cwd.unwrap_or(c"/"),
         forward_stdin: forward_stdin.unwrap_or(false),
+        virtio_ports: virtio_ports.unwrap_or(false),
+        modules: Modules { data },
     })
+}
+
+/// The `module` records of a configuration, which [`parse`] has checked.
+#[derive(Clone, Copy)]
+pub struct Modules {
+    data: &'static [u8],
+}
+
+/// One `module` record.
+pub struct Module {
+    /// The module file's path, absolute, not NUL-terminated (the record goes
+    /// on after it).
+    pub path: &'static [u8],
+    /// The parameter string for `finit_module` (empty when there is none).
+    pub params: &'static CStr,
+}
+
+impl Modules {
+    /// The modules, in load order.
+    pub fn iter(self) -> impl Iterator<Item = Module> {
+        records(self.data).filter_map(|record| {
+            let (key, value) = split_record(record)?;
+            if key != b"module" {
+                return None;
+            }
+            let (path, params_at) = split_module(value)?;
+            let params = if params_at == value.len() {
+                c""
+            } else {
+                // SAFETY: `params_at` is within `value`, which is followed by
+                // the record's terminating NUL (checked in `parse`), so a
+                // NUL-terminated string starts there in the same allocation.
+                unsafe { CStr::from_ptr(value.as_ptr().add(params_at).cast()) }
+            };
+            Some(Module { path, params })
+        })
+    }
+}
+
+/// Splits a `module` value, `/PATH` or `/PATH PARAMS`, at its first space:
+/// returns the path and the offset of the parameters (the value's length
+/// when there are none). `None` when the path is not absolute.
+fn split_module(value: &[u8]) -> Option<(&[u8], usize)> {
+    let (path, params_at) = match value.iter().position(|&b| b == b' ') {
+        Some(space) => (&value[..space], space + 1),
+        None => (value, value.len()),
+    };
+    path.starts_with(b"/").then_some((path, params_at))
 }
 
 /// The records of the file, each without its terminating NUL.
@@ -248,4 +320,90 @@ fn alloc_pointers(count: usize) -> Result<&'static mut [*const u8], Errno> {
     // SAFETY: mmap memory is page-aligned, the length is a whole number of
     // pointers, and all-zero bytes are a valid (null) pointer value.
     Ok(unsafe { core::slice::from_raw_parts_mut(mem.as_mut_ptr().cast(), count) })
+}
+
+// The binary is `no_std` and cannot host the test harness, so these run from
+// `tests/config.rs`, which includes this file in a std test crate.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modules(config: &RunConfig) -> Vec<(&'static [u8], &'static [u8])> {
+        config
+            .modules
+            .iter()
+            .map(|m| (m.path, m.params.to_bytes()))
+            .collect()
+    }
+
+    fn parse_ok(data: &'static [u8]) -> RunConfig {
+        match parse(data) {
+            Ok(config) => config,
+            Err(_) => panic!("{data:?} did not parse"),
+        }
+    }
+
+    #[test]
+    fn module_records_keep_their_order_and_parameters() {
+        let config = parse_ok(
+            b"module=/.microrun/modules/00-virtio.ko\0arg=true\0\
+              module=/m/01-virtio_mmio.ko device=4K@0xd0000000:5\0\
+              module=/m/02.ko a=1 b=2\0module=/m/03.ko \0",
+        );
+        assert_eq!(
+            modules(&config),
+            [
+                (&b"/.microrun/modules/00-virtio.ko"[..], &b""[..]),
+                (b"/m/01-virtio_mmio.ko", b"device=4K@0xd0000000:5"),
+                (b"/m/02.ko", b"a=1 b=2"),
+                (b"/m/03.ko", b""),
+            ]
+        );
+        assert_eq!(config.command().to_bytes(), b"true");
+        assert!(!config.virtio_ports);
+    }
+
+    #[test]
+    fn no_module_records_means_no_modules() {
+        let config = parse_ok(b"arg=true\0stdin=1\0");
+        assert!(modules(&config).is_empty());
+        assert!(config.forward_stdin);
+        assert!(parse_ok(b"").modules.iter().next().is_none());
+    }
+
+    #[test]
+    fn a_module_path_must_be_absolute() {
+        for data in [
+            &b"arg=true\0module=\0"[..],
+            b"arg=true\0module=rel.ko\0",
+            b"arg=true\0module= /x.ko\0",
+        ] {
+            assert!(matches!(parse(data), Err(ConfigError::BadModule(2))));
+        }
+    }
+
+    #[test]
+    fn ports_virtio_selects_the_virtio_console() {
+        assert!(parse_ok(b"ports=virtio\0arg=true\0").virtio_ports);
+        // Any other value leaves the serial ports, as an unknown `stdin`
+        // value leaves /dev/null.
+        assert!(!parse_ok(b"ports=serial\0").virtio_ports);
+        assert!(matches!(
+            parse(b"ports=virtio\0ports=virtio\0"),
+            Err(ConfigError::Duplicate(2, b"ports"))
+        ));
+    }
+
+    #[test]
+    fn the_old_records_still_parse_as_before() {
+        let config = parse_ok(b"arg=sh\0arg=-c\0env=A=1\0cwd=/tmp\0stdin=0\0");
+        assert_eq!(config.command().to_bytes(), b"sh");
+        assert_eq!(config.cwd.to_bytes(), b"/tmp");
+        assert!(!config.forward_stdin);
+        assert!(!config.virtio_ports);
+        assert!(matches!(
+            parse(b"bogus=1\0"),
+            Err(ConfigError::UnknownKey(1, b"bogus"))
+        ));
+    }
 }

@@ -2,10 +2,15 @@
 //!
 //! The kernel starts it with `rdinit=/.microrun/init`. It mounts `/dev`,
 //! `/proc`, `/sys` (and `/tmp` when the rootfs has none), opens the three
-//! serial ports, announces itself with `@init` on ttyS2, runs the command
-//! from `/.microrun/run` with stdout on ttyS1 and stderr on ttyS0, reaps
+//! serial ports, announces itself with `@init` on ttyS2, reads the run
+//! configuration `/.microrun/run`, loads the kernel modules it lists, and,
+//! when it says `ports=virtio`, waits (up to 2 s) for the virtio-console's
+//! ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`. It runs
+//! the command with stdout and stderr on those ports (on ttyS1 and ttyS0
+//! without them), stdin on the stdin port (ttyS1) when forwarded, reaps
 //! every process, and writes the command's exit status as one line on ttyS2
-//! once ttyS1 has drained. Then it powers the machine off.
+//! once ttyS1 has drained. Then it powers the machine off. Its own messages
+//! always go to ttyS0.
 //!
 //! It is a freestanding static executable (`no_std`, raw system calls via
 //! rustix, no libc), so it runs on any rootfs, even one without a libc.
@@ -24,13 +29,19 @@
 //! - `MICRORUN_INIT_STDIN=fd:N`: the forwarded stdin, when it is not the
 //!   stdout channel (the chroot engine passes microrun's own stdin);
 //! - `MICRORUN_INIT_NO_POWEROFF=1`: exit after the status line instead of
-//!   powering off.
+//!   powering off;
+//! - `MICRORUN_INIT_PORTS_SYSFS`, `MICRORUN_INIT_PORTS_DEV`: where the
+//!   virtio-console's ports are looked for (defaults
+//!   `/sys/class/virtio-ports`, `/dev`);
+//! - `MICRORUN_INIT_PORTS_WAIT_MS`: how long to wait for them (default 2000).
 
 #![no_std]
 #![no_main]
 
 mod config;
 mod console;
+mod modules;
+mod ports;
 mod rt;
 mod sys;
 
@@ -68,6 +79,10 @@ static STATUS_FD: AtomicI32 = AtomicI32::new(-1);
 static STATUS_SENT: AtomicBool = AtomicBool::new(false);
 static NO_POWEROFF: AtomicBool = AtomicBool::new(false);
 static FINISHING: AtomicBool = AtomicBool::new(false);
+/// The virtio-console's ports, when in use (see [`use_virtio_ports`]).
+static PORT_STDOUT_FD: AtomicI32 = AtomicI32::new(-1);
+static PORT_STDERR_FD: AtomicI32 = AtomicI32::new(-1);
+static PORT_STDIN_FD: AtomicI32 = AtomicI32::new(-1);
 
 impl GlobalState {
     fn fd(slot: &AtomicI32) -> Option<BorrowedFd<'static>> {
@@ -111,7 +126,11 @@ struct Knobs {
     config: &'static CStr,
     skip_mounts: bool,
     no_poweroff: bool,
+    ports: ports::Settings,
 }
+
+/// How long to wait for the virtio-console's ports by default.
+const PORTS_WAIT_MS: u32 = 2000;
 
 impl Knobs {
     fn from_env(envp: *const *const u8) -> Self {
@@ -122,6 +141,11 @@ impl Knobs {
             config: c"/.microrun/run",
             skip_mounts: false,
             no_poweroff: false,
+            ports: ports::Settings {
+                sysfs: c"/sys/class/virtio-ports",
+                dev: c"/dev",
+                wait_ms: PORTS_WAIT_MS,
+            },
         };
         let mut entry = envp;
         loop {
@@ -156,6 +180,13 @@ impl Knobs {
             b"MICRORUN_INIT_CONFIG" => self.config = value_cstr,
             b"MICRORUN_INIT_SKIP_MOUNTS" => self.skip_mounts = value == b"1",
             b"MICRORUN_INIT_NO_POWEROFF" => self.no_poweroff = value == b"1",
+            b"MICRORUN_INIT_PORTS_SYSFS" => self.ports.sysfs = value_cstr,
+            b"MICRORUN_INIT_PORTS_DEV" => self.ports.dev = value_cstr,
+            b"MICRORUN_INIT_PORTS_WAIT_MS" => {
+                if let Some(ms) = parse_ms(value) {
+                    self.ports.wait_ms = ms;
+                }
+            }
             b"MICRORUN_INIT_STDIN" => {
                 if let Channel::Fd(fd) = Channel::parse(value_cstr) {
                     STDIN_FD.store(fd, core::sync::atomic::Ordering::Relaxed);
@@ -164,6 +195,26 @@ impl Knobs {
             _ => {}
         }
     }
+}
+
+/// A decimal number of milliseconds, at most ten minutes; `None` for
+/// anything else.
+fn parse_ms(digits: &[u8]) -> Option<u32> {
+    const MAX_MS: u32 = 600_000;
+    if digits.is_empty() {
+        return None;
+    }
+    let mut ms: u32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        ms = ms.checked_mul(10)?.checked_add(u32::from(d - b'0'))?;
+        if ms > MAX_MS {
+            return None;
+        }
+    }
+    Some(ms)
 }
 
 impl Channel {
@@ -356,6 +407,10 @@ pub fn main(envp: *const *const u8) -> ! {
             finish(CANNOT_EXECUTE)
         }
     };
+    modules::load_all(config.modules);
+    if config.virtio_ports {
+        use_virtio_ports(knobs.ports, config.forward_stdin);
+    }
     // The command's relative paths resolve from here, and so do the checks
     // that explain an exec failure.
     if let Err(e) = rustix::process::chdir(config.cwd) {
@@ -376,6 +431,51 @@ pub fn main(envp: *const *const u8) -> ! {
     }
     let status = run(&config, pid1);
     finish(status)
+}
+
+/// Waits for the virtio-console's ports and keeps them for the command's
+/// stdio; when they cannot be had, says so on the console and leaves the
+/// serial ports in place.
+fn use_virtio_ports(settings: ports::Settings, forward_stdin: bool) {
+    match ports::wait_and_open(settings, forward_stdin) {
+        Ok(ports) => {
+            PORT_STDOUT_FD.store(ports.stdout.into_raw_fd(), Ordering::Relaxed);
+            PORT_STDERR_FD.store(ports.stderr.into_raw_fd(), Ordering::Relaxed);
+            if let Some(stdin) = ports.stdin {
+                PORT_STDIN_FD.store(stdin.into_raw_fd(), Ordering::Relaxed);
+            }
+        }
+        Err(error) => {
+            let mut line = Line::new();
+            line.text(b"microrun: guest-init: ");
+            match error {
+                ports::PortsError::Timeout => {
+                    line.text(b"the virtio console's ports did not appear within ");
+                    if settings.wait_ms.is_multiple_of(1000) {
+                        line.num(u64::from(settings.wait_ms / 1000)).text(b" s")
+                    } else {
+                        line.num(u64::from(settings.wait_ms)).text(b" ms")
+                    }
+                }
+                ports::PortsError::OpenDev(e) => line
+                    .text(b"cannot open the device directory ")
+                    .text(settings.dev.to_bytes())
+                    .text(b": ")
+                    .errno(e),
+                ports::PortsError::Open(port, device, e) => line
+                    .text(b"cannot open the virtio console's port ")
+                    .text(settings.dev.to_bytes())
+                    .text(b"/")
+                    .text(device.as_bytes())
+                    .text(b" (")
+                    .text(port.name())
+                    .text(b"): ")
+                    .errno(e),
+            };
+            line.text(b"; using the serial ports")
+                .send(GlobalState::console());
+        }
+    }
 }
 
 /// Opens a channel read-write in raw mode and records it in `slot`;
@@ -426,11 +526,15 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .num(n as u64)
                     .text(b" has the unknown key '")
                     .text(key)
-                    .text(b"' (expected arg, env, cwd or stdin)"),
+                    .text(b"' (expected arg, env, cwd, stdin, ports or module)"),
                 ConfigError::BadEnv(n) => line
                     .text(b"record ")
                     .num(n as u64)
                     .text(b" is not env=NAME=value"),
+                ConfigError::BadModule(n) => line
+                    .text(b"record ")
+                    .num(n as u64)
+                    .text(b" is not module=/PATH or module=/PATH PARAMS"),
                 ConfigError::Duplicate(n, key) => line
                     .text(b"record ")
                     .num(n as u64)
@@ -525,20 +629,32 @@ fn send_report(report: &OwnedFd, stage: u8, errno: Errno, path: &[u8]) {
     console::write_all(report.as_fd(), &buf[..5 + n + 1]);
 }
 
-/// Puts stdin (ttyS1 or /dev/null), stdout (ttyS1) and stderr (ttyS0) on
-/// descriptors 0, 1 and 2.
+/// Puts stdin, stdout and stderr on descriptors 0, 1 and 2: the
+/// virtio-console's ports when in use, else ttyS1 and ttyS0; stdin is the
+/// stdin port (or ttyS1) when forwarded, else /dev/null.
 fn setup_stdio(config: &config::RunConfig) -> Result<(), Errno> {
-    let (Some(stdout), Some(console)) = (GlobalState::stdout(), GlobalState::console()) else {
+    let (Some(serial_stdout), Some(console)) = (GlobalState::stdout(), GlobalState::console())
+    else {
         return Err(Errno::BADF);
     };
+    let (stdout, stderr) = match (
+        GlobalState::fd(&PORT_STDOUT_FD),
+        GlobalState::fd(&PORT_STDERR_FD),
+    ) {
+        (Some(stdout), Some(stderr)) => (stdout, stderr),
+        _ => (serial_stdout, console),
+    };
     let stdin_fd = STDIN_FD.load(core::sync::atomic::Ordering::Relaxed);
-    let stdin = if config.forward_stdin && stdin_fd >= 0 {
+    let stdin = if let (true, Some(port)) = (config.forward_stdin, GlobalState::fd(&PORT_STDIN_FD))
+    {
+        rustix::io::fcntl_dupfd_cloexec(port, 3)?
+    } else if config.forward_stdin && stdin_fd >= 0 {
         // SAFETY: the fd was inherited from the parent and stays open for
         // guest-init's lifetime; it is only borrowed to duplicate it.
         let inherited = unsafe { rustix::fd::BorrowedFd::borrow_raw(stdin_fd) };
         rustix::io::fcntl_dupfd_cloexec(inherited, 3)?
     } else if config.forward_stdin {
-        rustix::io::fcntl_dupfd_cloexec(stdout, 3)?
+        rustix::io::fcntl_dupfd_cloexec(serial_stdout, 3)?
     } else {
         match rustix::fs::open(
             c"/dev/null",
@@ -555,7 +671,7 @@ fn setup_stdio(config: &config::RunConfig) -> Result<(), Errno> {
     // overwrites another that is still needed.
     let stdin = rustix::io::fcntl_dupfd_cloexec(&stdin, 3)?;
     let stdout = rustix::io::fcntl_dupfd_cloexec(stdout, 3)?;
-    let stderr = rustix::io::fcntl_dupfd_cloexec(console, 3)?;
+    let stderr = rustix::io::fcntl_dupfd_cloexec(stderr, 3)?;
     rustix::stdio::dup2_stdin(&stdin)?;
     rustix::stdio::dup2_stdout(&stdout)?;
     rustix::stdio::dup2_stderr(&stderr)?;

@@ -1,5 +1,7 @@
 //! The few system calls rustix keeps out of its public API: `fork`,
-//! `execve`, `exit_group`, and `kill(-1, sig)`.
+//! `execve`, `exit_group`, and `kill(-1, sig)`; and `clock_gettime`, whose
+//! rustix version goes through the vDSO (several KiB of ELF parsing, for a
+//! clock read a few hundred times at most).
 
 use core::arch::asm;
 
@@ -8,7 +10,9 @@ use rustix::io::Errno;
 const SYS_FORK: usize = 57;
 const SYS_EXECVE: usize = 59;
 const SYS_KILL: usize = 62;
+const SYS_CLOCK_GETTIME: usize = 228;
 const SYS_EXIT_GROUP: usize = 231;
+const CLOCK_MONOTONIC: usize = 1;
 
 /// Turns a raw system call return value into a result.
 fn check(ret: isize) -> Result<usize, Errno> {
@@ -100,4 +104,34 @@ pub fn kill_all(signal: i32) -> Result<(), Errno> {
         );
     }
     check(ret).map(|_| ())
+}
+
+/// The monotonic clock, in nanoseconds (0 if it cannot be read, which the
+/// kernel never does for CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = rustix::thread::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let ret: isize;
+    // SAFETY: `clock_gettime` writes one `struct timespec` (two 64-bit
+    // integers, which is what rustix's Timespec is on x86-64) to the pointer,
+    // which points at `ts`, alive and writable for the whole call.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_CLOCK_GETTIME => ret,
+            in("rdi") CLOCK_MONOTONIC,
+            in("rsi") &mut ts as *mut rustix::thread::Timespec,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    if check(ret).is_err() {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
