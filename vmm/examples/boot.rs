@@ -1,5 +1,5 @@
 //! A tiny driver for benchmarks and manual checks:
-//! `boot KERNEL [--mem MIB] [--cpus N] [--cmdline TEXT] [--initrd FILE] [--timeout-ms MS] [--stdin] [--irqchip split|kernel] [--no-seccomp] [--timings]`.
+//! `boot KERNEL [--mem MIB] [--cpus N] [--cmdline TEXT] [--initrd FILE] [--timeout-ms MS] [--stdin] [--irqchip split|kernel] [--no-seccomp] [--virtio-console cmdline|acpi] [--timings]`.
 //! Exits with the VM's exit code (125 on a VMM error).
 
 use std::process::ExitCode;
@@ -41,6 +41,14 @@ fn main() -> ExitCode {
                     "kernel" => vmm::IrqChip::Kernel,
                     _ => vmm::IrqChip::Split,
                 }
+            }
+            "--virtio-console" => {
+                let acpi = value() == "acpi";
+                config.virtio = vmm::VirtioOptions {
+                    console: true,
+                    cmdline: !acpi,
+                    acpi,
+                };
             }
             "--timings" => timings = true,
             _ => config.kernel = arg.into(),
