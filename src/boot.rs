@@ -9,7 +9,8 @@ use initrd_tools::newc::NewcWriter;
 use initrd_tools::PackOptions;
 
 use crate::embedded::GUEST_INIT;
-use crate::runconfig::{RunConfig, CONFIG_PATH, INIT_PATH};
+use crate::guest_kernel::{GuestModule, VirtioPlan};
+use crate::runconfig::{ModuleLoad, RunConfig, CONFIG_PATH, INIT_PATH, MODULES_DIR};
 use crate::spec::{Rootfs, RunSpec, Verbosity};
 
 /// The directory of guest-init and its run configuration in the guest.
@@ -82,8 +83,9 @@ impl BootInitrd {
 }
 
 /// Packs or converts (or finds in the cache) the rootfs and builds the
-/// guest-init archive for `spec`.
-pub fn prepare_initrd(spec: &RunSpec) -> Result<BootInitrd, BootError> {
+/// guest-init archive for `spec`, with the ports and the modules of the
+/// `virtio` plan.
+pub fn prepare_initrd(spec: &RunSpec, virtio: &VirtioPlan) -> Result<BootInitrd, BootError> {
     let rootfs = match &spec.rootfs {
         Rootfs::Dir(dir) => initrd_tools::cached_pack(dir, &PackOptions::from_env()?)?,
         Rootfs::Image(image) => image.cached_convert()?,
@@ -101,7 +103,7 @@ pub fn prepare_initrd(spec: &RunSpec) -> Result<BootInitrd, BootError> {
     let init_archive = if spec.no_init {
         None
     } else {
-        Some(init_archive(&run_config(spec))?)
+        Some(init_archive(&vm_run_config(spec, virtio), &virtio.modules)?)
     };
     Ok(BootInitrd {
         rootfs,
@@ -110,24 +112,61 @@ pub fn prepare_initrd(spec: &RunSpec) -> Result<BootInitrd, BootError> {
     })
 }
 
-/// The run configuration guest-init reads, from the engine-neutral spec.
+/// The run configuration guest-init reads, from the engine-neutral spec:
+/// the program's streams on the UARTs (or the chroot engine's pipes), no
+/// modules.
 pub fn run_config(spec: &RunSpec) -> RunConfig {
     RunConfig {
         argv: spec.command.clone(),
         env: spec.env.clone(),
         workdir: spec.workdir.clone(),
         forward_stdin: spec.forward_stdin,
+        virtio_ports: false,
+        modules: Vec::new(),
     }
 }
 
-/// The second archive: `/.microrun/init` and `/.microrun/run`.
-pub fn init_archive(config: &RunConfig) -> Result<Vec<u8>, BootError> {
+/// The run configuration of a VM run: [`run_config`], the virtio ports when
+/// the plan offers the console, and the plan's modules at the paths
+/// [`init_archive`] gives them.
+pub fn vm_run_config(spec: &RunSpec, virtio: &VirtioPlan) -> RunConfig {
+    RunConfig {
+        virtio_ports: virtio.console,
+        modules: virtio
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(index, module)| ModuleLoad {
+                path: module_path(index, module),
+                params: module.params.clone(),
+            })
+            .collect(),
+        ..run_config(spec)
+    }
+}
+
+/// Where the `index`th module (from 0, in load order) lies in the initrd:
+/// `/.microrun/modules/NN-<name>.ko`.
+pub fn module_path(index: usize, module: &GuestModule) -> String {
+    format!("{MODULES_DIR}/{index:02}-{}", module.file_name)
+}
+
+/// The second archive: `/.microrun/init`, `/.microrun/run` and, when there
+/// are `modules`, `/.microrun/modules/NN-<name>.ko` for each.
+pub fn init_archive(config: &RunConfig, modules: &[GuestModule]) -> Result<Vec<u8>, BootError> {
     let encoded = config.encode()?;
+    let modules_len: usize = modules.iter().map(|m| m.bytes.len() + 256).sum();
     let build = || -> std::io::Result<Vec<u8>> {
-        let mut w = NewcWriter::new(Vec::with_capacity(GUEST_INIT.len() + 1024));
+        let mut w = NewcWriter::new(Vec::with_capacity(GUEST_INIT.len() + modules_len + 1024));
         w.add_dir(INIT_DIR, 0o755)?;
         w.add_file(&INIT_PATH[1..], 0o755, GUEST_INIT)?;
         w.add_file(&CONFIG_PATH[1..], 0o644, &encoded)?;
+        if !modules.is_empty() {
+            w.add_dir(&MODULES_DIR[1..], 0o755)?;
+        }
+        for (index, module) in modules.iter().enumerate() {
+            w.add_file(&module_path(index, module)[1..], 0o644, &module.bytes)?;
+        }
         w.finish()
     };
     build().map_err(BootError::InitArchive)
@@ -231,7 +270,7 @@ mod tests {
     fn the_init_archive_carries_guest_init_and_the_run_config() {
         let mut s = spec(false, Verbosity::Normal);
         s.command = vec!["/bin/echo".into(), "hi".into()];
-        let archive = init_archive(&run_config(&s)).unwrap();
+        let archive = init_archive(&run_config(&s), &[]).unwrap();
         assert_eq!(archive.len() % 4, 0);
         assert!(archive.starts_with(b"070701"));
         let find = |needle: &[u8]| archive.windows(needle.len()).any(|w| w == needle);
@@ -239,5 +278,83 @@ mod tests {
         assert!(find(b".microrun/run\0"));
         assert!(find(b"arg=/bin/echo\0arg=hi\0"));
         assert!(find(&GUEST_INIT[..64]));
+    }
+
+    /// The archive's members: (name, mode, contents).
+    fn members(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut reader = archive;
+        loop {
+            let mut member = cpio::NewcReader::new(reader).unwrap();
+            if member.entry().is_trailer() {
+                return out;
+            }
+            let (name, mode) = (member.entry().name().to_string(), member.entry().mode());
+            let mut data = Vec::new();
+            member.read_to_end(&mut data).unwrap();
+            out.push((name, mode, data));
+            reader = member.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn modules_lie_in_the_init_archive_where_the_run_config_says() {
+        let module = |name: &str, params: &str| GuestModule {
+            file_name: format!("{name}.ko"),
+            bytes: format!("\x7fELF {name}").into_bytes(),
+            params: params.into(),
+        };
+        let plan = VirtioPlan {
+            console: true,
+            acpi_discovery: true,
+            modules: vec![
+                module("virtio_ring", ""),
+                module("virtio", ""),
+                module("virtio_mmio", "device=4K@0xd0000000:5"),
+                module("virtio_console", ""),
+            ],
+            ..VirtioPlan::default()
+        };
+        let mut s = spec(false, Verbosity::Normal);
+        s.command = vec!["true".into()];
+        let config = vm_run_config(&s, &plan);
+        let archive = init_archive(&config, &plan.modules).unwrap();
+        let entries = members(&archive);
+        let names: Vec<&str> = entries.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ".microrun",
+                ".microrun/init",
+                ".microrun/run",
+                ".microrun/modules",
+                ".microrun/modules/00-virtio_ring.ko",
+                ".microrun/modules/01-virtio.ko",
+                ".microrun/modules/02-virtio_mmio.ko",
+                ".microrun/modules/03-virtio_console.ko",
+            ]
+        );
+        for (index, module) in plan.modules.iter().enumerate() {
+            let (_, mode, data) = &entries[4 + index];
+            assert_eq!(mode & 0o7777, 0o644);
+            assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
+            assert_eq!(data, &module.bytes);
+        }
+        assert_eq!(entries[3].1 & libc::S_IFMT, libc::S_IFDIR);
+        assert_eq!(
+            entries[2].2,
+            b"arg=true\0ports=virtio\0\
+              module=/.microrun/modules/00-virtio_ring.ko\0\
+              module=/.microrun/modules/01-virtio.ko\0\
+              module=/.microrun/modules/02-virtio_mmio.ko device=4K@0xd0000000:5\0\
+              module=/.microrun/modules/03-virtio_console.ko\0"
+        );
+        // The UARTs: no ports record, no modules directory.
+        let uarts = VirtioPlan::uarts("off".into());
+        let archive = init_archive(&vm_run_config(&s, &uarts), &uarts.modules).unwrap();
+        let entries = members(&archive);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].2, b"arg=true\0");
+        assert_eq!(vm_run_config(&s, &uarts), run_config(&s));
     }
 }

@@ -6,6 +6,7 @@
 pub mod boot;
 pub mod embedded;
 pub mod engine;
+pub mod guest_kernel;
 pub mod image;
 pub mod kernel;
 pub mod logger;

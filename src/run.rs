@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::boot::{kernel_cmdline, prepare_initrd};
 use crate::engine::{chroot, kvm, qemu};
+use crate::guest_kernel::{self, VirtioPlan};
 use crate::spec::{PhaseTimes, RunOutcome, RunSpec};
 
 /// The least guest memory besides the initrd that microrun accepts: a
@@ -52,7 +53,11 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
     }
     let kernel = crate::kernel::discover(vm.kernel.as_deref())?;
     log::info!("kernel: {}", kernel.display());
-    let initrd = prepare_initrd(spec).context("cannot prepare the initrd")?;
+    let virtio = virtio_plan(spec, engine, &kernel)?;
+    for note in &virtio.notes {
+        log::info!("virtio: {note}");
+    }
+    let initrd = prepare_initrd(spec, &virtio).context("cannot prepare the initrd")?;
     // The initrd must lie below the 32-bit MMIO gap beside the kernel,
     // however much memory there is above it.
     let never_fits = initrd.len().saturating_add(MIN_MEM_BESIDES_INITRD);
@@ -105,6 +110,7 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
                 cmdline,
                 mem_size,
                 vcpus: vm.cpus,
+                virtio: virtio.devices(),
             },
         )?,
         Engine::Qemu => qemu::run(
@@ -126,6 +132,37 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
         }
     }
     Ok(outcome)
+}
+
+/// How the guest gets its virtio-console ([`guest_kernel::plan`]). The qemu
+/// engine has no virtio-serial yet, and without guest-init nothing opens
+/// the ports or loads the modules: both use the UARTs. `MICRORUN_VIRTIO` is
+/// checked for every VM engine alike.
+fn virtio_plan(
+    spec: &RunSpec,
+    engine: Engine,
+    kernel: &std::path::Path,
+) -> Result<VirtioPlan, guest_kernel::GuestKernelError> {
+    guest_kernel::setting_from_env()?;
+    if engine == Engine::Qemu {
+        return Ok(VirtioPlan::uarts(
+            "the qemu engine has no virtio-console yet: the program's streams go over the UARTs"
+                .to_string(),
+        ));
+    }
+    if spec.no_init {
+        return Ok(VirtioPlan::uarts(
+            "--no-init: no guest-init to open the virtio-console's ports: the UARTs only"
+                .to_string(),
+        ));
+    }
+    let started = Instant::now();
+    let plan = guest_kernel::plan(kernel)?;
+    log::debug!(
+        "virtio: planned in {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(plan)
 }
 
 /// What to add when a VM ended before guest-init reported `@init`: the

@@ -9,6 +9,11 @@
 //! | `env` | `NAME=value`, added to or replacing guest-init's default environment (`PATH`, `HOME=/`, `TERM=linux`) |
 //! | `cwd` | the working directory (default `/`) |
 //! | `stdin` | `1`: the command reads ttyS1; otherwise it reads `/dev/null` |
+//! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs) |
+//! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
+//!
+//! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
+//! `module`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -19,7 +24,7 @@
 //!     argv: vec!["echo".into(), "hi".into()],
 //!     env: vec![("LANG".into(), "C".into())],
 //!     workdir: Some("/tmp".into()),
-//!     forward_stdin: false,
+//!     ..Default::default()
 //! };
 //! assert_eq!(
 //!     config.encode().unwrap(),
@@ -36,6 +41,9 @@ pub const INIT_PATH: &str = "/.microrun/init";
 /// Where guest-init reads the run configuration.
 pub const CONFIG_PATH: &str = "/.microrun/run";
 
+/// The directory of the kernel modules guest-init loads.
+pub const MODULES_DIR: &str = "/.microrun/modules";
+
 /// Why a run configuration cannot be encoded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RunConfigError {
@@ -48,6 +56,15 @@ pub enum RunConfigError {
         field: &'static str,
         /// The offending value.
         value: String,
+    },
+    /// A module's path is not absolute or contains a space or NUL.
+    #[error(
+        "the module path {path:?} cannot be passed to guest-init: it must be absolute, without \
+         spaces or NUL bytes"
+    )]
+    ModulePath {
+        /// The offending path.
+        path: String,
     },
     /// An environment variable name is empty or contains `=`.
     #[error(
@@ -71,6 +88,21 @@ pub struct RunConfig {
     pub workdir: Option<String>,
     /// Whether the command's stdin is forwarded from microrun's stdin.
     pub forward_stdin: bool,
+    /// Whether the program's streams go over the virtio-console's ports
+    /// (`ports=virtio`) rather than the UARTs.
+    pub virtio_ports: bool,
+    /// Kernel modules to load before the program, in load order.
+    pub modules: Vec<ModuleLoad>,
+}
+
+/// One kernel module guest-init loads (`finit_module`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleLoad {
+    /// Its absolute path in the initrd (under [`MODULES_DIR`]).
+    pub path: String,
+    /// Its parameters, as `finit_module` takes them (`device=4K@0xd0000000:5`);
+    /// empty for none.
+    pub params: String,
 }
 
 impl RunConfig {
@@ -91,6 +123,25 @@ impl RunConfig {
         }
         if self.forward_stdin {
             out.extend_from_slice(b"stdin=1\0");
+        }
+        if self.virtio_ports {
+            out.extend_from_slice(b"ports=virtio\0");
+        }
+        for module in &self.modules {
+            let path = &module.path;
+            if !path.starts_with('/') || path.contains([' ', '\0']) {
+                return Err(RunConfigError::ModulePath { path: path.clone() });
+            }
+            if module.params.is_empty() {
+                push_record(&mut out, "module", &[path], "module path")?;
+            } else {
+                push_record(
+                    &mut out,
+                    "module",
+                    &[path, " ", &module.params],
+                    "module parameters",
+                )?;
+            }
         }
         Ok(out)
     }
@@ -139,6 +190,7 @@ mod tests {
             env: vec![("A".into(), "x=y".into()), ("EMPTY".into(), String::new())],
             workdir: Some("/work dir".into()),
             forward_stdin: true,
+            ..Default::default()
         };
         assert_eq!(
             config.encode().unwrap(),
@@ -198,6 +250,65 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn virtio_ports_and_modules_come_last_in_load_order() {
+        let config = RunConfig {
+            argv: vec!["true".into()],
+            forward_stdin: true,
+            virtio_ports: true,
+            modules: vec![
+                ModuleLoad {
+                    path: "/.microrun/modules/00-virtio_ring.ko".into(),
+                    params: String::new(),
+                },
+                ModuleLoad {
+                    path: "/.microrun/modules/02-virtio_mmio.ko".into(),
+                    params: "device=4K@0xd0000000:5".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"arg=true\0stdin=1\0ports=virtio\0\
+              module=/.microrun/modules/00-virtio_ring.ko\0\
+              module=/.microrun/modules/02-virtio_mmio.ko device=4K@0xd0000000:5\0"
+        );
+        let modules_only = RunConfig {
+            modules: config.modules[..1].to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            modules_only.encode().unwrap(),
+            b"module=/.microrun/modules/00-virtio_ring.ko\0"
+        );
+    }
+
+    #[test]
+    fn bad_module_records_are_rejected() {
+        let with = |path: &str, params: &str| RunConfig {
+            modules: vec![ModuleLoad {
+                path: path.into(),
+                params: params.into(),
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            with("/m.ko", "a=\0").encode(),
+            Err(RunConfigError::NulByte {
+                field: "module parameters",
+                ..
+            })
+        ));
+        for path in ["m.ko", "", "/a b.ko", "/a\0.ko"] {
+            let err = with(path, "").encode().unwrap_err();
+            assert!(
+                matches!(err, RunConfigError::ModulePath { .. }),
+                "{path:?}: {err}"
+            );
+        }
     }
 
     #[test]

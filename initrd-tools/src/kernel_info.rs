@@ -263,6 +263,21 @@ impl KernelConfig {
         kernel: &Path,
         release: &str,
     ) -> Result<Option<KernelConfig>, KernelInfoError> {
+        for candidate in Self::candidates(root, kernel, release) {
+            match Self::read(&candidate) {
+                Ok(config) => return Ok(Some(config)),
+                Err(KernelInfoError::Read { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Self::embedded(kernel)
+    }
+
+    /// The files [`KernelConfig::find_under`] tries, in order, before the
+    /// configuration embedded in the kernel (so that a cache of what was
+    /// found can tell when it is stale).
+    pub fn candidates(root: &Path, kernel: &Path, release: &str) -> Vec<PathBuf> {
         let beside = kernel.parent().unwrap_or(Path::new("."));
         let mut candidates = Vec::new();
         if is_valid_release(release) {
@@ -273,15 +288,7 @@ impl KernelConfig {
             candidates.push(modules.join("build/.config"));
         }
         candidates.push(beside.join("config"));
-        for candidate in candidates {
-            match Self::read(&candidate) {
-                Ok(config) => return Ok(Some(config)),
-                Err(KernelInfoError::Read { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Self::embedded(kernel)
+        candidates
     }
 
     /// The configuration an ELF vmlinux built with `CONFIG_IKCONFIG` carries

@@ -43,6 +43,10 @@ pub struct KvmBoot {
     pub mem_size: u64,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// Whether to offer the virtio-console and how to announce it
+    /// (`virtio_mmio.device=` on the command line, ACPI, or both); any
+    /// modules it needs are already in the initrd.
+    pub virtio: crate::guest_kernel::VirtioDevices,
 }
 
 /// Boots `boot` for `spec` and reports how the run ended.

@@ -177,6 +177,17 @@ pub enum ModulesError {
 
 /// Largest index file read (Debian's `modules.alias` is 1.3 MB).
 pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// The index files [`ModuleTree::open`] reads from a module directory
+/// (`modules.dep` must exist; the others may not), for a cache of what it
+/// found to tell when it is stale.
+pub const INDEX_FILES: [&str; 5] = [
+    "modules.dep",
+    "modules.alias",
+    "modules.softdep",
+    "modules.builtin",
+    "modules.builtin.modinfo",
+];
 /// Longest dependency chain followed (real chains are under 10).
 const MAX_DEPTH: usize = 256;
 
