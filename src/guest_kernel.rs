@@ -87,11 +87,22 @@ pub struct VirtioDevices {
     /// carry the program's streams).
     pub console: bool,
     /// Announce it with `virtio_mmio.device=` on the kernel command line
-    /// ([`VirtioDevices::cmdline_arg`]); guest-init passes the same to a
+    /// (`vmm::VirtioOptions::kernel_cmdline`); guest-init passes the same to a
     /// `virtio_mmio` module itself.
     pub cmdline_discovery: bool,
     /// Announce it in ACPI tables (a DSDT `LNRO0005` device).
     pub acpi_discovery: bool,
+}
+
+/// What the kvm engine asks of the VMM.
+impl From<VirtioDevices> for vmm::VirtioOptions {
+    fn from(d: VirtioDevices) -> Self {
+        vmm::VirtioOptions {
+            console: d.console,
+            cmdline: d.cmdline_discovery,
+            acpi: d.acpi_discovery,
+        }
+    }
 }
 
 impl VirtioDevices {
@@ -101,17 +112,6 @@ impl VirtioDevices {
         cmdline_discovery: false,
         acpi_discovery: false,
     };
-
-    /// The kernel command-line argument that announces the console's slot,
-    /// when it is announced there.
-    pub fn cmdline_arg(&self) -> Option<String> {
-        (self.console && self.cmdline_discovery).then(|| {
-            format!(
-                "virtio_mmio.device={}",
-                VIRTIO_CONSOLE_SLOT.cmdline_device()
-            )
-        })
-    }
 }
 
 /// One module guest-init loads, with `finit_module`, before the program.
@@ -864,8 +864,8 @@ mod tests {
         );
         assert!(plan.modules.is_empty());
         assert_eq!(
-            plan.devices().cmdline_arg().as_deref(),
-            Some("virtio_mmio.device=4K@0xd0000000:5")
+            vmm::VirtioOptions::from(plan.devices()).kernel_cmdline("quiet"),
+            "virtio_mmio.device=4K@0xd0000000:5 quiet"
         );
         // The project kernel's layout: `config` beside the bzImage.
         let dir = tempfile::tempdir().unwrap();
@@ -910,7 +910,10 @@ mod tests {
         );
         assert!(plan.modules.iter().all(|m| m.params.is_empty()));
         assert!(plan.modules.iter().all(|m| m.bytes == fake_module(RELEASE)));
-        assert_eq!(plan.devices().cmdline_arg(), None);
+        assert_eq!(
+            vmm::VirtioOptions::from(plan.devices()).kernel_cmdline("quiet"),
+            "quiet"
+        );
         let note = plan.notes.last().unwrap();
         assert!(
             note.contains("kernel 9.9.9-test: virtio drivers are modules; loading virtio_ring, virtio, virtio_mmio, virtio_console from ")

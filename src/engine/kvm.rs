@@ -79,7 +79,7 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
         process_start: spec.started,
         // Off only for debugging: MICRORUN_SECCOMP=off.
         seccomp: vmm::seccomp::wanted(),
-        virtio: vmm::VirtioOptions::default(),
+        virtio: boot.virtio.into(),
     };
     crate::start_messages();
     let outcome = vmm::run(config)?;

@@ -109,6 +109,31 @@ pub fn outer_kernel() -> Option<PathBuf> {
     })
 }
 
+/// The files beside Debian's `kernel` that microrun reads to boot it with
+/// the virtio-console: `/boot/config-<release>`, the module index files in
+/// `/lib/modules/<release>` and the virtio modules with their
+/// dependencies (a few MB, where the whole tree is hundreds). Whatever is
+/// missing is left out, and the run inside falls back to the UARTs.
+fn distribution_kernel_files(kernel: &Path) -> Vec<PathBuf> {
+    let Ok(release) = initrd_tools::kernel_info::kernel_release(kernel) else {
+        return Vec::new();
+    };
+    let modules = Path::new("/lib/modules").join(&release);
+    let mut files = vec![Path::new("/boot").join(format!("config-{release}"))];
+    files.extend(
+        initrd_tools::modules::INDEX_FILES
+            .iter()
+            .map(|name| modules.join(name)),
+    );
+    if let Ok(tree) = initrd_tools::modules::ModuleTree::for_release(&release) {
+        if let Ok(needed) = tree.resolve(&["virtio_mmio", "virtio_console"]) {
+            files.extend(needed.into_iter().map(|m| m.path));
+        }
+    }
+    files.retain(|f| f.is_file());
+    files
+}
+
 /// The newest Debian kernel, `/boot/vmlinuz-*-amd64`, modules or not (the
 /// lane carries the kernel file alone).
 pub fn distribution_kernel() -> Option<PathBuf> {
@@ -386,6 +411,11 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
         // At the same path: inside, discovery finds it as
         // /boot/vmlinuz-$(uname -r), the outer kernel's own release.
         command.arg("--add").arg(&kernel);
+        // With what the inner microrun needs to give it its virtio
+        // drivers: its configuration, the module index and the modules.
+        for file in distribution_kernel_files(&kernel) {
+            command.arg("--add").arg(file);
+        }
     }
     for (key, value) in [
         (INNER_VAR, "1".to_string()),
