@@ -20,6 +20,7 @@ const ENGINE: Engine = Engine {
     kernel: common::no_kernel,
     nested: false,
     no_stdin_eof: None,
+    slow_stdout: None,
 };
 
 /// The chroot engine needs user namespaces; `sysctl user.max_user_namespaces=0`

@@ -22,6 +22,7 @@ const ENGINE: Engine = Engine {
     kernel: common::project_kernel,
     nested: true,
     no_stdin_eof: None,
+    slow_stdout: None,
 };
 
 #[test]

@@ -21,6 +21,7 @@ const ENGINE: Engine = Engine {
     kernel,
     nested: true,
     no_stdin_eof: None,
+    slow_stdout: None,
 };
 
 fn kvm_cannot_run_linux() -> Option<String> {
@@ -65,6 +66,7 @@ mod uarts {
         name: "kvm with MICRORUN_VIRTIO=off",
         env: &[("MICRORUN_VIRTIO", "off")],
         no_stdin_eof: Some("a serial port has no end of file"),
+        slow_stdout: Some("64 MiB over a UART takes too long"),
         ..super::ENGINE
     };
 
@@ -72,7 +74,7 @@ mod uarts {
     fn libs_init_says_hello() {
         common::run_case(
             &ENGINE,
-            "uarts::libs_init_says_hello",
+            concat!(module_path!(), "::libs_init_says_hello"),
             common::libs_init_says_hello,
         );
     }
@@ -81,8 +83,26 @@ mod uarts {
     fn binary_stdout_16k_arrives_unchanged() {
         common::run_case(
             &ENGINE,
-            "uarts::binary_stdout_16k_arrives_unchanged",
+            concat!(module_path!(), "::binary_stdout_16k_arrives_unchanged"),
             common::binary_stdout_16k_arrives_unchanged,
+        );
+    }
+
+    #[test]
+    fn binary_stdout_64k_arrives_unchanged() {
+        common::run_case(
+            &ENGINE,
+            concat!(module_path!(), "::binary_stdout_64k_arrives_unchanged"),
+            common::binary_stdout_64k_arrives_unchanged,
+        );
+    }
+
+    #[test]
+    fn binary_stdout_arrives_unchanged() {
+        common::run_case(
+            &ENGINE,
+            concat!(module_path!(), "::binary_stdout_arrives_unchanged"),
+            common::binary_stdout_arrives_unchanged,
         );
     }
 
@@ -90,7 +110,7 @@ mod uarts {
     fn stderr_is_separate() {
         common::run_case(
             &ENGINE,
-            "uarts::stderr_is_separate",
+            concat!(module_path!(), "::stderr_is_separate"),
             common::stderr_is_separate,
         );
     }
@@ -99,7 +119,7 @@ mod uarts {
     fn stdin_is_forwarded() {
         common::run_case(
             &ENGINE,
-            "uarts::stdin_is_forwarded",
+            concat!(module_path!(), "::stdin_is_forwarded"),
             common::stdin_is_forwarded,
         );
     }

@@ -42,6 +42,8 @@ pub struct Engine {
     /// Why the program's stdin never ends under this engine, if it does not
     /// (a serial port has no end of file).
     pub no_stdin_eof: Option<&'static str>,
+    /// Why the engine's stdout is too slow for 64 MiB in a test, if it is.
+    pub slow_stdout: Option<&'static str>,
 }
 
 /// Runs one shared case: here, or, for an engine that asks for it on a host
@@ -193,6 +195,14 @@ macro_rules! e2e_cases {
                 &$engine,
                 concat!(module_path!(), "::binary_stdout_64k_arrives_unchanged"),
                 common::binary_stdout_64k_arrives_unchanged,
+            );
+        }
+        #[test]
+        fn binary_stdout_64m_arrives_unchanged() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::binary_stdout_64m_arrives_unchanged"),
+                common::binary_stdout_64m_arrives_unchanged,
             );
         }
         #[test]
@@ -486,6 +496,27 @@ pub fn binary_stdout_64k_arrives_unchanged(engine: &Engine) {
     let output = microrun(engine, &[], root, &["head", "-c", "65536", "/data.bin"]);
     assert_code(&output, 0);
     assert_same_bytes(&output.stdout, &binary_data()[..65536]);
+}
+
+/// 64 MiB: the 1 MiB file 64 times over, as fast as the engine's output
+/// path goes (the virtio-console under the kvm engine).
+pub fn binary_stdout_64m_arrives_unchanged(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    if let Some(why) = engine.slow_stdout {
+        crate::skipped!("{}: {why}", engine.name);
+        return;
+    }
+    let script = "i=0; while [ $i -lt 64 ]; do cat /data.bin; i=$((i + 1)); done";
+    let limit = if nested::inside() {
+        "20m"
+    } else {
+        SAFETY_TIMEOUT
+    };
+    let output = microrun(engine, &["--timeout", limit], root, &["sh", "-c", script]);
+    assert_code(&output, 0);
+    assert_same_bytes(&output.stdout, &binary_data().repeat(64));
 }
 
 /// 16 KiB: a thousand times the UART's FIFO, so the transmit interrupts
