@@ -411,3 +411,25 @@ fn bad_sizes_are_clear_errors() {
         assert!(error(boot(cfg)).contains("vCPUs"));
     }
 }
+
+#[test]
+fn a_hostile_virtio_driver_cannot_break_the_vmm() {
+    require_kvm!();
+    let kernel = build_guest("virtio_garbage", GuestFormat::Elf);
+    let mut cfg = config(&kernel, "");
+    cfg.virtio = vmm::VirtioOptions {
+        console: true,
+        cmdline: true,
+        acpi: false,
+    };
+    cfg.timeout = Some(Duration::from_secs(120));
+    let run = boot(cfg);
+    // The guest reports 0 once it is done (1 or 2: no console in the
+    // window): the VMM answered every access.
+    assert_eq!(
+        end(&run),
+        VmEnd::Status(0),
+        "console: {}",
+        run.console.text()
+    );
+}
