@@ -233,6 +233,17 @@ macro_rules! e2e_cases {
             );
         }
         #[test]
+        fn distribution_kernel_gets_the_virtio_console() {
+            common::run_case(
+                &$engine,
+                concat!(
+                    module_path!(),
+                    "::distribution_kernel_gets_the_virtio_console"
+                ),
+                common::distribution_kernel_gets_the_virtio_console,
+            );
+        }
+        #[test]
         fn two_vcpus_seen_by_nproc() {
             common::run_case(
                 &$engine,
@@ -561,6 +572,35 @@ pub fn kernel_panic_gives_125_with_the_reason(engine: &Engine) {
     let err = stderr(&output);
     assert!(err.contains("Kernel panic"), "stderr: {err}");
     assert!(err.contains("Attempted to kill init"), "stderr: {err}");
+}
+
+/// Debian's kernel gets the virtio-console too (its drivers are modules,
+/// loaded by guest-init; the device is found through ACPI): stdin reaches
+/// its end, which over a UART it never would.
+pub fn distribution_kernel_gets_the_virtio_console(engine: &Engine) {
+    if !engine.is_vm {
+        skipped!("the {} engine boots no kernel", engine.name);
+        return;
+    }
+    if let Some(why) = engine.no_stdin_eof {
+        skipped!("{}: {why}", engine.name);
+        return;
+    }
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    if nested::distribution_kernel().is_none() {
+        skipped!("no Debian kernel (/boot/vmlinuz-*-amd64): install linux-image-amd64");
+        return;
+    }
+    let debian = Engine {
+        kernel: nested::distribution_kernel,
+        ..*engine
+    };
+    let cmd = ["sh", "-c", "cat; echo ."];
+    let output = microrun_with_stdin(&debian, &[], root, &cmd, b"abc", Duration::ZERO);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "abc.\n");
 }
 
 /// The mission's headline command with a distribution kernel: Debian's
