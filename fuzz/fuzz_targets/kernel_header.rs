@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(loaded.end <= MEM_SIZE, "kernel ends at {:#x}", loaded.end);
     let _ = kernel::load_cmdline(mem, "console=ttyS0", loaded.image.cmdline_max);
     let result = match loaded.protocol {
-        BootProtocol::Linux64 => kernel::configure_zero_page(mem, &loaded, 13, None, MEM_SIZE, None),
+        BootProtocol::Linux64 => {
+            kernel::configure_zero_page(mem, &loaded, 13, None, MEM_SIZE, None)
+        }
         BootProtocol::Pvh => kernel::configure_pvh(mem, None, MEM_SIZE, None),
     };
     result.expect("boot information fits in guest memory");
