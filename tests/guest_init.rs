@@ -214,10 +214,23 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// guest-init's choice of streams on the status channel, when the run
+    /// configuration offered the virtio ports: `@ports` or `@uarts`.
+    fn ports_event(&self) -> Option<&str> {
+        self.status_channel
+            .lines()
+            .find(|l| *l == "@ports" || *l == "@uarts")
+    }
+
     /// The exit status reported on the status channel, after checking the
-    /// channel holds exactly `@init` and one status line.
+    /// channel holds exactly `@init` (and the ports event, if any) and one
+    /// status line.
     fn status(&self) -> u8 {
-        let lines: Vec<&str> = self.status_channel.lines().collect();
+        let lines: Vec<&str> = self
+            .status_channel
+            .lines()
+            .filter(|l| Some(*l) != self.ports_event())
+            .collect();
         assert_eq!(
             lines.len(),
             2,
@@ -938,6 +951,7 @@ fn virtio_ports_carry_stdout_stderr_and_stdin() {
     rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio"]));
     let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
     assert_eq!(outcome.status(), 4, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.ports_event(), Some("@ports"));
     assert_eq!(
         rootfs.read("/ports/dev/vport3p1"),
         "out:from the stdin port\n"
@@ -997,6 +1011,7 @@ fn missing_virtio_ports_fall_back_to_the_serial_ports_in_bounded_time() {
     ];
     let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &knobs);
     assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.ports_event(), Some("@uarts"));
     assert_eq!(
         outcome.stderr,
         "microrun: guest-init: the virtio console's ports did not appear within 300 ms; \
@@ -1035,6 +1050,7 @@ fn without_ports_virtio_the_ports_are_not_used() {
     rootfs.configure(&command(&["sh", "-c", "echo out; echo err >&2"]));
     let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
     assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.ports_event(), None);
     assert_eq!(outcome.stdout, b"out\n");
     assert_eq!(outcome.stderr, "err\n");
     assert_eq!(rootfs.read("/ports/dev/vport3p1"), "");

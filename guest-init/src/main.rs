@@ -437,13 +437,16 @@ pub fn main(envp: *const *const u8) -> ! {
 /// stdio; when they cannot be had, says so on the console and leaves the
 /// serial ports in place.
 fn use_virtio_ports(settings: ports::Settings, forward_stdin: bool) {
-    match ports::wait_and_open(settings, forward_stdin) {
+    // The choice goes to the host as an event (`@ports` or `@uarts`), so
+    // that it forwards stdin to where the command will read it.
+    let event: &[u8] = match ports::wait_and_open(settings, forward_stdin) {
         Ok(ports) => {
             PORT_STDOUT_FD.store(ports.stdout.into_raw_fd(), Ordering::Relaxed);
             PORT_STDERR_FD.store(ports.stderr.into_raw_fd(), Ordering::Relaxed);
             if let Some(stdin) = ports.stdin {
                 PORT_STDIN_FD.store(stdin.into_raw_fd(), Ordering::Relaxed);
             }
+            b"@ports\n"
         }
         Err(error) => {
             let mut line = Line::new();
@@ -474,7 +477,11 @@ fn use_virtio_ports(settings: ports::Settings, forward_stdin: bool) {
             };
             line.text(b"; using the serial ports")
                 .send(GlobalState::console());
+            b"@uarts\n"
         }
+    };
+    if let Some(fd) = GlobalState::status() {
+        console::write_all(fd, event);
     }
 }
 

@@ -441,12 +441,15 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
 
     let stdin_gate = if forward_stdin {
         let (open, gate) = mpsc::channel();
-        let target = match &devices.console_input {
-            Some(input) => StdinTarget::Virtio(input.clone()),
-            None => StdinTarget::Uart(Arc::downgrade(&devices.stdout)),
+        let targets = StdinTargets {
+            uart: Arc::downgrade(&devices.stdout),
+            console: devices.console_input.clone(),
         };
-        spawn_stdin_forwarder(target, gate, filters.as_ref().map(|f| f.stdin.clone()))?;
-        Some(open)
+        spawn_stdin_forwarder(targets, gate, filters.as_ref().map(|f| f.stdin.clone()))?;
+        Some(StdinGate {
+            open,
+            console: devices.console_input.is_some(),
+        })
     } else {
         None
     };
@@ -808,14 +811,44 @@ impl StdinTarget {
     }
 }
 
-/// Feeds host stdin to `target`, never more than fits, from the first `@`
-/// event on (guest-init's `@init`): the guest's serial driver clears the
-/// FIFO when it opens the port, so bytes sent earlier are lost. The thread
-/// is detached: it may be blocked in `read` when the VM ends. It holds the
-/// device weakly, so that the VM can be torn down meanwhile.
+/// Where host stdin may go; the gate says which.
+struct StdinTargets {
+    uart: std::sync::Weak<Mutex<ConsoleUart>>,
+    console: Option<ConsoleInput>,
+}
+
+/// Opens the stdin forwarder, once, on the guest event that says where
+/// the program reads: without a virtio-console, the first event (such as
+/// guest-init's `@init`); with one, guest-init's `@ports` (it uses the
+/// console's ports) or `@uarts` (it fell back to the serial ports).
+struct StdinGate {
+    /// Sends the choice: `true` for the console's stdin port.
+    open: mpsc::Sender<bool>,
+    /// The VM has a virtio-console.
+    console: bool,
+}
+
+impl StdinGate {
+    /// The target event `name` chooses (`true`: the console's stdin port),
+    /// if it chooses one.
+    fn choice(&self, name: &str) -> Option<bool> {
+        match (self.console, name) {
+            (false, _) | (true, "uarts") => Some(false),
+            (true, "ports") => Some(true),
+            (true, _) => None,
+        }
+    }
+}
+
+/// Feeds host stdin to the target the gate names, never more than fits,
+/// once the gate opens: the guest's serial driver clears the FIFO when it
+/// opens the port, and the console's driver drops input for a port nobody
+/// opened, so bytes sent earlier would be lost. The thread is detached: it
+/// may be blocked in `read` when the VM ends. It holds the devices weakly,
+/// so that the VM can be torn down meanwhile.
 fn spawn_stdin_forwarder(
-    target: StdinTarget,
-    gate: mpsc::Receiver<()>,
+    targets: StdinTargets,
+    gate: mpsc::Receiver<bool>,
     filter: Option<seccompiler::BpfProgram>,
 ) -> Result<(), VmmError> {
     seccomp::spawn(
@@ -823,9 +856,11 @@ fn spawn_stdin_forwarder(
         seccomp::ThreadKind::Stdin,
         filter,
         move || {
-            if gate.recv().is_err() {
-                return;
-            }
+            let target = match (gate.recv(), targets.console) {
+                (Ok(true), Some(console)) => StdinTarget::Virtio(console),
+                (Ok(_), _) => StdinTarget::Uart(targets.uart),
+                (Err(_), _) => return,
+            };
             let mut buf = [0u8; 4096];
             let mut stdin = std::io::stdin().lock();
             loop {
@@ -882,7 +917,7 @@ fn run_vcpus(
     sinks: &Sinks,
     mem: &GuestMemory,
     limits: Limits<'_>,
-    mut stdin_gate: Option<mpsc::Sender<()>>,
+    mut stdin_gate: Option<StdinGate>,
     timings: &mut Timings,
 ) -> Result<VmEnd, VmmError> {
     let Limits { deadline, filters } = limits;
@@ -975,8 +1010,10 @@ fn run_vcpus(
                 } else if events_seen == EVENTS_LOGGED + 1 {
                     log::debug!("the guest sends more events; they are no longer logged");
                 }
-                if let Some(gate) = stdin_gate.take() {
-                    let _ = gate.send(());
+                if let Some(console) = stdin_gate.as_ref().and_then(|g| g.choice(&name)) {
+                    if let Some(gate) = stdin_gate.take() {
+                        let _ = gate.open.send(console);
+                    }
                 }
                 if name == "init" {
                     timings.init_event.get_or_insert(at);
@@ -1070,6 +1107,23 @@ mod tests {
         assert_eq!(VmEnd::Reset.exit_code(), 125);
         assert_eq!(VmEnd::Shutdown.exit_code(), 125);
         assert_eq!(VmEnd::GuestError("x".into()).exit_code(), 125);
+    }
+
+    #[test]
+    fn stdin_goes_where_guest_init_says_it_reads() {
+        let (open, _gate) = mpsc::channel();
+        let uarts_only = StdinGate {
+            open: open.clone(),
+            console: false,
+        };
+        assert_eq!(uarts_only.choice("init"), Some(false));
+        let console = StdinGate {
+            open,
+            console: true,
+        };
+        assert_eq!(console.choice("init"), None);
+        assert_eq!(console.choice("ports"), Some(true));
+        assert_eq!(console.choice("uarts"), Some(false));
     }
 
     #[test]
