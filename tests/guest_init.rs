@@ -1025,9 +1025,8 @@ fn missing_virtio_ports_fall_back_to_the_serial_ports_in_bounded_time() {
         outcome.elapsed
     );
 
-    // The default wait is 2 s, and a sysfs directory that never appears is
-    // no different from an empty one.
-    let knobs = [("MICRORUN_INIT_PORTS_SYSFS", "/no/such/dir")];
+    // The default wait is 2 s.
+    let knobs = [PORTS_KNOBS[0], PORTS_KNOBS[1]];
     let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &knobs);
     assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
     assert_eq!(
@@ -1038,6 +1037,24 @@ fn missing_virtio_ports_fall_back_to_the_serial_ports_in_bounded_time() {
     assert_eq!(outcome.stdout, b"out\n");
     assert!(
         outcome.elapsed >= Duration::from_secs(2) && outcome.elapsed < Duration::from_secs(8),
+        "took {:?}",
+        outcome.elapsed
+    );
+
+    // No class directory at all: the kernel has no virtio console driver,
+    // and nothing is waited for.
+    let knobs = [("MICRORUN_INIT_PORTS_SYSFS", "/no/such/dir")];
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &knobs);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.ports_event(), Some("@uarts"));
+    assert_eq!(
+        outcome.stderr,
+        "microrun: guest-init: the kernel has no virtio console driver (/no/such/dir does \
+         not exist); using the serial ports\nerr\n"
+    );
+    assert_eq!(outcome.stdout, b"out\n");
+    assert!(
+        outcome.elapsed < Duration::from_secs(1),
         "took {:?}",
         outcome.elapsed
     );

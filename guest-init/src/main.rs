@@ -452,6 +452,10 @@ fn use_virtio_ports(settings: ports::Settings, forward_stdin: bool) {
             let mut line = Line::new();
             line.text(b"microrun: guest-init: ");
             match error {
+                ports::PortsError::NoDriver => line
+                    .text(b"the kernel has no virtio console driver (")
+                    .text(settings.sysfs.to_bytes())
+                    .text(b" does not exist)"),
                 ports::PortsError::Timeout => {
                     line.text(b"the virtio console's ports did not appear within ");
                     if settings.wait_ms.is_multiple_of(1000) {

@@ -102,6 +102,10 @@ pub struct Ports {
 
 /// Why the ports cannot be used.
 pub enum PortsError {
+    /// The kernel has no virtio console driver: the class directory is not
+    /// there once the modules are loaded (the driver creates it when it
+    /// starts, before init runs or before `finit_module` returns).
+    NoDriver,
     /// Not all three names appeared within the wait.
     Timeout,
     /// The device directory cannot be opened.
@@ -144,6 +148,9 @@ pub fn wait_and_open(settings: Settings, open_stdin: bool) -> Result<Ports, Port
 /// Looks at sysfs every [`POLL_INTERVAL`] until all three names are there
 /// or `settings.wait_ms` have passed; returns the device of each port.
 fn wait_for_names(settings: Settings) -> Result<[DeviceName; 3], PortsError> {
+    if rustix::fs::access(settings.sysfs, rustix::fs::Access::EXISTS) == Err(Errno::NOENT) {
+        return Err(PortsError::NoDriver);
+    }
     let start = sys::monotonic_ns();
     let mut found: [Option<DeviceName>; 3] = [None; 3];
     loop {
@@ -161,7 +168,7 @@ fn wait_for_names(settings: Settings) -> Result<[DeviceName; 3], PortsError> {
 
 /// Reads every entry of the sysfs directory once and records, for each
 /// port not found yet, the entry whose `name` file names it. A directory
-/// that does not exist yet (the driver is still starting) finds nothing.
+/// that cannot be read finds nothing.
 fn scan(sysfs: &CStr, found: &mut [Option<DeviceName>; 3]) {
     let Ok(dir) = rustix::fs::open(
         sysfs,
