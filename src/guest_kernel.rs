@@ -79,41 +79,6 @@ pub fn setting_from_env() -> Result<VirtioSetting, GuestKernelError> {
     }
 }
 
-/// The devices the VMM offers and how it announces them: the part of a
-/// [`VirtioPlan`] the engine needs once the modules are in the initrd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VirtioDevices {
-    /// Offer the virtio-console in [`VIRTIO_CONSOLE_SLOT`] (else the UARTs
-    /// carry the program's streams).
-    pub console: bool,
-    /// Announce it with `virtio_mmio.device=` on the kernel command line
-    /// (`vmm::VirtioOptions::kernel_cmdline`); guest-init passes the same to a
-    /// `virtio_mmio` module itself.
-    pub cmdline_discovery: bool,
-    /// Announce it in ACPI tables (a DSDT `LNRO0005` device).
-    pub acpi_discovery: bool,
-}
-
-/// What the kvm engine asks of the VMM.
-impl From<VirtioDevices> for vmm::VirtioOptions {
-    fn from(d: VirtioDevices) -> Self {
-        vmm::VirtioOptions {
-            console: d.console,
-            cmdline: d.cmdline_discovery,
-            acpi: d.acpi_discovery,
-        }
-    }
-}
-
-impl VirtioDevices {
-    /// No virtio device: the program's streams on the UARTs.
-    pub const NONE: VirtioDevices = VirtioDevices {
-        console: false,
-        cmdline_discovery: false,
-        acpi_discovery: false,
-    };
-}
-
 /// One module guest-init loads, with `finit_module`, before the program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestModule {
@@ -162,12 +127,13 @@ impl VirtioPlan {
         self.notes.splice(0..0, notes);
     }
 
-    /// The devices the engine offers.
-    pub fn devices(&self) -> VirtioDevices {
-        VirtioDevices {
+    /// The devices the kvm engine asks the VMM for: the part of the plan
+    /// it needs once the modules are in the initrd.
+    pub fn devices(&self) -> vmm::VirtioOptions {
+        vmm::VirtioOptions {
             console: self.console,
-            cmdline_discovery: self.console && self.cmdline_discovery,
-            acpi_discovery: self.console && self.acpi_discovery,
+            cmdline: self.console && self.cmdline_discovery,
+            acpi: self.console && self.acpi_discovery,
         }
     }
 }
@@ -419,13 +385,14 @@ mod plan_cache {
     use std::collections::hash_map::DefaultHasher;
     use std::fs;
     use std::hash::{Hash, Hasher};
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
     use std::os::unix::fs::MetadataExt as _;
     use std::path::{Path, PathBuf};
-    use std::time::SystemTime;
+    use std::time::Duration;
 
     use initrd_tools::kernel_info::KernelConfig;
     use initrd_tools::modules::INDEX_FILES;
+    use initrd_tools::InitrdError;
 
     use super::{GuestModule, ModuleSource, VirtioPlan};
 
@@ -493,61 +460,40 @@ mod plan_cache {
         if file.metadata().ok()?.len() > MAX_ENTRY_BYTES {
             return None;
         }
-        let bytes = fs::read(&path).ok()?;
+        // From the file just measured, bounded all the same (it may grow).
+        let mut bytes = Vec::new();
+        file.take(MAX_ENTRY_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        if bytes.len() as u64 > MAX_ENTRY_BYTES {
+            return None;
+        }
         let plan = decode(&bytes, key)?;
         log::debug!("virtio: plan from the cache, {}", path.display());
-        // Marks it as just used, for the eviction order.
-        let _ = fs::File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(SystemTime::now()));
+        initrd_tools::cache::touch(&path);
         Some(plan)
     }
 
-    /// Caches `plan` (made from modules with `sources`) under `key`.
+    /// Caches `plan` (made from modules with `sources`) under `key`, the
+    /// way the initrd cache writes and evicts its archives.
     pub(super) fn store(dir: &Path, key: &str, plan: &VirtioPlan, sources: &[ModuleSource]) {
         let path = entry_path(dir, key);
-        let write = || -> std::io::Result<()> {
-            fs::create_dir_all(dir)?;
-            let mut temp = tempfile_in(dir)?;
-            temp.1.write_all(&encode(key, plan, sources))?;
-            temp.1.sync_data().ok();
-            fs::rename(&temp.0, &path).inspect_err(|_| {
-                let _ = fs::remove_file(&temp.0);
+        let write = || -> Result<(), InitrdError> {
+            fs::create_dir_all(dir).map_err(|source| InitrdError::Cache {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            initrd_tools::write_atomically_with(&path, dir, |mut file, _| {
+                file.write_all(&encode(key, plan, sources))
+                    .map_err(|source| InitrdError::Write {
+                        path: path.clone(),
+                        source,
+                    })
             })
         };
         match write() {
-            Ok(()) => evict(dir),
+            Ok(()) => initrd_tools::cache::evict_entries(dir, ".plan", KEEP, Duration::ZERO),
             Err(e) => log::debug!("virtio: cannot cache the plan in {}: {e}", dir.display()),
-        }
-    }
-
-    /// A new file `.plan-<pid>-<n>` in `dir`.
-    fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, fs::File)> {
-        let mut n = 0u32;
-        loop {
-            let path = dir.join(format!(".plan-{}-{n}", std::process::id()));
-            match fs::File::options().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok((path, file)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Removes all but the [`KEEP`] most recently used plans.
-    fn evict(dir: &Path) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        let mut plans: Vec<(SystemTime, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".plan"))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
-        plans.sort_by_key(|p| std::cmp::Reverse(p.0));
-        for (_, path) in plans.iter().skip(KEEP) {
-            let _ = fs::remove_file(path);
         }
     }
 
@@ -839,7 +785,7 @@ mod tests {
             VirtioSetting::Off,
             None,
         );
-        assert_eq!(off.devices(), VirtioDevices::NONE);
+        assert_eq!(off.devices(), vmm::VirtioOptions::default());
         assert!(off.modules.is_empty());
         assert!(
             off.notes[0].contains("MICRORUN_VIRTIO=off"),
@@ -854,17 +800,17 @@ mod tests {
         let plan = host.plan();
         assert_eq!(
             plan.devices(),
-            VirtioDevices {
+            vmm::VirtioOptions {
                 console: true,
-                cmdline_discovery: true,
-                acpi_discovery: false
+                cmdline: true,
+                acpi: false
             },
             "{:?}",
             plan.notes
         );
         assert!(plan.modules.is_empty());
         assert_eq!(
-            vmm::VirtioOptions::from(plan.devices()).kernel_cmdline("quiet"),
+            plan.devices().kernel_cmdline("quiet"),
             "virtio_mmio.device=4K@0xd0000000:5 quiet"
         );
         // The project kernel's layout: `config` beside the bzImage.
@@ -891,10 +837,10 @@ mod tests {
         let plan = host.plan();
         assert_eq!(
             plan.devices(),
-            VirtioDevices {
+            vmm::VirtioOptions {
                 console: true,
-                cmdline_discovery: false,
-                acpi_discovery: true
+                cmdline: false,
+                acpi: true
             },
             "{:?}",
             plan.notes
@@ -910,10 +856,7 @@ mod tests {
         );
         assert!(plan.modules.iter().all(|m| m.params.is_empty()));
         assert!(plan.modules.iter().all(|m| m.bytes == fake_module(RELEASE)));
-        assert_eq!(
-            vmm::VirtioOptions::from(plan.devices()).kernel_cmdline("quiet"),
-            "quiet"
-        );
+        assert_eq!(plan.devices().kernel_cmdline("quiet"), "quiet");
         let note = plan.notes.last().unwrap();
         assert!(
             note.contains("kernel 9.9.9-test: virtio drivers are modules; loading virtio_ring, virtio, virtio_mmio, virtio_console from ")
@@ -948,7 +891,12 @@ mod tests {
     fn missing_or_bad_modules_fall_back_to_the_uarts() {
         let check = |host: &Host, needle: &str| {
             let plan = host.plan();
-            assert_eq!(plan.devices(), VirtioDevices::NONE, "{:?}", plan.notes);
+            assert_eq!(
+                plan.devices(),
+                vmm::VirtioOptions::default(),
+                "{:?}",
+                plan.notes
+            );
             assert!(plan.modules.is_empty());
             let note = plan.notes.last().unwrap();
             assert!(
@@ -1017,7 +965,7 @@ mod tests {
             ),
         ] {
             let plan = Host::new(Some(&config)).plan();
-            assert_eq!(plan.devices(), VirtioDevices::NONE, "{config}");
+            assert_eq!(plan.devices(), vmm::VirtioOptions::default(), "{config}");
             assert!(plan.modules.is_empty());
             assert!(
                 plan.notes.iter().any(|n| n.contains(needle)),
@@ -1032,10 +980,10 @@ mod tests {
         let plan = Host::new(None).plan();
         assert_eq!(
             plan.devices(),
-            VirtioDevices {
+            vmm::VirtioOptions {
                 console: true,
-                cmdline_discovery: true,
-                acpi_discovery: true
+                cmdline: true,
+                acpi: true
             }
         );
         assert!(plan.modules.is_empty());
@@ -1072,7 +1020,7 @@ mod tests {
             VirtioSetting::On,
             None,
         );
-        assert_eq!(plan.devices(), VirtioDevices::NONE);
+        assert_eq!(plan.devices(), vmm::VirtioOptions::default());
         assert!(
             plan.notes
                 .last()
@@ -1105,7 +1053,7 @@ mod tests {
         let modules = host.root.path().join("lib/modules").join(RELEASE);
         let virtio = modules.join("kernel/drivers/virtio/virtio.ko");
         std::fs::write(&virtio, fake_module("1.0")).unwrap();
-        assert_eq!(cached().devices(), VirtioDevices::NONE);
+        assert_eq!(cached().devices(), vmm::VirtioOptions::default());
         std::fs::write(&virtio, fake_module(RELEASE)).unwrap();
         assert_eq!(cached(), fresh);
         // A new configuration, a new module index: decided afresh.
@@ -1123,7 +1071,7 @@ mod tests {
         host.write("boot/config", b"# CONFIG_VIRTIO_CONSOLE is not set\n");
         host.write(&format!("boot/config-{RELEASE}"), b"");
         std::fs::remove_file(host.root.path().join(format!("boot/config-{RELEASE}"))).unwrap();
-        assert_eq!(cached().devices(), VirtioDevices::NONE);
+        assert_eq!(cached().devices(), vmm::VirtioOptions::default());
         // MICRORUN_VIRTIO=off never looks at the cache.
         let off = plan_under(
             host.root.path(),
@@ -1165,7 +1113,7 @@ mod tests {
             host.write(&format!("boot/config-{RELEASE}"), text.as_bytes());
             let plan = host.plan();
             assert!(!plan.notes.is_empty());
-            assert!(plan.console || plan.devices() == VirtioDevices::NONE);
+            assert!(plan.console || plan.devices() == vmm::VirtioOptions::default());
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The content-addressed cache of packed trees.
+//! The content-addressed cache of packed trees, and the rules other caches
+//! under the same directory follow ([`touch`], [`evict_entries`],
+//! [`crate::write_atomically_with`]).
 //!
 //! `<cache dir>/initrd/<key>.cpio`, where the key is a SHA-256 over the
 //! scanned tree's metadata (see `Tree::cache_key`). A hit refreshes the
@@ -61,8 +63,8 @@ pub(crate) fn slot(cache: &Path, key: &str, source: &Path) -> Result<Slot, Initr
     Ok(Slot::Miss { path, dir })
 }
 
-/// Marks a cached archive as just used, for the eviction order.
-pub(crate) fn touch(path: &Path) {
+/// Marks a cached entry as just used, for the eviction order.
+pub fn touch(path: &Path) {
     let result = fs::File::options()
         .write(true)
         .open(path)
@@ -76,6 +78,18 @@ pub(crate) fn touch(path: &Path) {
 /// stale temporary files. Failures are logged, never fatal: the cache is an
 /// optimisation.
 pub(crate) fn evict(dir: &Path, keep: usize) {
+    // A run boots its archive a moment after looking it up: one used
+    // within the last minute may be about to be opened by a parallel run,
+    // so it waits for a later eviction.
+    evict_entries(dir, ".cpio", keep, IN_USE);
+}
+
+/// Removes all but the `keep` most recently used (by mtime, see [`touch`])
+/// entries whose names end in `suffix` in `dir`, sparing any used less than
+/// `in_use` ago, and temporary files of [`crate::write_atomically_with`]
+/// older than an hour (left by an interrupted run). Failures are logged,
+/// never fatal: a cache is an optimisation.
+pub fn evict_entries(dir: &Path, suffix: &str, keep: usize, in_use: Duration) {
     let Ok(read_dir) = fs::read_dir(dir) else {
         return;
     };
@@ -91,16 +105,13 @@ pub(crate) fn evict(dir: &Path, keep: usize) {
             if now.duration_since(modified).unwrap_or_default() > STALE_TEMP {
                 remove(&entry.path());
             }
-        } else if name.ends_with(".cpio") {
+        } else if name.ends_with(suffix) {
             archives.push((modified, entry.path()));
         }
     }
     archives.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for (modified, path) in archives.into_iter().skip(keep) {
-        // A run boots its archive a moment after looking it up: one used
-        // within the last minute may be about to be opened by a parallel
-        // run, so it waits for a later eviction.
-        if now.duration_since(modified).unwrap_or_default() > IN_USE {
+        if in_use.is_zero() || now.duration_since(modified).unwrap_or_default() > in_use {
             remove(&path);
         }
     }

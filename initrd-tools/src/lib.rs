@@ -31,7 +31,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-mod cache;
+pub mod cache;
 pub mod image;
 pub mod kernel_info;
 pub mod modules;
@@ -377,12 +377,13 @@ fn write_atomically(
 /// Runs `write` on a temporary file in `out_dir` (named with the cache's
 /// temporary prefix, so a killed run's leftover is evicted) and renames it
 /// over `out` when it succeeds, mode 0644; on failure the temporary file is
-/// removed. Directory packs and image conversions both write this way.
-pub(crate) fn write_atomically_with<E: From<InitrdError>>(
+/// removed. Directory packs, image conversions and microrun's other cache
+/// entries all write this way.
+pub fn write_atomically_with<T, E: From<InitrdError>>(
     out: &Path,
     out_dir: &Path,
-    write: impl FnOnce(&File, &Path) -> Result<PackStats, E>,
-) -> Result<PackStats, E> {
+    write: impl FnOnce(&File, &Path) -> Result<T, E>,
+) -> Result<T, E> {
     let write_error = |source| InitrdError::Write {
         path: out.to_path_buf(),
         source,

@@ -46,7 +46,7 @@ pub struct KvmBoot {
     /// Whether to offer the virtio-console and how to announce it
     /// (`virtio_mmio.device=` on the command line, ACPI, or both); any
     /// modules it needs are already in the initrd.
-    pub virtio: crate::guest_kernel::VirtioDevices,
+    pub virtio: vmm::VirtioOptions,
 }
 
 /// Boots `boot` for `spec` and reports how the run ended.
@@ -79,7 +79,7 @@ pub fn run(spec: &RunSpec, boot: KvmBoot) -> Result<RunOutcome, KvmEngineError> 
         process_start: spec.started,
         // Off only for debugging: MICRORUN_SECCOMP=off.
         seccomp: vmm::seccomp::wanted(),
-        virtio: boot.virtio.into(),
+        virtio: boot.virtio,
     };
     crate::start_messages();
     let outcome = vmm::run(config)?;

@@ -415,7 +415,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         mem_size,
         vcpus,
         irqchip: model,
-        acpi: virtio.acpi,
+        virtio,
     };
     let (devices, vcpu_fds) = match model {
         IrqChip::Split => set_up_guest(&kvm, &vm, &mem, &spec, uarts, console_ports)?,
@@ -525,8 +525,9 @@ struct BootSpec<'a> {
     mem_size: u64,
     vcpus: u8,
     irqchip: IrqChip,
-    /// Write ACPI tables.
-    acpi: bool,
+    /// The virtio devices and how the kernel learns of them (the command
+    /// line above already names them when it should).
+    virtio: VirtioOptions,
 }
 
 /// Where the guest's console (ttyS0, the stderr port) and stdout (ttyS1,
@@ -559,14 +560,10 @@ fn set_up_guest(
     // The MP table stays for kernels without ACPI; one with ACPI reads
     // the MADT instead.
     mptable::setup_mptable(mem, spec.vcpus)?;
-    let slots = if console_ports.is_some() {
-        vec![layout::VIRTIO_CONSOLE_SLOT]
-    } else {
-        Vec::new()
-    };
     let acpi = spec
+        .virtio
         .acpi
-        .then(|| acpi::write_acpi_tables(mem, spec.vcpus, &slots))
+        .then(|| acpi::write_acpi_tables(mem, spec.vcpus, &spec.virtio.slots()))
         .transpose()?;
     match kernel.protocol {
         BootProtocol::Linux64 => kernel::configure_zero_page(
