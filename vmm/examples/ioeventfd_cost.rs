@@ -28,12 +28,7 @@ fn main() {
     for round in 0..rounds * 2 {
         let with_eventfds = round % 2 == 0;
         let vm = kvm.create_vm().expect("create a VM");
-        let mut cap = kvm_bindings::kvm_enable_cap {
-            cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
-            ..Default::default()
-        };
-        cap.args[0] = 24;
-        vm.enable_cap(&cap).expect("split irqchip");
+        vmm::irqchip::create(&kvm, &vm, vmm::IrqChip::Split).expect("split irqchip");
         let fds: Vec<EventFd> = (0..queues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
             .collect();
@@ -47,6 +42,8 @@ fn main() {
             }
         }
         let t1 = Instant::now();
+        // As vmm's own (private: the mapping must outlive the VM, which a
+        // safe public function could not promise).
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         for (i, region) in mem.iter().enumerate() {
             let desc = kvm_userspace_memory_region {

@@ -535,10 +535,9 @@ impl VirtioDevice for Console {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{Counter, XorShift};
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::{Address, Bytes, GuestAddress};
-    use vm_superio::Trigger;
 
     const MEM: u64 = 0x40_0000;
     /// Each queue's rings live in a page of their own from here.
@@ -547,16 +546,6 @@ mod tests {
     const BUFFERS: u64 = 0x4_0000;
     const WRITE: u16 = 2;
     const NEXT: u16 = 1;
-
-    #[derive(Default)]
-    struct Irqs(AtomicUsize);
-    impl Trigger for Irqs {
-        type E = std::io::Error;
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-    }
 
     #[derive(Clone, Default)]
     struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -701,7 +690,7 @@ mod tests {
         driver: Driver,
         stdout: Sink,
         stderr: Sink,
-        irqs: Arc<Irqs>,
+        irqs: Arc<Counter>,
         control_buffers: Vec<u64>,
     }
 
@@ -712,7 +701,7 @@ mod tests {
             stderr: Box::new(stderr.clone()),
         });
         let driver = Driver::new();
-        let irqs = Arc::new(Irqs::default());
+        let irqs = Arc::new(Counter::default());
         console
             .activate(Activation {
                 mem: driver.mem.clone(),
@@ -775,7 +764,7 @@ mod tests {
         );
         // The control transmit buffers all came back.
         assert_eq!(rig.driver.used(CONTROL_TX).len(), 2);
-        assert!(rig.irqs.0.load(Ordering::Relaxed) > 0);
+        assert!(rig.irqs.edges() > 0);
         // Ports the device does not have, and unknown events, get nothing.
         rig.control(3, event::PORT_READY, 1);
         rig.control(0, 99, 1);
@@ -908,13 +897,8 @@ mod tests {
 
     #[test]
     fn random_rings_never_panic_or_hang() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = move || rng.next();
         for _ in 0..50 {
             let mut rig = rig();
             let input = rig.console.input();

@@ -496,11 +496,10 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{Counter, XorShift};
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestMemoryMmap};
-    use vm_superio::Trigger;
 
     const MEM_SIZE: u64 = 0x10000;
     const FAKE_TYPE: u32 = 3;
@@ -514,16 +513,6 @@ mod tests {
     const DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
     const NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
     const FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
-
-    #[derive(Default)]
-    struct Counter(AtomicUsize);
-    impl Trigger for Counter {
-        type E = std::io::Error;
-        fn trigger(&self) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-    }
 
     /// A queue as the device received it: ready, size, the three areas.
     type QueueSummary = (bool, u16, u64, u64, u64);
@@ -779,7 +768,7 @@ mod tests {
         assert_eq!(t.device().notified, vec![0, 1]);
         write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
         assert_eq!(t.device().notified, vec![0, 1, 1]);
-        assert_eq!(line.0.load(Ordering::Relaxed), 3);
+        assert_eq!(line.edges(), 3);
         assert_eq!(
             read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
             VIRTIO_MMIO_INT_VRING
@@ -875,7 +864,7 @@ mod tests {
                 "size {size}"
             );
             // Before DRIVER_OK the driver reads it back; no interrupt.
-            assert_eq!(line.0.load(Ordering::Relaxed), 0);
+            assert_eq!(line.edges(), 0);
             add_status(&mut t, DRIVER_OK);
             assert!(!t.is_activated(), "size {size}");
             // A reset clears it and the next probe works.
@@ -919,7 +908,7 @@ mod tests {
                 read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
                 VIRTIO_MMIO_INT_CONFIG
             );
-            assert_eq!(line.0.load(Ordering::Relaxed), 1);
+            assert_eq!(line.edges(), 1);
             // Nothing reaches the device until a reset.
             write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
             add_status(&mut t, DRIVER_OK);
@@ -936,7 +925,7 @@ mod tests {
         add_status(&mut t, DRIVER_OK);
         assert!(!t.is_activated());
         assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS) & NEEDS_RESET, NEEDS_RESET);
-        assert_eq!(line.0.load(Ordering::Relaxed), 1);
+        assert_eq!(line.edges(), 1);
     }
 
     #[test]
@@ -1000,7 +989,7 @@ mod tests {
         write(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, u32::MAX);
         assert_eq!(read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
         // Two queue kicks at activation and the configuration change.
-        assert_eq!(line.0.load(Ordering::Relaxed), 3);
+        assert_eq!(line.edges(), 3);
     }
 
     #[test]
@@ -1125,19 +1114,6 @@ mod tests {
         }
         let line = Arc::new(Counter::default());
         assert!(MmioTransport::new(Bad(vec![32768, 1]), guest_memory(), line).is_ok());
-    }
-
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// A hostile driver: thousands of random accesses, mostly at real

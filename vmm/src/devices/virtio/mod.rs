@@ -234,13 +234,26 @@ pub fn write_config_into(config: &mut [u8], offset: u64, data: &[u8]) {
     config[start..start + n].copy_from_slice(&data[..n]);
 }
 
+/// What the virtio tests share: an interrupt line that counts, and a
+/// seeded generator for their random drivers.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::serial::IrqTrigger;
-    use std::sync::atomic::AtomicUsize;
+pub(crate) mod test_util {
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct Counter(AtomicUsize);
+    use vm_superio::Trigger;
+
+    /// An interrupt line that counts its edges.
+    #[derive(Default)]
+    pub(crate) struct Counter(pub(crate) AtomicUsize);
+
+    impl Counter {
+        /// The edges so far.
+        pub(crate) fn edges(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
     impl Trigger for Counter {
         type E = io::Error;
         fn trigger(&self) -> io::Result<()> {
@@ -248,6 +261,29 @@ mod tests {
             Ok(())
         }
     }
+
+    /// xorshift64: the same sequence for the same seed, run after run.
+    pub(crate) struct XorShift(pub(crate) u64);
+
+    impl XorShift {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::Counter;
+    use super::*;
+    use crate::devices::serial::IrqTrigger;
 
     #[test]
     fn the_uarts_irq_trigger_is_an_interrupt_line() {
@@ -262,7 +298,7 @@ mod tests {
 
     #[test]
     fn causes_are_shared_by_clones_and_acknowledged_bit_by_bit() {
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let counter = Arc::new(Counter::default());
         let irq = Interrupt::new(counter.clone());
         let worker = irq.clone();
         worker.signal_used_queue().unwrap();
@@ -272,7 +308,7 @@ mod tests {
         assert_eq!(worker.status(), VIRTIO_MMIO_INT_CONFIG);
         irq.clear();
         assert_eq!(worker.status(), 0);
-        assert_eq!(counter.0.load(Ordering::Relaxed), 2);
+        assert_eq!(counter.edges(), 2);
     }
 
     #[test]
