@@ -280,15 +280,8 @@ fn read_file(path: &CStr) -> Result<&'static [u8], Errno> {
     let size = usize::try_from(rustix::fs::fstat(&fd)?.st_size).map_err(|_| Errno::FBIG)?;
     // One spare byte shows whether the file grew since fstat.
     let buf = alloc_bytes(size + 1)?;
-    let mut len = 0;
-    while len < buf.len() {
-        match rustix::io::read(fd.as_fd(), &mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let (len, read) = crate::console::read_full(fd.as_fd(), buf);
+    read?;
     if len > size {
         return Err(Errno::FBIG);
     }

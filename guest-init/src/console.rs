@@ -77,6 +77,22 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) {
     }
 }
 
+/// Reads from `fd` until `buf` is full or the file ends, retrying after
+/// interruptions; returns how many bytes were read, and the error that
+/// stopped it early, if one did.
+pub fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8]) -> (usize, Result<(), Errno>) {
+    let mut len = 0;
+    while len < buf.len() {
+        match rustix::io::read(fd, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return (len, Err(e)),
+        }
+    }
+    (len, Ok(()))
+}
+
 /// The errors guest-init can meet while starting a command, in words.
 fn describe(errno: Errno) -> Option<&'static [u8]> {
     Some(match errno {

@@ -583,15 +583,7 @@ fn run(config: &config::RunConfig, pid1: bool) -> u8 {
 
     // The pipe closes on a successful exec (CLOEXEC) or carries a report.
     let mut report = [0u8; REPORT_CAPACITY];
-    let mut len = 0;
-    while len < report.len() {
-        match rustix::io::read(&report_rx, &mut report[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(Errno::INTR) => {}
-            Err(_) => break,
-        }
-    }
+    let (len, _) = console::read_full(report_rx.as_fd(), &mut report);
     drop(report_rx);
 
     let mut status = wait_for(child);

@@ -211,15 +211,8 @@ fn port_named_by(dir: BorrowedFd<'_>, device: &DeviceName) -> Option<Port> {
     )
     .ok()?;
     let mut contents = [0u8; NAME_FILE_CAPACITY];
-    let mut n = 0;
-    while n < contents.len() {
-        match rustix::io::read(&file, &mut contents[n..]) {
-            Ok(0) => break,
-            Ok(got) => n += got,
-            Err(Errno::INTR) => {}
-            Err(_) => return None,
-        }
-    }
+    let (n, read) = crate::console::read_full(file.as_fd(), &mut contents);
+    read.ok()?;
     let contents = &contents[..n];
     let name = contents.strip_suffix(b"\n").unwrap_or(contents);
     [Port::Stdout, Port::Stderr, Port::Stdin]
