@@ -487,12 +487,7 @@ pub fn binary_stdout_arrives_unchanged(engine: &Engine) {
     let Some(root) = prerequisites(engine) else {
         return;
     };
-    // In the nested lane a megabyte through the 16550 takes minutes.
-    let limit = if nested::inside() {
-        "20m"
-    } else {
-        SAFETY_TIMEOUT
-    };
+    let limit = bulk_output_limit();
     let output = microrun(engine, &["--timeout", limit], root, &["cat", "/data.bin"]);
     assert_code(&output, 0);
     assert_same_bytes(&output.stdout, &binary_data());
@@ -509,6 +504,17 @@ pub fn binary_stdout_64k_arrives_unchanged(engine: &Engine) {
     assert_same_bytes(&output.stdout, &binary_data()[..65536]);
 }
 
+/// The `--timeout` of the cases that write megabytes: in the nested lane
+/// a megabyte over the UARTs takes minutes (`uarts::`), and 64 MiB over
+/// the virtio-console about a minute.
+fn bulk_output_limit() -> &'static str {
+    if nested::inside() {
+        "20m"
+    } else {
+        SAFETY_TIMEOUT
+    }
+}
+
 /// 64 MiB: the 1 MiB file 64 times over, as fast as the engine's output
 /// path goes (the virtio-console under the kvm engine).
 pub fn binary_stdout_64m_arrives_unchanged(engine: &Engine) {
@@ -520,11 +526,7 @@ pub fn binary_stdout_64m_arrives_unchanged(engine: &Engine) {
         return;
     }
     let script = "i=0; while [ $i -lt 64 ]; do cat /data.bin; i=$((i + 1)); done";
-    let limit = if nested::inside() {
-        "20m"
-    } else {
-        SAFETY_TIMEOUT
-    };
+    let limit = bulk_output_limit();
     let output = microrun(engine, &["--timeout", limit], root, &["sh", "-c", script]);
     assert_code(&output, 0);
     assert_same_bytes(&output.stdout, &binary_data().repeat(64));
