@@ -10,7 +10,7 @@ use initrd_tools::PackOptions;
 
 use crate::embedded::GUEST_INIT;
 use crate::guest_kernel::{GuestModule, VirtioPlan};
-use crate::runconfig::{ModuleLoad, RunConfig, CONFIG_PATH, INIT_PATH, MODULES_DIR};
+use crate::runconfig::{ModuleLoad, RunConfig, ShareMount, CONFIG_PATH, INIT_PATH, MODULES_DIR};
 use crate::spec::{Rootfs, RunSpec, Verbosity};
 
 /// The directory of guest-init and its run configuration in the guest.
@@ -123,6 +123,7 @@ pub fn run_config(spec: &RunSpec) -> RunConfig {
         forward_stdin: spec.forward_stdin,
         virtio_ports: false,
         modules: Vec::new(),
+        mounts: Vec::new(),
     }
 }
 
@@ -139,6 +140,17 @@ pub fn vm_run_config(spec: &RunSpec, virtio: &VirtioPlan) -> RunConfig {
             .map(|(index, module)| ModuleLoad {
                 path: module_path(index, module),
                 params: module.params.clone(),
+            })
+            .collect(),
+        mounts: spec
+            .binds
+            .iter()
+            .take(virtio.shares)
+            .enumerate()
+            .map(|(index, bind)| ShareMount {
+                tag: crate::guest_kernel::share_tag(index),
+                dest: bind.dest.clone(),
+                read_only: bind.read_only,
             })
             .collect(),
         ..run_config(spec)
@@ -232,6 +244,7 @@ mod tests {
             timeout: None,
             forward_stdin: false,
             no_init,
+            binds: Vec::new(),
             verbosity,
             started: Instant::now(),
         }

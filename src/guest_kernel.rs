@@ -33,14 +33,22 @@ use std::path::Path;
 
 use initrd_tools::kernel_info::{kernel_release, KernelConfig, KernelInfoError, Tristate};
 use initrd_tools::modules::{ModuleFile, ModuleTree, ModulesError};
-use vmm::layout::VIRTIO_CONSOLE_SLOT;
+use vmm::layout::{VirtioMmioSlot, VIRTIO_CONSOLE_SLOT, VIRTIO_SHARE_SLOTS};
+
+use crate::binds::Bind;
 
 /// The environment variable that turns the virtio-console off.
 pub const VIRTIO_VAR: &str = "MICRORUN_VIRTIO";
 
-/// The modules that give a kernel the virtio-console over virtio-mmio.
+/// The modules that give a kernel the virtio-console over virtio-mmio (or
+/// virtio-pci).
 const VIRTIO_MMIO_MODULE: &str = "virtio_mmio";
+const VIRTIO_PCI_MODULE: &str = "virtio_pci";
 const VIRTIO_CONSOLE_MODULE: &str = "virtio_console";
+/// The modules that let a kernel mount a share (9p over virtio); their
+/// dependencies (`9pnet`, `netfs`, ...) come from `modules.dep`.
+const NET_9P_VIRTIO_MODULE: &str = "9pnet_virtio";
+const NINE_P_FS_MODULE: &str = "9p";
 
 /// Why no plan could be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +87,18 @@ pub fn setting_from_env() -> Result<VirtioSetting, GuestKernelError> {
     }
 }
 
+/// The bus the virtio devices sit on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// virtio-mmio: microrun's VMM, and QEMU's `microvm` machine.
+    #[default]
+    Mmio,
+    /// virtio-pci: QEMU's `pc` machine, for kernels that find virtio-mmio
+    /// devices only through ACPI (which QEMU's `microvm` gives only with
+    /// its ACPI tables, under which such kernels do not boot under TCG).
+    Pci,
+}
+
 /// One module guest-init loads, with `finit_module`, before the program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestModule {
@@ -91,17 +111,25 @@ pub struct GuestModule {
     pub params: String,
 }
 
-/// How the guest gets its virtio-console, for one kernel.
+/// How the guest gets its virtio devices, for one kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VirtioPlan {
+    /// The bus the devices are planned on.
+    pub transport: Transport,
     /// Offer the virtio-console (else the UARTs carry the program's
     /// streams, as they always did).
     pub console: bool,
-    /// Announce it on the kernel command line: the kernel has
+    /// How many shares (virtio-9p devices, `--bind`) the guest gets: the
+    /// number asked for, or 0 with [`VirtioPlan::share_problem`] saying why.
+    pub shares: usize,
+    /// Why the shares asked for cannot be given to this kernel: a run with
+    /// `--bind` fails with it, since there is nothing to fall back to.
+    pub share_problem: Option<String>,
+    /// Announce the devices on the kernel command line: the kernel has
     /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y`, or its configuration is
     /// unknown.
     pub cmdline_discovery: bool,
-    /// Announce it in ACPI tables: the kernel has `CONFIG_ACPI=y` and no
+    /// Announce them in ACPI tables: the kernel has `CONFIG_ACPI=y` and no
     /// command-line devices, or its configuration is unknown.
     pub acpi_discovery: bool,
     /// Modules for guest-init to load, in load order.
@@ -120,33 +148,71 @@ impl VirtioPlan {
     }
 
     /// Falls back to the UARTs (dropping the modules), adding `why` to the
-    /// notes.
+    /// notes; shares asked for are lost, with `why` as the problem.
     pub fn use_uarts(&mut self, why: String) {
         let notes = std::mem::take(&mut self.notes);
-        *self = VirtioPlan::uarts(why);
+        let lost_shares = self.shares > 0 || self.share_problem.is_some();
+        *self = VirtioPlan::uarts(why.clone());
         self.notes.splice(0..0, notes);
+        if lost_shares {
+            self.share_problem = Some(why);
+        }
     }
 
-    /// The devices the kvm engine asks the VMM for: the part of the plan
-    /// it needs once the modules are in the initrd.
-    pub fn devices(&self) -> vmm::VirtioOptions {
+    /// The slots of the devices planned, in the order the VMM places them:
+    /// the console's, then one per share.
+    pub fn slots(&self) -> Vec<VirtioMmioSlot> {
+        let console = self.console.then_some(VIRTIO_CONSOLE_SLOT);
+        console
+            .into_iter()
+            .chain(VIRTIO_SHARE_SLOTS.iter().copied().take(self.shares))
+            .collect()
+    }
+
+    /// The devices the kvm engine asks the VMM for, serving `binds` (as
+    /// many as [`VirtioPlan::shares`]): the part of the plan it needs once
+    /// the modules are in the initrd.
+    pub fn devices(&self, binds: &[Bind]) -> vmm::VirtioOptions {
+        let any = self.console || self.shares > 0;
         vmm::VirtioOptions {
             console: self.console,
-            cmdline: self.console && self.cmdline_discovery,
-            acpi: self.console && self.acpi_discovery,
+            shares: binds
+                .iter()
+                .take(self.shares)
+                .enumerate()
+                .map(|(index, bind)| vmm::SharedDir {
+                    source: bind.source.clone(),
+                    tag: share_tag(index),
+                    read_only: bind.read_only,
+                })
+                .collect(),
+            cmdline: any && self.cmdline_discovery,
+            acpi: any && self.acpi_discovery,
         }
     }
 }
 
-/// The plan for booting `kernel`, with the setting of `MICRORUN_VIRTIO`,
-/// cached in `<cache dir>/virtio/` (see [`plan_under`]).
-pub fn plan(kernel: &Path) -> Result<VirtioPlan, GuestKernelError> {
+/// The 9p mount tag of the `index`th share, as guest-init mounts it.
+pub fn share_tag(index: usize) -> String {
+    format!("microrun{index}")
+}
+
+/// The plan for booting `kernel` with `shares` host directories on
+/// `transport`, with the setting of `MICRORUN_VIRTIO`, cached in
+/// `<cache dir>/virtio/` (see [`plan_under`]).
+pub fn plan(
+    kernel: &Path,
+    shares: usize,
+    transport: Transport,
+) -> Result<VirtioPlan, GuestKernelError> {
     let setting = setting_from_env()?;
     let cache = initrd_tools::cache_dir().ok().map(|dir| dir.join("virtio"));
-    Ok(plan_under(
+    Ok(plan_on(
         Path::new("/"),
         kernel,
         setting,
+        shares,
+        transport,
         cache.as_deref(),
     ))
 }
@@ -164,21 +230,42 @@ pub fn plan_under(
     root: &Path,
     kernel: &Path,
     setting: VirtioSetting,
+    shares: usize,
     cache: Option<&Path>,
 ) -> VirtioPlan {
-    if setting == VirtioSetting::Off {
+    plan_on(root, kernel, setting, shares, Transport::Mmio, cache)
+}
+
+/// [`plan_under`] on `transport`.
+pub fn plan_on(
+    root: &Path,
+    kernel: &Path,
+    setting: VirtioSetting,
+    shares: usize,
+    transport: Transport,
+    cache: Option<&Path>,
+) -> VirtioPlan {
+    let shares = shares.min(VIRTIO_SHARE_SLOTS.len());
+    if setting == VirtioSetting::Off && shares == 0 {
         return VirtioPlan::uarts(format!(
             "{VIRTIO_VAR}=off: the program's streams go over the UARTs"
         ));
     }
     let release = kernel_release(kernel);
-    let key = cache.map(|_| plan_cache::key(root, kernel, release.as_deref().ok()));
+    let key = cache.map(|_| {
+        let mut key = plan_cache::key(root, kernel, release.as_deref().ok());
+        key.push_str(&format!(
+            "setting {setting:?} shares {shares} transport {transport:?}\n"
+        ));
+        key
+    });
     if let (Some(dir), Some(key)) = (cache, &key) {
         if let Some(plan) = plan_cache::load(dir, key) {
             return plan;
         }
     }
-    let (plan, sources) = decide(root, kernel, release);
+    let (mut plan, sources) = decide(root, kernel, release, setting, shares, transport);
+    plan.transport = transport;
     if let (Some(dir), Some(key), Some(sources)) = (cache, &key, sources) {
         plan_cache::store(dir, key, &plan, &sources);
     }
@@ -191,72 +278,137 @@ fn decide(
     root: &Path,
     kernel: &Path,
     release: Result<String, KernelInfoError>,
+    setting: VirtioSetting,
+    shares: usize,
+    transport: Transport,
 ) -> (VirtioPlan, Option<Vec<ModuleSource>>) {
     let name = match &release {
         Ok(release) => format!("kernel {release}"),
         Err(_) => format!("kernel {}", kernel.display()),
     };
+    let want_console = setting == VirtioSetting::On;
     let config = KernelConfig::find_under(root, kernel, release.as_deref().unwrap_or(""));
     let config = match config {
         Ok(Some(config)) => config,
         Ok(None) => {
+            let why = "no build configuration found".to_string();
             return (
-                unknown_config(&name, "no build configuration found".to_string()),
+                unknown_config(&name, why, want_console, shares),
                 Some(Vec::new()),
-            )
+            );
         }
-        Err(e) => return (unknown_config(&name, e.to_string()), Some(Vec::new())),
+        Err(e) => {
+            let plan = unknown_config(&name, e.to_string(), want_console, shares);
+            return (plan, Some(Vec::new()));
+        }
     };
     let source = config.source().display().to_string();
-    let mmio = config.option("VIRTIO_MMIO");
-    let console = config.option("VIRTIO_CONSOLE");
-    let is_set = |t: Option<Tristate>| matches!(t, Some(Tristate::Yes | Tristate::Module));
-    if !is_set(console) {
-        let why = format!(
-            "{name} has no virtio console driver (CONFIG_VIRTIO_CONSOLE is not set in {source}): \
-             the program's streams go over the UARTs"
-        );
-        return (VirtioPlan::uarts(why), Some(Vec::new()));
-    }
-    if !is_set(mmio) {
-        let why = format!(
-            "{name} has no virtio-mmio transport, which the virtio console needs \
-             (CONFIG_VIRTIO_MMIO is not set in {source}): the program's streams go over the UARTs"
-        );
-        return (VirtioPlan::uarts(why), Some(Vec::new()));
-    }
-    let mut plan = VirtioPlan {
-        console: true,
-        ..VirtioPlan::default()
+    let is_set = |option: &str| {
+        matches!(
+            config.option(option),
+            Some(Tristate::Yes | Tristate::Module)
+        )
     };
-    if config.option("VIRTIO_MMIO_CMDLINE_DEVICES") == Some(Tristate::Yes) {
+    let mut plan = VirtioPlan::default();
+    // Every device needs the transport and a way for the kernel to find it.
+    let transport_problem = if transport == Transport::Pci {
+        if config.option("PCI") != Some(Tristate::Yes) || !is_set("VIRTIO_PCI") {
+            Some(format!(
+                "{name} has no virtio-pci transport (CONFIG_PCI=y and CONFIG_VIRTIO_PCI are \
+                 needed, in {source})"
+            ))
+        } else {
+            plan.notes
+                .push(format!("{name}: virtio devices on PCI (CONFIG_VIRTIO_PCI)"));
+            None
+        }
+    } else if !is_set("VIRTIO_MMIO") {
+        Some(format!(
+            "{name} has no virtio-mmio transport (CONFIG_VIRTIO_MMIO is not set in {source})"
+        ))
+    } else if config.option("VIRTIO_MMIO_CMDLINE_DEVICES") == Some(Tristate::Yes) {
         plan.cmdline_discovery = true;
         plan.notes.push(format!(
-            "{name}: the virtio-console is announced on the command line \
+            "{name}: virtio devices are announced on the command line \
              (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y)"
         ));
+        None
     } else if config.option("ACPI") == Some(Tristate::Yes) {
         plan.acpi_discovery = true;
         plan.notes.push(format!(
-            "{name}: the virtio-console is announced in ACPI (CONFIG_ACPI=y, no \
+            "{name}: virtio devices are announced in ACPI (CONFIG_ACPI=y, no \
              CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES)"
         ));
+        None
     } else {
-        let why = format!(
+        Some(format!(
             "{name} cannot find a virtio-mmio device: neither \
-             CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES nor CONFIG_ACPI is set in {source}; the \
-             program's streams go over the UARTs"
-        );
-        return (VirtioPlan::uarts(why), Some(Vec::new()));
+             CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES nor CONFIG_ACPI is set in {source}"
+        ))
+    };
+    if want_console {
+        let problem = transport_problem.clone().or_else(|| {
+            (!is_set("VIRTIO_CONSOLE")).then(|| {
+                format!(
+                    "{name} has no virtio console driver (CONFIG_VIRTIO_CONSOLE is not set in \
+                     {source})"
+                )
+            })
+        });
+        match problem {
+            Some(why) => plan
+                .notes
+                .push(format!("{why}: the program's streams go over the UARTs")),
+            None => plan.console = true,
+        }
+    } else {
+        plan.notes.push(format!(
+            "{VIRTIO_VAR}=off: the program's streams go over the UARTs"
+        ));
     }
-    let wanted: Vec<&str> = [(mmio, VIRTIO_MMIO_MODULE), (console, VIRTIO_CONSOLE_MODULE)]
-        .into_iter()
-        .filter(|(t, _)| *t == Some(Tristate::Module))
-        .map(|(_, module)| module)
-        .collect();
+    if shares > 0 {
+        let problem = transport_problem.or_else(|| {
+            let missing: Vec<&str> = ["NET_9P", "NET_9P_VIRTIO", "9P_FS"]
+                .into_iter()
+                .filter(|option| !is_set(option))
+                .collect();
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "{name} cannot mount a 9p share: CONFIG_{} not set in {source}",
+                    missing.join(", CONFIG_") + if missing.len() == 1 { " is" } else { " are" }
+                )
+            })
+        });
+        match problem {
+            Some(why) => plan.share_problem = Some(why),
+            None => plan.shares = shares,
+        }
+    }
+    let module = |option: &str| config.option(option) == Some(Tristate::Module);
+    let mut wanted: Vec<&str> = Vec::new();
+    let (bus_option, bus_module) = match transport {
+        Transport::Mmio => ("VIRTIO_MMIO", VIRTIO_MMIO_MODULE),
+        Transport::Pci => ("VIRTIO_PCI", VIRTIO_PCI_MODULE),
+    };
+    if (plan.console || plan.shares > 0) && module(bus_option) {
+        wanted.push(bus_module);
+    }
+    if plan.console && module("VIRTIO_CONSOLE") {
+        wanted.push(VIRTIO_CONSOLE_MODULE);
+    }
+    if plan.shares > 0 {
+        if module("NET_9P_VIRTIO") {
+            wanted.push(NET_9P_VIRTIO_MODULE);
+        }
+        if module("9P_FS") {
+            wanted.push(NINE_P_FS_MODULE);
+        }
+    }
     if wanted.is_empty() {
-        plan.notes
-            .push(format!("{name}: the virtio drivers are built in"));
+        if plan.console || plan.shares > 0 {
+            plan.notes
+                .push(format!("{name}: the virtio drivers are built in"));
+        }
         return (plan, Some(Vec::new()));
     }
     let release = match release {
@@ -270,7 +422,8 @@ fn decide(
         }
     };
     let modules_parent = root.join("lib/modules");
-    match host_modules(&modules_parent, &release, &wanted, plan.cmdline_discovery) {
+    let mmio_params = mmio_module_params(&plan);
+    match host_modules(&modules_parent, &release, &wanted, &mmio_params) {
         Ok(read) => {
             let (modules, sources): (Vec<_>, Vec<_>) = read.into_iter().unzip();
             let names: Vec<&str> = modules
@@ -295,17 +448,35 @@ fn decide(
     }
 }
 
+/// The `virtio_mmio` module's parameters: one `device=` per slot when the
+/// devices are announced on the command line (a module loaded by
+/// `finit_module` does not read `/proc/cmdline`), none for ACPI.
+fn mmio_module_params(plan: &VirtioPlan) -> String {
+    if !plan.cmdline_discovery {
+        return String::new();
+    }
+    plan.slots()
+        .iter()
+        .map(|slot| format!("device={}", slot.cmdline_device()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The plan for a kernel whose configuration is unknown (`why`): offer the
-/// console both ways; guest-init falls back to the UARTs after a bounded
-/// wait if no port appears.
-fn unknown_config(name: &str, why: String) -> VirtioPlan {
+/// devices both ways; guest-init falls back to the UARTs after a bounded
+/// wait if no port appears, and fails the run if a share cannot be
+/// mounted.
+fn unknown_config(name: &str, why: String, console: bool, shares: usize) -> VirtioPlan {
     VirtioPlan {
-        console: true,
+        transport: Transport::Mmio,
+        console,
+        shares,
+        share_problem: None,
         cmdline_discovery: true,
         acpi_discovery: true,
         modules: Vec::new(),
         notes: vec![format!(
-            "{name}: {why}; offering the virtio-console, announced on the command line and in \
+            "{name}: {why}; offering the virtio devices, announced on the command line and in \
              ACPI (guest-init uses the UARTs if no port appears)"
         )],
     }
@@ -317,19 +488,19 @@ fn host_modules(
     parent: &Path,
     release: &str,
     wanted: &[&str],
-    cmdline_discovery: bool,
+    mmio_params: &str,
 ) -> Result<Vec<(GuestModule, ModuleSource)>, String> {
     let tree = ModuleTree::for_release_under(parent, release).map_err(|e| e.to_string())?;
     tree.resolve(wanted)
         .map_err(|e| e.to_string())?
         .iter()
-        .map(|file| guest_module(file, cmdline_discovery))
+        .map(|file| guest_module(file, mmio_params))
         .collect()
 }
 
 fn guest_module(
     file: &ModuleFile,
-    cmdline_discovery: bool,
+    mmio_params: &str,
 ) -> Result<(GuestModule, ModuleSource), String> {
     // The name becomes part of a path in the initrd and of a run-config
     // record; modules.dep is untrusted.
@@ -340,8 +511,8 @@ fn guest_module(
             file.name
         ));
     }
-    let params = if file.name == VIRTIO_MMIO_MODULE && cmdline_discovery {
-        format!("device={}", VIRTIO_CONSOLE_SLOT.cmdline_device())
+    let params = if file.name == VIRTIO_MMIO_MODULE {
+        mmio_params.to_string()
     } else {
         String::new()
     };
@@ -397,7 +568,7 @@ mod plan_cache {
     use super::{GuestModule, ModuleSource, VirtioPlan};
 
     /// Changes whenever the decision or this format changes.
-    const FORMAT: &str = "microrun-virtio-plan-v1";
+    const FORMAT: &str = "microrun-virtio-plan-v2";
     /// How many plans the cache keeps.
     const KEEP: usize = 16;
     /// Largest entry read back (a few modules of a few hundred KiB each).
@@ -510,7 +681,13 @@ mod plan_cache {
             u8::from(plan.console),
             u8::from(plan.cmdline_discovery),
             u8::from(plan.acpi_discovery),
+            u8::from(plan.transport == super::Transport::Pci),
         ]);
+        put(&mut out, &(plan.shares as u64).to_le_bytes());
+        put(
+            &mut out,
+            plan.share_problem.as_deref().unwrap_or("").as_bytes(),
+        );
         put(&mut out, &(plan.notes.len() as u64).to_le_bytes());
         for note in &plan.notes {
             put(&mut out, note.as_bytes());
@@ -567,6 +744,13 @@ mod plan_cache {
             console: r.flag()?,
             cmdline_discovery: r.flag()?,
             acpi_discovery: r.flag()?,
+            transport: if r.flag()? {
+                super::Transport::Pci
+            } else {
+                super::Transport::Mmio
+            },
+            shares: usize::try_from(r.count()?).ok()?,
+            share_problem: Some(r.text()?).filter(|p| !p.is_empty()),
             ..VirtioPlan::default()
         };
         for _ in 0..r.count()? {
@@ -731,6 +915,17 @@ mod tests {
                     "kernel/drivers/char/virtio_console.ko",
                     "kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko",
                 ),
+                ("kernel/fs/netfs/netfs.ko", ""),
+                ("kernel/net/9p/9pnet.ko", ""),
+                (
+                    "kernel/net/9p/9pnet_virtio.ko",
+                    "kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko \
+                     kernel/drivers/virtio/virtio_ring.ko",
+                ),
+                (
+                    "kernel/fs/9p/9p.ko",
+                    "kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko",
+                ),
             ];
             let mut dep = String::new();
             for (file, deps) in files {
@@ -752,8 +947,75 @@ mod tests {
         }
 
         fn plan(&self) -> VirtioPlan {
-            plan_under(self.root.path(), &self.kernel(), VirtioSetting::On, None)
+            self.plan_with(VirtioSetting::On, 0)
         }
+
+        fn plan_with(&self, setting: VirtioSetting, shares: usize) -> VirtioPlan {
+            plan_under(self.root.path(), &self.kernel(), setting, shares, None)
+        }
+    }
+
+    /// Debian's 9p options, for [`DEBIAN`].
+    const NINE_P_MODULES: &str = "CONFIG_NET_9P=m\nCONFIG_NET_9P_VIRTIO=m\nCONFIG_9P_FS=m\n";
+
+    #[test]
+    fn shares_bring_their_modules_after_the_transport() {
+        let config = format!("{DEBIAN}{NINE_P_MODULES}");
+        let host = Host::new(Some(&config));
+        let plan = host.plan_with(VirtioSetting::On, 2);
+        assert_eq!((plan.console, plan.shares), (true, 2), "{:?}", plan.notes);
+        assert_eq!(plan.share_problem, None);
+        let names = names(&plan);
+        let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
+        assert!(at("virtio_mmio.ko") < at("9pnet_virtio.ko"), "{names:?}");
+        assert!(at("9pnet.ko") < at("9pnet_virtio.ko"), "{names:?}");
+        assert!(at("netfs.ko") < at("9p.ko"), "{names:?}");
+        assert_eq!(plan.slots().len(), 3);
+        // Without the console, the shares still get the transport.
+        let plan = host.plan_with(VirtioSetting::Off, 1);
+        assert_eq!((plan.console, plan.shares), (false, 1), "{:?}", plan.notes);
+        let names = super::tests::names(&plan);
+        assert!(names.contains(&"virtio_mmio.ko") && !names.contains(&"virtio_console.ko"));
+        // Named on the command line: one device= per slot, the console's first.
+        let config = config.replace(
+            "# CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set",
+            "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",
+        );
+        let plan = Host::new(Some(&config)).plan_with(VirtioSetting::On, 2);
+        let mmio = plan
+            .modules
+            .iter()
+            .find(|m| m.file_name == "virtio_mmio.ko")
+            .unwrap();
+        assert_eq!(
+            mmio.params,
+            "device=4K@0xd0000000:5 device=4K@0xd0001000:6 device=4K@0xd0002000:7"
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_9p_says_why_it_cannot_share() {
+        let plan = Host::new(Some(DEBIAN)).plan_with(VirtioSetting::On, 1);
+        assert!(plan.console, "the console does not depend on 9p");
+        assert_eq!(plan.shares, 0);
+        let why = plan.share_problem.unwrap();
+        assert!(
+            why.contains("CONFIG_NET_9P, CONFIG_NET_9P_VIRTIO, CONFIG_9P_FS are not set"),
+            "{why}"
+        );
+        let config = BUILT_IN.replace("CONFIG_VIRTIO_MMIO=y", "# CONFIG_VIRTIO_MMIO is not set");
+        let plan =
+            Host::new(Some(&format!("{config}{NINE_P_MODULES}"))).plan_with(VirtioSetting::On, 1);
+        assert!(plan.share_problem.unwrap().contains("CONFIG_VIRTIO_MMIO"));
+        // Modules that cannot be read: no console, and the shares say why.
+        let host = Host::new(Some(&format!("{DEBIAN}{NINE_P_MODULES}")));
+        host.write(
+            &format!("lib/modules/{RELEASE}/kernel/fs/9p/9p.ko"),
+            b"junk",
+        );
+        let plan = host.plan_with(VirtioSetting::On, 1);
+        assert!(!plan.console && plan.shares == 0, "{:?}", plan.notes);
+        assert!(plan.share_problem.is_some());
     }
 
     const BUILT_IN: &str = "CONFIG_VIRTIO=y\nCONFIG_VIRTIO_MMIO=y\n\
@@ -783,9 +1045,10 @@ mod tests {
             Path::new("/nonexistent"),
             Path::new("/k"),
             VirtioSetting::Off,
+            0,
             None,
         );
-        assert_eq!(off.devices(), vmm::VirtioOptions::default());
+        assert_eq!(off.devices(&[]), vmm::VirtioOptions::default());
         assert!(off.modules.is_empty());
         assert!(
             off.notes[0].contains("MICRORUN_VIRTIO=off"),
@@ -799,9 +1062,10 @@ mod tests {
         let host = Host::new(Some(BUILT_IN));
         let plan = host.plan();
         assert_eq!(
-            plan.devices(),
+            plan.devices(&[]),
             vmm::VirtioOptions {
                 console: true,
+                shares: Vec::new(),
                 cmdline: true,
                 acpi: false
             },
@@ -810,7 +1074,7 @@ mod tests {
         );
         assert!(plan.modules.is_empty());
         assert_eq!(
-            plan.devices().kernel_cmdline("quiet"),
+            plan.devices(&[]).kernel_cmdline("quiet"),
             "virtio_mmio.device=4K@0xd0000000:5 quiet"
         );
         // The project kernel's layout: `config` beside the bzImage.
@@ -821,6 +1085,7 @@ mod tests {
             dir.path(),
             &dir.path().join("bzImage"),
             VirtioSetting::On,
+            0,
             None,
         );
         assert!(plan.console && plan.cmdline_discovery && plan.modules.is_empty());
@@ -836,9 +1101,10 @@ mod tests {
         let host = Host::new(Some(DEBIAN));
         let plan = host.plan();
         assert_eq!(
-            plan.devices(),
+            plan.devices(&[]),
             vmm::VirtioOptions {
                 console: true,
+                shares: Vec::new(),
                 cmdline: false,
                 acpi: true
             },
@@ -856,7 +1122,7 @@ mod tests {
         );
         assert!(plan.modules.iter().all(|m| m.params.is_empty()));
         assert!(plan.modules.iter().all(|m| m.bytes == fake_module(RELEASE)));
-        assert_eq!(plan.devices().kernel_cmdline("quiet"), "quiet");
+        assert_eq!(plan.devices(&[]).kernel_cmdline("quiet"), "quiet");
         let note = plan.notes.last().unwrap();
         assert!(
             note.contains("kernel 9.9.9-test: virtio drivers are modules; loading virtio_ring, virtio, virtio_mmio, virtio_console from ")
@@ -892,7 +1158,7 @@ mod tests {
         let check = |host: &Host, needle: &str| {
             let plan = host.plan();
             assert_eq!(
-                plan.devices(),
+                plan.devices(&[]),
                 vmm::VirtioOptions::default(),
                 "{:?}",
                 plan.notes
@@ -965,7 +1231,7 @@ mod tests {
             ),
         ] {
             let plan = Host::new(Some(&config)).plan();
-            assert_eq!(plan.devices(), vmm::VirtioOptions::default(), "{config}");
+            assert_eq!(plan.devices(&[]), vmm::VirtioOptions::default(), "{config}");
             assert!(plan.modules.is_empty());
             assert!(
                 plan.notes.iter().any(|n| n.contains(needle)),
@@ -979,9 +1245,10 @@ mod tests {
     fn an_unknown_configuration_offers_the_console_both_ways() {
         let plan = Host::new(None).plan();
         assert_eq!(
-            plan.devices(),
+            plan.devices(&[]),
             vmm::VirtioOptions {
                 console: true,
+                shares: Vec::new(),
                 cmdline: true,
                 acpi: true
             }
@@ -997,7 +1264,7 @@ mod tests {
         let junk = dir.path().join("junk");
         std::fs::write(&junk, b"not a kernel").unwrap();
         for kernel in [junk, dir.path().join("absent")] {
-            let plan = plan_under(dir.path(), &kernel, VirtioSetting::On, None);
+            let plan = plan_under(dir.path(), &kernel, VirtioSetting::On, 0, None);
             assert!(plan.console && plan.cmdline_discovery && plan.acpi_discovery);
             assert!(
                 plan.notes[0].contains(&*kernel.to_string_lossy()),
@@ -1018,9 +1285,10 @@ mod tests {
             dir.path(),
             &dir.path().join("bzImage"),
             VirtioSetting::On,
+            0,
             None,
         );
-        assert_eq!(plan.devices(), vmm::VirtioOptions::default());
+        assert_eq!(plan.devices(&[]), vmm::VirtioOptions::default());
         assert!(
             plan.notes
                 .last()
@@ -1040,6 +1308,7 @@ mod tests {
                 host.root.path(),
                 &host.kernel(),
                 VirtioSetting::On,
+                0,
                 Some(&cache),
             )
         };
@@ -1053,7 +1322,7 @@ mod tests {
         let modules = host.root.path().join("lib/modules").join(RELEASE);
         let virtio = modules.join("kernel/drivers/virtio/virtio.ko");
         std::fs::write(&virtio, fake_module("1.0")).unwrap();
-        assert_eq!(cached().devices(), vmm::VirtioOptions::default());
+        assert_eq!(cached().devices(&[]), vmm::VirtioOptions::default());
         std::fs::write(&virtio, fake_module(RELEASE)).unwrap();
         assert_eq!(cached(), fresh);
         // A new configuration, a new module index: decided afresh.
@@ -1071,12 +1340,13 @@ mod tests {
         host.write("boot/config", b"# CONFIG_VIRTIO_CONSOLE is not set\n");
         host.write(&format!("boot/config-{RELEASE}"), b"");
         std::fs::remove_file(host.root.path().join(format!("boot/config-{RELEASE}"))).unwrap();
-        assert_eq!(cached().devices(), vmm::VirtioOptions::default());
+        assert_eq!(cached().devices(&[]), vmm::VirtioOptions::default());
         // MICRORUN_VIRTIO=off never looks at the cache.
         let off = plan_under(
             host.root.path(),
             &host.kernel(),
             VirtioSetting::Off,
+            0,
             Some(&cache),
         );
         assert!(off.notes[0].contains("off"));
@@ -1113,7 +1383,7 @@ mod tests {
             host.write(&format!("boot/config-{RELEASE}"), text.as_bytes());
             let plan = host.plan();
             assert!(!plan.notes.is_empty());
-            assert!(plan.console || plan.devices() == vmm::VirtioOptions::default());
+            assert!(plan.console || plan.devices(&[]) == vmm::VirtioOptions::default());
         }
     }
 }

@@ -3,6 +3,7 @@
 //! this library: [`run::run`] takes a [`spec::RunSpec`] and an engine and
 //! returns a [`spec::RunOutcome`].
 
+pub mod binds;
 pub mod boot;
 pub mod embedded;
 pub mod engine;

@@ -86,6 +86,12 @@ struct RunArgs {
     /// The command's working directory in the guest.
     #[arg(short, long, value_name = "DIR")]
     workdir: Option<String>,
+    /// Share a host directory with the guest, read-write, at DST (default: SRC); repeatable.
+    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    binds: Vec<String>,
+    /// Share a host directory with the guest, read-only, at DST (default: SRC); repeatable.
+    #[arg(long = "bind-ro", value_name = "SRC[:DST]")]
+    binds_ro: Vec<String>,
     /// Boot the initrd as given, without guest-init (its init reports on ttyS2).
     #[arg(long)]
     no_init: bool,
@@ -191,6 +197,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         timeout: args.timeout,
         forward_stdin: stdin_is_data(),
         no_init: args.no_init,
+        binds: microrun::binds::parse_binds(&args.binds, &args.binds_ro)?,
         verbosity,
         started,
     };

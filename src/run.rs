@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::boot::{kernel_cmdline, prepare_initrd};
 use crate::engine::{chroot, kvm, qemu};
-use crate::guest_kernel::{self, VirtioPlan};
+use crate::guest_kernel::{self, Transport, VirtioPlan};
 use crate::spec::{PhaseTimes, RunOutcome, RunSpec};
 
 /// The least guest memory besides the initrd that microrun accepts: a
@@ -110,7 +110,7 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
                 cmdline,
                 mem_size,
                 vcpus: vm.cpus,
-                virtio: virtio.devices(),
+                virtio: virtio.devices(&spec.binds),
             },
         )?,
         Engine::Qemu => qemu::run(
@@ -122,6 +122,8 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
                 mem_size,
                 vcpus: vm.cpus,
                 accel: vm.accel,
+                virtio: virtio.devices(&spec.binds),
+                transport: virtio.transport,
             },
         )?,
         Engine::Chroot => unreachable!("handled above"),
@@ -142,13 +144,10 @@ fn virtio_plan(
     spec: &RunSpec,
     engine: Engine,
     kernel: &std::path::Path,
-) -> Result<VirtioPlan, guest_kernel::GuestKernelError> {
+) -> anyhow::Result<VirtioPlan> {
     guest_kernel::setting_from_env()?;
-    if engine == Engine::Qemu {
-        return Ok(VirtioPlan::uarts(
-            "the qemu engine has no virtio-console yet: the program's streams go over the UARTs"
-                .to_string(),
-        ));
+    if !spec.binds.is_empty() && spec.no_init {
+        bail!("--bind and --bind-ro need guest-init, which mounts the shares: drop --no-init");
     }
     if spec.no_init {
         return Ok(VirtioPlan::uarts(
@@ -157,10 +156,56 @@ fn virtio_plan(
         ));
     }
     let started = Instant::now();
-    let plan = guest_kernel::plan(kernel)?;
+    let shares = spec.binds.len();
+    let mut plan = guest_kernel::plan(kernel, shares, Transport::Mmio)?;
+    if engine == Engine::Qemu {
+        plan = qemu_plan(plan, || guest_kernel::plan(kernel, shares, Transport::Pci))?;
+    }
     log::debug!(
         "virtio: planned in {:.2} ms",
         started.elapsed().as_secs_f64() * 1e3
+    );
+    if let (false, Some(why)) = (spec.binds.is_empty(), &plan.share_problem) {
+        bail!(
+            "{why}; so --bind/--bind-ro cannot work here: boot a kernel with 9p over virtio \
+             (the project kernel from scripts/build-kernel has it built in), or use another \
+             --engine (chroot needs no kernel)"
+        );
+    }
+    Ok(plan)
+}
+
+/// The qemu engine's part of a plan (`mmio`, made for virtio-mmio). QEMU's
+/// virtio-mmio devices exist only on `-M microvm` with `acpi=off`, where
+/// QEMU names them on the command line itself, at addresses of its own: so
+/// the kernel must take `virtio_mmio.device=` with `virtio_mmio` built in
+/// (as a module it would need those addresses as its parameters). Any
+/// other kernel gets its devices on PCI (`-M pc`), when it has virtio-pci
+/// ([`Transport::Pci`], the plan `pci` makes); otherwise the UARTs, and no
+/// shares.
+fn qemu_plan(
+    mut mmio: VirtioPlan,
+    pci: impl FnOnce() -> Result<VirtioPlan, guest_kernel::GuestKernelError>,
+) -> anyhow::Result<VirtioPlan> {
+    if !mmio.console && mmio.shares == 0 && mmio.share_problem.is_none() {
+        return Ok(mmio);
+    }
+    let mmio_module = mmio.modules.iter().any(|m| m.file_name == "virtio_mmio.ko");
+    if mmio.cmdline_discovery && !mmio_module {
+        mmio.acpi_discovery = false;
+        return Ok(mmio);
+    }
+    let mut plan = pci()?;
+    plan.notes.insert(
+        0,
+        if !mmio.cmdline_discovery {
+            "the qemu engine: this kernel does not read virtio-mmio devices from the command \
+             line (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES); trying virtio-pci (-M pc)"
+        } else {
+            "the qemu engine: this kernel's virtio_mmio is a module, which cannot read the \
+             devices QEMU names on the command line; trying virtio-pci (-M pc)"
+        }
+        .to_string(),
     );
     Ok(plan)
 }
@@ -265,6 +310,49 @@ pub fn timings_report(engine: Engine, started: Instant, t: &PhaseTimes) -> Strin
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_qemu_engine_takes_virtio_mmio_only_where_qemu_can_announce_it() {
+        let wanted = VirtioPlan {
+            console: true,
+            shares: 1,
+            cmdline_discovery: true,
+            acpi_discovery: true,
+            ..VirtioPlan::default()
+        };
+        let pci = VirtioPlan {
+            transport: Transport::Pci,
+            ..wanted.clone()
+        };
+        let never = || -> Result<VirtioPlan, guest_kernel::GuestKernelError> {
+            panic!("no PCI plan needed")
+        };
+        let plan = qemu_plan(wanted.clone(), never).unwrap();
+        assert!(plan.console && plan.shares == 1 && !plan.acpi_discovery);
+        assert_eq!(plan.transport, Transport::Mmio);
+        // ACPI only (Debian): virtio-pci instead.
+        let acpi_only = VirtioPlan {
+            cmdline_discovery: false,
+            ..wanted.clone()
+        };
+        let plan = qemu_plan(acpi_only, || Ok(pci.clone())).unwrap();
+        assert_eq!(plan.transport, Transport::Pci);
+        assert!(plan.notes[0].contains("virtio-pci"), "{:?}", plan.notes);
+        // virtio_mmio as a module would need QEMU's addresses as parameters.
+        let mut module = wanted.clone();
+        module.modules.push(guest_kernel::GuestModule {
+            file_name: "virtio_mmio.ko".into(),
+            bytes: Vec::new(),
+            params: String::new(),
+        });
+        assert_eq!(
+            qemu_plan(module, || Ok(pci.clone())).unwrap().transport,
+            Transport::Pci
+        );
+        // Nothing virtio wanted: nothing to change.
+        let uarts = VirtioPlan::uarts("off".into());
+        assert_eq!(qemu_plan(uarts.clone(), never).unwrap(), uarts);
+    }
 
     #[test]
     fn default_memory_makes_room_for_the_kernel_when_the_initrd_rule_does_not() {

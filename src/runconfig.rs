@@ -11,9 +11,10 @@
 //! | `stdin` | `1`: the command reads ttyS1; otherwise it reads `/dev/null` |
 //! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs) |
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
+//! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
 //!
 //! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
-//! `module`.
+//! `module`, `mount`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -66,6 +67,15 @@ pub enum RunConfigError {
         /// The offending path.
         path: String,
     },
+    /// A share's guest path or tag is not absolute or contains a space or NUL.
+    #[error(
+        "the share at {path:?} cannot be passed to guest-init: its path must be absolute, \
+         without spaces or NUL bytes"
+    )]
+    MountPath {
+        /// The offending path.
+        path: String,
+    },
     /// An environment variable name is empty or contains `=`.
     #[error(
         "invalid environment variable name {name:?}: a name must be non-empty and contain no '='"
@@ -93,6 +103,19 @@ pub struct RunConfig {
     pub virtio_ports: bool,
     /// Kernel modules to load before the program, in load order.
     pub modules: Vec<ModuleLoad>,
+    /// Shares to mount before the program, in order.
+    pub mounts: Vec<ShareMount>,
+}
+
+/// One share guest-init mounts (9P2000.L over virtio).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareMount {
+    /// The virtio-9p device's mount tag.
+    pub tag: String,
+    /// Where: an absolute guest path without spaces.
+    pub dest: String,
+    /// Mount it read-only.
+    pub read_only: bool,
 }
 
 /// One kernel module guest-init loads (`finit_module`).
@@ -142,6 +165,21 @@ impl RunConfig {
                     "module parameters",
                 )?;
             }
+        }
+        for mount in &self.mounts {
+            let plain = |text: &str| !text.is_empty() && !text.contains([' ', '\0']);
+            if !mount.dest.starts_with('/') || !plain(&mount.dest) || !plain(&mount.tag) {
+                return Err(RunConfigError::MountPath {
+                    path: mount.dest.clone(),
+                });
+            }
+            let access = if mount.read_only { "ro" } else { "rw" };
+            push_record(
+                &mut out,
+                "mount",
+                &[&mount.tag, " ", access, " ", &mount.dest],
+                "share",
+            )?;
         }
         Ok(out)
     }

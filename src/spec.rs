@@ -60,6 +60,8 @@ pub struct RunSpec {
     pub forward_stdin: bool,
     /// Boot the initrd exactly as given, without guest-init.
     pub no_init: bool,
+    /// Host directories shared with the guest (`--bind`, `--bind-ro`).
+    pub binds: Vec<crate::binds::Bind>,
     /// How chatty microrun is.
     pub verbosity: Verbosity,
     /// When microrun started, the origin of every timing.

@@ -164,6 +164,41 @@ fn durations_out_of_range_are_refused_without_a_panic() {
 }
 
 #[test]
+fn bad_shares_are_refused_before_any_engine_starts() {
+    let s = Scratch::new();
+    let root = s.path("root");
+    let root = root.to_str().unwrap();
+    let missing = format!("{}:/x", s.path("missing").display());
+    let file = format!("{}:/x", s.path("vmlinuz").display());
+    let relative = format!("{root}:x");
+    let top = format!("{root}:/");
+    let here = format!("{root}:/a");
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--bind", &missing],
+            &["--bind", "missing", "No such file"],
+        ),
+        (&["--bind-ro", &file], &["--bind-ro", "not a directory"]),
+        (&["--bind", &relative], &["\"x\"", "not absolute", "/DIR"]),
+        (&["--bind-ro", &top], &["\"/\"", "root"]),
+        (
+            &["--bind", &here, "--bind-ro", &here],
+            &["both put a share at /a", "own DST"],
+        ),
+    ];
+    for engine in ["kvm", "chroot", "qemu"] {
+        for (options, needles) in &cases {
+            let mut args = vec!["--engine", engine];
+            args.extend_from_slice(options);
+            args.push(root);
+            assert_usage_error(&s.run(&args), needles, &["panicked"]);
+        }
+    }
+    let out = s.run(&["--no-init", "--bind", &here, root]);
+    assert_usage_error(&out, &["--bind", "drop --no-init"], &[]);
+}
+
+#[test]
 fn cpus_out_of_range_name_the_real_range() {
     let s = Scratch::new();
     let root = s.path("root");

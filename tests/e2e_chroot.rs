@@ -21,6 +21,7 @@ const ENGINE: Engine = Engine {
     nested: false,
     no_stdin_eof: None,
     slow_stdout: None,
+    no_shares: None,
 };
 
 /// The chroot engine needs user namespaces; `sysctl user.max_user_namespaces=0`

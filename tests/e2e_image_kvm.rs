@@ -23,6 +23,7 @@ const ENGINE: Engine = Engine {
     nested: true,
     no_stdin_eof: None,
     slow_stdout: None,
+    no_shares: None,
 };
 
 #[test]

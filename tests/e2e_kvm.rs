@@ -22,6 +22,7 @@ const ENGINE: Engine = Engine {
     nested: true,
     no_stdin_eof: None,
     slow_stdout: None,
+    no_shares: None,
 };
 
 fn kvm_cannot_run_linux() -> Option<String> {

@@ -20,7 +20,7 @@ fn timed_plan(kernel: &Path) -> VirtioPlan {
         let mut plan = VirtioPlan::default();
         for _ in 0..5 {
             let started = Instant::now();
-            plan = plan_under(Path::new("/"), kernel, VirtioSetting::On, cache);
+            plan = plan_under(Path::new("/"), kernel, VirtioSetting::On, 0, cache);
             best = best.min(started.elapsed());
         }
         (plan, best)

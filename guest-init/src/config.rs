@@ -9,6 +9,7 @@
 //! | `stdin` | `1`: the command reads its stdin channel (ttyS1, or the `microrun.stdin` port); anything else: `/dev/null` |
 //! | `ports` | `virtio`: the host offers a multiport virtio-console with the ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`; anything else: the serial ports only |
 //! | `module` | `/PATH` or `/PATH PARAMS`: a kernel module in the initrd, loaded with `finit_module` and the parameter string `PARAMS` (empty when absent); any number, loaded in order |
+//! | `mount` | `TAG rw /DEST` or `TAG ro /DEST`: a 9p share (virtio mount tag `TAG`) to mount at `/DEST`, created when missing; any number, after the modules |
 //!
 //! `cwd`, `stdin` and `ports` may appear once each.
 //!
@@ -48,6 +49,8 @@ pub struct RunConfig {
     pub virtio_ports: bool,
     /// The `module` records, in order.
     pub modules: Modules,
+    /// The `mount` records, in order.
+    pub mounts: Mounts,
 }
 
 impl RunConfig {
@@ -86,6 +89,8 @@ pub enum ConfigError {
     BadEnv(usize),
     /// Record `n` is a `module` record whose path is not absolute.
     BadModule(usize),
+    /// Record `n` is a `mount` record that is not `TAG rw|ro /DEST`.
+    BadMount(usize),
     /// Record `n` repeats a key that may appear only once.
     Duplicate(usize, &'static [u8]),
 }
@@ -140,6 +145,11 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
                     return Err(ConfigError::BadModule(number));
                 }
             }
+            b"mount" => {
+                if split_mount(value).is_none() {
+                    return Err(ConfigError::BadMount(number));
+                }
+            }
             _ => return Err(ConfigError::UnknownKey(number, key)),
         }
     }
@@ -192,7 +202,61 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         forward_stdin: forward_stdin.unwrap_or(false),
         virtio_ports: virtio_ports.unwrap_or(false),
         modules: Modules { data },
+        mounts: Mounts { data },
     })
+}
+
+/// The `mount` records of a configuration, which [`parse`] has checked.
+#[derive(Clone, Copy)]
+pub struct Mounts {
+    data: &'static [u8],
+}
+
+/// One `mount` record.
+pub struct Mount {
+    /// The virtio-9p mount tag, not NUL-terminated.
+    pub tag: &'static [u8],
+    /// Mount it read-only.
+    pub read_only: bool,
+    /// Where, absolute.
+    pub dest: &'static CStr,
+}
+
+impl Mounts {
+    /// The shares, in order.
+    pub fn iter(self) -> impl Iterator<Item = Mount> {
+        records(self.data).filter_map(|record| {
+            let (key, value) = split_record(record)?;
+            if key != b"mount" {
+                return None;
+            }
+            let (tag, read_only, dest_at) = split_mount(value)?;
+            // SAFETY: `dest_at` is within `value`, which is followed by the
+            // record's terminating NUL (checked in `parse`), so a
+            // NUL-terminated string starts there in the same allocation.
+            let dest = unsafe { CStr::from_ptr(value.as_ptr().add(dest_at).cast()) };
+            Some(Mount {
+                tag,
+                read_only,
+                dest,
+            })
+        })
+    }
+}
+
+/// Splits a `mount` value, `TAG rw|ro /DEST`: the tag, whether read-only,
+/// and the offset of DEST. `None` for anything else.
+fn split_mount(value: &[u8]) -> Option<(&[u8], bool, usize)> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (tag, rest) = (&value[..space], &value[space + 1..]);
+    let read_only = match rest.get(..3)? {
+        b"rw " => false,
+        b"ro " => true,
+        _ => return None,
+    };
+    let dest = &rest[3..];
+    let ok = !tag.is_empty() && dest.starts_with(b"/") && dest.len() > 1;
+    ok.then_some((tag, read_only, space + 4))
 }
 
 /// The `module` records of a configuration, which [`parse`] has checked.
@@ -362,6 +426,36 @@ mod tests {
         assert!(modules(&config).is_empty());
         assert!(config.forward_stdin);
         assert!(parse_ok(b"").modules.iter().next().is_none());
+    }
+
+    #[test]
+    fn mount_records_name_a_tag_an_access_and_an_absolute_place() {
+        let config = parse_ok(b"arg=true\0mount=microrun0 rw /out\0mount=microrun1 ro /src/tree\0");
+        let mounts: Vec<_> = config
+            .mounts
+            .iter()
+            .map(|m| (m.tag, m.read_only, m.dest.to_bytes()))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (&b"microrun0"[..], false, &b"/out"[..]),
+                (b"microrun1", true, b"/src/tree"),
+            ]
+        );
+        for data in [
+            &b"arg=true\0mount=t rw out\0"[..],
+            b"arg=true\0mount=t xx /out\0",
+            b"arg=true\0mount= rw /out\0",
+            b"arg=true\0mount=t rw /\0",
+            b"arg=true\0mount=t\0",
+            b"arg=true\0mount=t ro\0",
+        ] {
+            assert!(
+                matches!(parse(data), Err(ConfigError::BadMount(2))),
+                "{data:?}"
+            );
+        }
     }
 
     #[test]

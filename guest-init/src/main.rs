@@ -43,6 +43,7 @@ mod console;
 mod modules;
 mod ports;
 mod rt;
+mod shares;
 mod sys;
 
 use core::ffi::CStr;
@@ -64,6 +65,9 @@ use console::Line;
 const CANNOT_EXECUTE: u8 = 126;
 /// Status for "the command was not found".
 const NOT_FOUND: u8 = 127;
+/// Status for a run microrun itself could not set up (a share that cannot
+/// be mounted), as the contract's exit codes have it.
+const MICRORUN_FAILED: u8 = 125;
 
 /// How long leftover processes get between SIGTERM and SIGKILL.
 const TERM_GRACE_MS: u32 = 100;
@@ -408,6 +412,9 @@ pub fn main(envp: *const *const u8) -> ! {
         }
     };
     modules::load_all(config.modules);
+    if shares::mount_all(config.mounts).is_err() {
+        finish(MICRORUN_FAILED);
+    }
     if config.virtio_ports {
         use_virtio_ports(knobs.ports, config.forward_stdin);
     }
@@ -537,7 +544,7 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .num(n as u64)
                     .text(b" has the unknown key '")
                     .text(key)
-                    .text(b"' (expected arg, env, cwd, stdin, ports or module)"),
+                    .text(b"' (expected arg, env, cwd, stdin, ports, module or mount)"),
                 ConfigError::BadEnv(n) => line
                     .text(b"record ")
                     .num(n as u64)
@@ -546,6 +553,10 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .text(b"record ")
                     .num(n as u64)
                     .text(b" is not module=/PATH or module=/PATH PARAMS"),
+                ConfigError::BadMount(n) => line
+                    .text(b"record ")
+                    .num(n as u64)
+                    .text(b" is not mount=TAG rw /DEST or mount=TAG ro /DEST"),
                 ConfigError::Duplicate(n, key) => line
                     .text(b"record ")
                     .num(n as u64)

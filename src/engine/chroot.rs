@@ -41,6 +41,7 @@ use vmm::status::{StatusLine, StatusParser};
 mod archive;
 use archive::Archive;
 
+use crate::binds::Bind;
 use crate::boot::run_config;
 use crate::embedded::GUEST_INIT;
 use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
@@ -182,6 +183,8 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome, ChrootError> {
 /// children do as little as possible besides system calls.
 struct Job {
     source: RootSource,
+    /// The shares (`--bind`, `--bind-ro`).
+    binds: Vec<Bind>,
     run_config: Vec<u8>,
     forward_stdin: bool,
     uid: libc::uid_t,
@@ -210,6 +213,7 @@ fn prepare(spec: &RunSpec) -> Result<Job, ChrootError> {
     }
     Ok(Job {
         source,
+        binds: spec.binds.clone(),
         run_config: run_config(spec).encode()?,
         forward_stdin: spec.forward_stdin,
         // SAFETY: these calls only return the caller's ids.
@@ -736,6 +740,14 @@ fn set_up_stdio(job: &Job, status_fd: RawFd) -> Result<RawFd, String> {
 fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
     // Nothing mounted from here on may propagate to the host.
     mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    // Opened in this mount namespace (a bind's source must be one of its
+    // mounts) and before the staging tmpfs hides /tmp, where sources often
+    // are.
+    let binds = job
+        .binds
+        .iter()
+        .map(|bind| Ok((open_bind_source(bind)?, bind)))
+        .collect::<Result<Vec<_>, String>>()?;
     mount(
         Some("microrun"),
         STAGING,
@@ -769,7 +781,60 @@ fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
         install_guest_init(Path::new("/"), &job.run_config)
     })?;
     mount_kernel_filesystems(&root, report_fd)?;
+    mount_binds(&root, &binds)?;
     enter_root(&root)
+}
+
+/// A share's host directory as an `O_PATH` descriptor.
+fn open_bind_source(bind: &Bind) -> Result<OwnedFd, String> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&bind.source)
+        .map_err(|e| {
+            format!(
+                "opening the shared directory {}: {e}",
+                bind.source.display()
+            )
+        })?;
+    Ok(file.into())
+}
+
+/// Bind-mounts each share at its DST in the new root (created when
+/// missing, without following a symlink of the rootfs out of it), a
+/// `--bind-ro` one read-only down its whole tree. A share that cannot be
+/// made read-only fails the run rather than stay writable.
+fn mount_binds(root: &Path, binds: &[(OwnedFd, &Bind)]) -> Result<(), String> {
+    for (fd, bind) in binds {
+        let mut target = root.to_path_buf();
+        for name in bind.dest.split('/').filter(|n| !n.is_empty()) {
+            target.push(name);
+            ensure_dir(&target)?;
+        }
+        let target = target
+            .into_os_string()
+            .into_string()
+            .map_err(|_| "staging path is not UTF-8".to_string())?;
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(
+            Some(&source),
+            &target,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )
+        .map_err(|e| format!("sharing {} at {}: {e}", bind.source.display(), bind.dest))?;
+        if bind.read_only {
+            make_read_only_recursively(&target).map_err(|e| {
+                format!(
+                    "making the share of {} at {} read-only: {e}",
+                    bind.source.display(),
+                    bind.dest
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The rootfs directory as read-only lower layer; writes go to the tmpfs.

@@ -1,13 +1,25 @@
 //! The qemu engine: the same kernel, initrd and command line as the kvm
-//! engine, run by `qemu-system-x86_64 -M pc` with KVM where it can run a
-//! Linux guest and TCG (software emulation) otherwise.
+//! engine, run by `qemu-system-x86_64` with KVM where it can run a Linux
+//! guest and TCG (software emulation) otherwise.
 //!
-//! The three UARTs become pipes read here: ttyS0 is copied to stderr,
-//! ttyS1 (QEMU's `stdio` chardev, so stdin can be forwarded) to stdout,
-//! and ttyS2 goes through the same [`StatusParser`] as the kvm engine.
-//! When the status line arrives QEMU is killed, then both output pipes are
-//! read to their end: QEMU wrote those bytes before the status line, so
-//! nothing the guest printed is lost.
+//! The machine is `-M pc` with the three UARTs, or, when the run has
+//! virtio devices (the console's ports, shares), `-M microvm,acpi=off`:
+//! the same UARTs (the second and third as ISA devices), a
+//! `virtio-serial-device` with the ports `microrun.stdout`,
+//! `microrun.stderr` and `microrun.stdin`, and one `virtio-9p-device` per
+//! share; QEMU names the virtio-mmio devices on the kernel command line
+//! itself. A kernel that cannot take that (`src/run.rs` decides) gets the
+//! same devices on PCI under `-M pc` (`virtio-serial-pci`,
+//! `virtio-9p-pci`).
+//!
+//! The console output (ttyS0, the stderr port) and the status channel
+//! (ttyS2) are pipes read here; ttyS1 and the stdout port write to QEMU's
+//! stdout, a pipe too (ttyS1 is QEMU's `stdio` chardev when stdin goes
+//! there rather than to the stdin port). ttyS2 goes through the same
+//! [`StatusParser`] as the kvm engine. When the status line arrives QEMU is
+//! killed, then the output pipes are read to their end: QEMU wrote those
+//! bytes before the status line (a virtio-serial write returns in the guest
+//! once QEMU has written it), so nothing the guest printed is lost.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -21,6 +33,7 @@ use vmm::status::{StatusLine, StatusParser};
 use vmm::KvmHost;
 
 use crate::boot::BootInitrd;
+use crate::guest_kernel::Transport;
 use crate::spec::{PhaseTimes, RunOutcome, RunSpec, Verbosity};
 
 /// What microrun says when `--timeout` ends a run, whatever the engine.
@@ -78,6 +91,29 @@ pub struct QemuBoot {
     pub vcpus: u8,
     /// The accelerator asked for.
     pub accel: Accel,
+    /// The virtio devices (the discovery flags are QEMU's business).
+    pub virtio: vmm::VirtioOptions,
+    /// Their bus: with a console or a share on virtio-mmio, the machine is
+    /// `microvm` (QEMU announces the devices on the command line); else
+    /// `pc`, with the devices (if any) on PCI.
+    pub transport: Transport,
+}
+
+impl QemuBoot {
+    /// Whether the guest gets virtio-mmio devices (`-M microvm`).
+    fn microvm(&self) -> bool {
+        let any = self.virtio.console || !self.virtio.shares.is_empty();
+        any && self.transport == Transport::Mmio
+    }
+
+    /// `device` on this machine's virtio bus: `virtio-serial-device` or
+    /// `virtio-serial-pci`.
+    fn virtio_device(&self, device: &str) -> String {
+        match self.transport {
+            Transport::Mmio => format!("{device}-device"),
+            Transport::Pci => format!("{device}-pci"),
+        }
+    }
 }
 
 /// Picks the concrete accelerator for `Auto`, with the reason.
@@ -111,7 +147,10 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         "none",
         "-no-reboot",
     ]);
-    cmd.args(["-M", "pc"]);
+    let microvm = boot.microvm();
+    // microvm: virtio-mmio devices, which QEMU names on the command line
+    // itself (acpi=off: with ACPI it would describe them only there).
+    cmd.args(["-M", if microvm { "microvm,acpi=off" } else { "pc" }]);
     match accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
@@ -127,16 +166,88 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         .arg("-initrd")
         .arg(format!("/dev/fd/{}", initrd.as_raw_fd()))
         .arg("-append")
-        .arg(&boot.cmdline);
+        // microvm has no keyboard controller to reset through (reboot=k
+        // would boot the kernel again): a triple fault ends it.
+        .arg(if microvm {
+            format!("{} reboot=t", boot.cmdline)
+        } else {
+            boot.cmdline.clone()
+        });
+    // With the virtio-console, stdin goes to its stdin port, which ends
+    // when stdin does; without, to ttyS1.
+    let stdin_on_port = boot.virtio.console;
     // ttyS0, ttyS1, ttyS2 in this order: 0x3f8/IRQ4, 0x2f8/IRQ3, 0x3e8/IRQ4.
+    // microvm creates only the first -serial; the others are ISA devices.
+    let uart = |n: u8| -> [String; 2] {
+        match (n, microvm) {
+            (0, _) | (_, false) => ["-serial".into(), format!("chardev:ttyS{n}")],
+            (_, true) => {
+                let (port, irq) = if n == 1 { ("0x2f8", 3) } else { ("0x3e8", 4) };
+                [
+                    "-device".into(),
+                    format!("isa-serial,chardev=ttyS{n},iobase={port},irq={irq}"),
+                ]
+            }
+        }
+    };
+    // QEMU's own stdout is the stdout pipe: ttyS1 and the stdout port
+    // both write there.
+    let ttys1 = if stdin_on_port {
+        "file,id=ttyS1,path=/dev/fd/1,append=on".to_string()
+    } else {
+        "stdio,id=ttyS1,signal=off".to_string()
+    };
     cmd.arg("-chardev")
         .arg(format!("file,id=ttyS0,path=/dev/fd/{}", console.write_fd()))
-        .args(["-serial", "chardev:ttyS0"])
-        .args(["-chardev", "stdio,id=ttyS1,signal=off"])
-        .args(["-serial", "chardev:ttyS1"])
+        .args(uart(0))
+        .args(["-chardev", &ttys1])
+        .args(uart(1))
         .arg("-chardev")
         .arg(format!("file,id=ttyS2,path=/dev/fd/{}", status.write_fd()))
-        .args(["-serial", "chardev:ttyS2"]);
+        .args(uart(2));
+    if boot.virtio.console {
+        let [out, err, inp] = vmm::layout::VIRTIO_CONSOLE_PORTS;
+        let serial = format!("{},max_ports=4", boot.virtio_device("virtio-serial"));
+        cmd.args(["-device", &serial])
+            .args(["-chardev", "file,id=port0,path=/dev/fd/1,append=on"])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=port0,name={out}"),
+            ])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=port1,path=/dev/fd/{},append=on",
+                console.write_fd()
+            ))
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=port1,name={err}"),
+            ])
+            .args([
+                "-chardev",
+                if spec.forward_stdin {
+                    "stdio,id=port2,signal=off"
+                } else {
+                    "null,id=port2"
+                },
+            ])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=port2,name={inp}"),
+            ]);
+    }
+    for (index, share) in boot.virtio.shares.iter().enumerate() {
+        let mut fsdev = std::ffi::OsString::from(format!(
+            "local,id=share{index},security_model=none,{}path=",
+            if share.read_only { "readonly=on," } else { "" }
+        ));
+        fsdev.push(qemu_option_value(&share.source));
+        cmd.arg("-fsdev").arg(fsdev).arg("-device").arg(format!(
+            "{},fsdev=share{index},mount_tag={}",
+            boot.virtio_device("virtio-9p"),
+            share.tag
+        ));
+    }
     // Stdin goes through a pipe that is fed only from the first `@` event on
     // the status channel (guest-init's `@init`): the guest's serial driver
     // clears its FIFO when it opens ttyS1, so earlier bytes would be lost.
@@ -219,6 +330,19 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     }
     times.end = Some(Instant::now());
     Ok(outcome(end, wait, &pump.qemu_stderr, times))
+}
+
+/// `path` as a QEMU option value: a comma is written twice.
+fn qemu_option_value(path: &std::path::Path) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// How the pump loop stopped.

@@ -44,6 +44,9 @@ pub struct Engine {
     pub no_stdin_eof: Option<&'static str>,
     /// Why the engine's stdout is too slow for 64 MiB in a test, if it is.
     pub slow_stdout: Option<&'static str>,
+    /// Why the engine cannot share host directories (`--bind`), if it
+    /// cannot.
+    pub no_shares: Option<&'static str>,
 }
 
 /// Runs one shared case: here, or, for an engine that asks for it on a host
@@ -241,6 +244,41 @@ macro_rules! e2e_cases {
                     "::distribution_kernel_gets_the_virtio_console"
                 ),
                 common::distribution_kernel_gets_the_virtio_console,
+            );
+        }
+        #[test]
+        fn shares_carry_a_build_step_in_and_its_artifact_out() {
+            common::run_case(
+                &$engine,
+                concat!(
+                    module_path!(),
+                    "::shares_carry_a_build_step_in_and_its_artifact_out"
+                ),
+                common::shares_carry_a_build_step_in_and_its_artifact_out,
+            );
+        }
+        #[test]
+        fn read_only_share_refuses_writes() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::read_only_share_refuses_writes"),
+                common::read_only_share_refuses_writes,
+            );
+        }
+        #[test]
+        fn share_symlinks_do_not_lead_out() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::share_symlinks_do_not_lead_out"),
+                common::share_symlinks_do_not_lead_out,
+            );
+        }
+        #[test]
+        fn distribution_kernel_mounts_a_share() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::distribution_kernel_mounts_a_share"),
+                common::distribution_kernel_mounts_a_share,
             );
         }
         #[test]
@@ -576,28 +614,38 @@ pub fn kernel_panic_gives_125_with_the_reason(engine: &Engine) {
     assert!(err.contains("Attempted to kill init"), "stderr: {err}");
 }
 
+/// `engine` booting Debian's kernel, for a case that needs its virtio
+/// devices; `None` (skipped, with the reason) where the engine boots no
+/// kernel, cannot do what the case needs (`unable`), or there is no
+/// Debian kernel.
+fn debian_virtio_engine(engine: &Engine, unable: Option<&'static str>) -> Option<Engine> {
+    if !engine.is_vm {
+        skipped!("the {} engine boots no kernel", engine.name);
+        return None;
+    }
+    if let Some(why) = unable {
+        skipped!("{}: {why}", engine.name);
+        return None;
+    }
+    if nested::distribution_kernel().is_none() {
+        skipped!("no Debian kernel (/boot/vmlinuz-*-amd64): install linux-image-amd64");
+        return None;
+    }
+    Some(Engine {
+        kernel: nested::distribution_kernel,
+        ..*engine
+    })
+}
+
 /// Debian's kernel gets the virtio-console too (its drivers are modules,
 /// loaded by guest-init; the device is found through ACPI): stdin reaches
 /// its end, which over a UART it never would.
 pub fn distribution_kernel_gets_the_virtio_console(engine: &Engine) {
-    if !engine.is_vm {
-        skipped!("the {} engine boots no kernel", engine.name);
-        return;
-    }
-    if let Some(why) = engine.no_stdin_eof {
-        skipped!("{}: {why}", engine.name);
-        return;
-    }
-    let Some(root) = prerequisites(engine) else {
+    let Some(debian) = debian_virtio_engine(engine, engine.no_stdin_eof) else {
         return;
     };
-    if nested::distribution_kernel().is_none() {
-        skipped!("no Debian kernel (/boot/vmlinuz-*-amd64): install linux-image-amd64");
+    let Some(root) = prerequisites(engine) else {
         return;
-    }
-    let debian = Engine {
-        kernel: nested::distribution_kernel,
-        ..*engine
     };
     let cmd = ["sh", "-c", "cat; echo ."];
     let output = microrun_with_stdin(&debian, &[], root, &cmd, b"abc", Duration::ZERO);
@@ -631,6 +679,146 @@ pub fn distribution_kernel_runs_libs_with_default_options(engine: &Engine) {
         .expect("run microrun");
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "Hello, world!\n");
+}
+
+/// The libs rootfs and a scratch directory, for a case with shares;
+/// `None` (skipped, with the reason) where the engine has none.
+fn share_prerequisites(engine: &Engine) -> Option<(&'static Path, tempfile::TempDir)> {
+    if let Some(why) = engine.no_shares {
+        skipped!("{}: {why}", engine.name);
+        return None;
+    }
+    let root = prerequisites(engine)?;
+    Some((root, tempfile::tempdir().expect("scratch directory")))
+}
+
+/// A checkout: `src/README` and `src/lib/code.c`.
+fn checkout(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    fs::create_dir_all(src.join("lib")).unwrap();
+    fs::write(src.join("README"), b"read me\n").unwrap();
+    fs::write(src.join("lib/code.c"), binary_data()).unwrap();
+    src
+}
+
+/// The seed's CI step: the checkout bound in read-only, an output
+/// directory bound read-write; the step archives the checkout into the
+/// output and copies one file. The host sees both, byte for byte, owned by
+/// the user who ran microrun.
+pub fn shares_carry_a_build_step_in_and_its_artifact_out(engine: &Engine) {
+    let Some((root, dir)) = share_prerequisites(engine) else {
+        return;
+    };
+    let src = checkout(dir.path());
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let binds = [
+        "--bind-ro".to_string(),
+        format!("{}:/src", src.display()),
+        "--bind".to_string(),
+        format!("{}:/out", out.display()),
+    ];
+    let options: Vec<&str> = binds.iter().map(String::as_str).collect();
+    let step = "cd /src && busybox tar cf /out/artifact.tar README lib && \
+                cat lib/code.c > /out/code.c && mkdir -p /out/logs && echo built > /out/logs/log && \
+                ls /src";
+    let output = microrun(engine, &options, root, &["sh", "-c", step]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "README\nlib\n");
+    assert_same_bytes(&fs::read(out.join("code.c")).unwrap(), &binary_data());
+    assert_eq!(fs::read(out.join("logs/log")).unwrap(), b"built\n");
+    let mut archive = tar::Archive::new(fs::File::open(out.join("artifact.tar")).unwrap());
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        if name == "lib/code.c" {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            assert_same_bytes(&data, &binary_data());
+        }
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["README", "lib/", "lib/code.c"]);
+    // SAFETY: geteuid only returns the caller's id.
+    let me = unsafe { libc::geteuid() };
+    for file in ["artifact.tar", "code.c", "logs", "logs/log"] {
+        let owner = std::os::unix::fs::MetadataExt::uid(&fs::metadata(out.join(file)).unwrap());
+        assert_eq!(owner, me, "{file} belongs to the user who ran microrun");
+    }
+}
+
+/// `--bind-ro`: every kind of change is refused with EROFS, and the host
+/// tree is as it was.
+pub fn read_only_share_refuses_writes(engine: &Engine) {
+    let Some((root, dir)) = share_prerequisites(engine) else {
+        return;
+    };
+    let src = checkout(dir.path());
+    let bind = format!("{}:/src", src.display());
+    let attempts = "for try in 'echo x > /src/new' 'echo x >> /src/README' 'rm /src/README' \
+                    'mkdir /src/d' 'mv /src/README /src/R' 'touch /src/lib/code.c' \
+                    'chmod 777 /src/README'; do \
+                      if sh -c \"$try\" 2>/tmp/err; then echo \"allowed: $try\"; \
+                      elif grep -q 'Read-only file system' /tmp/err; then echo refused; \
+                      else echo \"other: $try: $(cat /tmp/err)\"; fi; done; cat /src/README";
+    let output = microrun(engine, &["--bind-ro", &bind], root, &["sh", "-c", attempts]);
+    assert_code(&output, 0);
+    assert_eq!(
+        stdout(&output),
+        format!("{}read me\n", "refused\n".repeat(7))
+    );
+    let mut names: Vec<_> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["README", "lib"]);
+    assert_eq!(fs::read(src.join("README")).unwrap(), b"read me\n");
+    assert_same_bytes(&fs::read(src.join("lib/code.c")).unwrap(), &binary_data());
+}
+
+/// A symlink inside a share that points out of it (relatively, or to the
+/// host's absolute path of a secret) resolves inside the guest, where the
+/// secret is not; and the guest cannot make a link that leads out either.
+pub fn share_symlinks_do_not_lead_out(engine: &Engine) {
+    let Some((root, dir)) = share_prerequisites(engine) else {
+        return;
+    };
+    let secret = dir.path().join("secret");
+    fs::write(&secret, b"host secret\n").unwrap();
+    let share = dir.path().join("share");
+    fs::create_dir(&share).unwrap();
+    std::os::unix::fs::symlink("../secret", share.join("relative")).unwrap();
+    std::os::unix::fs::symlink(&secret, share.join("absolute")).unwrap();
+    let bind = format!("{}:/share", share.display());
+    let probe = "cat /share/relative /share/absolute /share/../secret 2>/dev/null; \
+                 ln -s ../../secret /share/made 2>/dev/null; cat /share/made 2>/dev/null; \
+                 echo done";
+    let output = microrun(engine, &["--bind", &bind], root, &["sh", "-c", probe]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "done\n", "nothing of the secret");
+    assert_eq!(fs::read(&secret).unwrap(), b"host secret\n");
+}
+
+/// Debian's kernel mounts a share too: `9p`, `9pnet_virtio` and what they
+/// need are modules, loaded by guest-init; the device is found through
+/// ACPI.
+pub fn distribution_kernel_mounts_a_share(engine: &Engine) {
+    let Some(debian) = debian_virtio_engine(engine, None) else {
+        return;
+    };
+    let Some((root, dir)) = share_prerequisites(engine) else {
+        return;
+    };
+    let src = checkout(dir.path());
+    let bind = format!("{}:/work", src.display());
+    let step = "cat /work/README && echo made > /work/made";
+    let output = microrun(&debian, &["--bind", &bind], root, &["sh", "-c", step]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "read me\n");
+    assert_eq!(fs::read(src.join("made")).unwrap(), b"made\n");
 }
 
 pub fn stderr_is_separate(engine: &Engine) {

@@ -120,7 +120,7 @@ fn distribution_kernel_files(kernel: &Path) -> Vec<PathBuf> {
             .map(|name| modules.join(name)),
     );
     if let Ok(tree) = initrd_tools::modules::ModuleTree::for_release(&release) {
-        if let Ok(needed) = tree.resolve(&["virtio_mmio", "virtio_console"]) {
+        if let Ok(needed) = tree.resolve(&["virtio_mmio", "virtio_console", "9pnet_virtio", "9p"]) {
             files.extend(needed.into_iter().map(|m| m.path));
         }
     }

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
                     console: true,
                     cmdline: !acpi,
                     acpi,
+                    ..Default::default()
                 };
             }
             "--timings" => timings = true,

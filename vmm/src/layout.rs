@@ -136,6 +136,26 @@ pub const VIRTIO_CONSOLE_SLOT: VirtioMmioSlot = VirtioMmioSlot {
     gsi: 5,
 };
 
+/// The virtio-9p devices of the shares (`--bind`, `--bind-ro`), in order:
+/// the 4 KiB slots after the console's, each on an ISA IRQ that nothing
+/// else here uses (the UARTs have 3 and 4; 8, 9, 12 and 13 are left to the
+/// RTC, the ACPI SCI, the i8042's mouse and the FPU, which some kernels
+/// probe for).
+pub const VIRTIO_SHARE_SLOTS: [VirtioMmioSlot; 6] = {
+    const GSIS: [u32; 6] = [6, 7, 10, 11, 14, 15];
+    let mut slots = [VIRTIO_CONSOLE_SLOT; 6];
+    let mut i = 0;
+    while i < slots.len() {
+        slots[i] = VirtioMmioSlot {
+            addr: VIRTIO_CONSOLE_SLOT.addr + (i as u64 + 1) * VIRTIO_CONSOLE_SLOT.len,
+            len: VIRTIO_CONSOLE_SLOT.len,
+            gsi: GSIS[i],
+        };
+        i += 1;
+    }
+    slots
+};
+
 /// The port names of the virtio-console, in port order (port 0 first): the
 /// program's stdout, its stderr, and its stdin. guest-init finds each in
 /// `/sys/class/virtio-ports/*/name`.

@@ -55,7 +55,7 @@ use devices::i8042::I8042;
 use devices::ioapic::IoApic;
 use devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
 use devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
-use devices::virtio::MmioTransport;
+use devices::virtio::{p9, MmioTransport};
 use devices::{bus::lock, Bus, Devices};
 pub use initrd::InitrdPart;
 pub use irqchip::IrqChip;
@@ -105,12 +105,15 @@ pub struct VmConfig {
 /// Without a console, the UARTs carry the program's streams alone; with
 /// one, the UARTs stay (guest-init falls back to them when the console's
 /// ports never appear) and both write to the same outputs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VirtioOptions {
     /// A virtio-console with the program's stdout, stderr and stdin ports
     /// ([`devices::virtio::console`]); host stdin, when forwarded, goes to
     /// its stdin port, with an end of file.
     pub console: bool,
+    /// Host directories served to the guest, one virtio-9p device each
+    /// ([`devices::virtio::p9`]), in [`layout::VIRTIO_SHARE_SLOTS`] order.
+    pub shares: Vec<SharedDir>,
     /// Name the devices on the kernel command line (`virtio_mmio.device=`,
     /// for kernels with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
     pub cmdline: bool,
@@ -119,14 +122,32 @@ pub struct VirtioOptions {
     pub acpi: bool,
 }
 
+/// One host directory the guest mounts over 9p.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDir {
+    /// The directory, absolute; nothing outside it is reachable.
+    pub source: PathBuf,
+    /// The mount tag the guest names it by (at most
+    /// [`devices::virtio::p9::MAX_TAG_LEN`] bytes).
+    pub tag: String,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+}
+
 impl VirtioOptions {
-    /// The slots of the devices present, in the order the guest sees them.
+    /// The slots of the devices present, in the order the guest sees them:
+    /// the console's, then one per share.
     pub fn slots(&self) -> Vec<layout::VirtioMmioSlot> {
-        if self.console {
-            vec![layout::VIRTIO_CONSOLE_SLOT]
-        } else {
-            Vec::new()
-        }
+        let console = self.console.then_some(layout::VIRTIO_CONSOLE_SLOT);
+        console
+            .into_iter()
+            .chain(
+                layout::VIRTIO_SHARE_SLOTS
+                    .iter()
+                    .copied()
+                    .take(self.shares.len()),
+            )
+            .collect()
     }
 
     /// `cmdline` with the `virtio_mmio.device=` arguments in front (before
@@ -319,6 +340,9 @@ pub enum VmmError {
     /// A virtio device.
     #[error(transparent)]
     Virtio(#[from] devices::virtio::VirtioError),
+    /// A share cannot be served.
+    #[error(transparent)]
+    Share(#[from] p9::P9Error),
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {
@@ -416,6 +440,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         vcpus,
         irqchip: model,
         virtio,
+        fs_filter: filters.as_ref().map(|f| f.fs.clone()),
     };
     let (devices, vcpu_fds) = match model {
         IrqChip::Split => set_up_guest(&kvm, &vm, &mem, &spec, uarts, console_ports)?,
@@ -528,6 +553,8 @@ struct BootSpec<'a> {
     /// The virtio devices and how the kernel learns of them (the command
     /// line above already names them when it should).
     virtio: VirtioOptions,
+    /// The filter each share's worker installs on itself.
+    fs_filter: Option<seccompiler::BpfProgram>,
 }
 
 /// Where the guest's console (ttyS0, the stderr port) and stdout (ttyS1,
@@ -752,6 +779,19 @@ fn create_devices(
             layout::IO_APIC_DEFAULT_PHYS_BASE.into(),
             layout::IO_APIC_MMIO_LEN,
         )?;
+    }
+    for (share, slot) in spec.virtio.shares.iter().zip(layout::VIRTIO_SHARE_SLOTS) {
+        // SAFETY: these calls only return the caller's ids.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let policy = p9::policy::Policy {
+            read_only: share.read_only,
+            uid,
+            gid,
+        };
+        let device = p9::NineP::new(&share.source, &share.tag, policy, spec.fs_filter.clone())?;
+        let line = Arc::new(irq_line(vm, ioapic.as_ref(), slot.gsi)?);
+        let transport = MmioTransport::new(device, mem.clone(), line)?;
+        mmio.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.len)?;
     }
     let console_input = match console_ports {
         Some(outputs) => {

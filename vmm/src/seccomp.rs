@@ -68,6 +68,9 @@ pub enum ThreadKind {
     /// The stdin forwarder: reads fd 0 into the UART, whose interrupt it
     /// then raises.
     Stdin,
+    /// A share's 9p server ([`crate::devices::virtio::p9`]): file-system
+    /// calls on the descriptors it holds, and the device's interrupt.
+    Fs,
 }
 
 impl ThreadKind {
@@ -78,6 +81,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Output => "output",
             ThreadKind::Stdin => "stdin",
+            ThreadKind::Fs => "9p",
         }
     }
 }
@@ -126,6 +130,32 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_close,
     libc::SYS_exit,
     libc::SYS_exit_group,
+];
+
+/// The file-system calls of [`ThreadKind::Fs`].
+const FS_CALLS: &[libc::c_long] = &[
+    libc::SYS_openat,
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_getdents64,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    libc::SYS_readlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_fchmodat,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
 ];
 
 /// `syscall(arg0 == value)` as a rule.
@@ -198,6 +228,30 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             // Filling the receive FIFO raises the UART's interrupt.
             map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
         }
+        ThreadKind::Fs => {
+            map.insert(libc::SYS_write, stderr_only);
+            // The used ring's interrupt.
+            map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
+            // What the p9 server calls (relative to descriptors it holds;
+            // the paths are the guest's single names, checked before).
+            for call in FS_CALLS {
+                map.insert(*call, Vec::new());
+            }
+            // try_clone and fdopendir (which sets FD_CLOEXEC), besides
+            // Rust's F_GETFD.
+            map.insert(
+                libc::SYS_fcntl,
+                any_of(
+                    1,
+                    &[
+                        libc::F_GETFD as u64,
+                        libc::F_SETFD as u64,
+                        libc::F_GETFL as u64,
+                        libc::F_DUPFD_CLOEXEC as u64,
+                    ],
+                )?,
+            );
+        }
     }
     Ok(map)
 }
@@ -230,6 +284,8 @@ pub struct Filters {
     pub output: BpfProgram,
     /// [`ThreadKind::Stdin`]'s.
     pub stdin: BpfProgram,
+    /// [`ThreadKind::Fs`]'s.
+    pub fs: BpfProgram,
 }
 
 impl Filters {
@@ -240,6 +296,7 @@ impl Filters {
             vcpu: filter(ThreadKind::Vcpu)?,
             output: filter(ThreadKind::Output)?,
             stdin: filter(ThreadKind::Stdin)?,
+            fs: filter(ThreadKind::Fs)?,
         })
     }
 }

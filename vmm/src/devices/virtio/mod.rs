@@ -10,6 +10,7 @@
 
 pub mod console;
 pub mod mmio;
+pub mod p9;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
