@@ -164,12 +164,13 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         .arg("-kernel")
         .arg(&boot.kernel)
         .arg("-initrd")
-        .arg(format!("/dev/fd/{}", initrd.as_raw_fd()))
+        .arg(format!("/proc/self/fd/{}", initrd.as_raw_fd()))
         .arg("-append")
         // microvm has no keyboard controller to reset through (reboot=k
-        // would boot the kernel again): a triple fault ends it.
+        // would boot the kernel again): a triple fault ends it. The first
+        // reboot= is microrun's own; the user's --cmdline comes after it.
         .arg(if microvm {
-            format!("{} reboot=t", boot.cmdline)
+            boot.cmdline.replacen("reboot=k", "reboot=t", 1)
         } else {
             boot.cmdline.clone()
         });
@@ -193,30 +194,36 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     // QEMU's own stdout is the stdout pipe: ttyS1 and the stdout port
     // both write there.
     let ttys1 = if stdin_on_port {
-        "file,id=ttyS1,path=/dev/fd/1,append=on".to_string()
+        "file,id=ttyS1,path=/proc/self/fd/1,append=on".to_string()
     } else {
         "stdio,id=ttyS1,signal=off".to_string()
     };
     cmd.arg("-chardev")
-        .arg(format!("file,id=ttyS0,path=/dev/fd/{}", console.write_fd()))
+        .arg(format!(
+            "file,id=ttyS0,path=/proc/self/fd/{}",
+            console.write_fd()
+        ))
         .args(uart(0))
         .args(["-chardev", &ttys1])
         .args(uart(1))
         .arg("-chardev")
-        .arg(format!("file,id=ttyS2,path=/dev/fd/{}", status.write_fd()))
+        .arg(format!(
+            "file,id=ttyS2,path=/proc/self/fd/{}",
+            status.write_fd()
+        ))
         .args(uart(2));
     if boot.virtio.console {
         let [out, err, inp] = vmm::layout::VIRTIO_CONSOLE_PORTS;
         let serial = format!("{},max_ports=4", boot.virtio_device("virtio-serial"));
         cmd.args(["-device", &serial])
-            .args(["-chardev", "file,id=port0,path=/dev/fd/1,append=on"])
+            .args(["-chardev", "file,id=port0,path=/proc/self/fd/1,append=on"])
             .args([
                 "-device",
                 &format!("virtserialport,chardev=port0,name={out}"),
             ])
             .arg("-chardev")
             .arg(format!(
-                "file,id=port1,path=/dev/fd/{},append=on",
+                "file,id=port1,path=/proc/self/fd/{},append=on",
                 console.write_fd()
             ))
             .args([
