@@ -17,8 +17,13 @@ const ENGINE: Engine = Engine {
     unavailable: qemu_unavailable,
     kernel: common::project_kernel,
     nested: false,
-    no_stdin_eof: None,
-    slow_stdout: None,
+    no_stdin_eof: Some(
+        "the qemu engine carries stdin over a serial port, which has no end of file \
+         (its virtio-serial ports cannot keep the output's order: src/run.rs)",
+    ),
+    slow_stdout: Some(
+        "the qemu engine carries stdout over a UART, and 64 MiB under TCG takes too long",
+    ),
     no_shares: None,
 };
 

@@ -535,6 +535,38 @@ fn command_that_cannot_be_executed_is_126() {
     );
 }
 
+/// A share that cannot be mounted (here: no virtio-9p device, and no
+/// right to mount in the test's namespace) ends the run with 125 before
+/// the command runs, naming the share; its directory was made first.
+#[test]
+fn a_share_that_cannot_be_mounted_is_125() {
+    let tools = tools_or_skip!();
+    let config = RunConfig {
+        mounts: vec![microrun::runconfig::ShareMount {
+            tag: "microrun0".into(),
+            dest: "/work/out".into(),
+            read_only: false,
+        }],
+        ..command(&["/bin/sh", "-c", "echo ran"])
+    };
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&config);
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 125, "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.starts_with(
+            "microrun: guest-init: cannot mount the share microrun0 at /work/out: mount: "
+        ),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.stdout.is_empty(),
+        "the command ran: {:?}",
+        outcome.stdout
+    );
+}
+
 #[test]
 fn missing_or_malformed_configuration_is_126() {
     let tools = tools_or_skip!();
@@ -549,7 +581,12 @@ fn missing_or_malformed_configuration_is_126() {
     for (bytes, reason) in [
         (
             &b"arg=true\0bogus=1\0"[..],
-            "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports or module)",
+            "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports, module \
+             or mount)",
+        ),
+        (
+            b"arg=true\0mount=tag rw relative\0",
+            "record 2 is not mount=TAG rw /DEST or mount=TAG ro /DEST",
         ),
         (
             b"arg=true\0module=relative.ko\0",

@@ -2,24 +2,19 @@
 //! engine, run by `qemu-system-x86_64` with KVM where it can run a Linux
 //! guest and TCG (software emulation) otherwise.
 //!
-//! The machine is `-M pc` with the three UARTs, or, when the run has
-//! virtio devices (the console's ports, shares), `-M microvm,acpi=off`:
-//! the same UARTs (the second and third as ISA devices), a
-//! `virtio-serial-device` with the ports `microrun.stdout`,
-//! `microrun.stderr` and `microrun.stdin`, and one `virtio-9p-device` per
-//! share; QEMU names the virtio-mmio devices on the kernel command line
-//! itself. A kernel that cannot take that (`src/run.rs` decides) gets the
-//! same devices on PCI under `-M pc` (`virtio-serial-pci`,
-//! `virtio-9p-pci`).
+//! The machine is `-M pc` with the three UARTs; with shares it gets one
+//! QEMU `virtio-9p` device each: on `-M microvm,acpi=off` (the same
+//! UARTs, the second and third as ISA devices) for a kernel that reads
+//! virtio-mmio devices from the command line, where QEMU names them
+//! itself, else on PCI under `-M pc` (`src/run.rs` decides).
 //!
-//! The console output (ttyS0, the stderr port) and the status channel
-//! (ttyS2) are pipes read here; ttyS1 and the stdout port write to QEMU's
-//! stdout, a pipe too (ttyS1 is QEMU's `stdio` chardev when stdin goes
-//! there rather than to the stdin port). ttyS2 goes through the same
-//! [`StatusParser`] as the kvm engine. When the status line arrives QEMU is
-//! killed, then the output pipes are read to their end: QEMU wrote those
-//! bytes before the status line (a virtio-serial write returns in the guest
-//! once QEMU has written it), so nothing the guest printed is lost.
+//! The three UARTs become pipes read here: ttyS0 is copied to stderr,
+//! ttyS1 (QEMU's `stdio` chardev, so stdin can be forwarded) to stdout,
+//! and ttyS2 goes through the same [`StatusParser`] as the kvm engine.
+//! When the status line arrives QEMU is killed, then both output pipes are
+//! read to their end: QEMU wrote those bytes before the status line (a
+//! UART's output is emulated on the vCPU's thread, and the guest waits for
+//! its transmitter to drain), so nothing the guest printed is lost.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -91,23 +86,22 @@ pub struct QemuBoot {
     pub vcpus: u8,
     /// The accelerator asked for.
     pub accel: Accel,
-    /// The virtio devices (the discovery flags are QEMU's business).
-    pub virtio: vmm::VirtioOptions,
-    /// Their bus: with a console or a share on virtio-mmio, the machine is
-    /// `microvm` (QEMU announces the devices on the command line); else
-    /// `pc`, with the devices (if any) on PCI.
+    /// The shares, one virtio-9p device each (the program's streams stay on
+    /// the UARTs: see `without_console` in `src/run.rs`).
+    pub shares: Vec<vmm::SharedDir>,
+    /// Their bus: on virtio-mmio the machine is `microvm` (QEMU announces
+    /// the devices on the command line); else `pc`, with them on PCI.
     pub transport: Transport,
 }
 
 impl QemuBoot {
     /// Whether the guest gets virtio-mmio devices (`-M microvm`).
     fn microvm(&self) -> bool {
-        let any = self.virtio.console || !self.virtio.shares.is_empty();
-        any && self.transport == Transport::Mmio
+        !self.shares.is_empty() && self.transport == Transport::Mmio
     }
 
-    /// `device` on this machine's virtio bus: `virtio-serial-device` or
-    /// `virtio-serial-pci`.
+    /// `device` on this machine's virtio bus: `virtio-9p-device` or
+    /// `virtio-9p-pci`.
     fn virtio_device(&self, device: &str) -> String {
         match self.transport {
             Transport::Mmio => format!("{device}-device"),
@@ -174,9 +168,6 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         } else {
             boot.cmdline.clone()
         });
-    // With the virtio-console, stdin goes to its stdin port, which ends
-    // when stdin does; without, to ttyS1.
-    let stdin_on_port = boot.virtio.console;
     // ttyS0, ttyS1, ttyS2 in this order: 0x3f8/IRQ4, 0x2f8/IRQ3, 0x3e8/IRQ4.
     // microvm creates only the first -serial; the others are ISA devices.
     let uart = |n: u8| -> [String; 2] {
@@ -191,20 +182,13 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             }
         }
     };
-    // QEMU's own stdout is the stdout pipe: ttyS1 and the stdout port
-    // both write there.
-    let ttys1 = if stdin_on_port {
-        "file,id=ttyS1,path=/proc/self/fd/1,append=on".to_string()
-    } else {
-        "stdio,id=ttyS1,signal=off".to_string()
-    };
     cmd.arg("-chardev")
         .arg(format!(
             "file,id=ttyS0,path=/proc/self/fd/{}",
             console.write_fd()
         ))
         .args(uart(0))
-        .args(["-chardev", &ttys1])
+        .args(["-chardev", "stdio,id=ttyS1,signal=off"])
         .args(uart(1))
         .arg("-chardev")
         .arg(format!(
@@ -212,38 +196,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             status.write_fd()
         ))
         .args(uart(2));
-    if boot.virtio.console {
-        let [out, err, inp] = vmm::layout::VIRTIO_CONSOLE_PORTS;
-        let serial = format!("{},max_ports=4", boot.virtio_device("virtio-serial"));
-        cmd.args(["-device", &serial])
-            .args(["-chardev", "file,id=port0,path=/proc/self/fd/1,append=on"])
-            .args([
-                "-device",
-                &format!("virtserialport,chardev=port0,name={out}"),
-            ])
-            .arg("-chardev")
-            .arg(format!(
-                "file,id=port1,path=/proc/self/fd/{},append=on",
-                console.write_fd()
-            ))
-            .args([
-                "-device",
-                &format!("virtserialport,chardev=port1,name={err}"),
-            ])
-            .args([
-                "-chardev",
-                if spec.forward_stdin {
-                    "stdio,id=port2,signal=off"
-                } else {
-                    "null,id=port2"
-                },
-            ])
-            .args([
-                "-device",
-                &format!("virtserialport,chardev=port2,name={inp}"),
-            ]);
-    }
-    for (index, share) in boot.virtio.shares.iter().enumerate() {
+    for (index, share) in boot.shares.iter().enumerate() {
         let mut fsdev = std::ffi::OsString::from(format!(
             "local,id=share{index},security_model=none,{}path=",
             if share.read_only { "readonly=on," } else { "" }

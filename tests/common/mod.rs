@@ -750,7 +750,7 @@ pub fn shares_carry_a_build_step_in_and_its_artifact_out(engine: &Engine) {
     let options: Vec<&str> = binds.iter().map(String::as_str).collect();
     let step = "cd /src && busybox tar cf /out/artifact.tar README lib && \
                 cat lib/code.c > /out/code.c && mkdir -p /out/logs && echo built > /out/logs/log && \
-                ls /src";
+                ls -1 /src";
     let output = microrun(engine, &options, root, &["sh", "-c", step]);
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "README\nlib\n");
