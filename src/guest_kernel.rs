@@ -20,12 +20,20 @@
 //! UARTs with a note saying why; so does `MICRORUN_VIRTIO=off`. Nothing here
 //! fails a run except a `MICRORUN_VIRTIO` value that means nothing.
 //!
+//! Shares (`--bind`) need the transport too, and 9p over virtio
+//! (`NET_9P`, `NET_9P_VIRTIO`, `9P_FS`; as modules, `9pnet_virtio` and `9p`
+//! with what they depend on); where the kernel lacks them the plan says why
+//! ([`VirtioPlan::share_problem`]), and the run fails, since a share has
+//! nothing to fall back to.
+//!
 //! ```no_run
-//! let plan = microrun::guest_kernel::plan("/boot/vmlinuz-6.1.0-57-amd64".as_ref())?;
+//! use microrun::guest_kernel::{plan, Transport};
+//!
+//! let plan = plan("/boot/vmlinuz-6.1.0-57-amd64".as_ref(), 1, Transport::Mmio)?;
 //! for note in &plan.notes {
 //!     println!("{note}");
 //! }
-//! assert!(plan.console && plan.acpi_discovery && plan.modules.len() == 4);
+//! assert!(plan.console && plan.acpi_discovery && plan.shares == 1);
 //! # Ok::<(), microrun::guest_kernel::GuestKernelError>(())
 //! ```
 
