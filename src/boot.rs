@@ -142,13 +142,10 @@ pub fn vm_run_config(spec: &RunSpec, virtio: &VirtioPlan) -> RunConfig {
                 params: module.params.clone(),
             })
             .collect(),
-        mounts: spec
-            .binds
-            .iter()
-            .take(virtio.shares)
-            .enumerate()
-            .map(|(index, bind)| ShareMount {
-                tag: crate::guest_kernel::share_tag(index),
+        mounts: virtio
+            .shared(&spec.binds)
+            .map(|(tag, bind)| ShareMount {
+                tag,
                 dest: bind.dest.clone(),
                 read_only: bind.read_only,
             })

@@ -41,7 +41,7 @@ use std::path::Path;
 
 use initrd_tools::kernel_info::{kernel_release, KernelConfig, KernelInfoError, Tristate};
 use initrd_tools::modules::{ModuleFile, ModuleTree, ModulesError};
-use vmm::layout::{VirtioMmioSlot, VIRTIO_CONSOLE_SLOT, VIRTIO_SHARE_SLOTS};
+use vmm::layout::{VirtioMmioSlot, VIRTIO_SHARE_SLOTS};
 
 use crate::binds::Bind;
 
@@ -170,11 +170,17 @@ impl VirtioPlan {
     /// The slots of the devices planned, in the order the VMM places them:
     /// the console's, then one per share.
     pub fn slots(&self) -> Vec<VirtioMmioSlot> {
-        let console = self.console.then_some(VIRTIO_CONSOLE_SLOT);
-        console
-            .into_iter()
-            .chain(VIRTIO_SHARE_SLOTS.iter().copied().take(self.shares))
-            .collect()
+        vmm::layout::virtio_slots(self.console, self.shares)
+    }
+
+    /// The shares of `binds` this plan gives the guest (as many as
+    /// [`VirtioPlan::shares`]), each with its mount tag.
+    pub fn shared<'b>(&self, binds: &'b [Bind]) -> impl Iterator<Item = (String, &'b Bind)> {
+        binds
+            .iter()
+            .take(self.shares)
+            .enumerate()
+            .map(|(index, bind)| (share_tag(index), bind))
     }
 
     /// The devices the kvm engine asks the VMM for, serving `binds` (as
@@ -184,13 +190,11 @@ impl VirtioPlan {
         let any = self.console || self.shares > 0;
         vmm::VirtioOptions {
             console: self.console,
-            shares: binds
-                .iter()
-                .take(self.shares)
-                .enumerate()
-                .map(|(index, bind)| vmm::SharedDir {
+            shares: self
+                .shared(binds)
+                .map(|(tag, bind)| vmm::SharedDir {
                     source: bind.source.clone(),
-                    tag: share_tag(index),
+                    tag,
                     read_only: bind.read_only,
                 })
                 .collect(),
@@ -201,7 +205,7 @@ impl VirtioPlan {
 }
 
 /// The 9p mount tag of the `index`th share, as guest-init mounts it.
-pub fn share_tag(index: usize) -> String {
+fn share_tag(index: usize) -> String {
     format!("microrun{index}")
 }
 

@@ -225,11 +225,7 @@ pub struct Mount {
 impl Mounts {
     /// The shares, in order.
     pub fn iter(self) -> impl Iterator<Item = Mount> {
-        records(self.data).filter_map(|record| {
-            let (key, value) = split_record(record)?;
-            if key != b"mount" {
-                return None;
-            }
+        values_of(self.data, b"mount").filter_map(|value| {
             let (tag, read_only, dest_at) = split_mount(value)?;
             // SAFETY: `dest_at` is within `value`, which is followed by the
             // record's terminating NUL (checked in `parse`), so a
@@ -277,11 +273,7 @@ pub struct Module {
 impl Modules {
     /// The modules, in load order.
     pub fn iter(self) -> impl Iterator<Item = Module> {
-        records(self.data).filter_map(|record| {
-            let (key, value) = split_record(record)?;
-            if key != b"module" {
-                return None;
-            }
+        values_of(self.data, b"module").filter_map(|value| {
             let (path, params_at) = split_module(value)?;
             let params = if params_at == value.len() {
                 c""
@@ -305,6 +297,15 @@ fn split_module(value: &[u8]) -> Option<(&[u8], usize)> {
         None => (value, value.len()),
     };
     path.starts_with(b"/").then_some((path, params_at))
+}
+
+/// The values of the records with key `key`, in order, each followed in
+/// memory by its record's terminating NUL.
+fn values_of(data: &'static [u8], key: &'static [u8]) -> impl Iterator<Item = &'static [u8]> {
+    records(data).filter_map(move |record| {
+        let (k, value) = split_record(record)?;
+        (k == key).then_some(value)
+    })
 }
 
 /// The records of the file, each without its terminating NUL.

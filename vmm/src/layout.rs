@@ -156,6 +156,17 @@ pub const VIRTIO_SHARE_SLOTS: [VirtioMmioSlot; 6] = {
     slots
 };
 
+/// The slots of a VM's virtio-mmio devices, in the order the VMM places
+/// them and the guest is told of them: the console's (when there is one),
+/// then one per share.
+pub fn virtio_slots(console: bool, shares: usize) -> Vec<VirtioMmioSlot> {
+    let console = console.then_some(VIRTIO_CONSOLE_SLOT);
+    console
+        .into_iter()
+        .chain(VIRTIO_SHARE_SLOTS.iter().copied().take(shares))
+        .collect()
+}
+
 /// The port names of the virtio-console, in port order (port 0 first): the
 /// program's stdout, its stderr, and its stdin. guest-init finds each in
 /// `/sys/class/virtio-ports/*/name`.

@@ -138,16 +138,7 @@ impl VirtioOptions {
     /// The slots of the devices present, in the order the guest sees them:
     /// the console's, then one per share.
     pub fn slots(&self) -> Vec<layout::VirtioMmioSlot> {
-        let console = self.console.then_some(layout::VIRTIO_CONSOLE_SLOT);
-        console
-            .into_iter()
-            .chain(
-                layout::VIRTIO_SHARE_SLOTS
-                    .iter()
-                    .copied()
-                    .take(self.shares.len()),
-            )
-            .collect()
+        layout::virtio_slots(self.console, self.shares.len())
     }
 
     /// `cmdline` with the `virtio_mmio.device=` arguments in front (before
@@ -780,9 +771,9 @@ fn create_devices(
             layout::IO_APIC_MMIO_LEN,
         )?;
     }
+    // SAFETY: these calls only return the caller's ids.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     for (share, slot) in spec.virtio.shares.iter().zip(layout::VIRTIO_SHARE_SLOTS) {
-        // SAFETY: these calls only return the caller's ids.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let policy = p9::policy::Policy {
             read_only: share.read_only,
             uid,
