@@ -122,6 +122,7 @@ pub fn run_config(spec: &RunSpec) -> RunConfig {
         workdir: spec.workdir.clone(),
         forward_stdin: spec.forward_stdin,
         virtio_ports: false,
+        relay_output: false,
         modules: Vec::new(),
         mounts: Vec::new(),
     }
@@ -133,6 +134,7 @@ pub fn run_config(spec: &RunSpec) -> RunConfig {
 pub fn vm_run_config(spec: &RunSpec, virtio: &VirtioPlan) -> RunConfig {
     RunConfig {
         virtio_ports: virtio.console,
+        relay_output: virtio.console && virtio.relay_output,
         modules: virtio
             .modules
             .iter()

@@ -142,6 +142,11 @@ pub struct VirtioPlan {
     pub acpi_discovery: bool,
     /// Modules for guest-init to load, in load order.
     pub modules: Vec<GuestModule>,
+    /// The console's ports may still hold output when the status line
+    /// arrives (QEMU's virtio-serial): guest-init relays the program's
+    /// output and reports the byte counts (`ports=virtio-relay`). Set by
+    /// the engine, never cached.
+    pub relay_output: bool,
     /// Why, one line per decision (logged at `-v`).
     pub notes: Vec<String>,
 }
@@ -487,6 +492,7 @@ fn unknown_config(name: &str, why: String, console: bool, shares: usize) -> Virt
         cmdline_discovery: true,
         acpi_discovery: true,
         modules: Vec::new(),
+        relay_output: false,
         notes: vec![format!(
             "{name}: {why}; offering the virtio devices, announced on the command line and in \
              ACPI (guest-init uses the UARTs if no port appears)"

@@ -122,7 +122,7 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
                 mem_size,
                 vcpus: vm.cpus,
                 accel: vm.accel,
-                shares: virtio.devices(&spec.binds).shares,
+                virtio: virtio.devices(&spec.binds),
                 transport: virtio.transport,
             },
         )?,
@@ -136,9 +136,9 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
     Ok(outcome)
 }
 
-/// How the guest gets its virtio-console ([`guest_kernel::plan`]). The qemu
-/// engine has no virtio-serial yet, and without guest-init nothing opens
-/// the ports or loads the modules: both use the UARTs. `MICRORUN_VIRTIO` is
+/// How the guest gets its virtio-console and shares
+/// ([`guest_kernel::plan`], and [`qemu_plan`] for QEMU's buses). Without
+/// guest-init nothing opens the ports or loads the modules: the UARTs. `MICRORUN_VIRTIO` is
 /// checked for every VM engine alike.
 fn virtio_plan(
     spec: &RunSpec,
@@ -184,14 +184,24 @@ fn virtio_plan(
 /// ([`Transport::Pci`], the plan `pci` makes); otherwise the UARTs, and no
 /// shares.
 ///
-/// The program's streams stay on the UARTs under QEMU, shares or not
-/// ([`without_console`]).
+/// QEMU's virtio-serial ports can still hold output when the status line
+/// arrives, so guest-init relays the program's output and reports the byte
+/// counts, which the engine waits for ([`VirtioPlan::relay_output`]).
 fn qemu_plan(
     mmio: VirtioPlan,
     pci: impl FnOnce() -> Result<VirtioPlan, guest_kernel::GuestKernelError>,
 ) -> anyhow::Result<VirtioPlan> {
-    let mut mmio = without_console(mmio);
-    if mmio.shares == 0 && mmio.share_problem.is_none() {
+    let mut plan = qemu_bus(mmio, pci)?;
+    plan.relay_output = plan.console;
+    Ok(plan)
+}
+
+/// The bus of [`qemu_plan`].
+fn qemu_bus(
+    mut mmio: VirtioPlan,
+    pci: impl FnOnce() -> Result<VirtioPlan, guest_kernel::GuestKernelError>,
+) -> anyhow::Result<VirtioPlan> {
+    if !mmio.console && mmio.shares == 0 && mmio.share_problem.is_none() {
         return Ok(mmio);
     }
     let mmio_module = mmio.modules.iter().any(|m| m.file_name == "virtio_mmio.ko");
@@ -199,7 +209,7 @@ fn qemu_plan(
         mmio.acpi_discovery = false;
         return Ok(mmio);
     }
-    let mut plan = without_console(pci()?);
+    let mut plan = pci()?;
     plan.notes.insert(
         0,
         if !mmio.cmdline_discovery {
@@ -212,37 +222,6 @@ fn qemu_plan(
         .to_string(),
     );
     Ok(plan)
-}
-
-/// `plan` with the program's streams on the UARTs. QEMU's virtio-serial
-/// cannot keep the contract's order: QEMU writes a port's data to its
-/// chardev without blocking (it sets `O_NONBLOCK`), holds what the pipe
-/// does not take (up to a whole queue, 4 MiB) and hands the guest its
-/// buffers back only once written, while Linux's driver returns from a
-/// write to a port without waiting for that. So the status line on ttyS2
-/// can arrive while output is still held in QEMU, and ending QEMU then
-/// loses it (seen: 3.9 of 64 MiB). (A console port's writes, through
-/// hvc, do wait for the host: the way to try next.)
-fn without_console(mut plan: VirtioPlan) -> VirtioPlan {
-    if !plan.console {
-        return plan;
-    }
-    if plan.shares == 0 {
-        plan.use_uarts(
-            "the qemu engine keeps the program's streams on the UARTs (its virtio-serial \
-             ports could lose output that is still queued when the status line arrives)"
-                .to_string(),
-        );
-        return plan;
-    }
-    plan.console = false;
-    plan.modules.retain(|m| m.file_name != "virtio_console.ko");
-    plan.notes.push(
-        "the qemu engine keeps the program's streams on the UARTs; the virtio devices carry \
-         the shares"
-            .to_string(),
-    );
-    plan
 }
 
 /// What to add when a VM ended before guest-init reported `@init`: the
@@ -363,16 +342,9 @@ mod tests {
             panic!("no PCI plan needed")
         };
         let plan = qemu_plan(wanted.clone(), never).unwrap();
-        assert!(!plan.console, "the streams stay on the UARTs under QEMU");
-        assert!(plan.shares == 1 && !plan.acpi_discovery);
+        assert!(plan.console && plan.shares == 1 && !plan.acpi_discovery);
+        assert!(plan.relay_output, "QEMU's ports need the relay");
         assert_eq!(plan.transport, Transport::Mmio);
-        // Without shares, nothing virtio at all.
-        let console_only = VirtioPlan {
-            shares: 0,
-            ..wanted.clone()
-        };
-        let plan = qemu_plan(console_only, never).unwrap();
-        assert!(!plan.console && plan.shares == 0 && plan.modules.is_empty());
         // ACPI only (Debian): virtio-pci instead.
         let acpi_only = VirtioPlan {
             cmdline_discovery: false,
@@ -395,21 +367,6 @@ mod tests {
         // Nothing virtio wanted: nothing to change.
         let uarts = VirtioPlan::uarts("off".into());
         assert_eq!(qemu_plan(uarts.clone(), never).unwrap(), uarts);
-        // The console's module goes, what the shares need stays.
-        let mut modules = VirtioPlan {
-            cmdline_discovery: false,
-            ..wanted.clone()
-        };
-        for name in ["virtio.ko", "virtio_console.ko", "9p.ko"] {
-            modules.modules.push(guest_kernel::GuestModule {
-                file_name: name.into(),
-                bytes: Vec::new(),
-                params: String::new(),
-            });
-        }
-        let plan = qemu_plan(modules.clone(), || Ok(modules.clone())).unwrap();
-        let names: Vec<&str> = plan.modules.iter().map(|m| m.file_name.as_str()).collect();
-        assert_eq!(names, ["virtio.ko", "9p.ko"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | `env` | `NAME=value`, added to or replacing guest-init's default environment (`PATH`, `HOME=/`, `TERM=linux`) |
 //! | `cwd` | the working directory (default `/`) |
 //! | `stdin` | `1`: the command reads ttyS1; otherwise it reads `/dev/null` |
-//! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs) |
+//! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs); `virtio-relay`: the same, through pipes guest-init copies to the ports, with `@sent OUT ERR` (the bytes each port took) before the status line |
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
 //! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
 //!
@@ -101,6 +101,11 @@ pub struct RunConfig {
     /// Whether the program's streams go over the virtio-console's ports
     /// (`ports=virtio`) rather than the UARTs.
     pub virtio_ports: bool,
+    /// With [`RunConfig::virtio_ports`]: guest-init relays the program's
+    /// output to the ports and reports the bytes each took (`@sent OUT
+    /// ERR`) before the status line (`ports=virtio-relay`), for a host
+    /// whose ports may still hold output when the status arrives (QEMU).
+    pub relay_output: bool,
     /// Kernel modules to load before the program, in load order.
     pub modules: Vec<ModuleLoad>,
     /// Shares to mount before the program, in order.
@@ -147,8 +152,10 @@ impl RunConfig {
         if self.forward_stdin {
             out.extend_from_slice(b"stdin=1\0");
         }
-        if self.virtio_ports {
-            out.extend_from_slice(b"ports=virtio\0");
+        match (self.virtio_ports, self.relay_output) {
+            (true, false) => out.extend_from_slice(b"ports=virtio\0"),
+            (true, true) => out.extend_from_slice(b"ports=virtio-relay\0"),
+            (false, _) => {}
         }
         for module in &self.modules {
             let path = &module.path;
@@ -322,6 +329,18 @@ mod tests {
             modules_only.encode().unwrap(),
             b"module=/.microrun/modules/00-virtio_ring.ko\0"
         );
+        // The relay only with the ports.
+        let relay = RunConfig {
+            virtio_ports: true,
+            relay_output: true,
+            ..Default::default()
+        };
+        assert_eq!(relay.encode().unwrap(), b"ports=virtio-relay\0");
+        let no_ports = RunConfig {
+            relay_output: true,
+            ..Default::default()
+        };
+        assert_eq!(no_ports.encode().unwrap(), b"");
     }
 
     #[test]

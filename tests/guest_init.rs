@@ -222,14 +222,28 @@ impl Outcome {
             .find(|l| *l == "@ports" || *l == "@uarts")
     }
 
-    /// The exit status reported on the status channel, after checking the
-    /// channel holds exactly `@init` (and the ports event, if any) and one
-    /// status line.
-    fn status(&self) -> u8 {
-        let lines: Vec<&str> = self
+    /// The relay's `@sent OUT ERR` counts, if the channel has them.
+    fn sent_event(&self) -> Option<(u64, u64)> {
+        let line = self
             .status_channel
             .lines()
-            .filter(|l| Some(*l) != self.ports_event())
+            .find(|l| l.starts_with("@sent "))?;
+        let mut words = line["@sent ".len()..].split(' ');
+        let counts = (words.next()?.parse().ok()?, words.next()?.parse().ok()?);
+        words.next().is_none().then_some(counts)
+    }
+
+    /// The exit status reported on the status channel, after checking the
+    /// channel holds exactly `@init` (and the ports and relay events, if
+    /// any, the relay's just before the status) and one status line.
+    fn status(&self) -> u8 {
+        let all: Vec<&str> = self.status_channel.lines().collect();
+        if let Some(at) = all.iter().position(|l| l.starts_with("@sent ")) {
+            assert_eq!(at + 2, all.len(), "@sent must come just before the status");
+        }
+        let lines: Vec<&str> = all
+            .into_iter()
+            .filter(|l| Some(*l) != self.ports_event() && !l.starts_with("@sent "))
             .collect();
         assert_eq!(
             lines.len(),
@@ -998,6 +1012,61 @@ fn virtio_ports_carry_stdout_stderr_and_stdin() {
     assert_eq!(outcome.stdout, b"");
     assert_eq!(outcome.stderr, "");
     assert_eq!(rootfs.read("/ports/dev/vport3p0"), "");
+}
+
+#[test]
+fn relayed_output_reaches_the_ports_counted_and_leftovers_do_not_hold_it() {
+    let tools = tools_or_skip!();
+    let rootfs = rootfs_with_ports(&tools);
+    rootfs.port_device("vport12p7", b"in\n");
+    // Over a pipe's worth of stdout (past the relay's 256 KiB pipes), some
+    // stderr, stdin straight from its port, and a background process that
+    // keeps both pipes open past the command's end.
+    let script = "read line; echo \"got:$line\"; sleep 30 & \
+                  i=0; while [ $i -lt 40000 ]; do echo \"line $i of the build log\"; \
+                  i=$((i+1)); done; echo err >&2; exit 5";
+    let config = RunConfig {
+        forward_stdin: true,
+        ..command(&["sh", "-c", script])
+    };
+    rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio-relay"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
+    assert_eq!(outcome.status(), 5, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.ports_event(), Some("@ports"));
+    let out = rootfs.read("/ports/dev/vport3p1");
+    let mut expected = String::from("got:in\n");
+    for i in 0..40000 {
+        expected.push_str(&format!("line {i} of the build log\n"));
+    }
+    assert!(
+        out == expected,
+        "stdout port: {} bytes, not {}",
+        out.len(),
+        expected.len()
+    );
+    assert_eq!(rootfs.read("/ports/dev/vport3p2"), "err\n");
+    assert_eq!(
+        outcome.sent_event(),
+        Some((expected.len() as u64, 4)),
+        "status channel: {:?}",
+        outcome.status_channel
+    );
+    assert_eq!(outcome.stdout, b"");
+    assert_eq!(outcome.stderr, "");
+    // The sleep was ended, not waited for.
+    assert!(
+        outcome.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        outcome.elapsed
+    );
+
+    // Without the relay there is no count.
+    let rootfs = rootfs_with_ports(&tools);
+    let config = command(&["sh", "-c", "echo out"]);
+    rootfs.write(CONFIG_PATH, &encode_with(&config, &["ports=virtio"]));
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &PORTS_KNOBS);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.sent_event(), None);
 }
 
 #[test]

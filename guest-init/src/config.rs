@@ -7,7 +7,7 @@
 //! | `env` | `NAME=value`, added to or replacing the default environment |
 //! | `cwd` | the working directory (default `/`) |
 //! | `stdin` | `1`: the command reads its stdin channel (ttyS1, or the `microrun.stdin` port); anything else: `/dev/null` |
-//! | `ports` | `virtio`: the host offers a multiport virtio-console with the ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`; anything else: the serial ports only |
+//! | `ports` | `virtio`: the host offers a multiport virtio-console with the ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`; `virtio-relay`: the same, with the command's output relayed and counted (see `relay.rs`); anything else: the serial ports only |
 //! | `module` | `/PATH` or `/PATH PARAMS`: a kernel module in the initrd, loaded with `finit_module` and the parameter string `PARAMS` (empty when absent); any number, loaded in order |
 //! | `mount` | `TAG rw /DEST` or `TAG ro /DEST`: a 9p share (virtio mount tag `TAG`) to mount at `/DEST`, created when missing; any number, after the modules |
 //!
@@ -47,6 +47,9 @@ pub struct RunConfig {
     pub forward_stdin: bool,
     /// Whether the host offers the virtio-console's named ports.
     pub virtio_ports: bool,
+    /// Whether the command's output reaches the ports through guest-init,
+    /// which counts it (`ports=virtio-relay`).
+    pub relay_output: bool,
     /// The `module` records, in order.
     pub modules: Modules,
     /// The `mount` records, in order.
@@ -136,7 +139,12 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
                 }
             }
             b"ports" => {
-                if virtio_ports.replace(value == b"virtio").is_some() {
+                let kind = match value {
+                    b"virtio" => (true, false),
+                    b"virtio-relay" => (true, true),
+                    _ => (false, false),
+                };
+                if virtio_ports.replace(kind).is_some() {
                     return Err(ConfigError::Duplicate(number, key));
                 }
             }
@@ -200,7 +208,8 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         envp,
         cwd: cwd.unwrap_or(c"/"),
         forward_stdin: forward_stdin.unwrap_or(false),
-        virtio_ports: virtio_ports.unwrap_or(false),
+        virtio_ports: virtio_ports.is_some_and(|(ports, _)| ports),
+        relay_output: virtio_ports.is_some_and(|(_, relay)| relay),
         modules: Modules { data },
         mounts: Mounts { data },
     })
@@ -473,6 +482,9 @@ mod tests {
     #[test]
     fn ports_virtio_selects_the_virtio_console() {
         assert!(parse_ok(b"ports=virtio\0arg=true\0").virtio_ports);
+        assert!(!parse_ok(b"ports=virtio\0arg=true\0").relay_output);
+        let relay = parse_ok(b"ports=virtio-relay\0");
+        assert!(relay.virtio_ports && relay.relay_output);
         // Any other value leaves the serial ports, as an unknown `stdin`
         // value leaves /dev/null.
         assert!(!parse_ok(b"ports=serial\0").virtio_ports);

@@ -7,10 +7,13 @@
 //! when it says `ports=virtio`, waits (up to 2 s) for the virtio-console's
 //! ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`. It runs
 //! the command with stdout and stderr on those ports (on ttyS1 and ttyS0
-//! without them), stdin on the stdin port (ttyS1) when forwarded, reaps
-//! every process, and writes the command's exit status as one line on ttyS2
-//! once ttyS1 has drained. Then it powers the machine off. Its own messages
-//! always go to ttyS0.
+//! without them; with `ports=virtio-relay`, on pipes it copies to the ports
+//! itself, counting the bytes: see `relay.rs`), stdin on the stdin port
+//! (ttyS1) when forwarded, reaps every process, and writes the command's
+//! exit status as one line on ttyS2 once ttyS1 has drained (after the
+//! relay's `@sent OUT ERR`). Then it powers the machine off (with the
+//! relay, it waits for the host to end it). Its own messages always go to
+//! ttyS0.
 //!
 //! It is a freestanding static executable (`no_std`, raw system calls via
 //! rustix, no libc), so it runs on any rootfs, even one without a libc.
@@ -42,6 +45,7 @@ mod config;
 mod console;
 mod modules;
 mod ports;
+mod relay;
 mod rt;
 mod shares;
 mod sys;
@@ -59,6 +63,7 @@ use rustix::termios::{ControlModes, OptionalActions, OutputModes};
 
 use config::ConfigError;
 use console::Line;
+use relay::{Relay, Writers};
 
 /// Status for "the command exists but cannot be executed", and for every
 /// failure of guest-init before the command starts.
@@ -584,25 +589,55 @@ fn run(config: &config::RunConfig, pid1: bool) -> u8 {
         Ok(pipe) => pipe,
         Err(e) => return fail_start(b"cannot create a pipe: ", e),
     };
+    let relay = match output_relay(config) {
+        Ok(relay) => relay,
+        Err(e) => return fail_start(b"cannot create a pipe: ", e),
+    };
     // SAFETY: guest-init is single-threaded.
     let child = match unsafe { sys::fork() } {
         Ok(Some(pid)) => pid,
-        Ok(None) => child(config, report_tx),
+        Ok(None) => child(
+            config,
+            report_tx,
+            relay.as_ref().map(|(_, writers)| writers),
+        ),
         Err(e) => return fail_start(b"cannot start a process: ", e),
     };
     drop(report_tx);
+    // Only the command may hold the pipes' write ends, so that they end
+    // when its processes do.
+    let mut relay = relay.map(|(relay, _)| relay);
 
     // The pipe closes on a successful exec (CLOEXEC) or carries a report.
     let mut report = [0u8; REPORT_CAPACITY];
     let (len, _) = console::read_full(report_rx.as_fd(), &mut report);
     drop(report_rx);
 
-    let mut status = wait_for(child);
+    let mut status = match relay.as_mut() {
+        Some(relay) => relay.copy_until(child, || reap_command(child)),
+        None => wait_for(child),
+    };
     if len >= 5 {
         status = explain_failure(config, &report[..len]);
     }
     clean_up(pid1, child);
+    if let Some(relay) = relay {
+        relay.finish();
+    }
     status
+}
+
+/// With `ports=virtio-relay` and the ports open: the relay, and the pipes
+/// the command writes to.
+fn output_relay(config: &config::RunConfig) -> Result<Option<(Relay, Writers)>, Errno> {
+    match (
+        config.relay_output,
+        GlobalState::fd(&PORT_STDOUT_FD),
+        GlobalState::fd(&PORT_STDERR_FD),
+    ) {
+        (true, Some(stdout), Some(stderr)) => Relay::new(stdout, stderr).map(Some),
+        _ => Ok(None),
+    }
 }
 
 fn fail_start(what: &[u8], e: Errno) -> u8 {
@@ -615,10 +650,10 @@ fn fail_start(what: &[u8], e: Errno) -> u8 {
 }
 
 /// The child: stdio, then exec. Never returns.
-fn child(config: &config::RunConfig, report: OwnedFd) -> ! {
+fn child(config: &config::RunConfig, report: OwnedFd, relay: Option<&Writers>) -> ! {
     // Its own session, so job-control shells and `kill 0` stay within it.
     let _ = rustix::process::setsid();
-    if let Err(e) = setup_stdio(config) {
+    if let Err(e) = setup_stdio(config, relay) {
         send_report(&report, STAGE_SETUP, e, b"");
         sys::exit_group(i32::from(CANNOT_EXECUTE));
     }
@@ -643,19 +678,21 @@ fn send_report(report: &OwnedFd, stage: u8, errno: Errno, path: &[u8]) {
     console::write_all(report.as_fd(), &buf[..5 + n + 1]);
 }
 
-/// Puts stdin, stdout and stderr on descriptors 0, 1 and 2: the
-/// virtio-console's ports when in use, else ttyS1 and ttyS0; stdin is the
-/// stdin port (or ttyS1) when forwarded, else /dev/null.
-fn setup_stdio(config: &config::RunConfig) -> Result<(), Errno> {
+/// Puts stdin, stdout and stderr on descriptors 0, 1 and 2: the relay's
+/// pipes or the virtio-console's ports when in use, else ttyS1 and ttyS0;
+/// stdin is the stdin port (or ttyS1) when forwarded, else /dev/null.
+fn setup_stdio(config: &config::RunConfig, relay: Option<&Writers>) -> Result<(), Errno> {
     let (Some(serial_stdout), Some(console)) = (GlobalState::stdout(), GlobalState::console())
     else {
         return Err(Errno::BADF);
     };
     let (stdout, stderr) = match (
+        relay,
         GlobalState::fd(&PORT_STDOUT_FD),
         GlobalState::fd(&PORT_STDERR_FD),
     ) {
-        (Some(stdout), Some(stderr)) => (stdout, stderr),
+        (Some(relay), _, _) => (relay.stdout.as_fd(), relay.stderr.as_fd()),
+        (None, Some(stdout), Some(stderr)) => (stdout, stderr),
         _ => (serial_stdout, console),
     };
     let stdin_fd = STDIN_FD.load(core::sync::atomic::Ordering::Relaxed);
@@ -813,6 +850,21 @@ fn explain_failure(config: &config::RunConfig, report: &[u8]) -> u8 {
     status
 }
 
+/// Reaps the children that have ended, without waiting; the command's
+/// status once it is among them.
+fn reap_command(child: i32) -> Option<u8> {
+    loop {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == child => {
+                return Some(status_code(status));
+            }
+            Ok(Some(_)) | Err(Errno::INTR) => {}
+            Ok(None) => return None,
+            Err(e) => return Some(fail_start(b"lost track of the command: ", e)),
+        }
+    }
+}
+
 /// Reaps children until the command itself ends; returns its status.
 fn wait_for(child: i32) -> u8 {
     loop {
@@ -900,6 +952,16 @@ pub fn finish(status: u8) -> ! {
     let mut sent = STATUS_SENT.load(Ordering::Relaxed);
     if !sent {
         if let Some(fd) = GlobalState::status() {
+            if let Some((stdout, stderr)) = relay::sent() {
+                // What the host must have read from the ports before it
+                // ends the VM (see relay.rs).
+                Line::new()
+                    .text(b"@sent ")
+                    .num(stdout)
+                    .text(b" ")
+                    .num(stderr)
+                    .send(Some(fd));
+            }
             Line::new().num(u64::from(status)).send(Some(fd));
             drain(Some(fd));
             STATUS_SENT.store(true, Ordering::Relaxed);
@@ -908,6 +970,12 @@ pub fn finish(status: u8) -> ! {
     }
     if NO_POWEROFF.load(Ordering::Relaxed) {
         sys::exit_group(if sent { 0 } else { 1 });
+    }
+    if sent && relay::sent().is_some() {
+        // The host ends the VM once the ports have delivered what `@sent`
+        // counts, however long its reader takes; powering off before that
+        // would lose what QEMU still holds.
+        halt();
     }
     if sent {
         // The host stops the VM at the status line; powering off at once

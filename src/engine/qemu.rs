@@ -2,19 +2,32 @@
 //! engine, run by `qemu-system-x86_64` with KVM where it can run a Linux
 //! guest and TCG (software emulation) otherwise.
 //!
-//! The machine is `-M pc` with the three UARTs; with shares it gets one
-//! QEMU `virtio-9p` device each: on `-M microvm,acpi=off` (the same
-//! UARTs, the second and third as ISA devices) for a kernel that reads
-//! virtio-mmio devices from the command line, where QEMU names them
-//! itself, else on PCI under `-M pc` (`src/run.rs` decides).
+//! The machine is `-M pc` with the three UARTs, or, when the run has
+//! virtio devices (the console's ports, shares), `-M microvm,acpi=off`:
+//! the same UARTs (the second and third as ISA devices), a
+//! `virtio-serial-device` with the ports `microrun.stdout`,
+//! `microrun.stderr` and `microrun.stdin`, and one `virtio-9p-device` per
+//! share; QEMU names the virtio-mmio devices on the kernel command line
+//! itself. A kernel that cannot take that (`src/run.rs` decides) gets the
+//! same devices on PCI under `-M pc` (`virtio-serial-pci`,
+//! `virtio-9p-pci`).
 //!
-//! The three UARTs become pipes read here: ttyS0 is copied to stderr,
-//! ttyS1 (QEMU's `stdio` chardev, so stdin can be forwarded) to stdout,
-//! and ttyS2 goes through the same [`StatusParser`] as the kvm engine.
-//! When the status line arrives QEMU is killed, then both output pipes are
-//! read to their end: QEMU wrote those bytes before the status line (a
-//! UART's output is emulated on the vCPU's thread, and the guest waits for
-//! its transmitter to drain), so nothing the guest printed is lost.
+//! Every output is a pipe read here: ttyS0 (the console), the stdout and
+//! stderr ports (a pipe each), the status channel (ttyS2), and QEMU's own
+//! stdout, where ttyS1 writes (ttyS1 is QEMU's `stdio` chardev when stdin
+//! goes there rather than to the stdin port). ttyS2 goes through the same
+//! [`StatusParser`] as the kvm engine.
+//!
+//! The end keeps the contract's order (everything written before the
+//! status reaches microrun's streams first). A UART's output is emulated
+//! on the vCPU's thread and the guest waits for its transmitter to drain,
+//! so those bytes are in the pipes when the status line is. A port's are
+//! not: QEMU writes them to the pipe without blocking and keeps what does
+//! not fit, while the guest's `write` has returned. So guest-init relays
+//! the program's output to the ports itself and reports the bytes each
+//! took (`@sent OUT ERR`, just before the status), and the pump reads the
+//! ports' pipes until that many have come out. Then QEMU is killed and
+//! every pipe is read to its end.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -86,22 +99,23 @@ pub struct QemuBoot {
     pub vcpus: u8,
     /// The accelerator asked for.
     pub accel: Accel,
-    /// The shares, one virtio-9p device each (the program's streams stay on
-    /// the UARTs: see `without_console` in `src/run.rs`).
-    pub shares: Vec<vmm::SharedDir>,
-    /// Their bus: on virtio-mmio the machine is `microvm` (QEMU announces
-    /// the devices on the command line); else `pc`, with them on PCI.
+    /// The virtio devices (the discovery flags are QEMU's business).
+    pub virtio: vmm::VirtioOptions,
+    /// Their bus: with a console or a share on virtio-mmio, the machine is
+    /// `microvm` (QEMU announces the devices on the command line); else
+    /// `pc`, with the devices (if any) on PCI.
     pub transport: Transport,
 }
 
 impl QemuBoot {
     /// Whether the guest gets virtio-mmio devices (`-M microvm`).
     fn microvm(&self) -> bool {
-        !self.shares.is_empty() && self.transport == Transport::Mmio
+        let any = self.virtio.console || !self.virtio.shares.is_empty();
+        any && self.transport == Transport::Mmio
     }
 
-    /// `device` on this machine's virtio bus: `virtio-9p-device` or
-    /// `virtio-9p-pci`.
+    /// `device` on this machine's virtio bus: `virtio-serial-device` or
+    /// `virtio-serial-pci`.
     fn virtio_device(&self, device: &str) -> String {
         match self.transport {
             Transport::Mmio => format!("{device}-device"),
@@ -132,6 +146,13 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     let stdout = Pipe::new()?;
     let status = Pipe::new()?;
     let qemu_err = Pipe::new()?;
+    // The stdout and stderr ports get pipes of their own, so that the bytes
+    // from each can be counted against guest-init's `@sent`.
+    let ports = if boot.virtio.console {
+        Some([Pipe::new()?, Pipe::new()?])
+    } else {
+        None
+    };
 
     let mut cmd = Command::new(QEMU);
     cmd.args([
@@ -168,6 +189,9 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         } else {
             boot.cmdline.clone()
         });
+    // With the virtio-console, stdin goes to its stdin port, which ends
+    // when stdin does; without, to ttyS1.
+    let stdin_on_port = boot.virtio.console;
     // ttyS0, ttyS1, ttyS2 in this order: 0x3f8/IRQ4, 0x2f8/IRQ3, 0x3e8/IRQ4.
     // microvm creates only the first -serial; the others are ISA devices.
     let uart = |n: u8| -> [String; 2] {
@@ -182,13 +206,20 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             }
         }
     };
+    // QEMU's own stdout is the stdout pipe: ttyS1 and the stdout port
+    // both write there.
+    let ttys1 = if stdin_on_port {
+        "file,id=ttyS1,path=/proc/self/fd/1,append=on".to_string()
+    } else {
+        "stdio,id=ttyS1,signal=off".to_string()
+    };
     cmd.arg("-chardev")
         .arg(format!(
             "file,id=ttyS0,path=/proc/self/fd/{}",
             console.write_fd()
         ))
         .args(uart(0))
-        .args(["-chardev", "stdio,id=ttyS1,signal=off"])
+        .args(["-chardev", &ttys1])
         .args(uart(1))
         .arg("-chardev")
         .arg(format!(
@@ -196,7 +227,42 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             status.write_fd()
         ))
         .args(uart(2));
-    for (index, share) in boot.shares.iter().enumerate() {
+    if let Some([port_out, port_err]) = &ports {
+        let [out, err, inp] = vmm::layout::VIRTIO_CONSOLE_PORTS;
+        let serial = format!("{},max_ports=4", boot.virtio_device("virtio-serial"));
+        cmd.args(["-device", &serial])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=port0,path=/proc/self/fd/{}",
+                port_out.write_fd()
+            ))
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=port0,name={out}"),
+            ])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=port1,path=/proc/self/fd/{}",
+                port_err.write_fd()
+            ))
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=port1,name={err}"),
+            ])
+            .args([
+                "-chardev",
+                if spec.forward_stdin {
+                    "stdio,id=port2,signal=off"
+                } else {
+                    "null,id=port2"
+                },
+            ])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=port2,name={inp}"),
+            ]);
+    }
+    for (index, share) in boot.virtio.shares.iter().enumerate() {
         let mut fsdev = std::ffi::OsString::from(format!(
             "local,id=share{index},security_model=none,{}path=",
             if share.read_only { "readonly=on," } else { "" }
@@ -221,7 +287,8 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     }
     cmd.stdout(Stdio::from(stdout.take_writer()?));
     cmd.stderr(Stdio::from(qemu_err.take_writer()?));
-    let inherit = [initrd.as_raw_fd(), console.write_fd(), status.write_fd()];
+    let mut inherit = vec![initrd.as_raw_fd(), console.write_fd(), status.write_fd()];
+    inherit.extend(ports.iter().flatten().map(Pipe::write_fd));
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure only calls prctl, getppid and fcntl, which are
@@ -236,7 +303,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             {
                 return Err(io::Error::other("microrun exited while starting QEMU"));
             }
-            for fd in inherit {
+            for &fd in &inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -260,6 +327,10 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     let status = status.into_reader();
     let stdout = stdout.into_reader();
     let qemu_err = qemu_err.into_reader();
+    let [port_out, port_err] = match ports {
+        Some([out, err]) => [Some(out.into_reader()), Some(err.into_reader())],
+        None => [None, None],
+    };
 
     let sink = |name, fd| {
         OutputSink::spawn(name, Box::new(FdWriter(fd)), output::DEFAULT_CAPACITY)
@@ -267,10 +338,16 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     };
     let deadline = vmm::deadline_after(spec.started, spec.timeout);
     let mut pump = Pump {
-        console,
-        stdout,
-        status,
-        qemu_err,
+        pipes: [
+            Some(status),
+            Some(stdout),
+            Some(console),
+            Some(qemu_err),
+            port_out,
+            port_err,
+        ],
+        from_ports: [0; 2],
+        sent: None,
         to_stdout: sink("stdout", 1)?,
         to_stderr: sink("stderr", 2)?,
         deadline,
@@ -312,17 +389,42 @@ enum PumpEnd {
     Closed,
     /// Writing the guest's output to microrun's stdout or stderr failed.
     OutputFailed(OutputFailure),
+    /// The status came, but not all the output guest-init's `@sent` says
+    /// the ports took: QEMU ended first, or stopped writing.
+    Short {
+        code: u8,
+        missing: [u64; 2],
+    },
 }
 
 /// After a timeout, how long what QEMU already wrote may take to reach
 /// microrun's streams (so that microrun exits within a second of the limit).
 const TIMEOUT_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// After the status line, how long the pump waits for the next bytes from
+/// the ports while `@sent` says more are due: QEMU writes a port's data as
+/// soon as the pipe has room, so a wait this long means they will not come.
+const PORT_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The pump's pipes, in this order in [`Pump::pipes`].
+const STATUS: usize = 0;
+/// QEMU's stdout: ttyS1.
+const STDOUT: usize = 1;
+/// ttyS0: the kernel's console, guest-init's messages.
+const CONSOLE: usize = 2;
+const QEMU_ERR: usize = 3;
+/// The virtio-console's stdout and stderr ports.
+const PORT_OUT: usize = 4;
+const PORT_ERR: usize = 5;
+
 struct Pump {
-    console: OwnedFd,
-    stdout: OwnedFd,
-    status: OwnedFd,
-    qemu_err: OwnedFd,
+    /// The read ends, by the indices above (the ports' only with the
+    /// virtio-console).
+    pipes: [Option<OwnedFd>; 6],
+    /// Bytes read from the stdout and stderr ports so far.
+    from_ports: [u64; 2],
+    /// guest-init's `@sent OUT ERR`: the bytes the ports took in the guest.
+    sent: Option<[u64; 2]>,
     /// The queues to microrun's own stdout and stderr: the pump never blocks
     /// in a write to a stream nobody reads, so the deadline holds.
     to_stdout: OutputSink,
@@ -335,34 +437,66 @@ struct Pump {
     stdin_feed: Option<io::PipeWriter>,
 }
 
+/// `@sent OUT ERR` (without the `@`) as two byte counts.
+fn parse_sent(event: &str) -> Option<[u64; 2]> {
+    let mut words = event.strip_prefix("sent ")?.split(' ');
+    let counts = [words.next()?.parse().ok()?, words.next()?.parse().ok()?];
+    words.next().is_none().then_some(counts)
+}
+
 impl Pump {
-    /// Copies guest output until the status line, the deadline, a failed
+    /// The bytes `@sent` says are still due from each port.
+    fn missing(&self) -> [u64; 2] {
+        let sent = self.sent.unwrap_or_default();
+        [0, 1].map(|i| sent[i].saturating_sub(self.from_ports[i]))
+    }
+
+    /// Copies guest output until the status line (and, with `@sent`, until
+    /// the ports have delivered what it counts), the deadline, a failed
     /// output stream, or until every pipe is closed (QEMU has exited).
     fn until_status(&mut self, times: &mut PhaseTimes) -> PumpEnd {
-        let mut open = [true; 4];
+        let mut open = self.pipes.each_ref().map(Option::is_some);
+        let mut exit: Option<u8> = None;
+        // With the status in: when the ports last delivered (or the pump
+        // last finished passing their bytes on).
+        let mut last_port_data = Instant::now();
         let mut buf = vec![0u8; 64 * 1024];
-        while open.iter().any(|&o| o) {
-            let wait_ms = match self.deadline {
+        loop {
+            if let Some(code) = exit {
+                let missing = self.missing();
+                if missing == [0, 0] {
+                    return PumpEnd::Status(code);
+                }
+                if last_port_data.elapsed() >= PORT_STALL_LIMIT || !open.iter().any(|&o| o) {
+                    return PumpEnd::Short { code, missing };
+                }
+            } else if !open.iter().any(|&o| o) {
+                return PumpEnd::Closed;
+            }
+            let mut wait = match self.deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return PumpEnd::Timeout;
                     }
-                    left.as_millis().min(i32::MAX as u128) as i32 + 1
+                    Some(left)
                 }
-                None => -1,
+                None => None,
             };
-            let fds = [&self.status, &self.stdout, &self.console, &self.qemu_err]
-                .map(|fd| fd.as_raw_fd());
-            let mut pollfds: Vec<libc::pollfd> = fds
-                .iter()
-                .zip(open)
-                .map(|(fd, is_open)| libc::pollfd {
-                    fd: if is_open { *fd } else { -1 },
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
+            if exit.is_some() {
+                let stall_left = PORT_STALL_LIMIT.saturating_sub(last_port_data.elapsed());
+                wait = Some(wait.map_or(stall_left, |w| w.min(stall_left)));
+            }
+            let wait_ms = wait.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32 + 1);
+            let fds: [RawFd; 6] = std::array::from_fn(|i| match (&self.pipes[i], open[i]) {
+                (Some(fd), true) => fd.as_raw_fd(),
+                _ => -1,
+            });
+            let mut pollfds = fds.map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
             // SAFETY: `pollfds` is a valid array of `pollfds.len()` entries
             // that lives across the call.
             let ready = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, wait_ms) };
@@ -382,14 +516,18 @@ impl Pump {
                     continue;
                 }
                 let data = &buf[..n];
-                match i {
-                    0 => {
+                let sink = match i {
+                    STATUS => {
                         let mut event = false;
+                        let mut sent = None;
                         let code = self.parser.feed(data, |line| match line {
                             StatusLine::Event(name) => {
                                 event = true;
                                 if name == "init" && times.init.is_none() {
                                     times.init = Some(Instant::now());
+                                }
+                                if let Some(counts) = parse_sent(name) {
+                                    sent = Some(counts);
                                 }
                             }
                             StatusLine::Other(text) => log::debug!("status channel: {text}"),
@@ -398,39 +536,48 @@ impl Pump {
                         if event {
                             self.start_stdin();
                         }
+                        if sent.is_some() {
+                            self.sent = sent;
+                        }
                         if let Some(c) = code {
                             times.status = Some(Instant::now());
-                            return PumpEnd::Status(c);
-                        }
-                    }
-                    1 | 2 => {
-                        let sink = if i == 1 {
-                            &self.to_stdout
-                        } else {
-                            &self.to_stderr
-                        };
-                        match sink.write_until(data, self.deadline) {
-                            Ok(()) => {}
-                            Err(Undelivered::Failed(failure)) => {
-                                return PumpEnd::OutputFailed(failure)
+                            let [out, err] = self.missing();
+                            if out + err > 0 {
+                                log::debug!(
+                                    "status {c} in; {out} bytes of stdout and {err} of stderr \
+                                     still due from the ports"
+                                );
                             }
-                            Err(Undelivered::Deadline | Undelivered::Aborted) => {
-                                return PumpEnd::Timeout
-                            }
+                            exit = Some(c);
+                            last_port_data = Instant::now();
+                            // Nothing after the status line matters.
+                            open[STATUS] = false;
                         }
+                        continue;
                     }
-                    _ => {
+                    QEMU_ERR => {
                         if self.verbose {
                             let _ = self.to_stderr.write_until(data, self.deadline);
                         }
                         if self.qemu_stderr.len() < 64 * 1024 {
                             self.qemu_stderr.extend_from_slice(data);
                         }
+                        continue;
                     }
+                    STDOUT | PORT_OUT => &self.to_stdout,
+                    _ => &self.to_stderr,
+                };
+                match sink.write_until(data, self.deadline) {
+                    Ok(()) => {}
+                    Err(Undelivered::Failed(failure)) => return PumpEnd::OutputFailed(failure),
+                    Err(Undelivered::Deadline | Undelivered::Aborted) => return PumpEnd::Timeout,
+                }
+                if i == PORT_OUT || i == PORT_ERR {
+                    self.from_ports[i - PORT_OUT] += n as u64;
+                    last_port_data = Instant::now();
                 }
             }
         }
-        PumpEnd::Closed
     }
 
     /// Starts copying microrun's stdin to QEMU's (once). The thread is
@@ -448,9 +595,9 @@ impl Pump {
         }
     }
 
-    /// After QEMU is gone: everything it wrote to ttyS1 and ttyS0 before
-    /// the end is still in the pipes, and goes on to microrun's streams
-    /// within the deadline (after a timeout, within a short grace).
+    /// After QEMU is gone: everything it wrote to the UARTs and the ports
+    /// before the end is still in the pipes, and goes on to microrun's
+    /// streams within the deadline (after a timeout, within a short grace).
     fn drain_outputs(&mut self, end: &PumpEnd) -> Result<(), Undelivered> {
         let deadline = match end {
             PumpEnd::Timeout => Some(Instant::now() + TIMEOUT_DRAIN_GRACE),
@@ -459,10 +606,15 @@ impl Pump {
         };
         let mut buf = vec![0u8; 64 * 1024];
         let mut result = Ok(());
-        for (fd, sink) in [
-            (&self.stdout, &self.to_stdout),
-            (&self.console, &self.to_stderr),
+        for (index, sink) in [
+            (STDOUT, &self.to_stdout),
+            (PORT_OUT, &self.to_stdout),
+            (CONSOLE, &self.to_stderr),
+            (PORT_ERR, &self.to_stderr),
         ] {
+            let Some(fd) = &self.pipes[index] else {
+                continue;
+            };
             loop {
                 let n = read_some(fd.as_raw_fd(), &mut buf);
                 if n == 0 {
@@ -478,12 +630,14 @@ impl Pump {
             &[&self.to_stdout, &self.to_stderr],
             deadline,
         ));
-        loop {
-            let n = read_some(self.qemu_err.as_raw_fd(), &mut buf);
-            if n == 0 || self.qemu_stderr.len() >= 64 * 1024 {
-                break;
+        if let Some(qemu_err) = &self.pipes[QEMU_ERR] {
+            loop {
+                let n = read_some(qemu_err.as_raw_fd(), &mut buf);
+                if n == 0 || self.qemu_stderr.len() >= 64 * 1024 {
+                    break;
+                }
+                self.qemu_stderr.extend_from_slice(&buf[..n]);
             }
-            self.qemu_stderr.extend_from_slice(&buf[..n]);
         }
         match end {
             // The run had already timed out: it stays a timeout.
@@ -505,6 +659,14 @@ fn outcome(
         // Quiet, with 128 + SIGPIPE, as a program in a pipeline ends.
         PumpEnd::OutputFailed(f) if f.is_closed_reader() => (128 + libc::SIGPIPE as u8, None),
         PumpEnd::OutputFailed(f) => (125, Some(format!("{f}; QEMU was stopped"))),
+        PumpEnd::Short { code, missing } => (
+            125,
+            Some(format!(
+                "the program ended with status {code}, but {} bytes of its stdout and {} of \
+                 its stderr never came out of QEMU's virtio-serial ports",
+                missing[0], missing[1]
+            )),
+        ),
         PumpEnd::Closed => {
             let how = match wait {
                 Ok(s) if s.signal().is_some() => {
@@ -608,6 +770,26 @@ mod tests {
         assert_eq!(resolve_accel(Accel::Tcg).0, Accel::Tcg);
         assert_eq!(resolve_accel(Accel::Kvm).0, Accel::Kvm);
         assert_ne!(resolve_accel(Accel::Auto).0, Accel::Auto);
+    }
+
+    #[test]
+    fn sent_counts_parse_only_in_their_exact_form() {
+        assert_eq!(parse_sent("sent 12 0"), Some([12, 0]));
+        assert_eq!(
+            parse_sent("sent 18446744073709551615 1"),
+            Some([u64::MAX, 1])
+        );
+        for bad in [
+            "sent",
+            "sent 1",
+            "sent 1 2 3",
+            "sent -1 2",
+            "sent 1  2",
+            "sents 1 2",
+            "init",
+        ] {
+            assert_eq!(parse_sent(bad), None, "{bad}");
+        }
     }
 
     #[test]

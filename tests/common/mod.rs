@@ -436,7 +436,7 @@ pub fn microrun(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) 
 }
 
 /// The command line [`microrun`] runs.
-fn microrun_command(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Command {
+pub fn microrun_command(engine: &Engine, options: &[&str], rootfs: &Path, cmd: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microrun"));
     command
         .env_remove("MICRORUN_IRQCHIP")
