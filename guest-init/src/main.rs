@@ -614,7 +614,7 @@ fn run(config: &config::RunConfig, pid1: bool) -> u8 {
     drop(report_rx);
 
     let mut status = match relay.as_mut() {
-        Some(relay) => relay.copy_until(child, || reap_command(child)),
+        Some(relay) => relay.copy_until(child, || reap_command(child, WaitOptions::NOHANG)),
         None => wait_for(child),
     };
     if len >= 5 {
@@ -850,14 +850,16 @@ fn explain_failure(config: &config::RunConfig, report: &[u8]) -> u8 {
     status
 }
 
-/// Reaps the children that have ended, without waiting; the command's
-/// status once it is among them.
-fn reap_command(child: i32) -> Option<u8> {
+/// Reaps children (waiting for them unless `options` has `NOHANG`) until
+/// the command itself is among them, and returns its status; `None` when,
+/// with `NOHANG`, no more have ended for now.
+fn reap_command(child: i32, options: WaitOptions) -> Option<u8> {
     loop {
-        match rustix::process::wait(WaitOptions::NOHANG) {
+        match rustix::process::wait(options) {
             Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == child => {
                 return Some(status_code(status));
             }
+            // An orphan that ended: reaped, nothing else to do.
             Ok(Some(_)) | Err(Errno::INTR) => {}
             Ok(None) => return None,
             Err(e) => return Some(fail_start(b"lost track of the command: ", e)),
@@ -868,13 +870,8 @@ fn reap_command(child: i32) -> Option<u8> {
 /// Reaps children until the command itself ends; returns its status.
 fn wait_for(child: i32) -> u8 {
     loop {
-        match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == child => {
-                return status_code(status);
-            }
-            // An orphan that ended: reaped, nothing else to do.
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return fail_start(b"lost track of the command: ", e),
+        if let Some(status) = reap_command(child, WaitOptions::empty()) {
+            return status;
         }
     }
 }

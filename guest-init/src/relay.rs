@@ -90,8 +90,9 @@ struct Stream {
 impl Stream {
     /// Copies one chunk, if the pipe has one: spliced (the whole pipe's
     /// contents become one buffer chain, one notification to the host),
-    /// else read and written.
-    fn copy_once(&mut self, buf: &mut [u8; CHUNK]) {
+    /// else read and written. False once there is nothing to copy now: the
+    /// pipe is empty (`EAGAIN`, when non-blocking), ended, or unreadable.
+    fn copy_once(&mut self, buf: &mut [u8; CHUNK]) -> bool {
         if !self.failed && self.splice {
             match rustix::pipe::splice(
                 &self.pipe,
@@ -104,9 +105,9 @@ impl Stream {
                 Ok(0) => {}
                 Ok(n) => {
                     SENT[self.slot].fetch_add(n as u64, Ordering::Relaxed);
-                    return;
+                    return true;
                 }
-                Err(Errno::INTR) => return,
+                Err(Errno::INTR) => return true,
                 // Not for this device or kernel: plain copies from now on.
                 Err(Errno::INVAL | Errno::NOSYS) => self.splice = false,
                 Err(_) => {
@@ -118,10 +119,15 @@ impl Stream {
         }
         match rustix::io::read(&self.pipe, &mut buf[..]) {
             Ok(0) => self.open = false,
-            Ok(n) => self.forward(&buf[..n]),
-            Err(Errno::INTR | Errno::AGAIN) => {}
+            Ok(n) => {
+                self.forward(&buf[..n]);
+                return true;
+            }
+            Err(Errno::INTR) => return true,
+            Err(Errno::AGAIN) => {}
             Err(_) => self.open = false,
         }
+        false
     }
 
     /// Writes `bytes` to the port, counting what it takes.
@@ -234,7 +240,7 @@ impl Relay {
             });
             for (is_ready, owner) in ready {
                 if is_ready && owner < 2 {
-                    self.streams[owner].copy_once(&mut buf);
+                    let _ = self.streams[owner].copy_once(&mut buf);
                 }
             }
         }
@@ -249,14 +255,7 @@ impl Relay {
             if rustix::fs::fcntl_setfl(&stream.pipe, OFlags::NONBLOCK).is_err() {
                 continue;
             }
-            while stream.open {
-                match rustix::io::read(&stream.pipe, &mut buf) {
-                    Ok(0) | Err(Errno::AGAIN) => break,
-                    Ok(n) => stream.forward(&buf[..n]),
-                    Err(Errno::INTR) => {}
-                    Err(_) => break,
-                }
-            }
+            while stream.open && stream.copy_once(&mut buf) {}
         }
     }
 }

@@ -114,8 +114,8 @@ impl QemuBoot {
         any && self.transport == Transport::Mmio
     }
 
-    /// `device` on this machine's virtio bus: `virtio-serial-device` or
-    /// `virtio-serial-pci`.
+    /// `device` on this machine's virtio bus: `virtio-9p-device` or
+    /// `virtio-9p-pci`, for example.
     fn virtio_device(&self, device: &str) -> String {
         match self.transport {
             Transport::Mmio => format!("{device}-device"),
@@ -206,8 +206,8 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             }
         }
     };
-    // QEMU's own stdout is the stdout pipe: ttyS1 and the stdout port
-    // both write there.
+    // ttyS1 writes to QEMU's own stdout, the stdout pipe (the ports have
+    // pipes of their own).
     let ttys1 = if stdin_on_port {
         "file,id=ttyS1,path=/proc/self/fd/1,append=on".to_string()
     } else {
@@ -445,6 +445,15 @@ fn parse_sent(event: &str) -> Option<[u64; 2]> {
 }
 
 impl Pump {
+    /// Where a pipe's bytes go: microrun's stdout for ttyS1 and the stdout
+    /// port, its stderr for the others that carry guest output.
+    fn sink(&self, pipe: usize) -> &OutputSink {
+        match pipe {
+            STDOUT | PORT_OUT => &self.to_stdout,
+            _ => &self.to_stderr,
+        }
+    }
+
     /// The bytes `@sent` says are still due from each port.
     fn missing(&self) -> [u64; 2] {
         let sent = self.sent.unwrap_or_default();
@@ -564,8 +573,7 @@ impl Pump {
                         }
                         continue;
                     }
-                    STDOUT | PORT_OUT => &self.to_stdout,
-                    _ => &self.to_stderr,
+                    _ => self.sink(i),
                 };
                 match sink.write_until(data, self.deadline) {
                     Ok(()) => {}
@@ -606,15 +614,11 @@ impl Pump {
         };
         let mut buf = vec![0u8; 64 * 1024];
         let mut result = Ok(());
-        for (index, sink) in [
-            (STDOUT, &self.to_stdout),
-            (PORT_OUT, &self.to_stdout),
-            (CONSOLE, &self.to_stderr),
-            (PORT_ERR, &self.to_stderr),
-        ] {
+        for index in [STDOUT, PORT_OUT, CONSOLE, PORT_ERR] {
             let Some(fd) = &self.pipes[index] else {
                 continue;
             };
+            let sink = self.sink(index);
             loop {
                 let n = read_some(fd.as_raw_fd(), &mut buf);
                 if n == 0 {
