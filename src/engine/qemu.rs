@@ -13,10 +13,13 @@
 //! `virtio-9p-pci`).
 //!
 //! Every output is a pipe read here: ttyS0 (the console), the stdout and
-//! stderr ports (a pipe each), the status channel (ttyS2), and QEMU's own
-//! stdout, where ttyS1 writes (ttyS1 is QEMU's `stdio` chardev when stdin
-//! goes there rather than to the stdin port). ttyS2 goes through the same
-//! [`StatusParser`] as the kvm engine.
+//! stderr ports (a pipe each) and the status channel (ttyS2); ttyS1 is a
+//! socket, so that stdin can go in through it too. Forwarded stdin goes,
+//! from the guest event that says where the program reads
+//! ([`vmm::stdin_reader_after`]), into that socket or into QEMU's own
+//! stdin, the stdin port's chardev, whose end of file the guest sees as
+//! the port's. ttyS2 goes through the same [`StatusParser`] as the kvm
+//! engine.
 //!
 //! The end keeps the contract's order (everything written before the
 //! status reaches microrun's streams first). A UART's output is emulated
@@ -31,6 +34,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -143,7 +147,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     }
     let initrd = initrd_memfd(&boot.initrd)?;
     let console = Pipe::new()?;
-    let stdout = Pipe::new()?;
+    let (ttys1, ttys1_qemu) = UnixStream::pair().map_err(QemuEngineError::Setup)?;
     let status = Pipe::new()?;
     let qemu_err = Pipe::new()?;
     // The stdout and stderr ports get pipes of their own, so that the bytes
@@ -189,9 +193,6 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         } else {
             boot.cmdline.clone()
         });
-    // With the virtio-console, stdin goes to its stdin port, which ends
-    // when stdin does; without, to ttyS1.
-    let stdin_on_port = boot.virtio.console;
     // ttyS0, ttyS1, ttyS2 in this order: 0x3f8/IRQ4, 0x2f8/IRQ3, 0x3e8/IRQ4.
     // microvm creates only the first -serial; the others are ISA devices.
     let uart = |n: u8| -> [String; 2] {
@@ -206,20 +207,17 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             }
         }
     };
-    // ttyS1 writes to QEMU's own stdout, the stdout pipe (the ports have
-    // pipes of their own).
-    let ttys1 = if stdin_on_port {
-        "file,id=ttyS1,path=/proc/self/fd/1,append=on".to_string()
-    } else {
-        "stdio,id=ttyS1,signal=off".to_string()
-    };
     cmd.arg("-chardev")
         .arg(format!(
             "file,id=ttyS0,path=/proc/self/fd/{}",
             console.write_fd()
         ))
         .args(uart(0))
-        .args(["-chardev", &ttys1])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=ttyS1,fd={},server=off",
+            ttys1_qemu.as_raw_fd()
+        ))
         .args(uart(1))
         .arg("-chardev")
         .arg(format!(
@@ -274,20 +272,34 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
             share.tag
         ));
     }
-    // Stdin goes through a pipe that is fed only from the first `@` event on
-    // the status channel (guest-init's `@init`): the guest's serial driver
-    // clears its FIFO when it opens ttyS1, so earlier bytes would be lost.
-    let mut stdin_feed = None;
+    // Stdin is fed only from the guest event that says where the program
+    // reads: the guest's serial driver clears its FIFO when it opens ttyS1,
+    // so earlier bytes would be lost. With the virtio-console, QEMU's own
+    // stdin is the stdin port's; ttyS1's way in is its socket.
+    let mut stdin = StdinFeeds {
+        port: None,
+        uart: None,
+        console: boot.virtio.console,
+    };
     if spec.forward_stdin {
+        stdin.uart = Some(ttys1.try_clone().map_err(QemuEngineError::Setup)?);
+    }
+    if spec.forward_stdin && boot.virtio.console {
         let (reader, writer) = io::pipe().map_err(QemuEngineError::Setup)?;
         cmd.stdin(Stdio::from(reader));
-        stdin_feed = Some(writer);
+        stdin.port = Some(writer);
     } else {
         cmd.stdin(Stdio::null());
     }
-    cmd.stdout(Stdio::from(stdout.take_writer()?));
+    // QEMU writes nothing of the guest's to its own stdout.
+    cmd.stdout(Stdio::from(qemu_err.take_writer()?));
     cmd.stderr(Stdio::from(qemu_err.take_writer()?));
-    let mut inherit = vec![initrd.as_raw_fd(), console.write_fd(), status.write_fd()];
+    let mut inherit = vec![
+        initrd.as_raw_fd(),
+        console.write_fd(),
+        status.write_fd(),
+        ttys1_qemu.as_raw_fd(),
+    ];
     inherit.extend(ports.iter().flatten().map(Pipe::write_fd));
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
@@ -323,9 +335,10 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     // Command holds duplicates of its stdout and stderr pipes).
     drop(cmd);
     drop(initrd);
+    drop(ttys1_qemu);
     let console = console.into_reader();
     let status = status.into_reader();
-    let stdout = stdout.into_reader();
+    let ttys1 = OwnedFd::from(ttys1);
     let qemu_err = qemu_err.into_reader();
     let [port_out, port_err] = match ports {
         Some([out, err]) => [Some(out.into_reader()), Some(err.into_reader())],
@@ -340,7 +353,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
     let mut pump = Pump {
         pipes: [
             Some(status),
-            Some(stdout),
+            Some(ttys1),
             Some(console),
             Some(qemu_err),
             port_out,
@@ -354,7 +367,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         parser: StatusParser::new(),
         qemu_stderr: Vec::new(),
         verbose: spec.verbosity == Verbosity::Verbose,
-        stdin_feed,
+        stdin,
     };
     let mut end = pump.until_status(&mut times);
     let _ = child.kill();
@@ -408,7 +421,7 @@ const PORT_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// The pump's pipes, in this order in [`Pump::pipes`].
 const STATUS: usize = 0;
-/// QEMU's stdout: ttyS1.
+/// ttyS1's socket.
 const STDOUT: usize = 1;
 /// ttyS0: the kernel's console, guest-init's messages.
 const CONSOLE: usize = 2;
@@ -433,8 +446,19 @@ struct Pump {
     parser: StatusParser,
     qemu_stderr: Vec<u8>,
     verbose: bool,
-    /// Where forwarded stdin goes once the guest is ready for it.
-    stdin_feed: Option<io::PipeWriter>,
+    /// Where forwarded stdin may go.
+    stdin: StdinFeeds,
+}
+
+/// The two ways into the guest for forwarded stdin (`None` where there is
+/// none, or once the forwarder has started).
+struct StdinFeeds {
+    /// QEMU's stdin: the virtio-console's stdin port.
+    port: Option<io::PipeWriter>,
+    /// ttyS1's socket.
+    uart: Option<UnixStream>,
+    /// The VM has a virtio-console.
+    console: bool,
 }
 
 /// `@sent OUT ERR` (without the `@`) as two byte counts.
@@ -527,11 +551,12 @@ impl Pump {
                 let data = &buf[..n];
                 let sink = match i {
                     STATUS => {
-                        let mut event = false;
+                        let mut reader = None;
                         let mut sent = None;
+                        let console = self.stdin.console;
                         let code = self.parser.feed(data, |line| match line {
                             StatusLine::Event(name) => {
-                                event = true;
+                                reader = reader.or(vmm::stdin_reader_after(name, console));
                                 if name == "init" && times.init.is_none() {
                                     times.init = Some(Instant::now());
                                 }
@@ -542,8 +567,8 @@ impl Pump {
                             StatusLine::Other(text) => log::debug!("status channel: {text}"),
                             StatusLine::Exit(_) => {}
                         });
-                        if event {
-                            self.start_stdin();
+                        if let Some(reader) = reader {
+                            self.start_stdin(reader);
                         }
                         if sent.is_some() {
                             self.sent = sent;
@@ -588,10 +613,17 @@ impl Pump {
         }
     }
 
-    /// Starts copying microrun's stdin to QEMU's (once). The thread is
-    /// detached: it may be blocked reading stdin when the run ends.
-    fn start_stdin(&mut self) {
-        if let Some(mut feed) = self.stdin_feed.take() {
+    /// Starts copying microrun's stdin to where the program reads it
+    /// (once; the other way in is closed). The thread is detached: it may
+    /// be blocked reading stdin when the run ends.
+    fn start_stdin(&mut self, reader: vmm::StdinReader) {
+        let port = self.stdin.port.take();
+        let uart = self.stdin.uart.take();
+        let feed: Option<Box<dyn Write + Send>> = match reader {
+            vmm::StdinReader::ConsolePort => port.map(|p| Box::new(p) as _),
+            vmm::StdinReader::Uart => uart.map(|u| Box::new(u) as _),
+        };
+        if let Some(mut feed) = feed {
             let spawned = std::thread::Builder::new()
                 .name("stdin".into())
                 .spawn(move || {

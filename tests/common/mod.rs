@@ -256,6 +256,17 @@ macro_rules! e2e_cases {
             );
         }
         #[test]
+        fn distribution_kernel_stdin_follows_a_fallback_to_the_uarts() {
+            common::run_case(
+                &$engine,
+                concat!(
+                    module_path!(),
+                    "::distribution_kernel_stdin_follows_a_fallback_to_the_uarts"
+                ),
+                common::distribution_kernel_stdin_follows_a_fallback_to_the_uarts,
+            );
+        }
+        #[test]
         fn shares_carry_a_build_step_in_and_its_artifact_out() {
             common::run_case(
                 &$engine,
@@ -678,6 +689,32 @@ pub fn distribution_kernel_gets_the_virtio_console(engine: &Engine) {
     let output = microrun_with_stdin(&debian, &[], root, &cmd, b"abc", Duration::ZERO);
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "abc.\n");
+}
+
+/// When guest-init cannot have the virtio-console it falls back to the
+/// UARTs, says so, and stdin follows it to ttyS1. Here the guest kernel
+/// refuses to load the console's driver (`module_blacklist=`), which
+/// microrun's plan offered.
+pub fn distribution_kernel_stdin_follows_a_fallback_to_the_uarts(engine: &Engine) {
+    let Some(debian) = debian_virtio_engine(engine, None) else {
+        return;
+    };
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let options = ["--cmdline", "module_blacklist=virtio_console"];
+    // Stdin stays open: over a UART the program cannot see its end.
+    let input = b"from stdin\n\n";
+    let hold = Duration::from_millis(200);
+    let cmd = ["head", "-c", "12"];
+    let output = microrun_with_stdin(&debian, &options, root, &cmd, input, hold);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "from stdin\n\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no virtio console driver") && stderr.contains("using the serial ports"),
+        "guest-init did not say it fell back; stderr:\n{stderr}"
+    );
 }
 
 /// The mission's headline command with a distribution kernel: Debian's

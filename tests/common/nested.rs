@@ -66,6 +66,7 @@ pub fn left_out(name: &str) -> Option<&'static str> {
         "in_kernel_irqchip::read_only_share_refuses_writes"
         | "in_kernel_irqchip::share_symlinks_do_not_lead_out"
         | "in_kernel_irqchip::distribution_kernel_mounts_a_share"
+        | "in_kernel_irqchip::distribution_kernel_stdin_follows_a_fallback_to_the_uarts"
         | "in_kernel_irqchip::distribution_kernel_binary_stdout_64m_arrives_unchanged" => Some(
             "what it checks does not depend on the interrupt controller, and CI runs it with \
              the default one (the lane's time is CI's longest part)",

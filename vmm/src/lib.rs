@@ -845,27 +845,36 @@ struct StdinTargets {
     console: Option<ConsoleInput>,
 }
 
-/// Opens the stdin forwarder, once, on the guest event that says where
-/// the program reads: without a virtio-console, the first event (such as
-/// guest-init's `@init`); with one, guest-init's `@ports` (it uses the
-/// console's ports) or `@uarts` (it fell back to the serial ports).
-struct StdinGate {
-    /// Sends the choice: `true` for the console's stdin port.
-    open: mpsc::Sender<bool>,
-    /// The VM has a virtio-console.
-    console: bool,
+/// Where the program in the guest reads its stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinReader {
+    /// ttyS1.
+    Uart,
+    /// The virtio-console's `microrun.stdin` port.
+    ConsolePort,
 }
 
-impl StdinGate {
-    /// The target event `name` chooses (`true`: the console's stdin port),
-    /// if it chooses one.
-    fn choice(&self, name: &str) -> Option<bool> {
-        match (self.console, name) {
-            (false, _) | (true, "uarts") => Some(false),
-            (true, "ports") => Some(true),
-            (true, _) => None,
-        }
+/// Where the program reads stdin, if guest event `name` (without its `@`)
+/// says: without a virtio-console (`console` false) the first event, such
+/// as guest-init's `@init`, means ttyS1; with one, guest-init's `@ports`
+/// (it uses the console's ports) means the stdin port and `@uarts` (it
+/// fell back to the serial ports) ttyS1. Both engines forward stdin only
+/// from then on, and only there.
+pub fn stdin_reader_after(name: &str, console: bool) -> Option<StdinReader> {
+    match (console, name) {
+        (false, _) | (true, "uarts") => Some(StdinReader::Uart),
+        (true, "ports") => Some(StdinReader::ConsolePort),
+        (true, _) => None,
     }
+}
+
+/// Opens the stdin forwarder, once, on the event [`stdin_reader_after`]
+/// takes as the answer.
+struct StdinGate {
+    /// Sends the answer.
+    open: mpsc::Sender<StdinReader>,
+    /// The VM has a virtio-console.
+    console: bool,
 }
 
 /// Feeds host stdin to the target the gate names, never more than fits,
@@ -876,7 +885,7 @@ impl StdinGate {
 /// so that the VM can be torn down meanwhile.
 fn spawn_stdin_forwarder(
     targets: StdinTargets,
-    gate: mpsc::Receiver<bool>,
+    gate: mpsc::Receiver<StdinReader>,
     filter: Option<seccompiler::BpfProgram>,
 ) -> Result<(), VmmError> {
     seccomp::spawn(
@@ -885,7 +894,7 @@ fn spawn_stdin_forwarder(
         filter,
         move || {
             let target = match (gate.recv(), targets.console) {
-                (Ok(true), Some(console)) => StdinTarget::Virtio(console),
+                (Ok(StdinReader::ConsolePort), Some(console)) => StdinTarget::Virtio(console),
                 (Ok(_), _) => StdinTarget::Uart(targets.uart),
                 (Err(_), _) => return,
             };
@@ -1038,9 +1047,12 @@ fn run_vcpus(
                 } else if events_seen == EVENTS_LOGGED + 1 {
                     log::debug!("the guest sends more events; they are no longer logged");
                 }
-                if let Some(console) = stdin_gate.as_ref().and_then(|g| g.choice(&name)) {
+                if let Some(reader) = stdin_gate
+                    .as_ref()
+                    .and_then(|g| stdin_reader_after(&name, g.console))
+                {
                     if let Some(gate) = stdin_gate.take() {
-                        let _ = gate.open.send(console);
+                        let _ = gate.open.send(reader);
                     }
                 }
                 if name == "init" {
@@ -1139,19 +1151,13 @@ mod tests {
 
     #[test]
     fn stdin_goes_where_guest_init_says_it_reads() {
-        let (open, _gate) = mpsc::channel();
-        let uarts_only = StdinGate {
-            open: open.clone(),
-            console: false,
-        };
-        assert_eq!(uarts_only.choice("init"), Some(false));
-        let console = StdinGate {
-            open,
-            console: true,
-        };
-        assert_eq!(console.choice("init"), None);
-        assert_eq!(console.choice("ports"), Some(true));
-        assert_eq!(console.choice("uarts"), Some(false));
+        assert_eq!(stdin_reader_after("init", false), Some(StdinReader::Uart));
+        assert_eq!(stdin_reader_after("init", true), None);
+        assert_eq!(
+            stdin_reader_after("ports", true),
+            Some(StdinReader::ConsolePort)
+        );
+        assert_eq!(stdin_reader_after("uarts", true), Some(StdinReader::Uart));
     }
 
     #[test]
