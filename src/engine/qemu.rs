@@ -158,6 +158,20 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         None
     };
 
+    // microvm has no keyboard controller to reset through (reboot=k would
+    // boot the kernel again): a triple fault ends it. The first reboot= is
+    // microrun's own; the user's --cmdline comes after it.
+    let microvm = boot.microvm();
+    let append = if microvm {
+        boot.cmdline.replacen("reboot=k", "reboot=t", 1)
+    } else {
+        boot.cmdline.clone()
+    };
+    if microvm {
+        log::info!(
+            "kernel command line for -M microvm (QEMU appends its virtio-mmio devices): {append}"
+        );
+    }
     let mut cmd = Command::new(QEMU);
     cmd.args([
         "-nodefaults",
@@ -166,7 +180,6 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         "none",
         "-no-reboot",
     ]);
-    let microvm = boot.microvm();
     // microvm: virtio-mmio devices, which QEMU names on the command line
     // itself (acpi=off: with ACPI it would describe them only there).
     cmd.args(["-M", if microvm { "microvm,acpi=off" } else { "pc" }]);
@@ -185,14 +198,7 @@ pub fn run(spec: &RunSpec, boot: QemuBoot) -> Result<RunOutcome, QemuEngineError
         .arg("-initrd")
         .arg(format!("/proc/self/fd/{}", initrd.as_raw_fd()))
         .arg("-append")
-        // microvm has no keyboard controller to reset through (reboot=k
-        // would boot the kernel again): a triple fault ends it. The first
-        // reboot= is microrun's own; the user's --cmdline comes after it.
-        .arg(if microvm {
-            boot.cmdline.replacen("reboot=k", "reboot=t", 1)
-        } else {
-            boot.cmdline.clone()
-        });
+        .arg(&append);
     // ttyS0, ttyS1, ttyS2 in this order: 0x3f8/IRQ4, 0x2f8/IRQ3, 0x3e8/IRQ4.
     // microvm creates only the first -serial; the others are ISA devices.
     let uart = |n: u8| -> [String; 2] {

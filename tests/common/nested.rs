@@ -263,11 +263,12 @@ fn selected_cases(exe: &Path) -> Result<Vec<String>, String> {
 /// The script the outer guest runs: every case in turn, each framed by
 /// marker lines that carry its status and duration. While a case runs, a
 /// heartbeat line comes every `$HEARTBEAT` seconds (so the host can tell a
-/// slow case from an outer VM that stopped), and at the third one every
-/// process's threads are shown with what each waits for in the kernel.
+/// slow case from an outer VM that stopped), and after `$THREADS_AT`
+/// seconds every process's threads are shown with what each waits for in
+/// the kernel.
 const CASES_SCRIPT: &str = r#"exe=$1; shift
 show_threads() {
-  echo "@@nested: the case has run for $((3 * HEARTBEAT)) s; every thread:"
+  echo "@@nested: the case has run for $THREADS_AT s; every thread:"
   for task in /proc/[0-9]*/task/*; do
     echo "--- $task $(cat "$task/comm" 2>/dev/null) wchan=$(cat "$task/wchan" 2>/dev/null) syscall=$(cut -d' ' -f1 "$task/syscall" 2>/dev/null)"
     cat "$task/stack" 2>/dev/null | head -n 12
@@ -280,7 +281,7 @@ heartbeat() {
   while sleep 1; do
     n=$((n + 1))
     [ $((n % HEARTBEAT)) -eq 0 ] && echo "@@nested-alive $1 $n"
-    [ "$n" -eq $((3 * HEARTBEAT)) ] && show_threads
+    [ "$n" -eq "$THREADS_AT" ] && show_threads
   done
 }
 for case in "$@"; do
@@ -405,15 +406,20 @@ fn say(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "nested lane: {message}");
 }
 
-/// Longest the lane may say nothing: more than a heartbeat's period, so a
-/// silent lane is an outer VM that stopped.
-const SILENCE_LIMIT: Duration = Duration::from_secs(3 * HEARTBEAT_S as u64);
+/// Longest the lane may say nothing: four heartbeat periods, so a silent
+/// lane is an outer VM that stopped. (It froze in three of four CI runs of
+/// the suite, each time costing this long before the cases left ran in a
+/// new one; the outer guest's first case starts 6 s after its boot.)
+const SILENCE_LIMIT: Duration = Duration::from_secs(4 * HEARTBEAT_S as u64);
 /// How many outer VMs a suite may use: TCG's nested SVM has frozen the
 /// whole outer guest twice in one suite, so a frozen one is replaced, for
 /// the cases it did not finish, up to three times.
 const OUTER_ATTEMPTS: u32 = 4;
 /// Seconds between a running case's heartbeat lines.
-const HEARTBEAT_S: u32 = 60;
+const HEARTBEAT_S: u32 = 20;
+/// When a case that is still running has every thread in the outer guest
+/// shown (the slowest CI cases take 70-100 s).
+const THREADS_AT_S: u32 = 180;
 
 /// What one outer VM did.
 struct OuterRun {
@@ -465,6 +471,7 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
         (super::LIBS_VAR, lane.libs.display().to_string()),
         ("CASE_TIMEOUT", CASE_TIMEOUT_S.to_string()),
         ("HEARTBEAT", HEARTBEAT_S.to_string()),
+        ("THREADS_AT", THREADS_AT_S.to_string()),
         ("RUST_BACKTRACE", "1".to_string()),
     ] {
         command.arg("-e").arg(format!("{key}={value}"));

@@ -374,7 +374,11 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         seccomp: seccomp_wanted,
         virtio,
     } = config;
-    let cmdline = virtio.kernel_cmdline(&cmdline);
+    let given = cmdline;
+    let cmdline = virtio.kernel_cmdline(&given);
+    if cmdline != given {
+        log::info!("kernel command line, with the devices in front: {cmdline}");
+    }
     let mut timings = Timings {
         process_start,
         vm_ready: None,
