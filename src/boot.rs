@@ -134,7 +134,7 @@ pub fn run_config(spec: &RunSpec) -> RunConfig {
 pub fn vm_run_config(spec: &RunSpec, virtio: &VirtioPlan) -> RunConfig {
     RunConfig {
         virtio_ports: virtio.console,
-        relay_output: virtio.console && virtio.relay_output,
+        relay_output: virtio.relay_output,
         modules: virtio
             .modules
             .iter()

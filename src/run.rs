@@ -138,8 +138,8 @@ pub fn run(spec: &RunSpec, engine: Engine, vm: &VmOptions) -> anyhow::Result<Run
 
 /// How the guest gets its virtio-console and shares
 /// ([`guest_kernel::plan`], and [`qemu_plan`] for QEMU's buses). Without
-/// guest-init nothing opens the ports or loads the modules: the UARTs. `MICRORUN_VIRTIO` is
-/// checked for every VM engine alike.
+/// guest-init nothing opens the ports or loads the modules: the UARTs.
+/// `MICRORUN_VIRTIO` is checked for every VM engine alike.
 fn virtio_plan(
     spec: &RunSpec,
     engine: Engine,

@@ -223,14 +223,12 @@ impl Outcome {
     }
 
     /// The relay's `@sent OUT ERR` counts, if the channel has them.
-    fn sent_event(&self) -> Option<(u64, u64)> {
+    fn sent_event(&self) -> Option<[u64; 2]> {
         let line = self
             .status_channel
             .lines()
             .find(|l| l.starts_with("@sent "))?;
-        let mut words = line["@sent ".len()..].split(' ');
-        let counts = (words.next()?.parse().ok()?, words.next()?.parse().ok()?);
-        words.next().is_none().then_some(counts)
+        vmm::status::sent_counts(&line[1..])
     }
 
     /// The exit status reported on the status channel, after checking the
@@ -1047,7 +1045,7 @@ fn relayed_output_reaches_the_ports_counted_and_leftovers_do_not_hold_it() {
     assert_eq!(rootfs.read("/ports/dev/vport3p2"), "err\n");
     assert_eq!(
         outcome.sent_event(),
-        Some((expected.len() as u64, 4)),
+        Some([expected.len() as u64, 4]),
         "status channel: {:?}",
         outcome.status_channel
     );

@@ -467,13 +467,6 @@ struct StdinFeeds {
     console: bool,
 }
 
-/// `@sent OUT ERR` (without the `@`) as two byte counts.
-fn parse_sent(event: &str) -> Option<[u64; 2]> {
-    let mut words = event.strip_prefix("sent ")?.split(' ');
-    let counts = [words.next()?.parse().ok()?, words.next()?.parse().ok()?];
-    words.next().is_none().then_some(counts)
-}
-
 impl Pump {
     /// Where a pipe's bytes go: microrun's stdout for ttyS1 and the stdout
     /// port, its stderr for the others that carry guest output.
@@ -566,7 +559,7 @@ impl Pump {
                                 if name == "init" && times.init.is_none() {
                                     times.init = Some(Instant::now());
                                 }
-                                if let Some(counts) = parse_sent(name) {
+                                if let Some(counts) = vmm::status::sent_counts(name) {
                                     sent = Some(counts);
                                 }
                             }
@@ -812,26 +805,6 @@ mod tests {
         assert_eq!(resolve_accel(Accel::Tcg).0, Accel::Tcg);
         assert_eq!(resolve_accel(Accel::Kvm).0, Accel::Kvm);
         assert_ne!(resolve_accel(Accel::Auto).0, Accel::Auto);
-    }
-
-    #[test]
-    fn sent_counts_parse_only_in_their_exact_form() {
-        assert_eq!(parse_sent("sent 12 0"), Some([12, 0]));
-        assert_eq!(
-            parse_sent("sent 18446744073709551615 1"),
-            Some([u64::MAX, 1])
-        );
-        for bad in [
-            "sent",
-            "sent 1",
-            "sent 1 2 3",
-            "sent -1 2",
-            "sent 1  2",
-            "sents 1 2",
-            "init",
-        ] {
-            assert_eq!(parse_sent(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -73,6 +73,15 @@ impl StatusParser {
     }
 }
 
+/// The byte counts of guest-init's relay event `@sent OUT ERR` (given
+/// without its `@`): what its stdout and stderr ports took, which the host
+/// reads before it ends the VM. Only that exact form counts.
+pub fn sent_counts(event: &str) -> Option<[u64; 2]> {
+    let mut words = event.strip_prefix("sent ")?.split(' ');
+    let counts = [words.next()?.parse().ok()?, words.next()?.parse().ok()?];
+    words.next().is_none().then_some(counts)
+}
+
 /// What a complete line is; `cut` when it was longer than [`MAX_LINE`]
 /// (then it can still be an event, cut short, but never a status).
 fn parse_line(line: &[u8], cut: bool) -> StatusLine {
@@ -102,6 +111,26 @@ mod tests {
     fn lines(input: &[u8]) -> Vec<StatusLine> {
         let mut parser = StatusParser::new();
         input.iter().filter_map(|&b| parser.push(b)).collect()
+    }
+
+    #[test]
+    fn sent_counts_parse_only_in_their_exact_form() {
+        assert_eq!(sent_counts("sent 12 0"), Some([12, 0]));
+        assert_eq!(
+            sent_counts("sent 18446744073709551615 1"),
+            Some([u64::MAX, 1])
+        );
+        for bad in [
+            "sent",
+            "sent 1",
+            "sent 1 2 3",
+            "sent -1 2",
+            "sent 1  2",
+            "sents 1 2",
+            "init",
+        ] {
+            assert_eq!(sent_counts(bad), None, "{bad}");
+        }
     }
 
     #[test]
