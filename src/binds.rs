@@ -21,8 +21,8 @@
 use std::path::{Component, Path, PathBuf};
 
 /// The most shares one run takes: one virtio-mmio slot (and interrupt)
-/// each, after the console's (see `vmm::layout::VIRTIO_SHARE_SLOTS`).
-pub const MAX_BINDS: usize = vmm::layout::VIRTIO_SHARE_SLOTS.len();
+/// each, beside the console's (see `vmm::layout::VIRTIO_MMIO_SLOTS`).
+pub const MAX_BINDS: usize = vmm::layout::VIRTIO_MMIO_SLOTS.len() - 1;
 
 /// One host directory shared with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]

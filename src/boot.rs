@@ -1,5 +1,6 @@
-//! What a VM engine boots: the kernel, the initrd parts and the kernel
-//! command line. The kvm and qemu engines boot exactly the same thing.
+//! The rootfs as an engine takes it (a directory packed, an image
+//! converted, a cpio file checked, each cached where it is made) and
+//! guest-init's own archive: the material [`crate::plan`] puts in a plan.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,20 +10,12 @@ use initrd_tools::newc::NewcWriter;
 use initrd_tools::PackOptions;
 
 use crate::embedded::GUEST_INIT;
-use crate::guest_kernel::{GuestModule, VirtioPlan};
-use crate::runconfig::{ModuleLoad, RunConfig, ShareMount, CONFIG_PATH, INIT_PATH, MODULES_DIR};
-use crate::spec::{Rootfs, RunSpec, Verbosity};
+use crate::guest_kernel::GuestModule;
+use crate::runconfig::{RunConfig, CONFIG_PATH, INIT_PATH, MODULES_DIR};
+use crate::spec::Rootfs;
 
 /// The directory of guest-init and its run configuration in the guest.
 const INIT_DIR: &str = ".microrun";
-
-/// The arguments every boot gets, each for a reason (see kernels/README.md):
-/// the console on ttyS0; a reset (not a reboot loop or a hang) when the
-/// guest restarts or panics; exactly the three UARTs; no probing for the
-/// i8042's mouse port, multiplexer or PnP entry. (Arguments a kernel does
-/// not know are handed to init, so nothing kernel-specific goes here.)
-const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// Why the boot material could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +75,22 @@ impl BootInitrd {
     }
 }
 
-/// Packs or converts (or finds in the cache) the rootfs and builds the
-/// guest-init archive for `spec`, with the ports and the modules of the
-/// `virtio` plan.
-pub fn prepare_initrd(spec: &RunSpec, virtio: &VirtioPlan) -> Result<BootInitrd, BootError> {
-    let rootfs = match &spec.rootfs {
+/// What the chroot engine builds its root from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreparedRootfs {
+    /// A rootfs directory, used in place (never written to).
+    Dir(PathBuf),
+    /// A newc archive: the user's cpio file, or a converted image.
+    Archive(PathBuf),
+}
+
+/// The rootfs as one archive for a VM's initrd, and its size: a directory
+/// packed into a newc archive in the cache (`initrd_tools::cached_pack`:
+/// an unchanged tree is not repacked), an image's layers merged into one
+/// (`Image::cached_convert`, keyed by the manifest digest), a cpio file
+/// used as given after a magic check.
+pub fn initrd_archive(rootfs: &Rootfs) -> Result<(PathBuf, u64), BootError> {
+    let path = match rootfs {
         Rootfs::Dir(dir) => initrd_tools::cached_pack(dir, &PackOptions::from_env()?)?,
         Rootfs::Image(image) => image.cached_convert()?,
         Rootfs::Cpio(path) => {
@@ -94,66 +98,23 @@ pub fn prepare_initrd(spec: &RunSpec, virtio: &VirtioPlan) -> Result<BootInitrd,
             path.clone()
         }
     };
-    let rootfs_len = std::fs::metadata(&rootfs)
+    let len = std::fs::metadata(&path)
         .map_err(|source| BootError::ReadInitrd {
-            path: rootfs.clone(),
+            path: path.clone(),
             source,
         })?
         .len();
-    let init_archive = if spec.no_init {
-        None
-    } else {
-        Some(init_archive(&vm_run_config(spec, virtio), &virtio.modules)?)
-    };
-    Ok(BootInitrd {
-        rootfs,
-        rootfs_len,
-        init_archive,
+    Ok((path, len))
+}
+
+/// The rootfs for the chroot engine: a directory in place, an image
+/// converted (as for a VM), a cpio file as given (the engine indexes it).
+pub fn chroot_rootfs(rootfs: &Rootfs) -> Result<PreparedRootfs, BootError> {
+    Ok(match rootfs {
+        Rootfs::Dir(dir) => PreparedRootfs::Dir(dir.clone()),
+        Rootfs::Cpio(path) => PreparedRootfs::Archive(path.clone()),
+        Rootfs::Image(image) => PreparedRootfs::Archive(image.cached_convert()?),
     })
-}
-
-/// The run configuration guest-init reads, from the engine-neutral spec:
-/// the program's streams on the UARTs (or the chroot engine's pipes), no
-/// modules.
-pub fn run_config(spec: &RunSpec) -> RunConfig {
-    RunConfig {
-        argv: spec.command.clone(),
-        env: spec.env.clone(),
-        workdir: spec.workdir.clone(),
-        forward_stdin: spec.forward_stdin,
-        virtio_ports: false,
-        relay_output: false,
-        modules: Vec::new(),
-        mounts: Vec::new(),
-    }
-}
-
-/// The run configuration of a VM run: [`run_config`], the virtio ports when
-/// the plan offers the console, and the plan's modules at the paths
-/// [`init_archive`] gives them.
-pub fn vm_run_config(spec: &RunSpec, virtio: &VirtioPlan) -> RunConfig {
-    RunConfig {
-        virtio_ports: virtio.console,
-        relay_output: virtio.relay_output,
-        modules: virtio
-            .modules
-            .iter()
-            .enumerate()
-            .map(|(index, module)| ModuleLoad {
-                path: module_path(index, module),
-                params: module.params.clone(),
-            })
-            .collect(),
-        mounts: virtio
-            .shared(&spec.binds)
-            .map(|(tag, bind)| ShareMount {
-                tag,
-                dest: bind.dest.clone(),
-                read_only: bind.read_only,
-            })
-            .collect(),
-        ..run_config(spec)
-    }
 }
 
 /// Where the `index`th module (from 0, in load order) lies in the initrd:
@@ -181,26 +142,6 @@ pub fn init_archive(config: &RunConfig, modules: &[GuestModule]) -> Result<Vec<u
         w.finish()
     };
     build().map_err(BootError::InitArchive)
-}
-
-/// The kernel command line: the base arguments, quiet unless `-v`,
-/// guest-init as `rdinit` unless `--no-init`, then the user's `--cmdline`.
-pub fn kernel_cmdline(spec: &RunSpec, user: Option<&str>) -> String {
-    let mut cmdline = String::from(BASE_CMDLINE);
-    if spec.verbosity != Verbosity::Verbose {
-        // loglevel=1 keeps panics (KERN_EMERG) but drops the boot chatter
-        // that would otherwise mix into the program's stderr.
-        cmdline.push_str(" quiet loglevel=1");
-    }
-    if !spec.no_init {
-        cmdline.push_str(" rdinit=");
-        cmdline.push_str(INIT_PATH);
-    }
-    if let Some(extra) = user.map(str::trim).filter(|s| !s.is_empty()) {
-        cmdline.push(' ');
-        cmdline.push_str(extra);
-    }
-    cmdline
 }
 
 /// Rejects files the kernel would not unpack, before booting them.
@@ -232,33 +173,7 @@ fn check_initrd_magic(path: &Path) -> Result<(), BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
-
-    fn spec(no_init: bool, verbosity: Verbosity) -> RunSpec {
-        RunSpec {
-            rootfs: Rootfs::Dir("/nonexistent".into()),
-            command: vec![],
-            env: vec![],
-            workdir: None,
-            timeout: None,
-            forward_stdin: false,
-            no_init,
-            binds: Vec::new(),
-            verbosity,
-            started: Instant::now(),
-        }
-    }
-
-    #[test]
-    fn cmdline_is_quiet_by_default_and_appends_the_users_args_last() {
-        let c = kernel_cmdline(&spec(false, Verbosity::Normal), Some("foo=1"));
-        assert!(c.starts_with("console=ttyS0 "));
-        assert!(c.contains(" quiet loglevel=1"));
-        assert!(c.contains(" rdinit=/.microrun/init"));
-        assert!(c.ends_with(" foo=1"));
-        let v = kernel_cmdline(&spec(true, Verbosity::Verbose), None);
-        assert!(!v.contains("quiet") && !v.contains("rdinit"));
-    }
+    use crate::runconfig::ModuleLoad;
 
     #[test]
     fn initrd_files_are_checked_before_booting() {
@@ -276,13 +191,27 @@ mod tests {
         let empty = dir.path().join("c.cpio");
         std::fs::write(&empty, b"").unwrap();
         assert!(check_initrd_magic(&empty).is_err());
+        // The rootfs as each engine takes it.
+        let (path, len) = initrd_archive(&Rootfs::Cpio(good.clone())).unwrap();
+        assert_eq!((path, len), (good.clone(), 10));
+        assert!(initrd_archive(&Rootfs::Cpio(bad)).is_err());
+        assert_eq!(
+            chroot_rootfs(&Rootfs::Dir(dir.path().into())).unwrap(),
+            PreparedRootfs::Dir(dir.path().into())
+        );
+        assert_eq!(
+            chroot_rootfs(&Rootfs::Cpio(good.clone())).unwrap(),
+            PreparedRootfs::Archive(good)
+        );
     }
 
     #[test]
     fn the_init_archive_carries_guest_init_and_the_run_config() {
-        let mut s = spec(false, Verbosity::Normal);
-        s.command = vec!["/bin/echo".into(), "hi".into()];
-        let archive = init_archive(&run_config(&s), &[]).unwrap();
+        let config = RunConfig {
+            argv: vec!["/bin/echo".into(), "hi".into()],
+            ..RunConfig::default()
+        };
+        let archive = init_archive(&config, &[]).unwrap();
         assert_eq!(archive.len() % 4, 0);
         assert!(archive.starts_with(b"070701"));
         let find = |needle: &[u8]| archive.windows(needle.len()).any(|w| w == needle);
@@ -310,27 +239,26 @@ mod tests {
     }
 
     #[test]
-    fn modules_lie_in_the_init_archive_where_the_run_config_says() {
-        let module = |name: &str, params: &str| GuestModule {
+    fn modules_lie_in_the_init_archive_where_module_path_says() {
+        let module = |name: &str| GuestModule {
             file_name: format!("{name}.ko"),
             bytes: format!("\x7fELF {name}").into_bytes(),
-            params: params.into(),
+            params: String::new(),
         };
-        let plan = VirtioPlan {
-            console: true,
-            acpi_discovery: true,
-            modules: vec![
-                module("virtio_ring", ""),
-                module("virtio", ""),
-                module("virtio_mmio", "device=4K@0xd0000000:5"),
-                module("virtio_console", ""),
-            ],
-            ..VirtioPlan::default()
+        let modules = [module("virtio_ring"), module("virtio")];
+        let config = RunConfig {
+            argv: vec!["true".into()],
+            modules: modules
+                .iter()
+                .enumerate()
+                .map(|(index, m)| ModuleLoad {
+                    path: module_path(index, m),
+                    params: m.params.clone(),
+                })
+                .collect(),
+            ..RunConfig::default()
         };
-        let mut s = spec(false, Verbosity::Normal);
-        s.command = vec!["true".into()];
-        let config = vm_run_config(&s, &plan);
-        let archive = init_archive(&config, &plan.modules).unwrap();
+        let archive = init_archive(&config, &modules).unwrap();
         let entries = members(&archive);
         let names: Vec<&str> = entries.iter().map(|m| m.0.as_str()).collect();
         assert_eq!(
@@ -342,31 +270,24 @@ mod tests {
                 ".microrun/modules",
                 ".microrun/modules/00-virtio_ring.ko",
                 ".microrun/modules/01-virtio.ko",
-                ".microrun/modules/02-virtio_mmio.ko",
-                ".microrun/modules/03-virtio_console.ko",
             ]
         );
-        for (index, module) in plan.modules.iter().enumerate() {
+        for (index, module) in modules.iter().enumerate() {
             let (_, mode, data) = &entries[4 + index];
             assert_eq!(mode & 0o7777, 0o644);
             assert_eq!(mode & libc::S_IFMT, libc::S_IFREG);
             assert_eq!(data, &module.bytes);
+            assert!(config.modules[index].path.ends_with(&names[4 + index][9..]));
         }
         assert_eq!(entries[3].1 & libc::S_IFMT, libc::S_IFDIR);
-        assert_eq!(
-            entries[2].2,
-            b"arg=true\0ports=virtio\0\
-              module=/.microrun/modules/00-virtio_ring.ko\0\
-              module=/.microrun/modules/01-virtio.ko\0\
-              module=/.microrun/modules/02-virtio_mmio.ko device=4K@0xd0000000:5\0\
-              module=/.microrun/modules/03-virtio_console.ko\0"
-        );
-        // The UARTs: no ports record, no modules directory.
-        let uarts = VirtioPlan::uarts("off".into());
-        let archive = init_archive(&vm_run_config(&s, &uarts), &uarts.modules).unwrap();
-        let entries = members(&archive);
+        assert_eq!(entries[2].2, config.encode().unwrap());
+        // No modules: no modules directory.
+        let bare = RunConfig {
+            argv: vec!["true".into()],
+            ..RunConfig::default()
+        };
+        let entries = members(&init_archive(&bare, &[]).unwrap());
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].2, b"arg=true\0");
-        assert_eq!(vm_run_config(&s, &uarts), run_config(&s));
     }
 }

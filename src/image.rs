@@ -12,12 +12,12 @@
 
 use initrd_tools::image::ImageConfig;
 
-use crate::spec::{Rootfs, RunSpec};
+use crate::spec::{Request, Rootfs};
 
 /// Merges the image's defaults into `spec` (nothing for other rootfs
 /// kinds), and says on `-v` what the image is and what of its config is
 /// not applied.
-pub fn apply_image_defaults(spec: &mut RunSpec) {
+pub fn apply_image_defaults(spec: &mut Request) {
     let Rootfs::Image(image) = &spec.rootfs else {
         return;
     };

@@ -1,7 +1,8 @@
 //! microrun: run a program in a KVM microVM as easily as `chroot` runs it
 //! in a directory. The binary (`src/main.rs`) is a thin clap front end over
-//! this library: [`run::run`] takes a [`spec::RunSpec`] and an engine and
-//! returns a [`spec::RunOutcome`].
+//! this library: [`plan::make`] turns a [`spec::Request`] into a
+//! [`plan::Plan`], and [`run::run`] runs it with its engine and returns a
+//! [`spec::RunOutcome`].
 
 pub mod binds;
 pub mod boot;
@@ -11,6 +12,7 @@ pub mod guest_kernel;
 pub mod image;
 pub mod kernel;
 pub mod logger;
+pub mod plan;
 pub mod run;
 pub mod runconfig;
 pub mod spec;

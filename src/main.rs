@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use microrun::engine::qemu::Accel;
-use microrun::run::{self, Engine, VmOptions};
-use microrun::spec::{Rootfs, RunSpec, Verbosity};
+use microrun::run;
+use microrun::spec::{Engine, Request, Rootfs, Verbosity};
 use microrun::units::{parse_size, parse_timeout, parse_vcpus};
 
 /// Run a program in a KVM microVM as easily as chroot runs it in a directory.
@@ -185,7 +185,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
     let Some(path) = args.rootfs else {
         bail!("no ROOTFS given: pass a rootfs directory, a cpio initrd, a tar or an image");
     };
-    let mut spec = RunSpec {
+    let request = Request {
         rootfs: Rootfs::detect(&path)?,
         command: args.cmd,
         env: args
@@ -200,16 +200,15 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         binds: microrun::binds::parse_binds(&args.binds, &args.binds_ro)?,
         verbosity,
         started,
-    };
-    microrun::image::apply_image_defaults(&mut spec);
-    let vm = VmOptions {
+        engine: args.engine,
         kernel: args.kernel,
         mem: args.mem,
         cpus: args.cpus,
         cmdline: args.cmdline,
         accel: args.accel,
     };
-    let outcome = run::run(&spec, args.engine, &vm)?;
+    let plan = microrun::plan::make(request)?;
+    let outcome = run::run(&plan)?;
     if let Some(reason) = &outcome.reason {
         microrun::say(format_args!("{reason}"));
     }

@@ -1,10 +1,29 @@
-//! What a run is: the engine-independent description every engine takes,
-//! and what every engine hands back.
+//! What the user asked for ([`Request`], from the command line), which
+//! [`crate::plan::make`] turns into the run's plan, and what every engine
+//! hands back ([`RunOutcome`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use initrd_tools::image::{Detected, Image, ImageError};
+
+use crate::engine::qemu::Accel;
+
+/// What microrun says when `--timeout` ends a run, whatever the engine.
+pub const TIMEOUT_REASON: &str =
+    "--timeout expired; the guest was stopped (raise --timeout if the program needs longer)";
+
+/// Which engine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Engine {
+    /// microrun's own KVM microVM.
+    #[default]
+    Kvm,
+    /// No VM: user, mount and PID namespaces with the rootfs as root.
+    Chroot,
+    /// QEMU (`-M pc`), with KVM where usable and TCG otherwise.
+    Qemu,
+}
 
 /// Where the guest's files come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +62,10 @@ pub enum Verbosity {
     Verbose,
 }
 
-/// One run of one command in one rootfs, whatever the engine.
+/// One run of one command in one rootfs, as the command line asks for it:
+/// nothing decided yet (see [`crate::plan`]).
 #[derive(Debug, Clone)]
-pub struct RunSpec {
+pub struct Request {
     /// The guest's root filesystem.
     pub rootfs: Rootfs,
     /// The command and its arguments; empty means the rootfs's `/init`.
@@ -66,6 +86,18 @@ pub struct RunSpec {
     pub verbosity: Verbosity,
     /// When microrun started, the origin of every timing.
     pub started: Instant,
+    /// What runs the guest.
+    pub engine: Engine,
+    /// `--kernel` or `MICRORUN_KERNEL` (VM engines).
+    pub kernel: Option<PathBuf>,
+    /// `--mem`, in bytes (VM engines).
+    pub mem: Option<u64>,
+    /// `--cpus` (VM engines).
+    pub cpus: u8,
+    /// `--cmdline`: appended to the kernel command line (VM engines).
+    pub cmdline: Option<String>,
+    /// `--accel` (the qemu engine).
+    pub accel: Accel,
 }
 
 /// Points in time of a run, each `None` when the run never got there.

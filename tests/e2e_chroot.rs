@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{assert_code, microrun, stderr, stdout, Engine};
+use test_support::skip_unavailable;
 
 const ENGINE: Engine = Engine {
     name: "chroot",
@@ -28,8 +29,11 @@ const ENGINE: Engine = Engine {
 /// turns them off.
 fn user_namespaces_unavailable() -> Option<String> {
     let max = fs::read_to_string("/proc/sys/user/max_user_namespaces").ok()?;
-    (max.trim() == "0")
-        .then(|| "user namespaces are disabled (user.max_user_namespaces=0)".to_string())
+    (max.trim() == "0").then(|| {
+        "user namespaces are disabled (user.max_user_namespaces=0): \
+         sysctl -w user.max_user_namespaces=10000"
+            .to_string()
+    })
 }
 
 e2e_cases!(ENGINE);
@@ -37,13 +41,13 @@ e2e_cases!(ENGINE);
 /// The shared rootfs, or `None` after printing why the test is skipped.
 fn rootfs() -> Option<&'static Path> {
     if let Some(why) = user_namespaces_unavailable() {
-        skipped!("{why}");
+        skip_unavailable!("{why}");
         return None;
     }
     match common::libs_rootfs() {
         Ok(root) => Some(root),
         Err(why) => {
-            skipped!("cannot build the libs rootfs: {why}");
+            skip_unavailable!("cannot build the libs rootfs: {why}");
             None
         }
     }

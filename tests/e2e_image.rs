@@ -13,6 +13,7 @@ mod images;
 use common::{assert_code, stderr, stdout};
 use image_cases::*;
 use images::*;
+use test_support::skip_unavailable;
 
 #[test]
 fn chroot_every_format_runs_with_its_defaults() {
@@ -40,7 +41,7 @@ fn qemu_the_command_line_overrides_as_docker_run_does() {
 fn a_rootfs_tarball_runs_and_is_converted_once() {
     for engine in ["chroot", "qemu"] {
         if let Some(why) = unavailable(engine) {
-            skipped!("{engine} engine: {why}");
+            skip_unavailable!("{engine} engine: {why}");
             continue;
         }
         let work = tempfile::tempdir().unwrap();
@@ -80,7 +81,7 @@ fn a_rootfs_tarball_runs_and_is_converted_once() {
 #[test]
 fn bad_images_fail_with_a_clear_error() {
     if let Some(why) = unavailable("chroot") {
-        skipped!("chroot engine: {why}");
+        skip_unavailable!("chroot engine: {why}");
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -3,7 +3,8 @@
 //! here; on a host whose KVM emulates guest kernel code (kvm_pvm, see
 //! shared/PLATFORM.md) they run in the nested-KVM lane (`common::nested`,
 //! one outer VM for the whole binary); without /dev/kvm each case reports
-//! itself skipped with the reason.
+//! itself skipped (unavailable) with the reason, a failure in strict mode
+//! (`MICRORUN_REQUIRE_ALL=1`).
 
 #[macro_use]
 mod common;

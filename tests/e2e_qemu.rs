@@ -8,6 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::Engine;
+use test_support::skip_unavailable;
 
 const ENGINE: Engine = Engine {
     name: "qemu",
@@ -44,7 +45,7 @@ e2e_cases!(ENGINE);
 #[test]
 fn cmdline_reaches_the_guest_kernel() {
     if let Some(why) = qemu_unavailable() {
-        skipped!("qemu engine: {why}");
+        skip_unavailable!("qemu engine: {why}");
         return;
     }
     let root = common::libs_rootfs().expect("libs rootfs");
@@ -69,7 +70,7 @@ fn cmdline_reaches_the_guest_kernel() {
 #[test]
 fn qemu_failing_to_start_shows_its_stderr() {
     if let Some(why) = qemu_unavailable() {
-        skipped!("qemu engine: {why}");
+        skip_unavailable!("qemu engine: {why}");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -119,7 +120,7 @@ fn missing_qemu_names_the_package() {
 fn output_qemu_still_holds_at_the_status_reaches_a_late_reader() {
     use std::io::Read;
     if let Some(why) = qemu_unavailable() {
-        skipped!("qemu engine: {why}");
+        skip_unavailable!("qemu engine: {why}");
         return;
     }
     let root = common::libs_rootfs().expect("libs rootfs");

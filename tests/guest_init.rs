@@ -7,7 +7,9 @@
 //! (`microrun::embedded::GUEST_INIT`), which also proves the embedding.
 //!
 //! Needs root, `unshare`, `chroot` and `/bin/busybox` (statically linked);
-//! each test prints `skipped: <reason>` and returns when one is missing.
+//! each test prints `skipped (unavailable): <reason>` and returns when one
+//! is missing, or fails in strict mode (`MICRORUN_REQUIRE_ALL=1`, CI's: it
+//! runs as root with scripts/install-deps's packages).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -63,14 +65,20 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 fn tools() -> Result<Tools, String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("not root (unshare --pid --mount and chroot need root)".into());
+        return Err(
+            "not root (unshare --pid --mount and chroot need root): run the tests as root".into(),
+        );
     }
-    let unshare = find_in_path("unshare").ok_or("unshare not found")?;
-    let chroot = find_in_path("chroot").ok_or("chroot not found")?;
+    let unshare = find_in_path("unshare").ok_or("unshare not found (install util-linux)")?;
+    let chroot = find_in_path("chroot").ok_or("chroot not found (install coreutils)")?;
     let busybox = PathBuf::from("/bin/busybox");
-    let elf = fs::read(&busybox).map_err(|e| format!("/bin/busybox: {e}"))?;
+    let elf = fs::read(&busybox)
+        .map_err(|e| format!("/bin/busybox: {e} (install busybox-static; scripts/install-deps)"))?;
     if program_headers(&elf).contains(&PT_INTERP) {
-        return Err("/bin/busybox is dynamically linked (install busybox-static)".into());
+        return Err(
+            "/bin/busybox is dynamically linked (install busybox-static; scripts/install-deps)"
+                .into(),
+        );
     }
     let probe = with_fork_lock(|| {
         Command::new(&unshare)
@@ -79,7 +87,11 @@ fn tools() -> Result<Tools, String> {
     })
     .map_err(|e| format!("cannot run unshare: {e}"))?;
     if !probe.success() {
-        return Err("unshare --pid --fork --mount is not permitted here".into());
+        return Err(
+            "unshare --pid --fork --mount is not permitted here (a container without \
+             CAP_SYS_ADMIN?): run the tests as root on the host or a privileged container"
+                .into(),
+        );
     }
     Ok(Tools {
         unshare,
@@ -93,7 +105,7 @@ macro_rules! tools_or_skip {
         match tools() {
             Ok(tools) => tools,
             Err(reason) => {
-                eprintln!("skipped: {reason}");
+                test_support::skip_unavailable!("{reason}");
                 return;
             }
         }

@@ -1,26 +1,31 @@
-//! The virtio plan for the kernels installed on this machine: Debian's
+//! The kernel plan for the kernels installed on this machine: Debian's
 //! (its virtio drivers are modules, found by ACPI) and the project kernel
 //! (`scripts/build-kernel`'s cache). Each check is skipped, with the
-//! reason, where its kernel is not installed. The time a plan takes is
+//! reason, where its kernel is not installed: unavailable, so a failure in
+//! strict mode (`MICRORUN_REQUIRE_ALL=1`), since scripts/test installs
+//! Debian's kernel and builds the project kernel. The time a plan takes is
 //! printed: it is paid on every run, before the VM boots.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use microrun::guest_kernel::{plan_under, VirtioPlan, VirtioSetting};
-
-const DEBIAN_RELEASE: &str = "6.1.0-57-amd64";
+use microrun::guest_kernel::{plan_under, KernelPlan, Transport};
+use test_support::skip_unavailable;
+use vmm::DeviceKind;
 
 /// The plan for `kernel`, after printing how long it takes without a
 /// cache, and from one (best of 5 each).
-fn timed_plan(kernel: &Path) -> VirtioPlan {
+fn timed_plan(kernel: &Path) -> KernelPlan {
     let cache = tempfile::tempdir().unwrap();
     let best = |cache: Option<&Path>| {
         let mut best = Duration::MAX;
-        let mut plan = VirtioPlan::default();
+        let mut plan = KernelPlan::default();
         for _ in 0..5 {
             let started = Instant::now();
-            plan = plan_under(Path::new("/"), kernel, VirtioSetting::On, 0, cache);
+            let console = [DeviceKind::Console];
+            plan = plan_under(Path::new("/"), kernel, &console, Transport::Mmio, cache);
             best = best.min(started.elapsed());
         }
         (plan, best)
@@ -42,21 +47,26 @@ fn timed_plan(kernel: &Path) -> VirtioPlan {
 
 #[test]
 fn debian_kernel_loads_its_virtio_modules_and_finds_the_console_by_acpi() {
-    let kernel = PathBuf::from(format!("/boot/vmlinuz-{DEBIAN_RELEASE}"));
-    let config = PathBuf::from(format!("/boot/config-{DEBIAN_RELEASE}"));
-    let modules = PathBuf::from(format!("/lib/modules/{DEBIAN_RELEASE}"));
-    if let Some(missing) = [&kernel, &config, &modules]
-        .into_iter()
-        .find(|p| !p.exists())
-    {
-        println!(
-            "skipped: {} does not exist (apt-get install linux-image-{DEBIAN_RELEASE})",
-            missing.display()
+    // The newest one, as the nested lane picks it: not a release named
+    // here, which scripts/install-deps's linux-image-amd64 moves past.
+    let Some(kernel) = common::nested::outer_kernel() else {
+        skip_unavailable!(
+            "no Debian kernel with its modules (/boot/vmlinuz-*-amd64, /lib/modules): \
+             install linux-image-amd64 (scripts/install-deps)"
+        );
+        return;
+    };
+    let release = kernel.to_string_lossy().replace("/boot/vmlinuz-", "");
+    let config = PathBuf::from(format!("/boot/config-{release}"));
+    if !config.is_file() {
+        skip_unavailable!(
+            "{} does not exist: reinstall linux-image-{release}",
+            config.display()
         );
         return;
     }
     let plan = timed_plan(&kernel);
-    assert!(plan.console, "{:?}", plan.notes);
+    assert!(plan.drives(DeviceKind::Console), "{:?}", plan.notes);
     assert!(plan.acpi_discovery && !plan.cmdline_discovery);
     let names: Vec<&str> = plan.modules.iter().map(|m| m.file_name.as_str()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
@@ -106,22 +116,24 @@ fn print_steps(kernel: &Path) {
 
 #[test]
 fn project_kernel_plan() {
-    let Some(home) = std::env::var_os("HOME") else {
-        println!("skipped: no HOME, so no project kernel cache");
-        return;
-    };
-    let kernel = Path::new(&home).join(".cache/microrun/kernels/default/bzImage");
-    if !kernel.exists() || !kernel.with_file_name("config").exists() {
-        println!(
-            "skipped: {} and its config do not exist (scripts/build-kernel)",
-            kernel.display()
+    // Where scripts/build-kernel puts it (XDG_CACHE_HOME's cache, else
+    // HOME's), with its configuration beside it.
+    let Some(kernel) = common::project_kernel().filter(|k| k.with_file_name("config").is_file())
+    else {
+        skip_unavailable!(
+            "the project kernel and its config are not in the cache: run scripts/build-kernel"
         );
         return;
-    }
+    };
     let plan = timed_plan(&kernel);
     // Its configuration is known: it either builds the drivers in (and
     // announces the console on the command line) or has none.
     assert!(plan.modules.is_empty(), "{:?}", plan.notes);
     assert!(!plan.acpi_discovery, "{:?}", plan.notes);
-    assert_eq!(plan.console, plan.cmdline_discovery, "{:?}", plan.notes);
+    assert_eq!(
+        plan.drives(DeviceKind::Console),
+        plan.cmdline_discovery,
+        "{:?}",
+        plan.notes
+    );
 }

@@ -1,6 +1,6 @@
 //! The chroot engine's reader of ROOTFS archives (newc, possibly several
-//! concatenated) on arbitrary bytes: no panic, and every member path it
-//! would extract stays inside the new root.
+//! concatenated; `initrd_tools::extract`) on arbitrary bytes: no panic, and
+//! every member path it would extract stays inside the new root.
 
 #![no_main]
 
@@ -9,7 +9,7 @@ use std::path::Component;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(paths) = microrun::engine::chroot::archive_member_paths(data) else {
+    let Ok(paths) = initrd_tools::extract::member_paths(data) else {
         return;
     };
     for path in paths {

@@ -10,9 +10,9 @@ use core::ffi::CStr;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::channels::GlobalState;
 use crate::config::{Module, Modules};
 use crate::console::Line;
-use crate::GlobalState;
 
 /// The longest module path, with its NUL terminator (PATH_MAX).
 const PATH_CAPACITY: usize = 4096;

@@ -8,8 +8,9 @@
 use core::arch::{asm, global_asm};
 use core::panic::PanicInfo;
 
+use crate::channels::GlobalState;
 use crate::console::Line;
-use crate::{finish, GlobalState};
+use crate::end::finish;
 
 // The kernel enters with the stack pointer at `argc`, followed by the argv
 // pointers, a NULL, the environment pointers and a NULL. The stack is

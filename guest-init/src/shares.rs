@@ -12,9 +12,9 @@ use rustix::fs::Mode;
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 
+use crate::channels::GlobalState;
 use crate::config::{Mount, Mounts};
 use crate::console::Line;
-use crate::GlobalState;
 
 /// The longest tag or path taken, with its NUL (PATH_MAX).
 const PATH_CAPACITY: usize = 4096;

@@ -2,7 +2,8 @@
 //! newc cpio archive, cache packed trees, and assemble a rootfs directory
 //! from ELF binaries and the libraries they need; read a kernel image's
 //! release and configuration ([`kernel_info`]) and find the modules of the
-//! host's kernel that a guest needs, decompressed ([`modules`]).
+//! host's kernel that a guest needs, decompressed ([`modules`]); index and
+//! extract a newc archive into a directory ([`extract`]).
 //!
 //! The archive holds the whole tree: regular files, directories, symlinks,
 //! hard links (data stored once), device nodes and FIFOs (sockets are
@@ -32,6 +33,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub mod cache;
+pub mod extract;
 pub mod image;
 pub mod kernel_info;
 pub mod modules;

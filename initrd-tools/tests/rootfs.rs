@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use initrd_tools::rootfs::{assemble, RootfsError};
+use test_support::skip_unavailable;
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -120,7 +121,9 @@ fn build_program(work: &Path) -> (PathBuf, PathBuf, PathBuf) {
 #[test]
 fn assembled_rootfs_runs_under_chroot() {
     if !have("cc") || !have("chroot") || (!is_root() && !have("unshare")) {
-        eprintln!("skipped: needs cc, chroot and (as non-root) unshare");
+        skip_unavailable!(
+            "needs cc (build-essential; scripts/install-deps), chroot and, as non-root, unshare"
+        );
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -162,7 +165,9 @@ fn assembled_rootfs_runs_under_chroot() {
     if !output.status.success() && output.status.code() != Some(7) {
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("Operation not permitted") {
-            eprintln!("skipped: chroot is not permitted here: {stderr}");
+            skip_unavailable!(
+                "chroot is not permitted here (run as root, or allow user namespaces): {stderr}"
+            );
             return;
         }
     }
@@ -186,7 +191,7 @@ fn assembled_rootfs_runs_under_chroot() {
 #[test]
 fn missing_library_names_library_and_binary() {
     if !have("cc") {
-        eprintln!("skipped: needs cc");
+        skip_unavailable!("needs cc (build-essential; scripts/install-deps)");
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -212,7 +217,7 @@ fn static_binary_is_copied_alone() {
             .map(|e| e.interpreter.is_none() && e.libraries.is_empty())
     });
     if is_static != Some(true) {
-        eprintln!("skipped: no static /bin/busybox (Debian's busybox-static)");
+        skip_unavailable!("no static /bin/busybox (Debian's busybox-static; scripts/install-deps)");
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -249,7 +254,7 @@ fn walk(root: &Path) -> Vec<String> {
 #[test]
 fn binary_already_in_the_rootfs_stays_and_init_gets_its_guest_path() {
     if !have("cc") {
-        eprintln!("skipped: no C compiler (cc)");
+        skip_unavailable!("no C compiler (cc: build-essential; scripts/install-deps)");
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -21,6 +21,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+// A case that cannot run says which kind of skip it is (test-support):
+// not applicable to the engine, or unavailable here (fails in strict mode).
+use test_support::{skip_not_applicable, skip_unavailable};
+
 /// The engine a test binary runs the cases with.
 pub struct Engine {
     /// For messages.
@@ -54,17 +58,18 @@ pub struct Engine {
 /// `module_path!()::name`.
 pub fn run_case(engine: &Engine, path: &str, case: fn(&Engine)) {
     if engine.nested && !nested::inside() && matches!(vmm::kvm_host(), vmm::KvmHost::Emulated(_)) {
+        // The crate name is not part of a test's name.
+        let name = path.split_once("::").map_or(path, |(_, rest)| rest);
+        // A case left out of the lane is a skip by design, lane or no lane.
+        if let Some(why) = nested::skipped_here(name) {
+            skip_not_applicable!("{name} in the nested lane: {why}");
+            return;
+        }
         if let Some(why) = nested::unavailable() {
-            crate::skipped!(
+            skip_unavailable!(
                 "{} engine: this host's KVM cannot run Linux and the nested lane cannot run: {why}",
                 engine.name
             );
-            return;
-        }
-        // The crate name is not part of a test's name.
-        let name = path.split_once("::").map_or(path, |(_, rest)| rest);
-        if let Some(why) = nested::skipped_here(name) {
-            crate::skipped!("{name} in the nested lane: {why}");
             return;
         }
         nested::assert_passed(name);
@@ -91,20 +96,13 @@ pub fn project_kernel() -> Option<PathBuf> {
 const SAFETY_TIMEOUT: &str = "120s";
 /// Size of the binary file the stdout case copies.
 const BINARY_LEN: usize = 1 << 20;
+/// Why a case that boots Debian's kernel cannot run.
+const NO_DEBIAN_KERNEL: &str =
+    "no Debian kernel (/boot/vmlinuz-*-amd64): install linux-image-amd64 (scripts/install-deps)";
 /// Busybox applets linked into the rootfs's /bin.
 const APPLETS: [&str; 10] = [
     "sh", "cat", "echo", "printf", "pwd", "nproc", "sleep", "kill", "env", "head",
 ];
-
-/// Reports a skipped test on stderr in a way the test harness does not
-/// capture, so the reason shows in every test run (CI's included).
-#[macro_export]
-macro_rules! skipped {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "skipped: {}", format_args!($($arg)*));
-    }};
-}
 
 /// Expands to one `#[test]` per shared case, run with `$engine`.
 #[macro_export]
@@ -425,13 +423,13 @@ pub fn binary_data() -> Vec<u8> {
 /// What a case needs, or `None` after printing why the case is skipped.
 fn prerequisites(engine: &Engine) -> Option<&'static Path> {
     if let Some(why) = (engine.unavailable)() {
-        skipped!("{} engine: {why}", engine.name);
+        skip_unavailable!("{} engine: {why}", engine.name);
         return None;
     }
     match libs_rootfs() {
         Ok(root) => Some(root),
         Err(why) => {
-            skipped!("cannot build the libs rootfs: {why}");
+            skip_unavailable!("cannot build the libs rootfs: {why}");
             None
         }
     }
@@ -576,13 +574,15 @@ fn bulk_output_limit() -> &'static str {
 /// 64 MiB: the 1 MiB file 64 times over, as fast as the engine's output
 /// path goes (the virtio-console under the kvm engine).
 pub fn binary_stdout_64m_arrives_unchanged(engine: &Engine) {
+    // Before the prerequisites: a case that does not apply is a skip even
+    // where they are missing (in strict mode that would fail it).
+    if let Some(why) = engine.slow_stdout {
+        skip_not_applicable!("{}: {why}", engine.name);
+        return;
+    }
     let Some(root) = prerequisites(engine) else {
         return;
     };
-    if let Some(why) = engine.slow_stdout {
-        crate::skipped!("{}: {why}", engine.name);
-        return;
-    }
     stdout_64m_arrives_unchanged(engine, root);
 }
 
@@ -636,7 +636,7 @@ pub fn assert_same_bytes(got: &[u8], want: &[u8]) {
 /// exits; the VM ends without a status, and microrun says why.
 pub fn kernel_panic_gives_125_with_the_reason(engine: &Engine) {
     if !engine.is_vm {
-        skipped!(
+        skip_not_applicable!(
             "the {} engine boots no kernel: nothing can panic",
             engine.name
         );
@@ -658,15 +658,15 @@ pub fn kernel_panic_gives_125_with_the_reason(engine: &Engine) {
 /// Debian kernel.
 fn debian_virtio_engine(engine: &Engine, unable: Option<&'static str>) -> Option<Engine> {
     if !engine.is_vm {
-        skipped!("the {} engine boots no kernel", engine.name);
+        skip_not_applicable!("the {} engine boots no kernel", engine.name);
         return None;
     }
     if let Some(why) = unable {
-        skipped!("{}: {why}", engine.name);
+        skip_not_applicable!("{}: {why}", engine.name);
         return None;
     }
     if nested::distribution_kernel().is_none() {
-        skipped!("no Debian kernel (/boot/vmlinuz-*-amd64): install linux-image-amd64");
+        skip_unavailable!("{NO_DEBIAN_KERNEL}");
         return None;
     }
     Some(Engine {
@@ -722,14 +722,14 @@ pub fn distribution_kernel_stdin_follows_a_fallback_to_the_uarts(engine: &Engine
 /// default memory and options.
 pub fn distribution_kernel_runs_libs_with_default_options(engine: &Engine) {
     if !engine.is_vm {
-        skipped!("the {} engine boots no kernel", engine.name);
+        skip_not_applicable!("the {} engine boots no kernel", engine.name);
         return;
     }
     let Some(root) = prerequisites(engine) else {
         return;
     };
     let Some(kernel) = nested::distribution_kernel() else {
-        skipped!("no Debian kernel (/boot/vmlinuz-*-amd64): install linux-image-amd64");
+        skip_unavailable!("{NO_DEBIAN_KERNEL}");
         return;
     };
     let output = Command::new(env!("CARGO_BIN_EXE_microrun"))
@@ -749,7 +749,7 @@ pub fn distribution_kernel_runs_libs_with_default_options(engine: &Engine) {
 /// `None` (skipped, with the reason) where the engine has none.
 fn share_prerequisites(engine: &Engine) -> Option<(&'static Path, tempfile::TempDir)> {
     if let Some(why) = engine.no_shares {
-        skipped!("{}: {why}", engine.name);
+        skip_not_applicable!("{}: {why}", engine.name);
         return None;
     }
     let root = prerequisites(engine)?;
@@ -949,7 +949,7 @@ pub fn timeout_gives_124(engine: &Engine) {
 
 pub fn two_vcpus_seen_by_nproc(engine: &Engine) {
     if !engine.is_vm {
-        skipped!(
+        skip_not_applicable!(
             "the {} engine is not a VM: --cpus does not apply and nproc shows the host's CPUs",
             engine.name
         );
@@ -967,13 +967,14 @@ pub fn two_vcpus_seen_by_nproc(engine: &Engine) {
 /// the program sees the end of its stdin when microrun's ends (the
 /// virtio-console's stdin port; a pipe under chroot), and goes on.
 pub fn stdin_ends_when_host_stdin_ends(engine: &Engine) {
+    // Before the prerequisites, as in binary_stdout_64m_arrives_unchanged.
+    if let Some(why) = engine.no_stdin_eof {
+        skip_not_applicable!("{}: {why}", engine.name);
+        return;
+    }
     let Some(root) = prerequisites(engine) else {
         return;
     };
-    if let Some(why) = engine.no_stdin_eof {
-        crate::skipped!("{}: {why}", engine.name);
-        return;
-    }
     let cmd = ["sh", "-c", "cat; echo ."];
     let output = microrun_with_stdin(engine, &[], root, &cmd, b"abc", Duration::ZERO);
     assert_code(&output, 0);

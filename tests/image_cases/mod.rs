@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::json;
+use test_support::skip_unavailable;
 
 use crate::common::{self, assert_code, stderr, stdout};
 use crate::images::*;
@@ -19,12 +20,15 @@ pub const APPLETS: [&str; 7] = ["sh", "cat", "echo", "ls", "stat", "pwd", "test"
 /// Why an engine cannot run here, if it cannot.
 pub fn unavailable(engine: &str) -> Option<String> {
     if !Path::new("/bin/busybox").is_file() {
-        return Some("no /bin/busybox (install busybox-static)".into());
+        return Some("no /bin/busybox (install busybox-static; scripts/install-deps)".into());
     }
     match engine {
         "chroot" => {
             let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").ok()?;
-            (max.trim() == "0").then(|| "user namespaces are disabled".to_string())
+            (max.trim() == "0").then(|| {
+                "user namespaces are disabled (sysctl -w user.max_user_namespaces=10000)"
+                    .to_string()
+            })
         }
         // Inside the nested lane or on hardware KVM (the kvm engine's own
         // binary routes the cases there).
@@ -36,7 +40,7 @@ pub fn unavailable(engine: &str) -> Option<String> {
                 std::env::split_paths(&paths).any(|d| d.join("qemu-system-x86_64").is_file())
             });
             if !found {
-                return Some("qemu-system-x86_64 is not installed".into());
+                return Some("qemu-system-x86_64 is not installed (scripts/install-deps)".into());
             }
             common::project_kernel()
                 .is_none()
@@ -163,7 +167,7 @@ pub fn expected_probe(engine: &str) -> String {
 
 pub fn every_format_runs_with_its_defaults(engine: &str) {
     if let Some(why) = unavailable(engine) {
-        skipped!("{engine} engine: {why}");
+        skip_unavailable!("{engine} engine: {why}");
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -188,7 +192,7 @@ pub fn every_format_runs_with_its_defaults(engine: &str) {
 /// `-- CMD` replaces Cmd and keeps the Entrypoint; `-e` and `-w` win.
 pub fn the_command_line_overrides_as_docker_run_does(engine: &str) {
     if let Some(why) = unavailable(engine) {
-        skipped!("{engine} engine: {why}");
+        skip_unavailable!("{engine} engine: {why}");
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         virtio: vmm::VirtioOptions::default(),
     };
     let mut timings = false;
+    let mut cmdline_devices = false;
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_default();
         match arg.as_str() {
@@ -45,15 +46,19 @@ fn main() -> ExitCode {
             "--virtio-console" => {
                 let acpi = value() == "acpi";
                 config.virtio = vmm::VirtioOptions {
-                    console: true,
-                    cmdline: !acpi,
+                    devices: vec![vmm::DeviceSpec::Console],
                     acpi,
-                    ..Default::default()
                 };
+                cmdline_devices = !acpi;
             }
             "--timings" => timings = true,
             _ => config.kernel = arg.into(),
         }
+    }
+    if cmdline_devices {
+        let mut words = config.virtio.cmdline_devices();
+        words.push(config.cmdline);
+        config.cmdline = words.join(" ");
     }
     match vmm::run(config) {
         Ok(outcome) => {

@@ -22,7 +22,7 @@ fn main() {
     let queues: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     let kvm = Kvm::new().expect("open /dev/kvm");
-    let notify = vmm::layout::VIRTIO_CONSOLE_SLOT.addr + 0x50;
+    let notify = vmm::layout::VIRTIO_MMIO_SLOTS[0].addr + 0x50;
     let mem = vmm::memory::create_guest_memory(64 << 20).expect("guest memory");
     let (mut register, mut slot, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds * 2 {

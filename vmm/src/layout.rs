@@ -125,30 +125,28 @@ impl VirtioMmioSlot {
     }
 }
 
-/// The virtio-console's register window and interrupt: the first 4 KiB
-/// slot of the virtio-mmio area, which starts 256 MiB into the 32-bit MMIO
-/// gap, well clear of the I/O APIC (`0xfec0_0000`) and the LAPIC. GSI 5 is
-/// the first ISA IRQ the UARTs (3, 4) leave free; the MP table routes ISA
-/// IRQs 0-15 1:1 to I/O APIC pins, edge-triggered and active-high.
-pub const VIRTIO_CONSOLE_SLOT: VirtioMmioSlot = VirtioMmioSlot {
-    addr: 0xd000_0000,
-    len: 0x1000,
-    gsi: 5,
-};
-
-/// The virtio-9p devices of the shares (`--bind`, `--bind-ro`), in order:
-/// the 4 KiB slots after the console's, each on an ISA IRQ that nothing
-/// else here uses (the UARTs have 3 and 4; 8, 9, 12 and 13 are left to the
-/// RTC, the ACPI SCI, the i8042's mouse and the FPU, which some kernels
-/// probe for).
-pub const VIRTIO_SHARE_SLOTS: [VirtioMmioSlot; 6] = {
-    const GSIS: [u32; 6] = [6, 7, 10, 11, 14, 15];
-    let mut slots = [VIRTIO_CONSOLE_SLOT; 6];
+/// The virtio-mmio device windows and their interrupts, in the order the
+/// slot allocator ([`virtio_slots`]) hands them out: 4 KiB each, from 256
+/// MiB into the 32-bit MMIO gap (well clear of the I/O APIC at
+/// `0xfec0_0000` and the LAPIC), each on an ISA IRQ nothing else here uses.
+/// The UARTs have 3 and 4; 8, 9, 12 and 13 are left to the RTC, the ACPI
+/// SCI, the i8042's mouse and the FPU, which some kernels probe for. The MP
+/// table routes ISA IRQs 0-15 1:1 to I/O APIC pins, edge-triggered and
+/// active-high.
+pub const VIRTIO_MMIO_SLOTS: [VirtioMmioSlot; 7] = {
+    const BASE: u64 = 0xd000_0000;
+    const LEN: u64 = 0x1000;
+    const GSIS: [u32; 7] = [5, 6, 7, 10, 11, 14, 15];
+    let mut slots = [VirtioMmioSlot {
+        addr: BASE,
+        len: LEN,
+        gsi: GSIS[0],
+    }; 7];
     let mut i = 0;
     while i < slots.len() {
         slots[i] = VirtioMmioSlot {
-            addr: VIRTIO_CONSOLE_SLOT.addr + (i as u64 + 1) * VIRTIO_CONSOLE_SLOT.len,
-            len: VIRTIO_CONSOLE_SLOT.len,
+            addr: BASE + i as u64 * LEN,
+            len: LEN,
             gsi: GSIS[i],
         };
         i += 1;
@@ -156,15 +154,12 @@ pub const VIRTIO_SHARE_SLOTS: [VirtioMmioSlot; 6] = {
     slots
 };
 
-/// The slots of a VM's virtio-mmio devices, in the order the VMM places
-/// them and the guest is told of them: the console's (when there is one),
-/// then one per share.
-pub fn virtio_slots(console: bool, shares: usize) -> Vec<VirtioMmioSlot> {
-    let console = console.then_some(VIRTIO_CONSOLE_SLOT);
-    console
-        .into_iter()
-        .chain(VIRTIO_SHARE_SLOTS.iter().copied().take(shares))
-        .collect()
+/// The slot allocator: the slots of `count` virtio-mmio devices, device
+/// `i` of a VM's list in slot `i`; `None` when there are more devices than
+/// slots. The VMM's bus, the ACPI tables, the kernel command line and the
+/// `virtio_mmio` module's parameters all read their slots from here.
+pub fn virtio_slots(count: usize) -> Option<&'static [VirtioMmioSlot]> {
+    VIRTIO_MMIO_SLOTS.get(..count)
 }
 
 /// The port names of the virtio-console, in port order (port 0 first): the
@@ -172,3 +167,26 @@ pub fn virtio_slots(console: bool, shares: usize) -> Vec<VirtioMmioSlot> {
 /// `/sys/class/virtio-ports/*/name`.
 pub const VIRTIO_CONSOLE_PORTS: [&str; 3] =
     ["microrun.stdout", "microrun.stderr", "microrun.stdin"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allocator_hands_out_distinct_slots_in_order_and_no_more() {
+        let all = virtio_slots(VIRTIO_MMIO_SLOTS.len()).unwrap();
+        for (i, slot) in all.iter().enumerate() {
+            assert_eq!(slot.len, 0x1000);
+            assert!(slot.addr >= MMIO_GAP_START && slot.addr + slot.len <= 0xfec0_0000);
+            assert!(![3, 4, 8, 9, 12, 13].contains(&slot.gsi), "{slot:?}");
+            for other in &all[..i] {
+                assert!(other.addr + other.len <= slot.addr, "{other:?} {slot:?}");
+                assert_ne!(other.gsi, slot.gsi);
+            }
+        }
+        assert_eq!(virtio_slots(0), Some(&[][..]));
+        assert_eq!(virtio_slots(2).unwrap(), &all[..2]);
+        assert_eq!(virtio_slots(all.len() + 1), None);
+        assert_eq!(all[0].cmdline_device(), "4K@0xd0000000:5");
+    }
+}

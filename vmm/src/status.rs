@@ -82,6 +82,113 @@ pub fn sent_counts(event: &str) -> Option<[u64; 2]> {
     words.next().is_none().then_some(counts)
 }
 
+/// Where the program in the guest reads its stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinReader {
+    /// ttyS1.
+    Uart,
+    /// The virtio-console's `microrun.stdin` port.
+    ConsolePort,
+}
+
+/// Where the program reads stdin, if guest event `name` (without its `@`)
+/// says: without a virtio-console (`console` false) the first event, such
+/// as guest-init's `@init`, means ttyS1; with one, guest-init's `@ports`
+/// (it uses the console's ports) means the stdin port and `@uarts` (it
+/// fell back to the serial ports) ttyS1. Every engine forwards stdin only
+/// from then on, and only there: the guest's serial driver clears its FIFO
+/// when it opens ttyS1, and the console's driver drops input for a port
+/// nobody opened, so bytes sent earlier would be lost.
+pub fn stdin_reader_after(name: &str, console: bool) -> Option<StdinReader> {
+    match (console, name) {
+        (false, _) | (true, "uarts") => Some(StdinReader::Uart),
+        (true, "ports") => Some(StdinReader::ConsolePort),
+        (true, _) => None,
+    }
+}
+
+/// Guest events logged (at debug level) before the rest are only counted:
+/// a guest can write `@` lines without end.
+pub const EVENTS_LOGGED: usize = 32;
+
+/// The one interpreter of the status channel's lines besides the exit
+/// status, for every engine: it times `@init` (for `--timings`), keeps
+/// guest-init's `@sent` counts (the qemu engine's relay), logs events and
+/// noise within a bound, and says, once, where forwarded stdin must go
+/// ([`stdin_reader_after`]). The exit status itself is the caller's: the
+/// run ends there.
+#[derive(Debug, Clone)]
+pub struct GuestEvents {
+    /// The VM has a virtio-console (its stdin port may be the reader).
+    console: bool,
+    /// Stdin is forwarded and the reader has not been named yet.
+    stdin_pending: bool,
+    init: Option<std::time::Instant>,
+    sent: Option<[u64; 2]>,
+    seen: usize,
+}
+
+impl GuestEvents {
+    /// An interpreter for a guest with (`console`) or without a
+    /// virtio-console, whose stdin is forwarded (`forward_stdin`) or not.
+    pub fn new(console: bool, forward_stdin: bool) -> Self {
+        Self {
+            console,
+            stdin_pending: forward_stdin,
+            init: None,
+            sent: None,
+            seen: 0,
+        }
+    }
+
+    /// Interprets `line`, received at `at`. Returns where stdin goes from
+    /// now on, the first time an event names the reader (only when stdin
+    /// is forwarded).
+    pub fn line(&mut self, line: &StatusLine, at: std::time::Instant) -> Option<StdinReader> {
+        match line {
+            StatusLine::Event(name) => self.event(name, at),
+            StatusLine::Other(text) => {
+                log::debug!("status channel: {text}");
+                None
+            }
+            StatusLine::Exit(_) => None,
+        }
+    }
+
+    /// Interprets event `name` (without its `@`) received at `at`, as
+    /// [`GuestEvents::line`] does.
+    pub fn event(&mut self, name: &str, at: std::time::Instant) -> Option<StdinReader> {
+        self.seen += 1;
+        if self.seen <= EVENTS_LOGGED {
+            log::debug!("guest event @{name}");
+        } else if self.seen == EVENTS_LOGGED + 1 {
+            log::debug!("the guest sends more events; they are no longer logged");
+        }
+        if name == "init" {
+            self.init.get_or_insert(at);
+        }
+        if let Some(counts) = sent_counts(name) {
+            self.sent = Some(counts);
+        }
+        if !self.stdin_pending {
+            return None;
+        }
+        let reader = stdin_reader_after(name, self.console)?;
+        self.stdin_pending = false;
+        Some(reader)
+    }
+
+    /// When guest-init reported `@init` first.
+    pub fn init(&self) -> Option<std::time::Instant> {
+        self.init
+    }
+
+    /// guest-init's last `@sent OUT ERR` counts.
+    pub fn sent(&self) -> Option<[u64; 2]> {
+        self.sent
+    }
+}
+
 /// What a complete line is; `cut` when it was longer than [`MAX_LINE`]
 /// (then it can still be an event, cut short, but never a status).
 fn parse_line(line: &[u8], cut: bool) -> StatusLine {
@@ -111,6 +218,49 @@ mod tests {
     fn lines(input: &[u8]) -> Vec<StatusLine> {
         let mut parser = StatusParser::new();
         input.iter().filter_map(|&b| parser.push(b)).collect()
+    }
+
+    #[test]
+    fn stdin_goes_where_guest_init_says_it_reads() {
+        assert_eq!(stdin_reader_after("init", false), Some(StdinReader::Uart));
+        assert_eq!(stdin_reader_after("init", true), None);
+        assert_eq!(
+            stdin_reader_after("ports", true),
+            Some(StdinReader::ConsolePort)
+        );
+        assert_eq!(stdin_reader_after("uarts", true), Some(StdinReader::Uart));
+    }
+
+    #[test]
+    fn guest_events_time_init_keep_sent_and_name_the_stdin_reader_once() {
+        let t0 = std::time::Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(5);
+        let event = |name: &str| StatusLine::Event(name.into());
+        let mut events = GuestEvents::new(true, true);
+        assert_eq!(events.line(&event("init"), t0), None);
+        assert_eq!(events.line(&event("init"), t1), None);
+        assert_eq!(events.init(), Some(t0));
+        assert_eq!(
+            events.line(&event("ports"), t1),
+            Some(StdinReader::ConsolePort)
+        );
+        assert_eq!(events.line(&event("uarts"), t1), None, "named once");
+        assert_eq!(events.line(&event("sent 3 4"), t1), None);
+        assert_eq!(events.sent(), Some([3, 4]));
+        assert_eq!(events.line(&StatusLine::Other("x".into()), t1), None);
+        // No console: the first event names ttyS1.
+        let mut uarts = GuestEvents::new(false, true);
+        assert_eq!(uarts.line(&event("init"), t0), Some(StdinReader::Uart));
+        // Stdin not forwarded: never a reader, still the times.
+        let mut none = GuestEvents::new(true, false);
+        assert_eq!(none.line(&event("ports"), t0), None);
+        assert_eq!(none.line(&event("init"), t1), None);
+        assert_eq!(none.init(), Some(t1));
+        // A flood of events only costs a counter.
+        for _ in 0..10_000 {
+            none.event("spam", t1);
+        }
+        assert_eq!(none.init(), Some(t1));
     }
 
     #[test]

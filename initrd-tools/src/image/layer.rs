@@ -3,95 +3,19 @@
 //! not read into memory: an uncompressed layer's data stays where it is in
 //! its file; a compressed layer's is copied into the spool file. The
 //! layer's digest and its uncompressed digest are checked on the way.
-//!
-//! Entry paths are normalised: a leading `/` or `./` and `.` components
-//! are dropped; a `..` component is an error, so no entry names anything
-//! outside the tree. A symlink's target is data and is kept as it is.
+//! Entry paths are normalised as [`normalise`] says.
 
 use std::fs::File;
 use std::io::{self, Read};
 
-use super::merge::{Action, LayerEntry, Leaf, Meta};
+use super::entry::{normalise, Action, DataRef, LayerEntry, LayerError, Leaf, Meta};
+use super::spool::Sources;
 use super::store::{Hashing, Window};
-use super::write::{DataRef, Sources};
 use super::{Compression, Digest, Layer};
 use crate::newc::{S_IFBLK, S_IFCHR};
 
 /// The longest symlink target Linux accepts (`PATH_MAX` - 1).
 const MAX_SYMLINK_TARGET: usize = 4095;
-
-/// What is wrong with a layer.
-#[derive(Debug, thiserror::Error)]
-pub enum LayerError {
-    /// The tar (or compressed) stream cannot be read.
-    #[error("cannot read it as a tar stream (truncated or corrupt): {0}")]
-    Corrupt(io::Error),
-    /// An entry's path has a `..` component.
-    #[error("the entry {entry:?} has a `..` component, which could reach outside the tree")]
-    PathEscapes {
-        /// The entry's path as the tar has it.
-        entry: String,
-    },
-    /// An entry's path runs through something that is not a directory.
-    #[error("the entry {entry:?} runs through {component:?}, which is not a directory")]
-    NotADirectory {
-        /// The entry.
-        entry: String,
-        /// The component that is not a directory.
-        component: String,
-    },
-    /// Resolving an entry's path met too many symbolic links.
-    #[error("the entry {entry:?} runs through more than 40 symbolic links (a loop?)")]
-    SymlinkLoop {
-        /// The entry.
-        entry: String,
-    },
-    /// A hard link whose target cannot be linked to.
-    #[error("the hard link {entry:?} points to {target:?}, which {why}")]
-    HardLink {
-        /// The link.
-        entry: String,
-        /// Its target.
-        target: String,
-        /// What is wrong with the target.
-        why: &'static str,
-    },
-    /// A file too large for newc.
-    #[error("the file {entry:?} is {size} bytes: newc archives hold only files below 4 GiB")]
-    FileTooLarge {
-        /// The file.
-        entry: String,
-        /// Its size.
-        size: u64,
-    },
-    /// Something the cpio format or microrun does not support.
-    #[error("the entry {entry:?}: {what}")]
-    Unsupported {
-        /// The entry.
-        entry: String,
-        /// What is not supported, and what to do.
-        what: String,
-    },
-    /// An entry's data runs past the end of the layer.
-    #[error("the data of {entry:?} runs past the end of the layer: it is truncated")]
-    Truncated {
-        /// The entry.
-        entry: String,
-    },
-    /// A digest differs from what the image names.
-    #[error("its {what} digest is {actual}, but the image expects {expected}: the image is corrupt; save or copy it again")]
-    DigestMismatch {
-        /// `blob` or `uncompressed (diff_id)`.
-        what: &'static str,
-        /// The digest the image names.
-        expected: String,
-        /// The digest of what was read.
-        actual: String,
-    },
-    /// The spool file for a compressed layer's data could not be written.
-    #[error("cannot keep the layer's file data in a temporary file: {0}")]
-    Spool(io::Error),
-}
 
 /// Reads `layer` (a byte range of `file`) into entries; file data of a
 /// compressed layer goes into `sources`' spool, and data references name
@@ -161,20 +85,6 @@ fn check_digest(
         }),
         _ => Ok(()),
     }
-}
-
-/// Normalises an entry's path into its components (see the module
-/// comment); `None` when it has a `..` component.
-pub(crate) fn normalise(raw: &[u8]) -> Option<Vec<Box<[u8]>>> {
-    let mut components = Vec::new();
-    for part in raw.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => return None,
-            part => components.push(part.into()),
-        }
-    }
-    Some(components)
 }
 
 /// Turns tar entries into layer entries.
@@ -357,26 +267,5 @@ impl EntryReader<'_> {
             }
             _ => self.sources.spool(entry, size, name),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_normalised_and_dotdot_refused() {
-        let parts = |raw: &[u8]| {
-            normalise(raw).map(|p| {
-                p.iter()
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect::<Vec<_>>()
-            })
-        };
-        assert_eq!(parts(b"./usr//bin/./sh").unwrap(), ["usr", "bin", "sh"]);
-        assert_eq!(parts(b"/etc/").unwrap(), ["etc"]);
-        assert!(parts(b"./").unwrap().is_empty());
-        assert_eq!(parts(b"a/../../etc"), None);
-        assert_eq!(parts(b".."), None);
     }
 }

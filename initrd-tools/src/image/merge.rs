@@ -21,8 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use super::layer::{normalise, LayerError};
-use super::write::DataRef;
+use super::entry::{normalise, Action, DataRef, LayerEntry, LayerError, Leaf, Meta};
 use crate::newc::S_IFMT;
 use crate::tree::DEV_NODES;
 
@@ -34,65 +33,6 @@ pub(crate) const ROOT: NodeId = 0;
 
 /// How many symlinks one path may run through (Linux's limit).
 const MAX_LINKS: u32 = 40;
-
-/// Mode bits, owner and mtime of an entry, from its tar header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Meta {
-    /// Permission bits, setuid/setgid/sticky included.
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: u32,
-}
-
-impl Meta {
-    /// What created directories and added device nodes get.
-    fn root_owned(perm: u32) -> Meta {
-        Meta {
-            perm,
-            ..Meta::default()
-        }
-    }
-}
-
-/// A node that is neither a directory nor a regular file: what a layer
-/// entry makes and what the tree holds are the same.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Leaf {
-    /// A symbolic link to a target (kept as it is).
-    Symlink(Box<[u8]>),
-    /// A character or block device: its file type bits and numbers.
-    Device {
-        kind: u32,
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
-}
-
-/// What a layer entry does to the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Action {
-    Dir,
-    /// A regular file and where its data is.
-    File(DataRef),
-    /// A hard link to the (normalised) path of a file.
-    HardLink(Vec<Box<[u8]>>),
-    Leaf(Leaf),
-    /// `.wh.NAME`: hides the entry's path in lower layers.
-    Whiteout,
-    /// `.wh..wh..opq`: hides everything below the entry's path (a directory)
-    /// in lower layers.
-    Opaque,
-}
-
-/// One entry of a layer, its path normalised into components.
-#[derive(Debug, Clone)]
-pub(crate) struct LayerEntry {
-    pub path: Vec<Box<[u8]>>,
-    pub meta: Meta,
-    pub action: Action,
-}
 
 /// What a node is.
 #[derive(Debug, Clone)]

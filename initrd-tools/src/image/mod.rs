@@ -45,15 +45,22 @@ use crate::{cache, InitrdError, PackStats};
 mod config;
 mod detect;
 mod docker;
+// Converting: each layer is read into entries (`layer`), applied to the
+// merged tree (`merge`), and the tree is written (`write`). The stages
+// share the entry model (`entry`) and the file data's sources (`spool`),
+// and import only downward: layer -> entry, spool; merge -> entry;
+// write -> merge, entry, spool; spool -> entry.
+mod entry;
 mod layer;
 mod merge;
 mod oci;
+mod spool;
 mod store;
 mod write;
 
 pub use config::ImageConfig;
 pub use detect::{compression_format, detect, Detected};
-pub use layer::LayerError;
+pub use entry::LayerError;
 
 /// Changes whenever the conversion rules change, so old archives miss.
 const FORMAT_VERSION: &str = "microrun-image-v1";
@@ -456,7 +463,7 @@ impl Image {
         spool_dir: &Path,
     ) -> Result<PackStats, ImageError> {
         let mut tree = merge::MergedTree::new();
-        let mut sources = write::Sources::new(spool_dir);
+        let mut sources = spool::Sources::new(spool_dir);
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_error = |source| ImageError::Layer {
                 path: self.path.clone(),

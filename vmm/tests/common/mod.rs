@@ -1,6 +1,6 @@
 //! Builds the synthetic guests in `vmm/tests/guests/` with GNU `as` and `ld`,
-//! as an ELF and as a minimal bzImage. Self-contained (std + tempfile) so
-//! that other crates' tests can include it with `#[path]`.
+//! as an ELF and as a minimal bzImage. Self-contained (std, tempfile and
+//! test-support) so that other crates' tests can include it with `#[path]`.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -42,6 +42,20 @@ pub fn vm_skip_reason() -> Option<String> {
     missing_tools()
 }
 
+/// Whether synthetic guests can boot here; where they cannot, the calling
+/// test is reported unavailable (a skip, or a failure in strict mode: any
+/// machine with KVM and binutils runs these) and should return.
+#[track_caller]
+pub fn can_boot_guests() -> bool {
+    match vm_skip_reason() {
+        Some(why) => {
+            test_support::skip_unavailable!("{why}");
+            false
+        }
+        None => true,
+    }
+}
+
 /// How a synthetic guest is packaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestFormat {
@@ -69,7 +83,10 @@ pub fn missing_tools() -> Option<String> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            return Some(format!("`{tool}` (binutils) is not installed"));
+            return Some(format!(
+                "`{tool}` (binutils) is not installed: install binutils (scripts/install-deps \
+                 installs it with build-essential)"
+            ));
         }
     }
     None

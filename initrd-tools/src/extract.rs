@@ -1,27 +1,60 @@
-//! The chroot engine's cpio rootfs: a newc archive (or several
-//! concatenated, as the kernel takes them) indexed in microrun before the
-//! fork, so a bad archive is a clear error, and extracted by PID 1 into its
-//! tmpfs the way the kernel unpacks an initramfs.
+//! Reading newc archives back, the reader beside [`crate::newc`]'s
+//! writer: a newc archive (or several concatenated, as the kernel takes
+//! them) is indexed first, so a bad archive is a clear error before
+//! anything is written, then extracted into a directory the way the kernel
+//! unpacks an initramfs. The chroot engine extracts its rootfs with it, in
+//! its rootless namespace, from a file ([`Archive::open`]) or from an
+//! archive built in memory ([`Archive::from_file`] on a memfd).
 //!
 //! Only headers and symlink targets are held in memory; file data is
 //! copied from the archive by offset during extraction, so a large image
-//! does not pass through microrun's memory. What a rootless namespace
-//! cannot keep is reported on `-v` ([`Archive::losses`]): owners other than
-//! root (only the caller's uid is mapped, to 0), device nodes outside
-//! `/dev` (creating them needs privilege; `/dev` itself is mounted from the
-//! host) and sockets. FIFOs are created; mtimes are not restored.
+//! does not pass through the caller's memory. What extraction without
+//! privilege cannot keep is told by [`Archive::losses`]: owners other than
+//! root (in a rootless user namespace only the caller's uid is mapped, to
+//! 0), device nodes outside `/dev` (creating them needs privilege; the
+//! chroot engine mounts `/dev` from the host) and sockets. FIFOs are
+//! created; mtimes are not restored.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsStr};
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use initrd_tools::image::compression_format;
+use crate::image::compression_format;
 
-use super::ChrootError;
+/// Errors of reading and extracting an archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The archive cannot be read, is not a regular file, or is not a
+    /// well-formed newc archive (truncated, bad magic).
+    #[error("cannot read cpio archive {}: {source}; give an uncompressed newc archive", path.display())]
+    Read {
+        /// The archive's path (or the name given to [`Archive::from_file`]).
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The archive is compressed: only the kernel unpacks those.
+    #[error("{} is a {format}-compressed archive: decompress it first (the result must be a newc cpio archive)", path.display())]
+    Compressed {
+        /// The archive's path (or the name given to [`Archive::from_file`]).
+        path: PathBuf,
+        /// The compression format.
+        format: &'static str,
+    },
+    /// A member could not be written under the root.
+    #[error("extracting /{}: {source}", member.display())]
+    Extract {
+        /// The member's path, relative to the root.
+        member: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
 
 /// Files are copied through a buffer this large.
 const COPY_CHUNK: usize = 256 * 1024;
@@ -46,37 +79,64 @@ struct ArchiveEntry {
 
 /// An indexed archive, open for extraction.
 #[derive(Debug)]
-pub(super) struct Archive {
+pub struct Archive {
     file: File,
     entries: Vec<ArchiveEntry>,
 }
 
 impl Archive {
-    /// Opens and indexes the archive at `path`; compressed archives are
-    /// refused (only the kernel unpacks those).
-    pub(super) fn open(path: &Path) -> Result<Archive, ChrootError> {
-        let archive_error = |source| ChrootError::ReadArchive {
-            path: path.to_path_buf(),
-            source,
-        };
-        // Not a FIFO or a device: their first read could block for ever.
-        let file = vmm::regular_file::open(path).map_err(archive_error)?;
-        let len = file.metadata().map_err(archive_error)?.len();
+    /// Opens and indexes the archive at `path`, which must be a regular
+    /// file (a FIFO or a device is refused without blocking on it);
+    /// compressed archives are refused (only the kernel unpacks those).
+    pub fn open(path: &Path) -> Result<Archive, ArchiveError> {
+        // O_NONBLOCK: opening a FIFO waits for a writer without it, before
+        // from_file can refuse it.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|source| read_error(path, source))?;
+        let archive = Archive::from_file(file, path)?;
+        // Reads wait again. F_SETFL changes only the flags that can be
+        // changed, and of those this open set only O_NONBLOCK.
+        // SAFETY: F_SETFL with plain flags on a descriptor `archive` owns.
+        if unsafe { libc::fcntl(archive.file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
+            return Err(read_error(path, io::Error::last_os_error()));
+        }
+        Ok(archive)
+    }
+
+    /// Indexes the archive in `file`, an open regular file (a memfd
+    /// holding an archive built in memory, say), from its start whatever
+    /// its offset; `name` stands for it in errors. Compressed archives are
+    /// refused, as by [`Archive::open`].
+    pub fn from_file(file: File, name: &Path) -> Result<Archive, ArchiveError> {
+        let archive_error = |source| read_error(name, source);
+        let meta = file.metadata().map_err(archive_error)?;
+        if !meta.is_file() {
+            let kind = crate::describe_type(meta.file_type());
+            return Err(archive_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{kind}, not a regular file"),
+            )));
+        }
         let mut reader = BufReader::new(file.try_clone().map_err(archive_error)?);
+        reader.seek(SeekFrom::Start(0)).map_err(archive_error)?;
         let head = reader.fill_buf().map_err(archive_error)?;
         if let Some(format) = compression_format(head) {
-            return Err(ChrootError::CompressedArchive {
-                path: path.to_path_buf(),
+            return Err(ArchiveError::Compressed {
+                path: name.to_path_buf(),
                 format,
             });
         }
-        let entries = index(reader, len).map_err(archive_error)?;
+        let entries = index(reader, meta.len()).map_err(archive_error)?;
         Ok(Archive { file, entries })
     }
 
-    /// What extracting here loses compared with a VM, for `-v`; `None`
-    /// when nothing is.
-    pub(super) fn losses(&self) -> Option<String> {
+    /// What extracting without privilege (as the chroot engine does, in a
+    /// rootless user namespace with `/dev` mounted from the host) loses
+    /// compared with a VM, for `-v`; `None` when nothing is.
+    pub fn losses(&self) -> Option<String> {
         let mut other_owners = 0;
         let mut ids = BTreeSet::new();
         let mut devices = 0;
@@ -116,15 +176,19 @@ impl Archive {
     /// Writes the members under `root`, as the kernel unpacks an
     /// initramfs: a later member with the inode of an earlier one is a
     /// hard link to it. Device nodes and sockets are skipped.
-    pub(super) fn extract(&self, root: &Path) -> Result<(), String> {
+    pub fn extract(&self, root: &Path) -> Result<(), ArchiveError> {
         let mut first_names: HashMap<(u32, u32, u32), PathBuf> = HashMap::new();
         let mut buf = vec![0u8; COPY_CHUNK];
         for entry in &self.entries {
             let target = root.join(&entry.path);
-            let error = |e: io::Error| format!("extracting /{}: {e}", entry.path.display());
+            let error = |source| ArchiveError::Extract {
+                member: entry.path.clone(),
+                source,
+            };
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(error)?;
             }
+            clear_the_way(&target, entry.mode).map_err(error)?;
             let permissions = fs::Permissions::from_mode(entry.mode & 0o7777);
             match entry.mode & libc::S_IFMT {
                 libc::S_IFDIR => {
@@ -181,6 +245,33 @@ impl Archive {
     }
 }
 
+fn read_error(path: &Path, source: io::Error) -> ArchiveError {
+    ArchiveError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the kernel's unpacker does before it creates a member
+/// (`clean_path` in init/initramfs.c), so that a later archive (guest-init's,
+/// over the rootfs) replaces what is there rather than writing through it:
+/// a directory member removes a non-directory in its way; any other member
+/// removes what is at its path, a directory only when empty (else the
+/// member cannot be created, and the error says so). Symlinks are removed,
+/// never followed.
+fn clear_the_way(target: &Path, mode: u32) -> io::Result<()> {
+    let existing = match fs::symlink_metadata(target) {
+        Ok(existing) => existing,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match (existing.is_dir(), mode & libc::S_IFMT == libc::S_IFDIR) {
+        (true, true) => Ok(()),
+        (true, false) => fs::remove_dir(target),
+        (false, _) => fs::remove_file(target),
+    }
+}
+
 fn make_fifo(path: &Path, mode: u32) -> io::Result<()> {
     let path = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: `path` is a NUL-terminated string the kernel only reads.
@@ -192,8 +283,9 @@ fn make_fifo(path: &Path, mode: u32) -> io::Result<()> {
 
 /// Where the members of the newc archive `bytes` (or several concatenated)
 /// would be extracted, relative to the new root and in order, without
-/// writing anything; members that would leave the root are not there.
-pub(super) fn member_paths(bytes: &[u8]) -> io::Result<Vec<PathBuf>> {
+/// writing anything; members that would leave the root are not there. For
+/// tests and fuzzing.
+pub fn member_paths(bytes: &[u8]) -> io::Result<Vec<PathBuf>> {
     let entries = index(io::Cursor::new(bytes), bytes.len() as u64)?;
     Ok(entries.into_iter().map(|entry| entry.path).collect())
 }
@@ -359,6 +451,39 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        make_fifo(&fifo, 0o600).unwrap();
+        let err = Archive::open(&fifo).unwrap_err();
+        assert!(matches!(err, ArchiveError::Read { .. }), "{err}");
+        assert!(
+            err.to_string().contains("a FIFO, not a regular file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_open_file_is_indexed_from_its_start() {
+        let bytes = newc(&[member("init", 0o100755, 5, 1, b"#!/bin/sh\n")]);
+        let mut file = tempfile::tempfile().unwrap();
+        // Left at its end, as after building the archive in it.
+        file.write_all(&bytes).unwrap();
+        let archive = Archive::from_file(file, Path::new("the init archive")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        archive.extract(dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("init")).unwrap(), b"#!/bin/sh\n");
+        let gz = tempfile::tempfile().unwrap();
+        (&gz).write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
+        let err = Archive::from_file(gz, Path::new("the init archive")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the init archive is a gzip-compressed"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn extraction_restores_files_links_fifos_and_modes() {
         let bytes = newc(&[
             member("bin", 0o40755, 2, 2, b""),
@@ -389,6 +514,52 @@ mod tests {
             fs::read(dir.path().join("big")).unwrap(),
             vec![9; 3 * COPY_CHUNK / 2]
         );
+    }
+
+    #[test]
+    fn members_replace_what_is_in_their_way_as_the_kernel_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        // A dangling symlink where a directory goes, a symlink leading out
+        // where a file goes, a read-only file, a directory where a file goes.
+        std::os::unix::fs::symlink("/nonexistent", root.join(".microrun")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/link")).unwrap();
+        fs::write(root.join("ro"), b"old").unwrap();
+        fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o444)).unwrap();
+        fs::create_dir(root.join("empty")).unwrap();
+        fs::create_dir_all(root.join("full/x")).unwrap();
+        let bytes = newc(&[
+            member(".microrun", 0o40755, 2, 2, b""),
+            member(".microrun/init", 0o100755, 3, 1, b"init"),
+            member("etc/link", 0o100644, 4, 1, b"file"),
+            member("ro", 0o100644, 5, 1, b"new"),
+            member("empty", 0o100644, 6, 1, b"was a directory"),
+        ]);
+        let (_a, path) = archive_file(&bytes);
+        Archive::open(&path).unwrap().extract(&root).unwrap();
+        assert!(fs::symlink_metadata(root.join(".microrun"))
+            .unwrap()
+            .is_dir());
+        assert_eq!(fs::read(root.join(".microrun/init")).unwrap(), b"init");
+        assert!(fs::symlink_metadata(root.join("etc/link"))
+            .unwrap()
+            .is_file());
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing written out"
+        );
+        assert_eq!(fs::read(root.join("ro")).unwrap(), b"new");
+        assert_eq!(fs::read(root.join("empty")).unwrap(), b"was a directory");
+        // A directory that is not empty stays, and the member says why.
+        let bytes = newc(&[member("full", 0o100644, 7, 1, b"")]);
+        let (_b, path) = archive_file(&bytes);
+        let error = Archive::open(&path).unwrap().extract(&root).unwrap_err();
+        assert!(error.to_string().contains("/full"), "{error}");
+        assert!(root.join("full/x").is_dir());
     }
 
     #[test]

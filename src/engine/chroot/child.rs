@@ -1,0 +1,170 @@
+//! The children. They run after fork() in a copy of microrun, never return,
+//! and report on the report pipe with one line per message; the pipe is
+//! close-on-exec, so it closes when guest-init starts and when the helper
+//! exits.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::root::build_root;
+use super::userns::enter_user_namespace;
+use super::{pipe, Job};
+use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
+
+/// Writes one report line (short lines are atomic on a pipe).
+pub(super) fn report(fd: RawFd, word: &str, message: &str) {
+    let mut line = format!("{word} {message}").replace('\n', " ");
+    line.truncate(2000);
+    line.push('\n');
+    let mut bytes = line.as_bytes();
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+pub(super) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit ends the forked process without running the parent's
+    // atexit handlers or flushing its copied stdio buffers.
+    unsafe { libc::_exit(code) }
+}
+
+/// The helper: enters the new namespaces, forks PID 1 and waits for it.
+pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd) -> ! {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid only returns the parent's pid.
+    if unsafe { libc::getppid() } != job.supervisor_pid {
+        exit_child(125);
+    }
+    if let Err(message) = enter_user_namespace(job) {
+        report(report_fd, "userns", &message);
+        exit_child(125);
+    }
+    let (alive_read, alive_write) = match pipe() {
+        Ok(pair) => pair,
+        Err(e) => {
+            report(report_fd, "fail", &e.to_string());
+            exit_child(125);
+        }
+    };
+    // SAFETY: as for the first fork; the child runs `namespace_init`, which
+    // never returns.
+    let init = unsafe { libc::fork() };
+    if init == 0 {
+        drop(alive_write);
+        namespace_init(job, status_fd, report_fd, alive_read);
+    }
+    if init < 0 {
+        let error = io::Error::last_os_error();
+        report(
+            report_fd,
+            "fail",
+            &format!("fork in the new PID namespace: {error}"),
+        );
+        exit_child(125);
+    }
+    drop(alive_read);
+    report(report_fd, "pid", &init.to_string());
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer; `init` is our child.
+        let r = unsafe { libc::waitpid(init, &mut status, 0) };
+        if r == init {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            exit_child(125);
+        }
+    }
+    report(report_fd, "exit", &status.to_string());
+    drop(alive_write);
+    exit_child(0);
+}
+
+/// PID 1 of the new PID namespace: builds the root and execs guest-init.
+fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd) -> ! {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The helper may have died before the flag was set: then the pipe's
+    // write end is closed.
+    let mut poll = libc::pollfd {
+        fd: alive.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll` is one valid pollfd.
+    if unsafe { libc::poll(&mut poll, 1, 0) } != 0 {
+        exit_child(125);
+    }
+    drop(alive);
+    let result = set_up_stdio(job, status_fd)
+        .and_then(|status| build_root(job, report_fd).map(|()| status))
+        .and_then(|status| exec_guest_init(status, report_fd));
+    if let Err(message) = result {
+        report(report_fd, "fail", &message);
+    }
+    exit_child(125);
+}
+
+/// Stdin from /dev/null unless forwarded; the status pipe inheritable on a
+/// descriptor above 2. Returns the status descriptor.
+fn set_up_stdio(job: &Job, status_fd: RawFd) -> Result<RawFd, String> {
+    if !job.forward_stdin {
+        let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+        // SAFETY: both descriptors are open; dup2 replaces fd 0.
+        if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+            return Err(format!(
+                "dup2 /dev/null to stdin: {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    // SAFETY: F_DUPFD returns a new descriptor (without close-on-exec, so
+    // guest-init inherits it) numbered 3 or above.
+    let fd = unsafe { libc::fcntl(status_fd, libc::F_DUPFD, 3) };
+    if fd < 0 {
+        return Err(format!(
+            "duplicating the status pipe: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
+}
+
+/// Replaces this process with guest-init, which reads its ports from its
+/// environment (and nothing else of microrun's environment leaks in).
+fn exec_guest_init(status_fd: RawFd, report_fd: RawFd) -> Result<(), String> {
+    let to_c = |s: String| CString::new(s).map_err(|e| e.to_string());
+    let program = to_c(INIT_PATH.to_string())?;
+    let env = [
+        "MICRORUN_INIT_CONSOLE=fd:2".to_string(),
+        "MICRORUN_INIT_STDOUT=fd:1".to_string(),
+        // Forwarded stdin is microrun's own stdin, not the stdout channel
+        // (in a VM both are ttyS1).
+        "MICRORUN_INIT_STDIN=fd:0".to_string(),
+        format!("MICRORUN_INIT_STATUS=fd:{status_fd}"),
+        format!("MICRORUN_INIT_CONFIG={RUN_CONFIG_PATH}"),
+        "MICRORUN_INIT_SKIP_MOUNTS=1".to_string(),
+        "MICRORUN_INIT_NO_POWEROFF=1".to_string(),
+    ];
+    let env: Vec<CString> = env.into_iter().map(to_c).collect::<Result<_, _>>()?;
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let argv = [program.as_ptr(), std::ptr::null()];
+    report(report_fd, "ready", "");
+    // SAFETY: `program` and every element of `argv` and `envp` are
+    // NUL-terminated strings that outlive the call; both arrays end with a
+    // null pointer.
+    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Err(format!(
+        "executing guest-init {INIT_PATH}: {}",
+        io::Error::last_os_error()
+    ))
+}

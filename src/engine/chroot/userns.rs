@@ -1,0 +1,134 @@
+//! User namespaces: the sysctls that can disable them (with the command
+//! that enables them again), and entering one with the caller's ids mapped
+//! to root.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use super::{ChrootError, Job};
+
+/// Sysctls that disable user namespaces, with the value that enables them
+/// and the systems that have them.
+const USERNS_SYSCTLS: [(&str, &str, &str); 3] = [
+    ("user.max_user_namespaces", "15000", "all Linux kernels"),
+    ("kernel.unprivileged_userns_clone", "1", "Debian"),
+    (
+        "kernel.apparmor_restrict_unprivileged_userns",
+        "0",
+        "Ubuntu",
+    ),
+];
+
+/// The values of the sysctls that can disable user namespaces, where the
+/// kernel has them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct UsernsSysctls {
+    max_user_namespaces: Option<i64>,
+    unprivileged_userns_clone: Option<i64>,
+    apparmor_restrict: Option<i64>,
+}
+
+impl UsernsSysctls {
+    pub(super) fn read() -> Self {
+        let read = |name: &str| -> Option<i64> {
+            let path = format!("/proc/sys/{}", name.replace('.', "/"));
+            fs::read_to_string(path).ok()?.trim().parse().ok()
+        };
+        Self {
+            max_user_namespaces: read(USERNS_SYSCTLS[0].0),
+            unprivileged_userns_clone: read(USERNS_SYSCTLS[1].0),
+            apparmor_restrict: read(USERNS_SYSCTLS[2].0),
+        }
+    }
+
+    /// The sysctls whose value blocks user namespaces.
+    fn blocking(&self) -> Vec<usize> {
+        let values = [
+            self.max_user_namespaces == Some(0),
+            self.unprivileged_userns_clone == Some(0),
+            self.apparmor_restrict == Some(1),
+        ];
+        (0..3).filter(|&i| values[i]).collect()
+    }
+}
+
+/// Which sysctl commands would enable user namespaces: the ones whose
+/// current value blocks them, or all three when none visibly does.
+pub(super) fn advice(sysctls: &UsernsSysctls) -> String {
+    let mut which = sysctls.blocking();
+    if which.is_empty() {
+        which = vec![0, 1, 2];
+    }
+    let commands: Vec<String> = which
+        .into_iter()
+        .map(|i| {
+            let (name, value, systems) = USERNS_SYSCTLS[i];
+            format!("`sysctl -w {name}={value}` ({systems})")
+        })
+        .collect();
+    commands.join(", ")
+}
+
+/// Fails early, with the sysctl to change, when user namespaces are
+/// visibly disabled.
+pub(super) fn check_sysctls() -> Result<(), ChrootError> {
+    let sysctls = UsernsSysctls::read();
+    // SAFETY: geteuid only returns the caller's id.
+    let root = unsafe { libc::geteuid() } == 0;
+    let detail = if sysctls.max_user_namespaces == Some(0) {
+        "user.max_user_namespaces is 0"
+    } else if !root && sysctls.unprivileged_userns_clone == Some(0) {
+        "kernel.unprivileged_userns_clone is 0"
+    } else {
+        return Ok(());
+    };
+    Err(ChrootError::UserNamespaces {
+        detail: detail.to_string(),
+        advice: advice(&sysctls),
+    })
+}
+
+/// unshare(user, mount, PID), then maps the caller's uid and gid to 0.
+pub(super) fn enter_user_namespace(job: &Job) -> Result<(), String> {
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    // SAFETY: unshare only changes this (single-threaded) process's
+    // namespaces.
+    if unsafe { libc::unshare(flags) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(format!(
+            "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID): {error}"
+        ));
+    }
+    let write = |file: &str, contents: String| {
+        fs::write(file, contents).map_err(|e| format!("writing {file}: {e}"))
+    };
+    // Required before an unprivileged gid_map write; absent before 3.19.
+    if Path::new("/proc/self/setgroups").exists() {
+        write("/proc/self/setgroups", "deny".to_string())?;
+    }
+    write("/proc/self/uid_map", format!("0 {} 1", job.uid))?;
+    write("/proc/self/gid_map", format!("0 {} 1", job.gid))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_names_the_blocking_sysctl_or_all() {
+        let debian = UsernsSysctls {
+            max_user_namespaces: Some(100),
+            unprivileged_userns_clone: Some(0),
+            apparmor_restrict: None,
+        };
+        let debian = advice(&debian);
+        assert!(debian.contains("kernel.unprivileged_userns_clone=1"));
+        assert!(!debian.contains("max_user_namespaces"));
+        let all = advice(&UsernsSysctls::default());
+        for (name, _, _) in USERNS_SYSCTLS {
+            assert!(all.contains(name), "{all}");
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The cache of kernel plans: one file per key in `<cache dir>/virtio/`,
+//! named by a hash of the key and holding the key itself, so that a
+//! collision is a miss. Everything read back is checked; any surprise is a
+//! miss, and any failure to write is only logged: the cache is an
+//! optimisation.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use initrd_tools::kernel_info::KernelConfig;
+use initrd_tools::modules::INDEX_FILES;
+use initrd_tools::InitrdError;
+use vmm::DeviceKind;
+
+use super::host_modules::ModuleSource;
+use super::{GuestModule, KernelPlan, Transport};
+
+/// Changes whenever the decision or this format changes.
+const FORMAT: &str = "microrun-virtio-plan-v3";
+/// How many plans the cache keeps.
+const KEEP: usize = 16;
+/// Largest entry read back (a few modules of a few hundred KiB each).
+const MAX_ENTRY_BYTES: u64 = 64 << 20;
+
+/// `path` and its metadata, or why there is none, on one line.
+pub(super) fn stat_line(path: &Path) -> String {
+    match fs::metadata(path) {
+        Ok(m) => format!(
+            "{} {}:{} {} {}.{} {}.{}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ),
+        Err(e) => format!("{} {:?}", path.display(), e.kind()),
+    }
+}
+
+/// What a plan for `kernel` depends on besides its modules: the kernel,
+/// the places its configuration may be, its module indexes, the devices
+/// asked for and the transport.
+pub(super) fn key(
+    root: &Path,
+    kernel: &Path,
+    release: Option<&str>,
+    wanted: &[DeviceKind],
+    transport: Transport,
+) -> Key {
+    let mut text = format!(
+        "{FORMAT} {}\nroot {}\n{}\n",
+        env!("CARGO_PKG_VERSION"),
+        root.display(),
+        stat_line(kernel)
+    );
+    let release = release.unwrap_or("");
+    for candidate in KernelConfig::candidates(root, kernel, release) {
+        text.push_str(&stat_line(&candidate));
+        text.push('\n');
+    }
+    if !release.is_empty() {
+        let dir = root.join("lib/modules").join(release);
+        text.push_str(&stat_line(&dir));
+        text.push('\n');
+        for index in INDEX_FILES {
+            text.push_str(&stat_line(&dir.join(index)));
+            text.push('\n');
+        }
+    }
+    text.push_str(&format!("devices {wanted:?} transport {transport:?}\n"));
+    Key {
+        text,
+        wanted: wanted.to_vec(),
+    }
+}
+
+/// A plan's cache key: its text, and the device kinds asked for (a cached
+/// plan names only kinds among them).
+pub(super) struct Key {
+    text: String,
+    wanted: Vec<DeviceKind>,
+}
+
+fn entry_path(dir: &Path, key: &Key) -> PathBuf {
+    let mut hasher = DefaultHasher::new();
+    key.text.hash(&mut hasher);
+    dir.join(format!("{:016x}.plan", hasher.finish()))
+}
+
+/// The cached plan for `key` whose modules are unchanged, if any.
+pub(super) fn load(dir: &Path, key: &Key) -> Option<KernelPlan> {
+    let path = entry_path(dir, key);
+    let file = fs::File::open(&path).ok()?;
+    if file.metadata().ok()?.len() > MAX_ENTRY_BYTES {
+        return None;
+    }
+    // From the file just measured, bounded all the same (it may grow).
+    let mut bytes = Vec::new();
+    file.take(MAX_ENTRY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+        return None;
+    }
+    let plan = decode(&bytes, key)?;
+    log::debug!("virtio: plan from the cache, {}", path.display());
+    initrd_tools::cache::touch(&path);
+    Some(plan)
+}
+
+/// Caches `plan` (made from modules with `sources`) under `key`, the way
+/// the initrd cache writes and evicts its archives.
+pub(super) fn store(dir: &Path, key: &Key, plan: &KernelPlan, sources: &[ModuleSource]) {
+    let path = entry_path(dir, key);
+    let write = || -> Result<(), InitrdError> {
+        fs::create_dir_all(dir).map_err(|source| InitrdError::Cache {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        initrd_tools::write_atomically_with(&path, dir, |mut file, _| {
+            file.write_all(&encode(key, plan, sources))
+                .map_err(|source| InitrdError::Write {
+                    path: path.clone(),
+                    source,
+                })
+        })
+    };
+    match write() {
+        Ok(()) => initrd_tools::cache::evict_entries(dir, ".plan", KEEP, Duration::ZERO),
+        Err(e) => log::debug!("virtio: cannot cache the plan in {}: {e}", dir.display()),
+    }
+}
+
+/// Appends `bytes`, prefixed with their length (8 bytes, little-endian).
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_count(out: &mut Vec<u8>, count: usize) {
+    put(out, &(count as u64).to_le_bytes());
+}
+
+fn encode(key: &Key, plan: &KernelPlan, sources: &[ModuleSource]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put(&mut out, key.text.as_bytes());
+    out.extend([
+        u8::from(plan.cmdline_discovery),
+        u8::from(plan.acpi_discovery),
+        u8::from(plan.transport == Transport::Pci),
+    ]);
+    put_count(&mut out, plan.kinds.len());
+    for kind in &plan.kinds {
+        put(&mut out, format!("{kind:?}").as_bytes());
+    }
+    put_count(&mut out, plan.refused.len());
+    for (kind, why) in &plan.refused {
+        put(&mut out, format!("{kind:?}").as_bytes());
+        put(&mut out, why.as_bytes());
+    }
+    put_count(&mut out, plan.notes.len());
+    for note in &plan.notes {
+        put(&mut out, note.as_bytes());
+    }
+    put_count(&mut out, plan.modules.len());
+    for (module, source) in plan.modules.iter().zip(sources) {
+        put(&mut out, module.file_name.as_bytes());
+        put(&mut out, module.params.as_bytes());
+        put(&mut out, source.path.as_os_str().as_encoded_bytes());
+        put(&mut out, source.stat.as_bytes());
+        put(&mut out, &module.bytes);
+    }
+    out
+}
+
+/// Reads an entry back field by field; `None` on anything unexpected.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let len = u64::from_le_bytes(self.bytes(8)?.try_into().ok()?);
+        self.bytes(usize::try_from(len).ok()?)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        String::from_utf8(self.field()?.to_vec()).ok()
+    }
+
+    fn count(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.field()?.try_into().ok()?))
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        match self.bytes(1)? {
+            [0] => Some(false),
+            [1] => Some(true),
+            _ => None,
+        }
+    }
+
+    /// A device kind, by name, among those the key asked for.
+    fn kind(&mut self, wanted: &[DeviceKind]) -> Option<DeviceKind> {
+        let name = self.text()?;
+        wanted
+            .iter()
+            .copied()
+            .find(|kind| format!("{kind:?}") == name)
+    }
+}
+
+fn decode(bytes: &[u8], key: &Key) -> Option<KernelPlan> {
+    let mut r = Reader(bytes);
+    if r.field()? != key.text.as_bytes() {
+        return None;
+    }
+    let mut plan = KernelPlan {
+        cmdline_discovery: r.flag()?,
+        acpi_discovery: r.flag()?,
+        transport: if r.flag()? {
+            Transport::Pci
+        } else {
+            Transport::Mmio
+        },
+        ..KernelPlan::default()
+    };
+    for _ in 0..r.count()? {
+        plan.kinds.push(r.kind(&key.wanted)?);
+    }
+    for _ in 0..r.count()? {
+        let kind = r.kind(&key.wanted)?;
+        plan.refused.push((kind, r.text()?));
+    }
+    for _ in 0..r.count()? {
+        plan.notes.push(r.text()?);
+    }
+    for _ in 0..r.count()? {
+        let file_name = r.text()?;
+        let params = r.text()?;
+        let path = PathBuf::from(r.text()?);
+        let stat = r.text()?;
+        if stat_line(&path) != stat {
+            return None;
+        }
+        plan.modules.push(GuestModule {
+            file_name,
+            params,
+            bytes: r.field()?.to_vec(),
+        });
+    }
+    r.0.is_empty().then_some(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(text: &str) -> Key {
+        Key {
+            text: text.into(),
+            wanted: vec![DeviceKind::Console, DeviceKind::Share],
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.ko");
+        fs::write(&module, b"\x7fELF").unwrap();
+        let plan = KernelPlan {
+            kinds: vec![DeviceKind::Console],
+            refused: vec![(DeviceKind::Share, "no 9p".into())],
+            acpi_discovery: true,
+            modules: vec![GuestModule {
+                file_name: "m.ko".into(),
+                bytes: b"\x7fELF".to_vec(),
+                params: "a=1".into(),
+            }],
+            notes: vec!["one".into(), "two".into()],
+            ..KernelPlan::default()
+        };
+        let sources = [ModuleSource {
+            path: module.clone(),
+            stat: stat_line(&module),
+        }];
+        let bytes = encode(&key("k"), &plan, &sources);
+        assert_eq!(decode(&bytes, &key("k")).as_ref(), Some(&plan));
+        assert_eq!(decode(&bytes, &key("other")), None);
+        // A kind the key did not ask for is a miss.
+        let console_only = Key {
+            wanted: vec![DeviceKind::Console],
+            ..key("k")
+        };
+        assert_eq!(decode(&bytes, &console_only), None);
+        for len in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..len], &key("k")), None, "{len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, &key("k")), None);
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x80;
+            let _ = decode(&flipped, &key("k"));
+        }
+        // A module changed since: a miss.
+        fs::write(&module, b"\x7fELF changed").unwrap();
+        assert_eq!(decode(&bytes, &key("k")), None);
+
+        let cache = dir.path().join("cache");
+        store(&cache, &key("k"), &plan, &sources);
+        assert_eq!(load(&cache, &key("k")), None, "the module changed");
+        let sources = [ModuleSource {
+            path: module.clone(),
+            stat: stat_line(&module),
+        }];
+        store(&cache, &key("k"), &plan, &sources);
+        assert_eq!(load(&cache, &key("k")).as_ref(), Some(&plan));
+        for n in 0..KEEP + 4 {
+            store(&cache, &key(&format!("k{n}")), &plan, &sources);
+        }
+        let count = fs::read_dir(&cache).unwrap().count();
+        assert_eq!(count, KEEP);
+    }
+}

@@ -1,0 +1,70 @@
+//! The virtio devices a run asks for, each with the record guest-init
+//! needs to use it: the one place a request becomes devices.
+
+use vmm::{DeviceKind, DeviceSpec, SharedDir};
+
+use crate::runconfig::{RunConfig, ShareMount};
+use crate::spec::Request;
+
+/// One device the run asks for, and what tells guest-init to use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The device, as the VMM builds it (QEMU's arguments are made from it
+    /// too).
+    pub spec: DeviceSpec,
+    /// guest-init's side of it.
+    pub record: Record,
+}
+
+/// What guest-init is told about a device in the run configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// `ports=virtio`: the program's streams go over the console's ports.
+    Ports,
+    /// `mount=TAG rw|ro DEST`: mount the share.
+    Mount(ShareMount),
+}
+
+/// The devices `request` asks for, in the VM's order: the console (when
+/// `console`: guest-init is there to open its ports and `MICRORUN_VIRTIO`
+/// is not `off`), then one share per `--bind`/`--bind-ro`.
+pub fn wanted(request: &Request, console: bool) -> Vec<Wanted> {
+    let console = console.then_some(Wanted {
+        spec: DeviceSpec::Console,
+        record: Record::Ports,
+    });
+    let shares = request.binds.iter().enumerate().map(|(index, bind)| {
+        let tag = share_tag(index);
+        Wanted {
+            spec: DeviceSpec::Share(SharedDir {
+                source: bind.source.clone(),
+                tag: tag.clone(),
+                read_only: bind.read_only,
+            }),
+            record: Record::Mount(ShareMount {
+                tag,
+                dest: bind.dest.clone(),
+                read_only: bind.read_only,
+            }),
+        }
+    });
+    console.into_iter().chain(shares).collect()
+}
+
+/// The kinds of `wanted`, one per device, in order.
+pub fn kinds(wanted: &[Wanted]) -> Vec<DeviceKind> {
+    wanted.iter().map(|w| w.spec.kind()).collect()
+}
+
+/// Tells guest-init, in `config`, about a device it gets.
+pub fn record(config: &mut RunConfig, record: Record) {
+    match record {
+        Record::Ports => config.virtio_ports = true,
+        Record::Mount(mount) => config.mounts.push(mount),
+    }
+}
+
+/// The 9p mount tag of the `index`th share, as guest-init mounts it.
+fn share_tag(index: usize) -> String {
+    format!("microrun{index}")
+}

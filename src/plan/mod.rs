@@ -1,0 +1,522 @@
+//! One run's plan: every decision of a run, made once, before any engine
+//! starts. [`make`] turns the command line ([`Request`]) into a [`Plan`]:
+//! the kernel, the rootfs as prepared (packed, converted or checked), the
+//! virtio devices and the slots they get, the kernel command line,
+//! guest-init's run configuration and archive, memory, vCPUs and the
+//! deadline; every refusal (bad settings, sizes, combinations an engine
+//! cannot run) is one of [`PlanError`]'s. The engines only adapt the plan
+//! to their machine (the qemu engine picks QEMU's bus, here through
+//! [`crate::engine::qemu::kernel_plan`], and its reboot method and device
+//! naming when it starts QEMU).
+
+pub mod cmdline;
+pub mod devices;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vmm::{IrqChip, VirtioOptions};
+
+use crate::binds::Bind;
+use crate::boot::{init_archive, BootError, BootInitrd, PreparedRootfs};
+use crate::engine::qemu::{self, Accel};
+use crate::guest_kernel::{self, GuestKernelError, KernelPlan, Transport, VirtioSetting, Without};
+use crate::kernel::KernelError;
+use crate::runconfig::{ModuleLoad, RunConfig};
+use crate::spec::{Engine, Request, Verbosity};
+pub use cmdline::{KernelCmdline, Reboot};
+
+/// The least guest memory besides the initrd that microrun accepts: a
+/// minimal kernel boots in 32 MiB (kernels/README.md), of which the
+/// initrd's unpacked copy takes its share.
+const MIN_MEM_BESIDES_INITRD: u64 = 16 << 20;
+
+/// Room for the running system beside the kernel image and the initrd,
+/// the same 64 MiB the 3 × initrd rule gives it.
+const RUNNING_ROOM: u64 = 64 << 20;
+
+/// The environment variable that picks the kvm engine's interrupt
+/// controllers.
+pub const IRQCHIP_VAR: &str = "MICRORUN_IRQCHIP";
+
+/// Why a run cannot be planned (microrun exits 125 with the message).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `--cpus 0` for a VM.
+    #[error("--cpus 0: a VM needs at least one vCPU")]
+    NoVcpus,
+    /// Shares without guest-init, which mounts them.
+    #[error("--bind and --bind-ro need guest-init, which mounts the shares: drop --no-init")]
+    SharesNeedInit,
+    /// `--no-init` asks for the rootfs's own `/init` reporting on ttyS2,
+    /// which only exists in a VM.
+    #[error(
+        "--no-init needs a VM engine: the chroot engine has no serial port for the rootfs's own \
+         /init to report its status on; drop --no-init or use --engine qemu or kvm"
+    )]
+    NoInitWithoutVm,
+    /// `MICRORUN_VIRTIO` means nothing.
+    #[error(transparent)]
+    Virtio(#[from] GuestKernelError),
+    /// `MICRORUN_IRQCHIP` names no interrupt controller model.
+    #[error(
+        "{IRQCHIP_VAR}={0:?} is not an interrupt controller model: use `split` (the default) or \
+         `kernel` (KVM's PIC, I/O APIC and PIT, for guest kernels without kvm-clock)"
+    )]
+    IrqChip(String),
+    /// No kernel to boot.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// This host cannot run the chroot engine.
+    #[error(transparent)]
+    Chroot(#[from] crate::engine::chroot::ChrootError),
+    /// The kernel cannot drive a device that has nothing to fall back to.
+    #[error("{why}; so {options} cannot work here: {fix}")]
+    Refused {
+        /// Why the kernel cannot drive it.
+        why: String,
+        /// The options that asked for it.
+        options: &'static str,
+        /// How to get a kernel that can.
+        fix: &'static str,
+    },
+    /// The rootfs could not be packed, converted or read for a VM.
+    #[error("cannot prepare the initrd: {0}")]
+    Initrd(BootError),
+    /// The rootfs could not be prepared for the chroot engine.
+    #[error(transparent)]
+    Rootfs(BootError),
+    /// The initrd cannot fit below the 32-bit MMIO gap, whatever `--mem`.
+    #[error(
+        "the initrd is {len} bytes ({} MiB, guest-init included): it must fit below {} MiB (the \
+         32-bit MMIO gap) together with the kernel, whatever --mem is; make it smaller: leave \
+         files out of the rootfs, or give a compressed archive as ROOTFS (for example `microrun \
+         pack DIR -o /dev/stdout | gzip > rootfs.cpio.gz`)",
+        len >> 20,
+        vmm::layout::MMIO_GAP_START >> 20
+    )]
+    InitrdTooLarge {
+        /// The initrd's size in bytes.
+        len: u64,
+    },
+    /// `--mem` leaves the kernel no room beside the initrd.
+    #[error(
+        "--mem {mem} bytes is too small: the initrd alone is {initrd} bytes and the kernel needs \
+         room beside it; raise --mem (the default for this initrd is {} MiB)",
+        default >> 20
+    )]
+    MemoryTooSmall {
+        /// `--mem`.
+        mem: u64,
+        /// The initrd's size.
+        initrd: u64,
+        /// The default memory for this initrd and kernel.
+        default: u64,
+    },
+}
+
+/// A run, planned: what every engine takes.
+#[derive(Debug)]
+pub struct Plan {
+    /// How chatty microrun is.
+    pub verbosity: Verbosity,
+    /// When microrun started, the origin of every timing and of the
+    /// deadline.
+    pub started: Instant,
+    /// `--timeout`.
+    pub timeout: Option<Duration>,
+    /// Forward microrun's stdin to the program.
+    pub forward_stdin: bool,
+    /// What guest-init runs, and how (also in its archive).
+    pub run_config: RunConfig,
+    /// The engine, with what it boots.
+    pub target: Target,
+}
+
+/// The engine of a plan, with its part of the plan.
+#[derive(Debug)]
+pub enum Target {
+    /// microrun's own VMM.
+    Kvm {
+        /// What the VM boots.
+        vm: VmPlan,
+        /// The interrupt controller model (`MICRORUN_IRQCHIP`).
+        irqchip: IrqChip,
+        /// Every VMM thread under its seccomp filter (off only for
+        /// debugging: `MICRORUN_SECCOMP=off`).
+        seccomp: bool,
+    },
+    /// QEMU.
+    Qemu {
+        /// What the VM boots.
+        vm: VmPlan,
+        /// The accelerator: `--accel`, with `auto` resolved (KVM where it
+        /// can run a Linux guest, else TCG).
+        accel: Accel,
+        /// Why that accelerator.
+        accel_why: String,
+    },
+    /// Namespaces, no VM.
+    Chroot(ChrootPlan),
+}
+
+/// What a VM engine boots.
+#[derive(Debug)]
+pub struct VmPlan {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The rootfs archive and guest-init's.
+    pub initrd: BootInitrd,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// vCPUs.
+    pub cpus: u8,
+    /// The virtio devices, in slot order, and whether ACPI announces them.
+    pub devices: VirtioOptions,
+    /// Their bus.
+    pub transport: Transport,
+    /// The kernel command line.
+    pub cmdline: KernelCmdline,
+}
+
+/// What the chroot engine builds its root from.
+#[derive(Debug)]
+pub struct ChrootPlan {
+    /// The rootfs: a directory used in place, or a newc archive to extract.
+    pub rootfs: PreparedRootfs,
+    /// guest-init and its run configuration, as a newc archive.
+    pub init_archive: Vec<u8>,
+    /// The shares, bind-mounted.
+    pub binds: Vec<Bind>,
+}
+
+impl Plan {
+    /// The engine.
+    pub fn engine(&self) -> Engine {
+        match self.target {
+            Target::Kvm { .. } => Engine::Kvm,
+            Target::Qemu { .. } => Engine::Qemu,
+            Target::Chroot(_) => Engine::Chroot,
+        }
+    }
+
+    /// When the run must end: `--timeout` after microrun started.
+    pub fn deadline(&self) -> Option<Instant> {
+        vmm::deadline_after(self.started, self.timeout)
+    }
+
+    /// What the VM boots, for the VM engines.
+    pub fn vm(&self) -> Option<&VmPlan> {
+        match &self.target {
+            Target::Kvm { vm, .. } | Target::Qemu { vm, .. } => Some(vm),
+            Target::Chroot(_) => None,
+        }
+    }
+}
+
+/// Plans the run `request` asks for; an image's configuration gives the
+/// command, environment and directory the request leaves unset
+/// ([`crate::image::apply_image_defaults`], `docker run`'s rules).
+pub fn make(mut request: Request) -> Result<Plan, PlanError> {
+    crate::image::apply_image_defaults(&mut request);
+    let request = &request;
+    let (run_config, target) = match request.engine {
+        Engine::Chroot => chroot(request)?,
+        Engine::Kvm => {
+            let irqchip = parse_irqchip(std::env::var(IRQCHIP_VAR).ok().as_deref())?;
+            let (run_config, vm) = vm(request)?;
+            let seccomp = vmm::seccomp::wanted();
+            (
+                run_config,
+                Target::Kvm {
+                    vm,
+                    irqchip,
+                    seccomp,
+                },
+            )
+        }
+        Engine::Qemu => {
+            let (run_config, vm) = vm(request)?;
+            let (accel, accel_why) = qemu::resolve_accel(request.accel);
+            (
+                run_config,
+                Target::Qemu {
+                    vm,
+                    accel,
+                    accel_why,
+                },
+            )
+        }
+    };
+    Ok(Plan {
+        verbosity: request.verbosity,
+        started: request.started,
+        timeout: request.timeout,
+        forward_stdin: request.forward_stdin,
+        run_config,
+        target,
+    })
+}
+
+/// The interrupt controller model named by `value` (of [`IRQCHIP_VAR`]).
+pub fn parse_irqchip(value: Option<&str>) -> Result<IrqChip, PlanError> {
+    match value {
+        None | Some("") | Some("split") => Ok(IrqChip::Split),
+        Some("kernel") => Ok(IrqChip::Kernel),
+        Some(other) => Err(PlanError::IrqChip(other.to_string())),
+    }
+}
+
+/// What guest-init runs, from the request alone: no devices, no modules.
+pub fn base_run_config(request: &Request) -> RunConfig {
+    RunConfig {
+        argv: request.command.clone(),
+        env: request.env.clone(),
+        workdir: request.workdir.clone(),
+        forward_stdin: request.forward_stdin,
+        ..RunConfig::default()
+    }
+}
+
+fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
+    if request.no_init {
+        return Err(PlanError::NoInitWithoutVm);
+    }
+    crate::engine::chroot::check_host()?;
+    // The shares are bind mounts here, not devices: no records for them.
+    let run_config = base_run_config(request);
+    let plan = ChrootPlan {
+        rootfs: crate::boot::chroot_rootfs(&request.rootfs).map_err(PlanError::Rootfs)?,
+        init_archive: init_archive(&run_config, &[]).map_err(PlanError::Rootfs)?,
+        binds: request.binds.clone(),
+    };
+    Ok((run_config, Target::Chroot(plan)))
+}
+
+/// The plan of a VM engine, and guest-init's run configuration.
+fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
+    if request.cpus == 0 {
+        return Err(PlanError::NoVcpus);
+    }
+    if request.no_init && !request.binds.is_empty() {
+        return Err(PlanError::SharesNeedInit);
+    }
+    let setting = guest_kernel::setting_from_env()?;
+    let kernel = crate::kernel::discover(request.kernel.as_deref())?;
+    log::info!("kernel: {}", kernel.display());
+
+    // The devices asked for, and what this kernel (on the engine's bus)
+    // makes of them. Without guest-init nothing opens the console's ports
+    // or loads the modules: the UARTs.
+    let started = Instant::now();
+    let console = !request.no_init && setting == VirtioSetting::On;
+    let wanted = devices::wanted(request, console);
+    let kernel_plan = kernel_plan(request, &kernel, &wanted, setting);
+    log::debug!(
+        "virtio: planned in {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for note in &kernel_plan.notes {
+        log::info!("virtio: {note}");
+    }
+    for (kind, why) in &kernel_plan.refused {
+        if let Without::Fail { options, fix } = guest_kernel::requirement(*kind).without {
+            return Err(PlanError::Refused {
+                why: why.clone(),
+                options,
+                fix,
+            });
+        }
+    }
+
+    // The devices the guest gets, and guest-init's records for them.
+    let mut run_config = base_run_config(request);
+    let mut specs = Vec::new();
+    for device in wanted {
+        if kernel_plan.drives(device.spec.kind()) {
+            specs.push(device.spec);
+            devices::record(&mut run_config, device.record);
+        }
+    }
+    let devices = VirtioOptions {
+        acpi: kernel_plan.acpi_discovery && !specs.is_empty(),
+        devices: specs,
+    };
+    // QEMU's virtio-serial ports can still hold output when the status
+    // line arrives: guest-init relays the program's output and reports the
+    // byte counts, which the qemu engine waits for.
+    run_config.relay_output = request.engine == Engine::Qemu && devices.has_console();
+    run_config.modules = kernel_plan
+        .modules
+        .iter()
+        .enumerate()
+        .map(|(index, module)| ModuleLoad {
+            path: crate::boot::module_path(index, module),
+            params: module.params.clone(),
+        })
+        .collect();
+
+    let (rootfs, rootfs_len) =
+        crate::boot::initrd_archive(&request.rootfs).map_err(PlanError::Initrd)?;
+    let initrd = BootInitrd {
+        rootfs,
+        rootfs_len,
+        init_archive: (!request.no_init)
+            .then(|| init_archive(&run_config, &kernel_plan.modules))
+            .transpose()
+            .map_err(PlanError::Initrd)?,
+    };
+    let mem_size = memory(request, &kernel, &initrd)?;
+    let cmdline = KernelCmdline {
+        devices: if kernel_plan.cmdline_discovery {
+            devices.cmdline_devices()
+        } else {
+            Vec::new()
+        },
+        reboot: Reboot::Keyboard,
+        quiet: request.verbosity != Verbosity::Verbose,
+        guest_init: !request.no_init,
+        user: request
+            .cmdline
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    };
+    log::info!(
+        "initrd: {} ({} bytes with guest-init), memory {} MiB, {} vCPU(s), cmdline: {cmdline}",
+        initrd.rootfs.display(),
+        initrd.len(),
+        mem_size >> 20,
+        request.cpus
+    );
+    let plan = VmPlan {
+        kernel,
+        initrd,
+        mem_size,
+        cpus: request.cpus,
+        devices,
+        transport: kernel_plan.transport,
+        cmdline,
+    };
+    Ok((run_config, plan))
+}
+
+/// What `kernel` makes of the devices `wanted`, on the bus of the
+/// request's engine.
+fn kernel_plan(
+    request: &Request,
+    kernel: &std::path::Path,
+    wanted: &[devices::Wanted],
+    setting: VirtioSetting,
+) -> KernelPlan {
+    if wanted.is_empty() {
+        return KernelPlan::none(if request.no_init {
+            "--no-init: no guest-init to open the virtio-console's ports: the UARTs only".into()
+        } else {
+            format!(
+                "{}=off: the program's streams go over the UARTs",
+                guest_kernel::VIRTIO_VAR
+            )
+        });
+    }
+    let kinds = devices::kinds(wanted);
+    let mut plan = guest_kernel::plan(kernel, &kinds, Transport::Mmio);
+    if request.engine == Engine::Qemu {
+        plan = qemu::kernel_plan(plan, || guest_kernel::plan(kernel, &kinds, Transport::Pci));
+    }
+    if setting == VirtioSetting::Off {
+        plan.notes.insert(
+            0,
+            format!(
+                "{}=off: the program's streams go over the UARTs",
+                guest_kernel::VIRTIO_VAR
+            ),
+        );
+    }
+    plan
+}
+
+/// The guest memory: `--mem`, checked, or the default for this kernel and
+/// initrd ([`default_memory`]).
+fn memory(
+    request: &Request,
+    kernel: &std::path::Path,
+    initrd: &BootInitrd,
+) -> Result<u64, PlanError> {
+    // The initrd must lie below the 32-bit MMIO gap beside the kernel,
+    // however much memory there is above it.
+    let never_fits = initrd.len().saturating_add(MIN_MEM_BESIDES_INITRD);
+    if never_fits > vmm::layout::MMIO_GAP_START {
+        return Err(PlanError::InitrdTooLarge { len: initrd.len() });
+    }
+    // A kernel that cannot be inspected is reported by the engine that
+    // boots it (the kvm engine names the problem; QEMU has its own words).
+    let image = vmm::kernel::inspect(kernel).ok();
+    let (default, why) = default_memory(image.as_ref().map(|i| i.load_end), initrd.len());
+    let mem = match request.mem {
+        Some(mem) => mem,
+        None => {
+            log::info!("memory: {why}");
+            default
+        }
+    };
+    // Checked here so both VM engines refuse alike (QEMU alone would take
+    // `-m 0` as its default, or fail as a guest that never reported).
+    if mem < initrd.len() + MIN_MEM_BESIDES_INITRD {
+        return Err(PlanError::MemoryTooSmall {
+            mem,
+            initrd: initrd.len(),
+            default,
+        });
+    }
+    Ok(mem)
+}
+
+/// The default guest memory and how it was chosen: 3 × the initrd + 64
+/// MiB (`initrd_tools::guest_memory_for_initrd`), or, when the kernel needs
+/// more, the memory its image needs before it reads the memory map
+/// (`kernel_end`, see `vmm::kernel::KernelImage::load_end`) + the initrd +
+/// 64 MiB. A distribution kernel decompresses from 16 MiB and needs 64 MiB
+/// there (Debian 6.1: up to 79.6 MiB), so the 3 × rule alone leaves it none.
+pub fn default_memory(kernel_end: Option<u64>, initrd_len: u64) -> (u64, String) {
+    const MIB: f64 = (1 << 20) as f64;
+    let by_initrd = initrd_tools::guest_memory_for_initrd(initrd_len);
+    let rule = format!(
+        "3 x initrd ({:.1} MiB) + 64 MiB = {} MiB",
+        initrd_len as f64 / MIB,
+        by_initrd >> 20
+    );
+    let Some(kernel_end) = kernel_end else {
+        return (by_initrd, format!("{} MiB: {rule}", by_initrd >> 20));
+    };
+    let by_kernel = kernel_end
+        .saturating_add(initrd_len)
+        .saturating_add(RUNNING_ROOM)
+        .div_ceil(2 << 20)
+        .checked_mul(2 << 20)
+        .unwrap_or(!((2 << 20) - 1));
+    if by_kernel <= by_initrd {
+        return (
+            by_initrd,
+            format!(
+                "{} MiB: {rule} (the kernel needs memory up to {:.1} MiB)",
+                by_initrd >> 20,
+                kernel_end as f64 / MIB
+            ),
+        );
+    }
+    (
+        by_kernel,
+        format!(
+            "{} MiB: the kernel needs memory up to {:.1} MiB to decompress and start, then the \
+             initrd ({:.1} MiB) and 64 MiB to run ({rule} would be too little)",
+            by_kernel >> 20,
+            kernel_end as f64 / MIB,
+            initrd_len as f64 / MIB
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! The plan's decisions, on requests that need no real kernel: a kernel
+//! file that is not one, with a build configuration beside it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::*;
+use crate::binds::{parse_bind, Access};
+use crate::spec::Rootfs;
+
+/// A project-kernel-like configuration: everything built in, devices named
+/// on the command line.
+const BUILT_IN: &str = "CONFIG_VIRTIO=y\nCONFIG_VIRTIO_MMIO=y\n\
+    CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_NET_9P=y\n\
+    CONFIG_NET_9P_VIRTIO=y\nCONFIG_9P_FS=y\n# CONFIG_ACPI is not set\n";
+
+/// A scratch directory with `bzImage` (not a kernel: no release, no
+/// memory needs), `config` beside it, and a tiny newc archive `root.cpio`.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new(config: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bzImage"), b"not a kernel").unwrap();
+        std::fs::write(dir.path().join("config"), config).unwrap();
+        std::fs::write(dir.path().join("root.cpio"), b"070701 a tiny archive").unwrap();
+        std::fs::create_dir(dir.path().join("share")).unwrap();
+        Scratch { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn request(&self, engine: Engine) -> Request {
+        Request {
+            rootfs: Rootfs::Cpio(self.path("root.cpio")),
+            command: vec!["true".into()],
+            env: vec![],
+            workdir: None,
+            timeout: None,
+            forward_stdin: false,
+            no_init: false,
+            binds: vec![],
+            verbosity: Verbosity::Normal,
+            started: Instant::now(),
+            engine,
+            kernel: Some(self.path("bzImage")),
+            mem: None,
+            cpus: 1,
+            cmdline: Some("  foo=1 ".into()),
+            accel: Accel::Tcg,
+        }
+    }
+
+    fn with_share(&self, engine: Engine) -> Request {
+        let share = format!("{}:/data", self.path("share").display());
+        Request {
+            binds: vec![parse_bind(&share, Access::ReadOnly).unwrap()],
+            ..self.request(engine)
+        }
+    }
+}
+
+fn vm_of(plan: &Plan) -> &VmPlan {
+    plan.vm().expect("a VM plan")
+}
+
+#[test]
+fn the_kvm_engine_gets_the_devices_their_slots_and_guest_inits_records() {
+    let scratch = Scratch::new(BUILT_IN);
+    let plan = make(scratch.with_share(Engine::Kvm)).unwrap();
+    assert_eq!(plan.engine(), Engine::Kvm);
+    let vm = vm_of(&plan);
+    assert_eq!(vm.devices.devices.len(), 2);
+    assert_eq!(vm.devices.devices[0], vmm::DeviceSpec::Console);
+    assert!(!vm.devices.acpi);
+    assert_eq!(
+        vm.cmdline.to_string(),
+        "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+         console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux \
+         i8042.nopnp i8042.dumbkbd quiet loglevel=1 rdinit=/.microrun/init foo=1"
+    );
+    let config = &plan.run_config;
+    assert!(config.virtio_ports && !config.relay_output);
+    assert_eq!(config.mounts.len(), 1);
+    assert_eq!(
+        (
+            config.mounts[0].tag.as_str(),
+            config.mounts[0].dest.as_str()
+        ),
+        ("microrun0", "/data")
+    );
+    let vmm::DeviceSpec::Share(share) = &vm.devices.devices[1] else {
+        panic!("{:?}", vm.devices);
+    };
+    assert_eq!(share.tag, config.mounts[0].tag);
+    assert!(share.read_only && config.mounts[0].read_only);
+    // The run configuration in guest-init's archive is the plan's.
+    let archive = vm.initrd.init_archive.as_ref().unwrap();
+    let encoded = config.encode().unwrap();
+    assert!(archive.windows(encoded.len()).any(|w| w == encoded));
+    // 3 x the initrd + 64 MiB, rounded to 2 MiB: this kernel says nothing.
+    assert_eq!(vm.mem_size % (2 << 20), 0);
+    assert!(vm.mem_size >= 64 << 20);
+}
+
+#[test]
+fn the_qemu_engine_relays_and_no_init_or_verbose_change_the_command_line() {
+    let scratch = Scratch::new(BUILT_IN);
+    let plan = make(scratch.request(Engine::Qemu)).unwrap();
+    assert!(plan.run_config.relay_output && plan.run_config.virtio_ports);
+    assert_eq!(vm_of(&plan).transport, Transport::Mmio);
+    let request = Request {
+        no_init: true,
+        verbosity: Verbosity::Verbose,
+        cmdline: None,
+        ..scratch.request(Engine::Kvm)
+    };
+    let plan = make(request).unwrap();
+    let vm = vm_of(&plan);
+    assert!(vm.devices.devices.is_empty() && vm.initrd.init_archive.is_none());
+    assert_eq!(
+        vm.cmdline.to_string(),
+        "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux \
+         i8042.nopnp i8042.dumbkbd"
+    );
+}
+
+#[test]
+fn refusals_are_made_before_anything_runs() {
+    let scratch = Scratch::new(BUILT_IN);
+    let error = |request: Request| make(request).unwrap_err().to_string();
+    let no_cpus = Request {
+        cpus: 0,
+        ..scratch.request(Engine::Qemu)
+    };
+    assert!(error(no_cpus).contains("--cpus 0"));
+    let no_init = Request {
+        no_init: true,
+        ..scratch.with_share(Engine::Kvm)
+    };
+    assert!(error(no_init).contains("drop --no-init"));
+    let chroot = Request {
+        no_init: true,
+        ..scratch.request(Engine::Chroot)
+    };
+    assert!(error(chroot).contains("--no-init needs a VM engine"));
+    let small = Request {
+        mem: Some(1 << 20),
+        ..scratch.request(Engine::Kvm)
+    };
+    assert!(error(small).contains("is too small"));
+    // A kernel without 9p: a share has nothing to fall back to.
+    let no_9p = Scratch::new(&BUILT_IN.replace("CONFIG_9P_FS=y", "# CONFIG_9P_FS is not set"));
+    let message = error(no_9p.with_share(Engine::Kvm));
+    assert!(
+        message.contains("cannot mount a 9p share")
+            && message.contains("CONFIG_9P_FS is not set")
+            && message.contains("--bind/--bind-ro cannot work here"),
+        "{message}"
+    );
+    // ... while the console falls back to the UARTs.
+    let no_console = Scratch::new(&BUILT_IN.replace(
+        "CONFIG_VIRTIO_CONSOLE=y",
+        "# CONFIG_VIRTIO_CONSOLE is not set",
+    ));
+    let plan = make(no_console.with_share(Engine::Kvm)).unwrap();
+    let vm = vm_of(&plan);
+    assert_eq!(vm.devices.devices.len(), 1);
+    assert!(!plan.run_config.virtio_ports);
+    assert!(vm
+        .cmdline
+        .to_string()
+        .starts_with("virtio_mmio.device=4K@0xd0000000:5 console=ttyS0"));
+}
+
+#[test]
+fn the_chroot_engine_gets_the_rootfs_in_place_and_guest_inits_archive() {
+    let scratch = Scratch::new(BUILT_IN);
+    let request = Request {
+        rootfs: Rootfs::Dir(scratch.path("share")),
+        ..scratch.with_share(Engine::Chroot)
+    };
+    let plan = make(request).unwrap();
+    let Target::Chroot(root) = &plan.target else {
+        panic!("{:?}", plan.target);
+    };
+    assert_eq!(root.rootfs, PreparedRootfs::Dir(scratch.path("share")));
+    assert_eq!(root.binds.len(), 1);
+    assert!(plan.run_config.mounts.is_empty() && !plan.run_config.virtio_ports);
+    assert!(root.init_archive.starts_with(b"070701"));
+    assert!(plan.vm().is_none());
+}
+
+#[test]
+fn irqchip_names() {
+    assert_eq!(parse_irqchip(None).unwrap(), IrqChip::Split);
+    assert_eq!(parse_irqchip(Some("split")).unwrap(), IrqChip::Split);
+    assert_eq!(parse_irqchip(Some("kernel")).unwrap(), IrqChip::Kernel);
+    let e = parse_irqchip(Some("pic")).unwrap_err().to_string();
+    assert!(
+        e.contains("MICRORUN_IRQCHIP") && e.contains("kernel"),
+        "{e}"
+    );
+}
+
+#[test]
+fn default_memory_makes_room_for_the_kernel_when_the_initrd_rule_does_not() {
+    const MIB: u64 = 1 << 20;
+    // No kernel information: the 3 x initrd + 64 MiB rule.
+    assert_eq!(default_memory(None, 4 * MIB).0, 76 * MIB);
+    // The project kernel (16 MiB + 13.7 MiB) with the libs example.
+    let (mem, why) = default_memory(Some(0x100_0000 + 0xdb_8000), 4 * MIB);
+    assert_eq!(mem, 98 * MIB, "{why}");
+    // Debian's kernel: up to 79.6 MiB before it reads the memory map.
+    let (mem, why) = default_memory(Some(0x100_0000 + 0x3f9_8000), 4 * MIB);
+    assert_eq!(mem, 148 * MIB);
+    assert!(
+        why.contains("79.6 MiB") && why.contains("too little"),
+        "{why}"
+    );
+    // A large initrd: the 3 x rule is the larger one and stays.
+    let (mem, why) = default_memory(Some(80 * MIB), 346 * MIB);
+    assert_eq!(mem, (3 * 346 + 64) * MIB);
+    assert!(why.starts_with("1102 MiB: 3 x initrd"), "{why}");
+    assert_eq!(default_memory(Some(u64::MAX), u64::MAX).0 % (2 * MIB), 0);
+}

@@ -1,0 +1,393 @@
+//! The virtio-console against a minimal driver that lays out the rings in
+//! guest memory: the port handshake, output to the writers, input with its
+//! end of file, hostile chains, and random rings.
+
+use super::*;
+use crate::devices::virtio::test_util::{Counter, XorShift};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+const MEM: u64 = 0x40_0000;
+/// Each queue's rings live in a page of their own from here.
+const RINGS: u64 = 0x1000;
+/// Buffers from here.
+const BUFFERS: u64 = 0x4_0000;
+const WRITE: u16 = 2;
+const NEXT: u16 = 1;
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A minimal split-ring driver: descriptors, avail and used rings of
+/// every queue in guest memory, as Linux's would be.
+struct Driver {
+    mem: GuestMemory,
+    next_desc: [u16; QUEUES],
+    avail_idx: [u16; QUEUES],
+    used_seen: [u16; QUEUES],
+    next_buf: u64,
+}
+
+fn desc_table(q: usize) -> u64 {
+    RINGS + q as u64 * 0x1000
+}
+fn avail_ring(q: usize) -> u64 {
+    desc_table(q) + 0x400
+}
+fn used_ring(q: usize) -> u64 {
+    desc_table(q) + 0x600
+}
+
+impl Driver {
+    fn new() -> Self {
+        let mem = crate::memory::create_guest_memory(MEM).unwrap();
+        Self {
+            mem,
+            next_desc: [0; QUEUES],
+            avail_idx: [0; QUEUES],
+            used_seen: [0; QUEUES],
+            next_buf: BUFFERS,
+        }
+    }
+
+    fn queues(&self) -> Vec<Queue> {
+        (0..QUEUES)
+            .map(|q| {
+                let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+                queue.set_size(QUEUE_SIZE);
+                queue.set_desc_table_address(Some(desc_table(q) as u32), Some(0));
+                queue.set_avail_ring_address(Some(avail_ring(q) as u32), Some(0));
+                queue.set_used_ring_address(Some(used_ring(q) as u32), Some(0));
+                queue.set_ready(true);
+                queue
+            })
+            .collect()
+    }
+
+    fn alloc(&mut self, data: &[u8], len: u32) -> u64 {
+        let addr = self.next_buf;
+        self.next_buf += u64::from(len).next_multiple_of(16);
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+        addr
+    }
+
+    /// Makes a chain of `(addr, len, flags)` available on queue `q`.
+    fn add_raw(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
+        let head = self.next_desc[q];
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let index = (head + i as u16) % QUEUE_SIZE;
+            let next = (index + 1) % QUEUE_SIZE;
+            let flags = if i + 1 < descs.len() {
+                flags | NEXT
+            } else {
+                flags
+            };
+            let at = GuestAddress(desc_table(q) + 16 * u64::from(index));
+            self.mem.write_obj(addr, at).unwrap();
+            self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
+            self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+            self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+        }
+        self.next_desc[q] = (head + descs.len() as u16) % QUEUE_SIZE;
+        let slot = u64::from(self.avail_idx[q] % QUEUE_SIZE);
+        self.mem
+            .write_obj(head, GuestAddress(avail_ring(q) + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx[q], GuestAddress(avail_ring(q) + 2))
+            .unwrap();
+        head
+    }
+
+    fn send(&mut self, q: usize, data: &[u8]) {
+        let addr = self.alloc(data, data.len() as u32);
+        self.add_raw(q, &[(addr, data.len() as u32, 0)]);
+    }
+
+    fn post_buffer(&mut self, q: usize, len: u32) -> u64 {
+        let addr = self.alloc(&vec![0; len as usize], len);
+        self.add_raw(q, &[(addr, len, WRITE)]);
+        addr
+    }
+
+    /// The used entries since the last call: (descriptor id, length).
+    fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
+        let idx: u16 = self.mem.read_obj(GuestAddress(used_ring(q) + 2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen[q] != idx {
+            let slot = u64::from(self.used_seen[q] % QUEUE_SIZE);
+            let at = GuestAddress(used_ring(q) + 4 + 8 * slot);
+            let id: u32 = self.mem.read_obj(at).unwrap();
+            let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
+            out.push((id, len));
+            self.used_seen[q] = self.used_seen[q].wrapping_add(1);
+        }
+        out
+    }
+
+    /// The control messages the device put in `posted` buffers.
+    fn control_messages(&mut self, posted: &[u64]) -> Vec<(u32, u16, u16, Vec<u8>)> {
+        let used = self.used(CONTROL_RX);
+        used.iter()
+            .map(|&(id, len)| {
+                // Each posted buffer is one descriptor: id n is the n-th.
+                let addr = posted[id as usize];
+                let mut buf = vec![0u8; len as usize];
+                self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+                let id = u32::from_le_bytes(buf[0..4].try_into().unwrap());
+                let ev = u16::from_le_bytes(buf[4..6].try_into().unwrap());
+                let val = u16::from_le_bytes(buf[6..8].try_into().unwrap());
+                (id, ev, val, buf[8..].to_vec())
+            })
+            .collect()
+    }
+}
+
+struct Rig {
+    console: Console,
+    driver: Driver,
+    stdout: Sink,
+    stderr: Sink,
+    irqs: Arc<Counter>,
+    control_buffers: Vec<u64>,
+}
+
+fn rig() -> Rig {
+    let (stdout, stderr) = (Sink::default(), Sink::default());
+    let mut console = Console::new(ConsoleOutputs {
+        stdout: Box::new(stdout.clone()),
+        stderr: Box::new(stderr.clone()),
+    });
+    let driver = Driver::new();
+    let irqs = Arc::new(Counter::default());
+    console
+        .activate(Activation {
+            mem: driver.mem.clone(),
+            interrupt: Interrupt::new(irqs.clone()),
+            queues: driver.queues(),
+            features: 1 << VIRTIO_CONSOLE_F_MULTIPORT,
+        })
+        .unwrap();
+    let mut rig = Rig {
+        console,
+        driver,
+        stdout,
+        stderr,
+        irqs,
+        control_buffers: Vec::new(),
+    };
+    for _ in 0..16 {
+        let addr = rig.driver.post_buffer(CONTROL_RX, 4096);
+        rig.control_buffers.push(addr);
+    }
+    rig
+}
+
+impl Rig {
+    fn control(&mut self, port: u32, event: u16, value: u16) {
+        let msg = control_message(port as usize, event, value, &[]);
+        self.driver.send(CONTROL_TX, &msg);
+        self.console.queue_notify(CONTROL_TX as u16);
+    }
+
+    fn messages(&mut self) -> Vec<(u32, u16, u16, Vec<u8>)> {
+        let posted = self.control_buffers.clone();
+        self.driver.control_messages(&posted)
+    }
+
+    /// The driver's side of the handshake, up to named, open ports.
+    fn handshake(&mut self) {
+        self.control(u32::MAX, event::DEVICE_READY, 1);
+        for port in 0..PORTS as u32 {
+            self.control(port, event::PORT_READY, 1);
+        }
+        self.messages();
+        self.driver.used(CONTROL_TX);
+    }
+}
+
+#[test]
+fn the_handshake_adds_three_ports_connected_then_named() {
+    let mut rig = rig();
+    rig.control(u32::MAX, event::DEVICE_READY, 1);
+    let added: Vec<_> = rig.messages().into_iter().map(|m| (m.0, m.1)).collect();
+    assert_eq!(added, [(0, 1), (1, 1), (2, 1)]);
+    rig.control(1, event::PORT_READY, 1);
+    let answers = rig.messages();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[0], (1, event::PORT_OPEN, 1, vec![]));
+    assert_eq!(
+        answers[1],
+        (1, event::PORT_NAME, 1, b"microrun.stderr".to_vec())
+    );
+    // The control transmit buffers all came back.
+    assert_eq!(rig.driver.used(CONTROL_TX).len(), 2);
+    assert!(rig.irqs.edges() > 0);
+    // Ports the device does not have, and unknown events, get nothing.
+    rig.control(3, event::PORT_READY, 1);
+    rig.control(0, 99, 1);
+    assert!(rig.messages().is_empty());
+}
+
+#[test]
+fn transmitted_bytes_reach_the_ports_writers_in_order() {
+    let mut rig = rig();
+    rig.handshake();
+    let a = rig.driver.alloc(b"hello, ", 7);
+    let b = rig.driver.alloc(b"world\n", 6);
+    rig.driver.add_raw(1, &[(a, 7, 0), (b, 6, 0)]);
+    rig.driver.send(5, b"to stderr");
+    rig.driver.send(7, b"dropped: the stdin port is input only");
+    rig.console.queue_notify(1);
+    rig.console.queue_notify(5);
+    rig.console.queue_notify(7);
+    assert_eq!(*lock(&rig.stdout.0), b"hello, world\n");
+    assert_eq!(*lock(&rig.stderr.0), b"to stderr");
+    assert_eq!(rig.driver.used(1), [(0, 0)]);
+    assert_eq!(rig.driver.used(7).len(), 1);
+}
+
+#[test]
+fn input_waits_for_the_guest_to_open_the_port_then_ends_with_eof() {
+    let mut rig = rig();
+    rig.handshake();
+    let input = rig.console.input();
+    let rx = rx_queue(STDIN_PORT);
+    let buf = rig.driver.post_buffer(rx, 4);
+    let buf2 = rig.driver.post_buffer(rx, 4096);
+    assert_eq!(input.push(b"abcdef"), Some(6));
+    input.close();
+    assert!(rig.driver.used(rx).is_empty(), "input for a closed port");
+    assert!(rig.messages().is_empty(), "no EOF before the data");
+    rig.control(STDIN_PORT as u32, event::PORT_OPEN, 1);
+    assert_eq!(rig.driver.used(rx), [(0, 4), (1, 2)]);
+    let mut got = [0u8; 4];
+    rig.driver
+        .mem
+        .read_slice(&mut got, GuestAddress(buf))
+        .unwrap();
+    assert_eq!(&got, b"abcd");
+    rig.driver
+        .mem
+        .read_slice(&mut got[..2], GuestAddress(buf2))
+        .unwrap();
+    assert_eq!(&got[..2], b"ef");
+    assert_eq!(
+        rig.messages(),
+        [(STDIN_PORT as u32, event::PORT_OPEN, 0, vec![])]
+    );
+}
+
+#[test]
+fn input_is_bounded_and_gone_with_the_device() {
+    let rig = rig();
+    let input = rig.console.input();
+    assert_eq!(
+        input.push(&vec![0; INPUT_CAPACITY + 10]),
+        Some(INPUT_CAPACITY)
+    );
+    assert_eq!(input.push(b"x"), Some(0));
+    drop(rig);
+    assert_eq!(input.push(b"x"), None);
+    input.close();
+}
+
+#[test]
+fn a_port_readied_after_eof_starts_disconnected() {
+    let mut rig = rig();
+    rig.console.input().close();
+    rig.control(u32::MAX, event::DEVICE_READY, 1);
+    rig.messages();
+    rig.control(STDIN_PORT as u32, event::PORT_READY, 1);
+    let answers = rig.messages();
+    assert_eq!(answers[0], (2, event::PORT_OPEN, 0, vec![]));
+}
+
+#[test]
+fn hostile_chains_are_returned_and_nothing_breaks() {
+    let mut rig = rig();
+    rig.handshake();
+    // Outside memory, huge, wrapping, write-only on a transmit queue.
+    rig.driver.add_raw(1, &[(MEM - 4, 4096, 0)]);
+    rig.driver.add_raw(1, &[(u64::MAX - 8, u32::MAX, 0)]);
+    rig.driver.add_raw(1, &[(BUFFERS, 16, WRITE)]);
+    rig.driver.add_raw(CONTROL_TX, &[(BUFFERS, 3, 0)]);
+    // A descriptor whose next is itself.
+    let at = GuestAddress(desc_table(5));
+    rig.driver.mem.write_obj(BUFFERS, at).unwrap();
+    rig.driver.mem.write_obj(8u32, at.unchecked_add(8)).unwrap();
+    rig.driver
+        .mem
+        .write_obj(NEXT, at.unchecked_add(12))
+        .unwrap();
+    rig.driver
+        .mem
+        .write_obj(0u16, at.unchecked_add(14))
+        .unwrap();
+    rig.driver
+        .mem
+        .write_obj(0u16, GuestAddress(avail_ring(5) + 4))
+        .unwrap();
+    rig.driver
+        .mem
+        .write_obj(1u16, GuestAddress(avail_ring(5) + 2))
+        .unwrap();
+    (rig.driver.avail_idx[5], rig.driver.next_desc[5]) = (1, 1);
+    for q in 0..QUEUES as u16 + 2 {
+        rig.console.queue_notify(q);
+    }
+    assert_eq!(rig.driver.used(1).len(), 3);
+    assert_eq!(rig.driver.used(CONTROL_TX).len(), 1);
+    // An avail index far ahead of the ring: the queue is refused, once.
+    rig.driver
+        .mem
+        .write_obj(
+            rig.driver.avail_idx[1].wrapping_add(1000),
+            GuestAddress(avail_ring(1) + 2),
+        )
+        .unwrap();
+    rig.console.queue_notify(1);
+    // Still answering on the other queues.
+    rig.driver.send(5, b"ok");
+    rig.console.queue_notify(5);
+    assert!(lock(&rig.stderr.0).ends_with(b"ok"));
+}
+
+#[test]
+fn random_rings_never_panic_or_hang() {
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.next();
+    for _ in 0..50 {
+        let mut rig = rig();
+        let input = rig.console.input();
+        for _ in 0..200 {
+            let q = (next() % QUEUES as u64) as usize;
+            let at = GuestAddress(desc_table(q) + 16 * (next() % u64::from(QUEUE_SIZE)));
+            rig.driver.mem.write_obj(next(), at).unwrap();
+            rig.driver
+                .mem
+                .write_obj(next(), at.unchecked_add(8))
+                .unwrap();
+            let ring = GuestAddress(avail_ring(q) + 2 * (next() % 70));
+            rig.driver.mem.write_obj(next() as u16, ring).unwrap();
+            match next() % 4 {
+                0 => {
+                    let _ = input.push(&[7; 100]);
+                }
+                1 => input.close(),
+                _ => rig.console.queue_notify((next() % 10) as u16),
+            }
+        }
+        rig.console.reset();
+        rig.console.queue_notify(1);
+    }
+}
