@@ -821,17 +821,26 @@ pub fn read_only_share_refuses_writes(engine: &Engine) {
     };
     let src = checkout(dir.path());
     let bind = format!("{}:/src", src.display());
+    // The last two try to make the share writable again first: root in
+    // the guest may remount it, or a fresh bind of it, read-write (a VM's
+    // server still refuses every change; the chroot engine's mounts are
+    // locked). Unmounting it must not reach the host either.
     let attempts = "for try in 'echo x > /src/new' 'echo x >> /src/README' 'rm /src/README' \
                     'mkdir /src/d' 'mv /src/README /src/R' 'touch /src/lib/code.c' \
-                    'chmod 777 /src/README'; do \
+                    'chmod 777 /src/README' \
+                    'busybox mount -o remount,bind,rw /src 2>/dev/null; echo x > /src/new' \
+                    'mkdir -p /tmp/b && busybox mount --bind /src /tmp/b && \
+                     busybox mount -o remount,bind,rw /tmp/b 2>/dev/null; echo x > /tmp/b/new'; do \
                       if sh -c \"$try\" 2>/tmp/err; then echo \"allowed: $try\"; \
                       elif grep -q 'Read-only file system' /tmp/err; then echo refused; \
-                      else echo \"other: $try: $(cat /tmp/err)\"; fi; done; cat /src/README";
+                      else echo \"other: $try: $(cat /tmp/err)\"; fi; done; cat /src/README; \
+                    busybox umount /src 2>/dev/null; echo x > /src/README 2>/dev/null; \
+                    echo x > /src/new 2>/dev/null; true";
     let output = microrun(engine, &["--bind-ro", &bind], root, &["sh", "-c", attempts]);
     assert_code(&output, 0);
     assert_eq!(
         stdout(&output),
-        format!("{}read me\n", "refused\n".repeat(7))
+        format!("{}read me\n", "refused\n".repeat(9))
     );
     let mut names: Vec<_> = fs::read_dir(&src)
         .unwrap()

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::root::build_root;
-use super::userns::enter_user_namespace;
+use super::userns::{enter_user_namespace, lock_mounts};
 use super::{pipe, Job};
 use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
 
@@ -106,6 +106,7 @@ fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd)
     drop(alive);
     let result = set_up_stdio(job, status_fd)
         .and_then(|status| build_root(job, report_fd).map(|()| status))
+        .and_then(|status| lock_mounts().map(|()| status))
         .and_then(|status| exec_guest_init(status, report_fd));
     if let Err(message) = result {
         report(report_fd, "fail", &message);

@@ -8,7 +8,8 @@
 //! microrun (supervisor: reads the status pipe, enforces --timeout)
 //!  └─ helper: unshare(user, mount, PID), uid/gid map, waits for PID 1
 //!      └─ PID 1 of the new PID namespace: builds the root, pivot_root,
-//!         execs guest-init (/.microrun/init), which runs the command
+//!         locks the mounts (a nested user and mount namespace), execs
+//!         guest-init (/.microrun/init), which runs the command
 //! ```
 //!
 //! The new root is assembled in a tmpfs mounted over `/tmp` inside the

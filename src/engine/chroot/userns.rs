@@ -89,6 +89,42 @@ pub(super) fn check_sysctls() -> Result<(), ChrootError> {
     })
 }
 
+/// Locks every mount of the new root in place: a second user namespace,
+/// owned by the first, with a mount namespace of its own. The kernel copies
+/// the mounts into it locked (`MNT_LOCKED` and the `MNT_LOCK_*` flags), as
+/// it does for any mount namespace made by a less privileged user
+/// namespace: the program, root in there with every capability, can mount
+/// things of its own but cannot make a read-only share writable again
+/// (`remount,rw` of it or of a fresh bind of it is refused), unmount it,
+/// or reveal what is under a mount. bubblewrap locks its binds the same
+/// way. Root in the new namespace is root of the first (the caller).
+pub(super) fn lock_mounts() -> Result<(), String> {
+    // SAFETY: unshare only changes this (single-threaded) process's
+    // namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(format!(
+            "unshare(CLONE_NEWUSER|CLONE_NEWNS) to lock the mounts: {error}"
+        ));
+    }
+    map_root_to(0, 0)
+}
+
+/// Maps root of this process's new user namespace to `uid` and `gid` of
+/// the one above (writing the maps of one's own namespace is allowed for
+/// one's own ids: no privilege needed).
+fn map_root_to(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
+    let write = |file: &str, contents: String| {
+        fs::write(file, contents).map_err(|e| format!("writing {file}: {e}"))
+    };
+    // Required before an unprivileged gid_map write; absent before 3.19.
+    if Path::new("/proc/self/setgroups").exists() {
+        write("/proc/self/setgroups", "deny".to_string())?;
+    }
+    write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    write("/proc/self/gid_map", format!("0 {gid} 1"))
+}
+
 /// unshare(user, mount, PID), then maps the caller's uid and gid to 0.
 pub(super) fn enter_user_namespace(job: &Job) -> Result<(), String> {
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
@@ -100,16 +136,7 @@ pub(super) fn enter_user_namespace(job: &Job) -> Result<(), String> {
             "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID): {error}"
         ));
     }
-    let write = |file: &str, contents: String| {
-        fs::write(file, contents).map_err(|e| format!("writing {file}: {e}"))
-    };
-    // Required before an unprivileged gid_map write; absent before 3.19.
-    if Path::new("/proc/self/setgroups").exists() {
-        write("/proc/self/setgroups", "deny".to_string())?;
-    }
-    write("/proc/self/uid_map", format!("0 {} 1", job.uid))?;
-    write("/proc/self/gid_map", format!("0 {} 1", job.gid))?;
-    Ok(())
+    map_root_to(job.uid, job.gid)
 }
 
 #[cfg(test)]
