@@ -3,6 +3,7 @@
 //! is and only adapts it to its machine.
 
 pub mod chroot;
+pub mod confine;
 pub mod kvm;
 pub mod qemu;
 

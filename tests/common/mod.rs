@@ -284,6 +284,17 @@ macro_rules! e2e_cases {
             );
         }
         #[test]
+        fn shares_get_no_setuid_files_and_no_foreign_owners() {
+            common::run_case(
+                &$engine,
+                concat!(
+                    module_path!(),
+                    "::shares_get_no_setuid_files_and_no_foreign_owners"
+                ),
+                common::shares_get_no_setuid_files_and_no_foreign_owners,
+            );
+        }
+        #[test]
         fn share_symlinks_do_not_lead_out() {
             common::run_case(
                 &$engine,
@@ -850,6 +861,49 @@ pub fn read_only_share_refuses_writes(engine: &Engine) {
     assert_eq!(names, ["README", "lib"]);
     assert_eq!(fs::read(src.join("README")).unwrap(), b"read me\n");
     assert_same_bytes(&fs::read(src.join("lib/code.c")).unwrap(), &binary_data());
+}
+
+/// Nothing a guest does through a read-write share leaves a set-user-ID or
+/// set-group-ID file on the host, or a file owned by anyone but the user
+/// who ran microrun (root in the guest is that user, as in a rootless
+/// container); and, as root, microrun's share still honours the
+/// permissions of another user's file.
+pub fn shares_get_no_setuid_files_and_no_foreign_owners(engine: &Engine) {
+    let Some((root, dir)) = share_prerequisites(engine) else {
+        return;
+    };
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid and getegid only return the caller's ids.
+    let (me, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if me == 0 {
+        let theirs = out.join("theirs");
+        fs::write(&theirs, b"their secret
+").unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4321), Some(4321)).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let bind = format!("{}:/out", out.display());
+    let attempts = "cd /out; echo x > f; chmod 4755 f; chmod 2755 f; chmod 6755 f;                     chown 1234:1234 f; echo y > g; busybox install -m 6755 g h;                     mkdir d; chown 0:1234 d; chmod 2755 d;                     cat theirs 2>/dev/null && echo read; echo theirs >> theirs 2>/dev/null;                     echo done";
+    let output = microrun(engine, &["--bind", &bind], root, &["sh", "-c", attempts]);
+    assert_code(&output, 0);
+    assert!(stdout(&output).ends_with("done
+"), "{output:?}");
+    assert!(!stdout(&output).contains("read"), "another user's file was read");
+    for entry in fs::read_dir(&out).unwrap() {
+        let entry = entry.unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name == "theirs" {
+            assert_eq!(fs::read(entry.path()).unwrap(), b"their secret
+");
+            assert_eq!((meta.uid(), meta.mode() & 0o7777), (4321, 0o600));
+            continue;
+        }
+        assert_eq!(meta.mode() & 0o6000, 0, "{name}: {:o}", meta.mode());
+        assert_eq!((meta.uid(), meta.gid()), (me, egid), "{name}");
+    }
 }
 
 /// A symlink inside a share that points out of it (relatively, or to the

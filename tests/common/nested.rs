@@ -64,6 +64,7 @@ pub fn left_out(name: &str) -> Option<&'static str> {
         // not depend on the interrupt controller: CI runs them with the
         // default one, and the build-step case with both.
         "in_kernel_irqchip::read_only_share_refuses_writes"
+        | "in_kernel_irqchip::shares_get_no_setuid_files_and_no_foreign_owners"
         | "in_kernel_irqchip::share_symlinks_do_not_lead_out"
         | "in_kernel_irqchip::distribution_kernel_mounts_a_share"
         | "in_kernel_irqchip::distribution_kernel_stdin_follows_a_fallback_to_the_uarts"

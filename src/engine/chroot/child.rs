@@ -107,11 +107,22 @@ fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd)
     let result = set_up_stdio(job, status_fd)
         .and_then(|status| build_root(job, report_fd).map(|()| status))
         .and_then(|status| lock_mounts().map(|()| status))
+        .and_then(|status| confine(job).map(|()| status))
         .and_then(|status| exec_guest_init(status, report_fd));
     if let Err(message) = result {
         report(report_fd, "fail", &message);
     }
     exit_child(125);
+}
+
+/// The job's confinement, if it has one, for guest-init and the program.
+fn confine(job: &Job) -> Result<(), String> {
+    match &job.confinement {
+        Some(confinement) => confinement
+            .apply()
+            .map_err(|e| format!("confining the program to the shares' rules: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// Stdin from /dev/null unless forwarded; the status pipe inheritable on a

@@ -50,6 +50,7 @@ use initrd_tools::extract::{Archive, ArchiveError};
 
 use crate::binds::Bind;
 use crate::boot::PreparedRootfs;
+use crate::engine::confine::{Confinement, Writer};
 use crate::plan::{ChrootPlan, Plan};
 use crate::spec::RunOutcome;
 use supervisor::Supervisor;
@@ -165,6 +166,11 @@ struct Job {
     init: Archive,
     /// The shares (`--bind`, `--bind-ro`).
     binds: Vec<Bind>,
+    /// With a read-write share: no set-user-ID or set-group-ID mode bits
+    /// for the program (engine/confine.rs), since it could plant such a
+    /// file on the host. A run without one keeps them (`dpkg` sets them
+    /// in the rootfs).
+    confinement: Option<Confinement>,
     forward_stdin: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -197,10 +203,16 @@ fn prepare(plan: &Plan, root: &ChrootPlan) -> Result<Job, ChrootError> {
             }
         })?;
     let init = Archive::from_file(memfd, Path::new("guest-init's archive"))?;
+    let writable_share = root.binds.iter().any(|bind| !bind.read_only);
+    let confinement = writable_share
+        .then(|| Confinement::for_shares(Writer::UserNamespace))
+        .transpose()
+        .map_err(|e| ChrootError::Setup(e.to_string()))?;
     Ok(Job {
         source,
         init,
         binds: root.binds.clone(),
+        confinement,
         forward_stdin: plan.forward_stdin,
         // SAFETY: these calls only return the caller's ids.
         uid: unsafe { libc::geteuid() },

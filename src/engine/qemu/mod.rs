@@ -46,8 +46,9 @@ use std::time::Instant;
 
 use vmm::output::{self, FdWriter, OutputSink, Undelivered};
 use vmm::status::StatusParser;
-use vmm::{GuestEvents, KvmHost};
+use vmm::{DeviceKind, GuestEvents, KvmHost};
 
+use crate::engine::confine::{ConfineError, Confinement, Writer};
 use crate::guest_kernel::KernelPlan;
 use crate::plan::{Plan, VmPlan};
 use crate::spec::{PhaseTimes, RunOutcome, Verbosity};
@@ -89,6 +90,9 @@ pub enum QemuEngineError {
         /// The I/O error.
         source: io::Error,
     },
+    /// The filter for QEMU's share server cannot be built.
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
 }
 
 /// Picks the concrete accelerator for `Auto`, with the reason.
@@ -203,7 +207,14 @@ pub fn run(
         ready: Some(Instant::now()),
         ..PhaseTimes::default()
     };
-    let mut child = spawn::spawn(cmd, inherit)?;
+    // QEMU's 9p server writes the guest's files into the shares: it may
+    // make no set-user-ID or set-group-ID file, give no file away, and, as
+    // root, must honour other users' permissions (engine/confine.rs).
+    let shares = vm.devices.devices.iter().any(|d| d.kind() == DeviceKind::Share);
+    let confinement = shares
+        .then(|| Confinement::for_shares(Writer::Host))
+        .transpose()?;
+    let mut child = spawn::spawn(cmd, inherit, confinement)?;
     // Only QEMU may hold the write ends now, so its death closes them.
     drop(initrd);
     drop(ttys1_qemu);

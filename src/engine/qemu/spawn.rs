@@ -8,16 +8,23 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
 use super::QemuEngineError;
+use crate::engine::confine::Confinement;
 use crate::boot::BootInitrd;
 
 /// Starts `cmd`, which inherits the descriptors `inherit` (besides its
-/// standard streams) and is killed when microrun exits.
-pub(super) fn spawn(mut cmd: Command, inherit: Vec<RawFd>) -> Result<Child, QemuEngineError> {
+/// standard streams), runs under `confinement` when there is one, and is
+/// killed when microrun exits.
+pub(super) fn spawn(
+    mut cmd: Command,
+    inherit: Vec<RawFd>,
+    confinement: Option<Confinement>,
+) -> Result<Child, QemuEngineError> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure only calls prctl, getppid and fcntl, which are
-    // async-signal-safe, the latter on descriptors that stay open in the
-    // parent until after the spawn.
+    // SAFETY: the closure only calls prctl, getppid, fcntl and seccomp
+    // (through `Confinement::apply`, which allocates nothing), which are
+    // async-signal-safe, fcntl on descriptors that stay open in the parent
+    // until after the spawn.
     unsafe {
         cmd.pre_exec(move || {
             // QEMU must not outlive microrun (killed, or timed out by a CI
@@ -32,7 +39,10 @@ pub(super) fn spawn(mut cmd: Command, inherit: Vec<RawFd>) -> Result<Child, Qemu
                     return Err(io::Error::last_os_error());
                 }
             }
-            Ok(())
+            match &confinement {
+                Some(confinement) => confinement.apply(),
+                None => Ok(()),
+            }
         });
     }
     // The Command (with its duplicates of the child's standard streams) is
