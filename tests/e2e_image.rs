@@ -111,6 +111,14 @@ fn bad_images_fail_with_a_clear_error() {
     let dotdot = work.path().join("dotdot.tar");
     std::fs::write(&dotdot, layer_tar(&[file("../../etc/passwd", b"x")])).unwrap();
 
+    // A configuration error, not a program that cannot start (126).
+    let workdir = work.path().join("workdir.tar");
+    let escaping = ImageSpec::new(
+        vec![(base_layer(), Compression::None)],
+        serde_json::json!({"Cmd": ["true"], "WorkingDir": "/srv/../.."}),
+    );
+    std::fs::write(&workdir, docker_legacy(&escaping).tar()).unwrap();
+
     for (path, needles) in [
         (&unknown, vec!["notes.tar", "not a rootfs", "OCI"]),
         (
@@ -119,6 +127,7 @@ fn bad_images_fail_with_a_clear_error() {
         ),
         (&tampered, vec!["tampered.tar", "layer", "digest"]),
         (&dotdot, vec!["dotdot.tar", "`..`"]),
+        (&workdir, vec!["WorkingDir", "/srv/../..", "-w"]),
     ] {
         let output = microrun("chroot", &cache, &[], path, &["echo", "ran"]);
         assert_code(&output, 125);

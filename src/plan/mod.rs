@@ -55,6 +55,17 @@ pub enum PlanError {
          /init to report its status on; drop --no-init or use --engine qemu or kvm"
     )]
     NoInitWithoutVm,
+    /// The working directory is not a plain absolute path.
+    #[error(
+        "{origin} {dir:?}: the working directory must be an absolute path without `..` \
+         components; give -w with one (for example -w /src)"
+    )]
+    Workdir {
+        /// The directory.
+        dir: String,
+        /// Where it came from: `-w` or the image's configuration.
+        origin: &'static str,
+    },
     /// `MICRORUN_VIRTIO` means nothing.
     #[error(transparent)]
     Virtio(#[from] GuestKernelError),
@@ -218,7 +229,11 @@ impl Plan {
 /// command, environment and directory the request leaves unset
 /// ([`crate::image::apply_image_defaults`], `docker run`'s rules).
 pub fn make(mut request: Request) -> Result<Plan, PlanError> {
+    let workdir_given = request.workdir.is_some();
     crate::image::apply_image_defaults(&mut request);
+    if let Some(dir) = &request.workdir {
+        check_workdir(dir, workdir_given)?;
+    }
     let request = &request;
     let (run_config, target) = match request.engine {
         Engine::Chroot => chroot(request)?,
@@ -255,6 +270,24 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
         forward_stdin: request.forward_stdin,
         run_config,
         target,
+    })
+}
+
+/// Refuses a working directory that is not absolute or has a `..`
+/// component (`given`: from `-w`, else from the image's `WorkingDir`):
+/// guest-init would fail to enter it, or enter somewhere else than it says.
+pub fn check_workdir(dir: &str, given: bool) -> Result<(), PlanError> {
+    let dotdot = dir.split('/').any(|component| component == "..");
+    if dir.starts_with('/') && !dotdot {
+        return Ok(());
+    }
+    Err(PlanError::Workdir {
+        dir: dir.to_string(),
+        origin: if given {
+            "-w"
+        } else {
+            "the image's WorkingDir"
+        },
     })
 }
 

@@ -196,6 +196,35 @@ fn the_chroot_engine_gets_the_rootfs_in_place_and_guest_inits_archive() {
 }
 
 #[test]
+fn working_directories_are_absolute_without_dotdot() {
+    for good in ["/", "/src", "/a/./b", "/a/..b"] {
+        check_workdir(good, true).unwrap();
+    }
+    for (bad, given) in [
+        ("src", true),
+        ("/a/../b", false),
+        ("..", true),
+        ("/..", false),
+    ] {
+        let message = check_workdir(bad, given).unwrap_err().to_string();
+        let origin = if given { "-w" } else { "WorkingDir" };
+        assert!(
+            message.contains(origin) && message.contains(bad),
+            "{message}"
+        );
+    }
+    let scratch = Scratch::new(BUILT_IN);
+    let request = Request {
+        workdir: Some("/x/../y".into()),
+        ..scratch.request(Engine::Kvm)
+    };
+    assert!(make(request)
+        .unwrap_err()
+        .to_string()
+        .contains("-w \"/x/../y\""));
+}
+
+#[test]
 fn irqchip_names() {
     assert_eq!(parse_irqchip(None).unwrap(), IrqChip::Split);
     assert_eq!(parse_irqchip(Some("split")).unwrap(), IrqChip::Split);

@@ -879,8 +879,12 @@ pub fn shares_get_no_setuid_files_and_no_foreign_owners(engine: &Engine) {
     let (me, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if me == 0 {
         let theirs = out.join("theirs");
-        fs::write(&theirs, b"their secret
-").unwrap();
+        fs::write(
+            &theirs,
+            b"their secret
+",
+        )
+        .unwrap();
         std::os::unix::fs::chown(&theirs, Some(4321), Some(4321)).unwrap();
         fs::set_permissions(&theirs, fs::Permissions::from_mode(0o600)).unwrap();
     }
@@ -888,16 +892,27 @@ pub fn shares_get_no_setuid_files_and_no_foreign_owners(engine: &Engine) {
     let attempts = "cd /out; echo x > f; chmod 4755 f; chmod 2755 f; chmod 6755 f;                     chown 1234:1234 f; echo y > g; busybox install -m 6755 g h;                     mkdir d; chown 0:1234 d; chmod 2755 d;                     cat theirs 2>/dev/null && echo read; echo theirs >> theirs 2>/dev/null;                     echo done";
     let output = microrun(engine, &["--bind", &bind], root, &["sh", "-c", attempts]);
     assert_code(&output, 0);
-    assert!(stdout(&output).ends_with("done
-"), "{output:?}");
-    assert!(!stdout(&output).contains("read"), "another user's file was read");
+    assert!(
+        stdout(&output).ends_with(
+            "done
+"
+        ),
+        "{output:?}"
+    );
+    assert!(
+        !stdout(&output).contains("read"),
+        "another user's file was read"
+    );
     for entry in fs::read_dir(&out).unwrap() {
         let entry = entry.unwrap();
         let meta = fs::symlink_metadata(entry.path()).unwrap();
         let name = entry.file_name().into_string().unwrap();
         if name == "theirs" {
-            assert_eq!(fs::read(entry.path()).unwrap(), b"their secret
-");
+            assert_eq!(
+                fs::read(entry.path()).unwrap(),
+                b"their secret
+"
+            );
             assert_eq!((meta.uid(), meta.mode() & 0o7777), (4321, 0o600));
             continue;
         }

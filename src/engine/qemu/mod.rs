@@ -210,7 +210,11 @@ pub fn run(
     // QEMU's 9p server writes the guest's files into the shares: it may
     // make no set-user-ID or set-group-ID file, give no file away, and, as
     // root, must honour other users' permissions (engine/confine.rs).
-    let shares = vm.devices.devices.iter().any(|d| d.kind() == DeviceKind::Share);
+    let shares = vm
+        .devices
+        .devices
+        .iter()
+        .any(|d| d.kind() == DeviceKind::Share);
     let confinement = shares
         .then(|| Confinement::for_shares(Writer::Host))
         .transpose()?;

@@ -8,8 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
 use super::QemuEngineError;
-use crate::engine::confine::Confinement;
 use crate::boot::BootInitrd;
+use crate::engine::confine::Confinement;
 
 /// Starts `cmd`, which inherits the descriptors `inherit` (besides its
 /// standard streams), runs under `confinement` when there is one, and is
