@@ -8,8 +8,9 @@
 //! if the device offered them and include `VIRTIO_F_VERSION_1`; queue
 //! registers are writable only between FEATURES_OK and DRIVER_OK; a queue
 //! size that is 0, not a power of two or above QueueNumMax, and queue
-//! areas outside guest memory (checked at DRIVER_OK), set
-//! DEVICE_NEEDS_RESET, after which only a reset is obeyed.
+//! areas in the first page, misaligned or outside guest memory (checked
+//! at DRIVER_OK), set DEVICE_NEEDS_RESET, after which only a reset is
+//! obeyed.
 //!
 //! QueueNotify is handled here, as a plain MMIO exit, rather than through
 //! a KVM ioeventfd per queue (what Firecracker does): each ioeventfd is a
@@ -41,6 +42,15 @@ pub const MAGIC_VALUE: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// VendorID: none in particular, as Firecracker answers.
 pub const VENDOR_ID: u32 = 0;
+
+/// Queue areas start at or above this address. Every area register reads
+/// 0 until the driver writes it (virtio-queue, too, takes a driver area at
+/// 0 for an unset one and serves nothing from it), and x86 Linux never
+/// hands out the first page: it always reserves at least 4 KiB of low
+/// memory (`CONFIG_X86_RESERVE_LOW`, 4 to 640 KiB, 64 by default; the
+/// whole first MiB since Linux 5.13). The VMM's boot GDT and IDT are there
+/// too. An area in it is a queue the driver never set up, or garbage.
+const FIRST_QUEUE_ADDRESS: u64 = 0x1000;
 
 const PROGRESS_MASK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
     | VIRTIO_CONFIG_S_DRIVER
@@ -79,8 +89,9 @@ impl QueueConfig {
         }
     }
 
-    /// The live queue for the device: checked for alignment by
-    /// virtio-queue, and every area against guest memory.
+    /// The live queue for the device: every area checked against the
+    /// first page, for alignment (by virtio-queue) and against guest
+    /// memory.
     fn build(
         &self,
         index: usize,
@@ -103,6 +114,15 @@ impl QueueConfig {
         })?;
         if !self.ready {
             return Ok(queue);
+        }
+        for (area, addr) in [
+            ("descriptor table", self.desc_table),
+            ("driver area", self.driver_area),
+            ("device area", self.device_area),
+        ] {
+            if addr < FIRST_QUEUE_ADDRESS {
+                return Err(VirtioError::QueueInFirstPage { index, area, addr });
+            }
         }
         queue
             .try_set_size(self.size)

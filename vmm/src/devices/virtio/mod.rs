@@ -97,6 +97,20 @@ pub enum VirtioError {
         /// The queue.
         index: usize,
     },
+    /// One of a queue's areas starts in the first page of guest memory.
+    #[error(
+        "virtio queue {index}: the driver's {area} at {addr:#x} is in the first page of \
+         guest memory, where no x86 Linux puts a queue (0 is the register's value until \
+         the driver writes it): the guest's driver did not set the queue up"
+    )]
+    QueueInFirstPage {
+        /// The queue.
+        index: usize,
+        /// "descriptor table", "driver area" or "device area".
+        area: &'static str,
+        /// The address the driver wrote (or left).
+        addr: u64,
+    },
     /// The device could not start (its worker, its host files).
     #[error("virtio device type {device_type} could not start: {source}")]
     Activate {

@@ -400,28 +400,74 @@ fn queue_areas_outside_memory_or_misaligned_fail_activation() {
         (a.0, a.1, a.2 + 2),           // device area 4-byte aligned
     ];
     for at in bad {
-        let (mut t, line) = transport();
-        negotiate(&mut t, VERSION_1);
-        setup_queue(&mut t, 0, 8, at);
-        add_status(&mut t, DRIVER_OK);
-        assert!(!t.is_activated(), "{at:x?}");
-        assert!(t.device().activations.is_empty());
-        assert_eq!(
-            read(&mut t, VIRTIO_MMIO_STATUS),
-            ACK | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET
-        );
-        // Past DRIVER_OK the driver is told by a configuration interrupt.
-        assert_eq!(
-            read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
-            VIRTIO_MMIO_INT_CONFIG
-        );
-        assert_eq!(line.edges(), 1);
-        // Nothing reaches the device until a reset.
-        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-        add_status(&mut t, DRIVER_OK);
-        assert!(t.device().notified.is_empty());
-        bring_up(&mut t);
+        refused_at_driver_ok(at);
     }
+}
+
+/// Queue 0 placed `at` makes DRIVER_OK fail: the device is not
+/// activated, and the driver learns it needs a reset.
+fn refused_at_driver_ok(at: (u64, u64, u64)) {
+    let (mut t, line) = transport();
+    negotiate(&mut t, VERSION_1);
+    setup_queue(&mut t, 0, 8, at);
+    add_status(&mut t, DRIVER_OK);
+    assert!(!t.is_activated(), "{at:x?}");
+    assert!(t.device().activations.is_empty());
+    assert_eq!(
+        read(&mut t, VIRTIO_MMIO_STATUS),
+        ACK | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET
+    );
+    // Past DRIVER_OK the driver is told by a configuration interrupt.
+    assert_eq!(
+        read(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+        VIRTIO_MMIO_INT_CONFIG
+    );
+    assert_eq!(line.edges(), 1);
+    // Nothing reaches the device until a reset.
+    write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    add_status(&mut t, DRIVER_OK);
+    assert!(t.device().notified.is_empty());
+    bring_up(&mut t);
+}
+
+#[test]
+fn queue_areas_in_the_first_page_fail_activation() {
+    // Address 0 is each area's value until the driver writes it:
+    // virtio-queue would take such a queue for unset and never serve it.
+    let a = areas(0);
+    for at in [
+        (0, 0, 0), // a driver that made the queue ready and nothing more
+        (0, a.1, a.2),
+        (a.0, 0, a.2),
+        (a.0, a.1, 0),
+        (0xff0, a.1, a.2), // the rest of the first page, too
+        (a.0, 0x800, a.2),
+        (a.0, a.1, 0xffc),
+    ] {
+        refused_at_driver_ok(at);
+    }
+    // The page after it is the driver's to use.
+    let (mut t, _) = transport();
+    negotiate(&mut t, VERSION_1);
+    setup_queue(&mut t, 0, 8, (0x1000, 0x1100, 0x1200));
+    add_status(&mut t, DRIVER_OK);
+    assert!(t.is_activated());
+    // The reason names the queue and the area.
+    let err = QueueConfig {
+        max_size: 8,
+        size: 8,
+        ready: true,
+        desc_table: a.0,
+        driver_area: 0,
+        device_area: a.2,
+    }
+    .build(1, FAKE_TYPE, &guest_memory(), false)
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("virtio queue 1: the driver's driver area at 0x0 is in the first page"),
+        "{err}"
+    );
 }
 
 #[test]
