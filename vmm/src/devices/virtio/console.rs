@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use virtio_queue::{Queue, QueueT};
 
-use super::{read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
+use super::{pop_chain, read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
 use crate::devices::bus::lock;
 use crate::layout::VIRTIO_CONSOLE_PORTS;
 use crate::memory::GuestMemory;
@@ -96,6 +96,8 @@ pub const INPUT_CAPACITY: usize = 64 << 10;
 /// Descriptor chains one notification handles at most: a driver feeding a
 /// queue from another vCPU cannot keep one vCPU thread here for ever (the
 /// rest waits for the next notification, which Linux sends on every add).
+/// With at most [`QUEUE_SIZE`] descriptors a chain, that bounds the
+/// descriptors read per notification too.
 const CHAINS_PER_NOTIFY: usize = 4 * QUEUE_SIZE as usize;
 /// Bytes copied from guest memory per write to the caller's writer.
 const COPY_CHUNK: usize = 64 << 10;
@@ -220,10 +222,9 @@ fn notify_with(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt) {
 /// `None` when the driver has no buffer there. A broken chain is returned
 /// empty (`Some(0)`).
 fn fill_one(queue: &mut Queue, mem: &GuestMemory, data: &[u8]) -> Option<usize> {
-    let chain = queue.pop_descriptor_chain(mem)?;
-    let head = chain.head_index();
-    let written = match chain.writer(mem) {
-        Ok(mut writer) => writer.write(data).unwrap_or(0),
+    let (head, chain) = pop_chain(queue, mem)?;
+    let written = match chain {
+        Ok(chain) => chain.writer(mem).write(data).unwrap_or(0),
         Err(e) => {
             log::debug!("virtio-console: receive buffer {head} unusable: {e}");
             0
@@ -318,12 +319,12 @@ impl Console {
         };
         let mut used = false;
         for _ in 0..CHAINS_PER_NOTIFY {
-            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            let Some((head, chain)) = pop_chain(queue, &mem) else {
                 break;
             };
-            let head = chain.head_index();
-            match chain.reader(&mem) {
-                Ok(mut reader) => {
+            match chain {
+                Ok(chain) => {
+                    let mut reader = chain.reader(&mem);
                     let out = match port {
                         STDOUT_PORT => Some(&mut self.outputs.stdout),
                         STDERR_PORT => Some(&mut self.outputs.stderr),
@@ -361,13 +362,12 @@ impl Console {
         let mut used = false;
         let mut messages = Vec::new();
         for _ in 0..CHAINS_PER_NOTIFY {
-            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            let Some((head, chain)) = pop_chain(queue, &mem) else {
                 break;
             };
-            let head = chain.head_index();
             let mut msg = [0u8; CONTROL_MESSAGE_MAX];
-            let n = match chain.reader(&mem) {
-                Ok(mut reader) => read_up_to(&mut reader, &mut msg),
+            let n = match chain {
+                Ok(chain) => read_up_to(&mut chain.reader(&mem), &mut msg),
                 Err(e) => {
                     log::debug!("virtio-console: control buffer {head} unusable: {e}");
                     0

@@ -10,7 +10,10 @@
 //! size that is 0, not a power of two or above QueueNumMax, and queue
 //! areas in the first page, misaligned or outside guest memory (checked
 //! at DRIVER_OK), set DEVICE_NEEDS_RESET, after which only a reset is
-//! obeyed.
+//! obeyed. Descriptor chains are split and direct only: a device that
+//! offers indirect descriptors or packed queues is refused, so a driver
+//! can never negotiate them (the devices' [`pop_chain`](super::pop_chain)
+//! refuses indirect tables).
 //!
 //! QueueNotify is handled here, as a plain MMIO exit, rather than through
 //! a KVM ioeventfd per queue (what Firecracker does): each ioeventfd is a
@@ -19,10 +22,10 @@
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_mmio::*;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -42,6 +45,11 @@ pub const MAGIC_VALUE: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// VendorID: none in particular, as Firecracker answers.
 pub const VENDOR_ID: u32 = 0;
+
+/// Transport features no device may offer: chains are read by
+/// [`pop_chain`](super::pop_chain), which takes split rings and direct
+/// descriptors only.
+const UNSUPPORTED_FEATURES: [u32; 2] = [VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED];
 
 /// Queue areas start at or above this address. Every area register reads
 /// 0 until the driver writes it (virtio-queue, too, takes a driver area at
@@ -185,8 +193,18 @@ pub struct MmioTransport<D: VirtioDevice> {
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// A transport for `device`, whose queues live in `mem`, interrupting
-    /// through `line`. Fails if the device declares an impossible queue.
+    /// through `line`. Fails if the device declares an impossible queue or
+    /// offers a transport feature the transport does not implement.
     pub fn new(device: D, mem: GuestMemory, line: Arc<InterruptLine>) -> Result<Self, VirtioError> {
+        if let Some(&bit) = UNSUPPORTED_FEATURES
+            .iter()
+            .find(|&&bit| device.features() & (1 << bit) != 0)
+        {
+            return Err(VirtioError::UnsupportedFeature {
+                device_type: device.device_type(),
+                bit,
+            });
+        }
         let mut queues = Vec::with_capacity(device.queue_max_sizes().len());
         for (index, &size) in device.queue_max_sizes().iter().enumerate() {
             Queue::new(size).map_err(|_| VirtioError::QueueMaxSize {

@@ -6,18 +6,24 @@
 //! state (features, the queues' sizes and addresses, the status) and hands
 //! the device its live queues only when the driver sets DRIVER_OK, after it
 //! has checked them against guest memory. A device never sees a queue the
-//! driver could still change. Queues are rust-vmm's `virtio-queue`.
+//! driver could still change. Queues are rust-vmm's `virtio-queue`; a
+//! device reads each descriptor chain through [`pop_chain`], not through
+//! `virtio-queue`'s own chain iterator, which follows indirect tables even
+//! where they were not negotiated.
 
 pub mod console;
 pub mod mmio;
 pub mod p9;
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::Queue;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vm_superio::Trigger;
 
 use crate::memory::GuestMemory;
@@ -96,6 +102,19 @@ pub enum VirtioError {
         device_type: u32,
         /// The queue.
         index: usize,
+    },
+    /// A device offers a feature of the transport that microrun does not
+    /// implement.
+    #[error(
+        "virtio device type {device_type} offers feature bit {bit}, which the virtio-mmio \
+         transport does not implement (descriptor chains are split and direct only): \
+         fix the device model"
+    )]
+    UnsupportedFeature {
+        /// The device's virtio type.
+        device_type: u32,
+        /// The feature bit.
+        bit: u32,
     },
     /// One of a queue's areas starts in the first page of guest memory.
     #[error(
@@ -203,7 +222,9 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
 
     /// The device-specific features it offers (the transport adds
-    /// `VIRTIO_F_VERSION_1`).
+    /// `VIRTIO_F_VERSION_1`). Never `VIRTIO_RING_F_INDIRECT_DESC` or
+    /// `VIRTIO_F_RING_PACKED`: chains are read with [`pop_chain`], which
+    /// takes neither, and [`MmioTransport::new`] refuses such a device.
     fn features(&self) -> u64;
 
     /// Fills `data` from the configuration space at `offset`; `data`
@@ -227,6 +248,239 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop the queues and stop using guest
     /// memory, so it can be activated again.
     fn reset(&mut self);
+}
+
+/// Why a descriptor chain is returned unused. The driver broke a rule of
+/// virtio 1.2 §2.7.5 (The Virtqueue Descriptor Table); the device carries
+/// on with the next chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A descriptor refers to an indirect table. No device offers
+    /// `VIRTIO_RING_F_INDIRECT_DESC` ([`MmioTransport::new`] refuses one
+    /// that does), so the driver may not use them (§2.7.5.3.1); following
+    /// the table anyway would let one chain cost 65,535 descriptors.
+    #[error(
+        "descriptor {index} refers to an indirect table, but VIRTIO_RING_F_INDIRECT_DESC \
+         was not negotiated"
+    )]
+    Indirect {
+        /// The descriptor's index in the table.
+        index: u16,
+    },
+    /// A head or `next` index past the end of the table.
+    #[error("descriptor index {index} is past the table of {size}")]
+    OutOfTable {
+        /// The index.
+        index: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// More descriptors than the queue holds: the chain loops (§2.7.5.2).
+    #[error("the chain goes on past {size} descriptors, the queue size: it loops")]
+    Loop {
+        /// The queue size.
+        size: u16,
+    },
+    /// A buffer outside guest memory.
+    #[error("descriptor {index}'s buffer at {addr:#x} ({len} bytes) is not in guest memory")]
+    OutsideMemory {
+        /// The descriptor's index in the table.
+        index: u16,
+        /// The buffer's address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// More than 4 GiB in all (§2.7.5.2).
+    #[error("the chain's buffers add up to more than 4 GiB")]
+    TooLong,
+    /// The descriptor table could not be read (it was checked at
+    /// DRIVER_OK, so this is a bug).
+    #[error("descriptor {index} could not be read")]
+    Unreadable {
+        /// The descriptor's index in the table.
+        index: u16,
+    },
+}
+
+/// One descriptor chain the driver made available: each of its
+/// descriptors read once from the descriptor table and checked, so what
+/// the device then reads or writes cannot change under it (the driver may
+/// rewrite the table from another vCPU meanwhile).
+#[derive(Debug)]
+pub struct Chain {
+    descriptors: Vec<Descriptor>,
+}
+
+impl Chain {
+    /// The chain's device-readable buffers, as one stream.
+    pub fn reader<'a>(&self, mem: &'a GuestMemory) -> ChainReader<'a> {
+        ChainReader(Buffers::new(mem, &self.descriptors, false))
+    }
+
+    /// The chain's device-writable buffers, as one stream.
+    pub fn writer<'a>(&self, mem: &'a GuestMemory) -> ChainWriter<'a> {
+        ChainWriter(Buffers::new(mem, &self.descriptors, true))
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Descriptors [`pop_chain`] read on this thread: how tests measure work.
+    pub(crate) static DESCRIPTORS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The next chain the driver made available in `queue`: its head index
+/// (for the used ring) and its buffers, or why it is unusable; `None`
+/// when there is none (or the queue is unusable: an avail index more
+/// than the queue size ahead). Reads at most the queue size of
+/// descriptors, and stops at the first that refers to an indirect table.
+pub fn pop_chain(queue: &mut Queue, mem: &GuestMemory) -> Option<(u16, Result<Chain, ChainError>)> {
+    // Only the head index is taken from virtio-queue's chain: iterating it
+    // would follow an indirect table.
+    let head = queue.pop_descriptor_chain(mem)?.head_index();
+    let table = GuestAddress(queue.desc_table());
+    Some((head, read_chain(mem, table, queue.size(), head)))
+}
+
+fn read_chain(
+    mem: &GuestMemory,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> Result<Chain, ChainError> {
+    let mut descriptors = Vec::new();
+    let mut total = 0u32;
+    let mut index = head;
+    loop {
+        if index >= size {
+            return Err(ChainError::OutOfTable { index, size });
+        }
+        if descriptors.len() == usize::from(size) {
+            return Err(ChainError::Loop { size });
+        }
+        // In the table, which DRIVER_OK checked lies in guest memory.
+        let at = table.0 + 16 * u64::from(index);
+        #[cfg(test)]
+        DESCRIPTORS_READ.with(|n| n.set(n.get() + 1));
+        let desc: Descriptor = mem
+            .read_obj(GuestAddress(at))
+            .map_err(|_| ChainError::Unreadable { index })?;
+        if desc.refers_to_indirect_table() {
+            return Err(ChainError::Indirect { index });
+        }
+        total = total.checked_add(desc.len()).ok_or(ChainError::TooLong)?;
+        let inside = desc.addr().0.checked_add(desc.len().into()).is_some()
+            && mem.check_range(desc.addr(), desc.len() as usize);
+        if !inside {
+            return Err(ChainError::OutsideMemory {
+                index,
+                addr: desc.addr().0,
+                len: desc.len(),
+            });
+        }
+        descriptors.push(desc);
+        if !desc.has_next() {
+            return Ok(Chain { descriptors });
+        }
+        index = desc.next();
+    }
+}
+
+/// One direction of a chain's buffers, used front to back.
+struct Buffers<'a> {
+    mem: &'a GuestMemory,
+    left: VecDeque<(GuestAddress, usize)>,
+    used: usize,
+}
+
+impl<'a> Buffers<'a> {
+    fn new(mem: &'a GuestMemory, descriptors: &[Descriptor], writable: bool) -> Self {
+        let left = descriptors
+            .iter()
+            .filter(|d| d.is_write_only() == writable && d.len() != 0)
+            .map(|d| (d.addr(), d.len() as usize))
+            .collect();
+        Self { mem, left, used: 0 }
+    }
+
+    fn available(&self) -> usize {
+        self.left.iter().map(|&(_, len)| len).sum()
+    }
+
+    /// Moves up to `len` bytes, front first: `copy(offset, n, addr)`
+    /// moves `n` bytes between the caller's buffer at `offset` and guest
+    /// memory at `addr`.
+    fn transfer(
+        &mut self,
+        len: usize,
+        mut copy: impl FnMut(usize, usize, GuestAddress) -> Result<(), vm_memory::GuestMemoryError>,
+    ) -> io::Result<usize> {
+        let mut done = 0;
+        while done < len {
+            let Some(front) = self.left.front_mut() else {
+                break;
+            };
+            let n = front.1.min(len - done);
+            copy(done, n, front.0).map_err(io::Error::other)?;
+            done += n;
+            // In guest memory: `read_chain` checked the whole buffer.
+            front.0 = GuestAddress(front.0 .0 + n as u64);
+            front.1 -= n;
+            if front.1 == 0 {
+                self.left.pop_front();
+            }
+        }
+        self.used += done;
+        Ok(done)
+    }
+}
+
+/// The readable part of a [`Chain`].
+pub struct ChainReader<'a>(Buffers<'a>);
+
+impl ChainReader<'_> {
+    /// Bytes left to read.
+    pub fn available_bytes(&self) -> usize {
+        self.0.available()
+    }
+}
+
+impl Read for ChainReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mem = self.0.mem;
+        self.0.transfer(buf.len(), |at, n, addr| {
+            mem.read_slice(&mut buf[at..at + n], addr)
+        })
+    }
+}
+
+/// The writable part of a [`Chain`].
+pub struct ChainWriter<'a>(Buffers<'a>);
+
+impl ChainWriter<'_> {
+    /// Room left.
+    pub fn available_bytes(&self) -> usize {
+        self.0.available()
+    }
+
+    /// Bytes written so far: the length for the used ring.
+    pub fn bytes_written(&self) -> usize {
+        self.0.used
+    }
+}
+
+impl Write for ChainWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mem = self.0.mem;
+        self.0.transfer(buf.len(), |at, n, addr| {
+            mem.write_slice(&buf[at..at + n], addr)
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Copies the part of `config` that `offset..offset + data.len()` covers
@@ -299,6 +553,209 @@ mod tests {
     use super::test_util::Counter;
     use super::*;
     use crate::devices::serial::IrqTrigger;
+    use vm_memory::GuestMemoryMmap;
+
+    const TABLE: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const SIZE: u16 = 16;
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    const INDIRECT: u16 = 4;
+
+    /// Two contiguous regions, then one past a hole: [0, 2 MiB), [3, 4 MiB).
+    fn memory() -> GuestMemory {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x10_0000), 0x10_0000),
+            (GuestAddress(0x30_0000), 0x10_0000),
+        ])
+        .unwrap()
+    }
+
+    /// A ready queue of `SIZE` entries whose table holds `descs` (index,
+    /// address, length, flags, next) and whose driver made `heads`
+    /// available.
+    fn queue(mem: &GuestMemory, descs: &[(u16, u64, u32, u16, u16)], heads: &[u16]) -> Queue {
+        for &(index, addr, len, flags, next) in descs {
+            let at = GuestAddress(TABLE + 16 * u64::from(index));
+            mem.write_obj(Descriptor::new(addr, len, flags, next), at)
+                .unwrap();
+        }
+        for (slot, &head) in heads.iter().enumerate() {
+            let at = GuestAddress(AVAIL + 4 + 2 * slot as u64);
+            mem.write_obj(head, at).unwrap();
+        }
+        mem.write_obj(heads.len() as u16, GuestAddress(AVAIL + 2))
+            .unwrap();
+        let mut queue = Queue::new(SIZE).unwrap();
+        queue.set_desc_table_address(Some(TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        queue.set_used_ring_address(Some(USED as u32), Some(0));
+        queue.set_ready(true);
+        queue
+    }
+
+    /// A popped chain: its head, and its length or why it was refused.
+    type Popped = (u16, Result<usize, ChainError>);
+
+    /// Pops every chain, and counts the descriptors read to get them.
+    fn pop_all(queue: &mut Queue, mem: &GuestMemory) -> (Vec<Popped>, usize) {
+        let before = DESCRIPTORS_READ.with(|n| n.get());
+        let mut chains = Vec::new();
+        while let Some((head, chain)) = pop_chain(queue, mem) {
+            chains.push((head, chain.map(|c| c.descriptors.len())));
+        }
+        (chains, DESCRIPTORS_READ.with(|n| n.get()) - before)
+    }
+
+    #[test]
+    fn a_chain_is_read_once_into_its_readable_and_writable_parts() {
+        let mem = memory();
+        mem.write_slice(b"hello", GuestAddress(0x4000)).unwrap();
+        // Across the two contiguous regions.
+        mem.write_slice(b" world", GuestAddress(0xf_fffd)).unwrap();
+        let descs = [
+            (3, 0x4000, 5, NEXT, 7),
+            (7, 0xf_fffd, 6, NEXT, 0),
+            (0, 0x5000, 0, NEXT | WRITE, 1),
+            (1, 0x30_0000, 8, WRITE, 0),
+        ];
+        let mut q = queue(&mem, &descs, &[3]);
+        let (head, chain) = pop_chain(&mut q, &mem).unwrap();
+        let chain = chain.unwrap();
+        assert_eq!((head, chain.descriptors.len()), (3, 4));
+        // The driver rewrites the table: the chain was read already.
+        mem.write_obj(
+            Descriptor::new(0x30_0000, 4096, INDIRECT, 0),
+            GuestAddress(TABLE + 3 * 16),
+        )
+        .unwrap();
+        let mut reader = chain.reader(&mem);
+        assert_eq!(reader.available_bytes(), 11);
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello world");
+        let mut writer = chain.writer(&mem);
+        assert_eq!(writer.available_bytes(), 8);
+        assert_eq!(writer.write(b"0123456789").unwrap(), 8);
+        assert_eq!(writer.write(b"more").unwrap(), 0);
+        assert_eq!((writer.bytes_written(), writer.available_bytes()), (8, 0));
+        let mut got = [0; 8];
+        mem.read_slice(&mut got, GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(&got, b"01234567");
+        assert!(pop_chain(&mut q, &mem).is_none());
+    }
+
+    #[test]
+    fn indirect_descriptors_are_refused_where_they_stand() {
+        let mem = memory();
+        // An indirect table of 65,535 descriptors, one chain through them
+        // all, that virtio-queue's own iterator would follow for each head.
+        let table = 0x10_0000u64;
+        for i in 0..u16::MAX {
+            let flags = if i + 1 < u16::MAX { NEXT } else { 0 };
+            let at = GuestAddress(table + 16 * u64::from(i));
+            mem.write_obj(Descriptor::new(0x4000, 1, flags, i + 1), at)
+                .unwrap();
+        }
+        let descs: Vec<_> = (0..SIZE)
+            .map(|i| (i, table, 16 * u32::from(u16::MAX), INDIRECT, 0))
+            .collect();
+        let heads: Vec<u16> = (0..SIZE).collect();
+        let mut q = queue(&mem, &descs, &heads);
+        let (chains, read) = pop_all(&mut q, &mem);
+        let want: Vec<_> = (0..SIZE)
+            .map(|index| (index, Err(ChainError::Indirect { index })))
+            .collect();
+        assert_eq!(chains, want);
+        // One descriptor read per chain: its first.
+        assert_eq!(read, usize::from(SIZE));
+
+        // After plain descriptors, with NEXT or WRITE, the chain stops there.
+        let descs = [
+            (0, 0x4000, 4, NEXT, 1),
+            (1, 0x4000, 4, NEXT, 2),
+            (2, table, 16, INDIRECT | NEXT | WRITE, 3),
+            (3, 0x4000, 4, 0, 0),
+        ];
+        let mut q = queue(&mem, &descs, &[0]);
+        let (chains, read) = pop_all(&mut q, &mem);
+        assert_eq!(chains, [(0, Err(ChainError::Indirect { index: 2 }))]);
+        assert_eq!(read, 3);
+    }
+
+    #[test]
+    fn broken_chains_are_refused_within_the_queue_size() {
+        let mem = memory();
+        let descs = [
+            (0, 0x4000, 4, NEXT, SIZE),  // next past the table
+            (1, 0x4000, 4, NEXT, 1),     // loops on itself
+            (2, 0x20_0000 - 4, 8, 0, 0), // runs into the hole
+            (3, u64::MAX - 1, 4, 0, 0),  // wraps
+            (4, 0x40_0000, 1, WRITE, 0), // past the end
+            (5, u64::MAX, 0, NEXT, 6),   // empty: anywhere is fine
+            (6, 0x4000, 4, 0, 0),
+        ];
+        let mut q = queue(&mem, &descs, &[SIZE + 3, 0, 1, 2, 3, 4, 5]);
+        let (chains, read) = pop_all(&mut q, &mem);
+        assert_eq!(
+            chains,
+            [
+                (
+                    SIZE + 3,
+                    Err(ChainError::OutOfTable {
+                        index: SIZE + 3,
+                        size: SIZE
+                    })
+                ),
+                (
+                    0,
+                    Err(ChainError::OutOfTable {
+                        index: SIZE,
+                        size: SIZE
+                    })
+                ),
+                (1, Err(ChainError::Loop { size: SIZE })),
+                (
+                    2,
+                    Err(ChainError::OutsideMemory {
+                        index: 2,
+                        addr: 0x20_0000 - 4,
+                        len: 8
+                    })
+                ),
+                (
+                    3,
+                    Err(ChainError::OutsideMemory {
+                        index: 3,
+                        addr: u64::MAX - 1,
+                        len: 4
+                    })
+                ),
+                (
+                    4,
+                    Err(ChainError::OutsideMemory {
+                        index: 4,
+                        addr: 0x40_0000,
+                        len: 1
+                    })
+                ),
+                (5, Ok(2)),
+            ]
+        );
+        // The loop cost the queue size, the others what they hold.
+        assert_eq!(read, 1 + usize::from(SIZE) + 1 + 1 + 1 + 2);
+    }
+
+    #[test]
+    fn a_chain_over_4_gib_is_refused() {
+        // 3 GiB, reserved but never touched.
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 3 << 30)]).unwrap();
+        let descs = [(0, 0x4000, 1 << 31, NEXT, 1), (1, 0x4000, 1 << 31, 0, 0)];
+        let mut q = queue(&mem, &descs, &[0]);
+        assert_eq!(pop_all(&mut q, &mem).0, [(0, Err(ChainError::TooLong))]);
+    }
 
     #[test]
     fn the_uarts_irq_trigger_is_an_interrupt_line() {

@@ -4,7 +4,9 @@
 
 use super::*;
 use crate::devices::virtio::test_util::{Counter, XorShift};
-use vm_memory::{Address, Bytes, GuestAddress};
+use crate::devices::virtio::DESCRIPTORS_READ;
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 const MEM: u64 = 0x40_0000;
 /// Each queue's rings live in a page of their own from here.
@@ -13,6 +15,7 @@ const RINGS: u64 = 0x1000;
 const BUFFERS: u64 = 0x4_0000;
 const WRITE: u16 = 2;
 const NEXT: u16 = 1;
+const INDIRECT: u16 = 4;
 
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -360,6 +363,68 @@ fn hostile_chains_are_returned_and_nothing_breaks() {
     rig.driver.send(5, b"ok");
     rig.console.queue_notify(5);
     assert!(lock(&rig.stderr.0).ends_with(b"ok"));
+}
+
+/// Descriptors read on this thread while `f` runs.
+fn descriptors_read(f: impl FnOnce()) -> usize {
+    let before = DESCRIPTORS_READ.with(|n| n.get());
+    f();
+    DESCRIPTORS_READ.with(|n| n.get()) - before
+}
+
+#[test]
+fn indirect_chains_are_returned_unread() {
+    let mut rig = rig();
+    rig.handshake();
+    // A full transmit queue of chains that each refer to an indirect
+    // table of 65,535 one-byte buffers: followed, that would be 65,535
+    // descriptors read and bytes written out per chain.
+    let x = rig.driver.alloc(b"x", 1);
+    let table = 0x20_0000;
+    for i in 0..u16::MAX {
+        let flags = if i + 1 < u16::MAX { NEXT } else { 0 };
+        let at = GuestAddress(table + 16 * u64::from(i));
+        rig.driver
+            .mem
+            .write_obj(Descriptor::new(x, 1, flags, i + 1), at)
+            .unwrap();
+    }
+    for _ in 0..QUEUE_SIZE {
+        rig.driver
+            .add_raw(1, &[(table, 16 * u32::from(u16::MAX), INDIRECT)]);
+    }
+    let read = descriptors_read(|| rig.console.queue_notify(1));
+    assert!(lock(&rig.stdout.0).is_empty());
+    let used: Vec<_> = (0..u32::from(QUEUE_SIZE)).map(|id| (id, 0)).collect();
+    assert_eq!(rig.driver.used(1), used);
+    assert_eq!(read, usize::from(QUEUE_SIZE), "one descriptor per chain");
+
+    // A control message behind one is not read: no answer.
+    let ready = control_message(u32::MAX as usize, event::DEVICE_READY, 1, &[]);
+    let msg = rig.driver.alloc(&ready, 8);
+    let one = |addr, len, flags| Descriptor::new(addr, len, flags, 0);
+    let to_msg = rig.driver.alloc(one(msg, 8, 0).as_slice(), 16);
+    let head = rig.driver.add_raw(CONTROL_TX, &[(to_msg, 16, INDIRECT)]);
+    rig.console.queue_notify(CONTROL_TX as u16);
+    assert_eq!(rig.driver.used(CONTROL_TX), [(head.into(), 0)]);
+    assert!(rig.messages().is_empty());
+
+    // Nor is input written through one: that buffer comes back empty,
+    // the next plain one gets the input.
+    rig.control(STDIN_PORT as u32, event::PORT_OPEN, 1);
+    let rx = rx_queue(STDIN_PORT);
+    let hidden = rig.driver.alloc(&[0; 8], 8);
+    let to_hidden = rig.driver.alloc(one(hidden, 8, WRITE).as_slice(), 16);
+    rig.driver.add_raw(rx, &[(to_hidden, 16, INDIRECT | WRITE)]);
+    rig.driver.post_buffer(rx, 8);
+    assert_eq!(rig.console.input().push(b"abc"), Some(3));
+    assert_eq!(rig.driver.used(rx), [(0, 0), (1, 3)]);
+    let mut got = [1; 8];
+    rig.driver
+        .mem
+        .read_slice(&mut got, GuestAddress(hidden))
+        .unwrap();
+    assert_eq!(got, [0; 8]);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::devices::virtio::test_util::{Counter, XorShift};
+use std::io::{Read, Write};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
@@ -89,7 +90,7 @@ impl VirtioDevice for FakeDevice {
         Ok(())
     }
     /// Consumes whatever the driver's ring holds, garbage included, as
-    /// a device worker would: every chain, every descriptor's first byte.
+    /// a device worker would: every chain, a byte of each part.
     fn queue_notify(&mut self, index: u16) {
         self.notified.push(index);
         let Some((mem, queues, interrupt)) = &mut self.live else {
@@ -98,12 +99,12 @@ impl VirtioDevice for FakeDevice {
         let queue = &mut queues[usize::from(index)];
         assert!(queue.ready(), "notify on an unready queue");
         for _ in 0..queue.size() {
-            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+            let Some((head, chain)) = super::super::pop_chain(queue, mem) else {
                 break;
             };
-            let head = chain.head_index();
-            for desc in chain {
-                let _ = mem.read_obj::<u8>(desc.addr());
+            if let Ok(chain) = chain {
+                let _ = chain.reader(mem).read(&mut [0]);
+                let _ = chain.writer(mem).write(&[0]);
             }
             let _ = queue.add_used(&*mem, head, 0);
         }
@@ -634,8 +635,8 @@ fn odd_sizes_and_offsets_are_ignored() {
 }
 
 #[test]
-fn a_device_declaring_an_impossible_queue_is_refused() {
-    struct Bad(Vec<u16>);
+fn a_device_declaring_an_impossible_queue_or_transport_feature_is_refused() {
+    struct Bad(Vec<u16>, u64);
     impl VirtioDevice for Bad {
         fn device_type(&self) -> u32 {
             9
@@ -644,7 +645,7 @@ fn a_device_declaring_an_impossible_queue_is_refused() {
             &self.0
         }
         fn features(&self) -> u64 {
-            0
+            self.1
         }
         fn read_config(&self, _: u64, _: &mut [u8]) {}
         fn write_config(&mut self, _: u64, _: &[u8]) {}
@@ -656,7 +657,7 @@ fn a_device_declaring_an_impossible_queue_is_refused() {
     }
     for sizes in [vec![0], vec![128, 3], vec![u16::MAX]] {
         let line = Arc::new(Counter::default());
-        let err = MmioTransport::new(Bad(sizes.clone()), guest_memory(), line)
+        let err = MmioTransport::new(Bad(sizes.clone(), 0), guest_memory(), line)
             .err()
             .unwrap();
         assert!(matches!(
@@ -665,8 +666,21 @@ fn a_device_declaring_an_impossible_queue_is_refused() {
         ));
         assert!(err.to_string().contains("power of two"), "{err}");
     }
+    // Indirect descriptors and packed rings: the devices' chains are
+    // split and direct, so no driver may be offered either.
+    for bit in [VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED] {
+        let line = Arc::new(Counter::default());
+        let err = MmioTransport::new(Bad(vec![8], 1 << bit), guest_memory(), line)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, VirtioError::UnsupportedFeature { device_type: 9, bit: b } if b == bit),
+            "{err}"
+        );
+    }
     let line = Arc::new(Counter::default());
-    assert!(MmioTransport::new(Bad(vec![32768, 1]), guest_memory(), line).is_ok());
+    let features = 1 << VIRTIO_RING_F_EVENT_IDX | 1;
+    assert!(MmioTransport::new(Bad(vec![32768, 1], features), guest_memory(), line).is_ok());
 }
 
 /// A hostile driver: thousands of random accesses, mostly at real
