@@ -93,10 +93,11 @@ const CONTROL_MESSAGE_MAX: usize = 64;
 const CONTROL_BACKLOG: usize = 64;
 /// Host input held for the guest: the forwarder waits while it is full.
 pub const INPUT_CAPACITY: usize = 64 << 10;
-/// Descriptor chains one notification handles at most: a driver feeding a
-/// queue from another vCPU cannot keep one vCPU thread here for ever (the
-/// rest waits for the next notification, which Linux sends on every add).
-/// With at most [`QUEUE_SIZE`] descriptors a chain, that bounds the
+/// Descriptor chains one notification (or one delivery of input)
+/// handles at most: a driver feeding a queue from another vCPU cannot
+/// keep one vCPU thread (or the stdin forwarder) here for ever; the rest
+/// waits for the next notification, which Linux sends on every add. With
+/// at most [`QUEUE_SIZE`] descriptors a chain, that bounds the
 /// descriptors read per notification too.
 const CHAINS_PER_NOTIFY: usize = 4 * QUEUE_SIZE as usize;
 /// Bytes copied from guest memory per write to the caller's writer.
@@ -160,7 +161,12 @@ impl Shared {
         if guest_open[STDIN_PORT] {
             if let Some(Some(queue)) = rx.get_mut(rx_queue(STDIN_PORT)) {
                 let mut used = false;
-                while !input.is_empty() {
+                // Bounded by chains, not bytes: a chain may take none
+                // (a broken or empty buffer).
+                for _ in 0..CHAINS_PER_NOTIFY {
+                    if input.is_empty() {
+                        break;
+                    }
                     let (a, b) = input.as_slices();
                     let first = if a.is_empty() { b } else { a };
                     let Some(n) = fill_one(queue, &active.mem, first) else {

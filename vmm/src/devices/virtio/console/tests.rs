@@ -5,6 +5,8 @@
 use super::*;
 use crate::devices::virtio::test_util::{Counter, XorShift};
 use crate::devices::virtio::DESCRIPTORS_READ;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
@@ -425,6 +427,50 @@ fn indirect_chains_are_returned_unread() {
         .read_slice(&mut got, GuestAddress(hidden))
         .unwrap();
     assert_eq!(got, [0; 8]);
+}
+
+#[test]
+fn one_delivery_of_input_takes_a_bounded_number_of_chains() {
+    let mut rig = rig();
+    rig.handshake();
+    rig.control(STDIN_PORT as u32, event::PORT_OPEN, 1);
+    let rx = rx_queue(STDIN_PORT);
+    // Another vCPU keeps the stdin port's receive queue full of buffers
+    // without room (descriptor 0, all zeroes), as fast as the device
+    // returns them; up to a limit, where an unbounded delivery would end.
+    const LIMIT: u16 = 20_000;
+    let mem = rig.driver.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Barrier::new(2));
+    let feeder = {
+        let (stop, started) = (stop.clone(), started.clone());
+        std::thread::spawn(move || {
+            let used_idx = GuestAddress(used_ring(rx) + 2);
+            let avail_idx = GuestAddress(avail_ring(rx) + 2);
+            mem.write_obj(QUEUE_SIZE, avail_idx).unwrap();
+            started.wait();
+            while !stop.load(Ordering::Relaxed) {
+                let used: u16 = mem.read_obj(used_idx).unwrap();
+                if used >= LIMIT {
+                    break;
+                }
+                mem.write_obj(used + QUEUE_SIZE, avail_idx).unwrap();
+            }
+        })
+    };
+    started.wait();
+    assert_eq!(rig.console.input().push(b"x"), Some(1));
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let used: u16 = rig
+        .driver
+        .mem
+        .read_obj(GuestAddress(used_ring(rx) + 2))
+        .unwrap();
+    assert!(
+        usize::from(used) <= CHAINS_PER_NOTIFY,
+        "{used} chains in one delivery"
+    );
 }
 
 #[test]
