@@ -69,7 +69,8 @@ pub enum ThreadKind {
     /// then raises.
     Stdin,
     /// A share's 9p server ([`crate::devices::virtio::p9`]): file-system
-    /// calls on the descriptors it holds, and the device's interrupt.
+    /// calls on the descriptors it holds (never from `AT_FDCWD`), and the
+    /// device's interrupt.
     Fs,
 }
 
@@ -132,30 +133,39 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
-/// The file-system calls of [`ThreadKind::Fs`].
-const FS_CALLS: &[libc::c_long] = &[
-    libc::SYS_openat,
+/// The file-system calls of [`ThreadKind::Fs`] on a descriptor alone.
+const FS_FD_CALLS: &[libc::c_long] = &[
     libc::SYS_read,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_lseek,
     libc::SYS_getdents64,
     libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
     libc::SYS_fstatfs,
-    libc::SYS_readlinkat,
-    libc::SYS_mkdirat,
-    libc::SYS_unlinkat,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
-    libc::SYS_linkat,
-    libc::SYS_fchmodat,
-    libc::SYS_fchownat,
-    libc::SYS_utimensat,
     libc::SYS_ftruncate,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
+];
+
+/// The file-system calls of [`ThreadKind::Fs`] that resolve a name, each
+/// with the arguments that are directory descriptors: the p9 server
+/// resolves every name from a descriptor it holds (a fid's, or `/proc`'s
+/// for `self/fd/N`), never from the working directory, so `AT_FDCWD` is
+/// refused there. (An absolute name ignores the descriptor; Landlock,
+/// which the worker puts itself under, is what keeps those in the share.)
+const FS_AT_CALLS: &[(libc::c_long, &[u8])] = &[
+    (libc::SYS_openat, &[0]),
+    (libc::SYS_newfstatat, &[0]),
+    (libc::SYS_statx, &[0]),
+    (libc::SYS_readlinkat, &[0]),
+    (libc::SYS_mkdirat, &[0]),
+    (libc::SYS_unlinkat, &[0]),
+    (libc::SYS_renameat, &[0, 2]),
+    (libc::SYS_renameat2, &[0, 2]),
+    (libc::SYS_linkat, &[0, 2]),
+    (libc::SYS_fchmodat, &[0]),
+    (libc::SYS_fchownat, &[0]),
+    (libc::SYS_utimensat, &[0]),
 ];
 
 /// `syscall(arg0 == value)` as a rule.
@@ -232,10 +242,24 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             map.insert(libc::SYS_write, stderr_only);
             // The used ring's interrupt.
             map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
-            // What the p9 server calls (relative to descriptors it holds;
-            // the paths are the guest's single names, checked before).
-            for call in FS_CALLS {
+            // What the p9 server calls: on descriptors it holds, and names
+            // (the guest's single names, checked before) relative to them.
+            for call in FS_FD_CALLS {
                 map.insert(*call, Vec::new());
+            }
+            for (call, dirfds) in FS_AT_CALLS {
+                let not_cwd = dirfds
+                    .iter()
+                    .map(|&index| {
+                        SeccompCondition::new(
+                            index,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Ne,
+                            libc::AT_FDCWD as u32 as u64,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                map.insert(*call, vec![SeccompRule::new(not_cwd)?]);
             }
             // try_clone and fdopendir (which sets FD_CLOEXEC), besides
             // Rust's F_GETFD.

@@ -23,6 +23,14 @@ fn in_child(name: &str) -> (Option<i32>, String) {
     )
 }
 
+/// Asserts that a case ended with 125 and the line that names the
+/// `thread` thread and its forbidden `call`.
+fn assert_trapped(code: Option<i32>, stderr: &str, thread: &str, call: libc::c_long) {
+    assert_eq!(code, Some(125), "{stderr}");
+    let line = format!("the {thread} thread made system call {call}, which its filter forbids");
+    assert!(stderr.contains(&line), "{stderr}");
+}
+
 fn is_child(name: &str) -> bool {
     std::env::var(CHILD_VAR).is_ok_and(|v| v == name)
 }
@@ -53,14 +61,7 @@ fn a_vcpu_thread_cannot_open_a_file() {
     let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
         let _ = std::fs::File::open("/proc/self/status");
     });
-    assert_eq!(code, Some(125), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "the vCPU thread made system call {}, which its filter forbids",
-            libc::SYS_openat
-        )),
-        "{stderr}"
-    );
+    assert_trapped(code, &stderr, "vCPU", libc::SYS_openat);
 }
 
 #[test]
@@ -89,14 +90,7 @@ fn the_stdin_thread_reads_only_stdin() {
         // SAFETY: a read into a buffer of ours; fd 3 need not be open.
         unsafe { libc::read(3, buf.as_mut_ptr().cast(), 1) };
     });
-    assert_eq!(code, Some(125), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "the stdin thread made system call {}",
-            libc::SYS_read
-        )),
-        "{stderr}"
-    );
+    assert_trapped(code, &stderr, "stdin", libc::SYS_read);
 }
 
 #[test]
@@ -130,14 +124,7 @@ fn no_thread_maps_executable_memory() {
             )
         };
     });
-    assert_eq!(code, Some(125), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "the output thread made system call {}",
-            libc::SYS_mmap
-        )),
-        "{stderr}"
-    );
+    assert_trapped(code, &stderr, "output", libc::SYS_mmap);
 }
 
 #[test]
@@ -150,6 +137,48 @@ fn the_stdin_thread_may_raise_the_uarts_interrupt() {
             // SAFETY: fd -1 is never open; the kernel returns EBADF
             // before it looks at the argument.
             unsafe { libc::ioctl(-1, request as _, std::ptr::null_mut::<u8>()) };
+        }
+        eprintln!("still here");
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("still here"), "{stderr}");
+}
+
+#[test]
+fn the_fs_thread_opens_nothing_by_path() {
+    const NAME: &str = "the_fs_thread_opens_nothing_by_path";
+    let (code, stderr) = case(NAME, ThreadKind::Fs, || {
+        // open() is openat(AT_FDCWD, ...): never what the p9 server does.
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/etc/shadow");
+    });
+    assert_trapped(code, &stderr, "9p", libc::SYS_openat);
+}
+
+#[test]
+fn the_fs_thread_unlinks_nothing_by_path() {
+    const NAME: &str = "the_fs_thread_unlinks_nothing_by_path";
+    let (code, stderr) = case(NAME, ThreadKind::Fs, || {
+        // SAFETY: a constant C string; the file need not exist.
+        unsafe { libc::unlinkat(libc::AT_FDCWD, c"/elsewhere/file".as_ptr(), 0) };
+    });
+    assert_trapped(code, &stderr, "9p", libc::SYS_unlinkat);
+}
+
+#[test]
+fn the_fs_thread_may_resolve_names_from_descriptors() {
+    const NAME: &str = "the_fs_thread_may_resolve_names_from_descriptors";
+    let (code, stderr) = case(NAME, ThreadKind::Fs, || {
+        // fd 2 is no directory: ENOTDIR, not SIGSYS, when the filter lets
+        // the calls through.
+        // SAFETY: constant C strings and a descriptor that is open.
+        unsafe {
+            libc::openat(2, c"name".as_ptr(), libc::O_RDONLY);
+            libc::unlinkat(2, c"name".as_ptr(), 0);
+            libc::renameat(2, c"a".as_ptr(), 2, c"b".as_ptr());
+            libc::mkdirat(2, c"dir".as_ptr(), 0o755);
         }
         eprintln!("still here");
     });

@@ -10,14 +10,26 @@
 //!
 //! Requests are served on a worker thread of the device's own, started
 //! with the device (before the guest runs, so no thread is created under a
-//! vCPU's seccomp filter) and filtered by the file-system allow-list: a
-//! slow disk holds that thread, never a vCPU. The vCPU thread only passes
-//! on the driver's notifications.
+//! vCPU's seccomp filter): a slow disk holds that thread, never a vCPU.
+//! The vCPU thread only passes on the driver's notifications. Before it
+//! serves anything the worker confines itself ([`confine`]: no
+//! capabilities, Landlock to its share) and installs the file-system
+//! allow-list; the device is not made unless that succeeded.
+//!
+//! The share's root is opened once, when the device is made, and every
+//! attach starts from that descriptor: the server is never asked to
+//! resolve the share's path again, so a guest that renames directories
+//! through one share cannot redirect another share nested in it. The
+//! handler counts the guest's fids against a limit ([`fids`]).
 
+pub mod confine;
+pub mod fids;
+mod handler;
 pub mod policy;
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
+pub use handler::Handler;
+
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -27,8 +39,8 @@ use virtio_queue::{Queue, QueueT};
 
 use super::{read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
 use crate::memory::GuestMemory;
-use crate::seccomp::{self, ThreadKind};
-use policy::{Policy, Verdict};
+use confine::ConfineError;
+use policy::Policy;
 
 /// The virtio device type of a 9p transport.
 pub const VIRTIO_ID_9P: u32 = 9;
@@ -39,10 +51,6 @@ pub const MAX_TAG_LEN: usize = 64;
 /// Entries of the request queue.
 const QUEUE_SIZE: u16 = 128;
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
-/// Largest request read from a chain. The server negotiates at most
-/// 64 KiB of payload plus its header (its `MAX_MESSAGE_SIZE`) and reads
-/// no further into a request than that; anything past it is ignored.
-const MAX_REQUEST: usize = 64 * 1024 + 64;
 
 /// Why a share cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,14 @@ pub enum P9Error {
         path: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// The worker could not confine itself to the share.
+    #[error("cannot serve {path} to the guest: {source}")]
+    Confine {
+        /// The shared directory.
+        path: String,
+        /// Why.
+        source: ConfineError,
     },
 }
 
@@ -90,8 +106,9 @@ pub struct NineP {
 
 impl NineP {
     /// Serves `root` (a directory) under `tag`, as `policy` says, starting
-    /// the worker thread; it installs `filter` (the file-system allow-list)
-    /// on itself first, when there is one.
+    /// the worker thread, and returns once that thread has confined itself
+    /// ([`Handler::confine`], with `filter`, the file-system allow-list,
+    /// when there is one).
     pub fn new(
         root: &Path,
         tag: &str,
@@ -107,12 +124,39 @@ impl NineP {
         };
         let handler = Handler::new(root, policy).map_err(server_err)?;
         let (work, inbox) = mpsc::sync_channel(WORK_BACKLOG);
+        let (confined, ready) = mpsc::sync_channel(1);
         let notified = Arc::new(AtomicBool::new(false));
         let flag = notified.clone();
         std::thread::Builder::new()
             .name(format!("9p {tag}"))
-            .spawn(move || worker(handler, inbox, flag, filter))
+            .spawn(move || {
+                match handler.confine(filter.as_ref()) {
+                    Ok(how) => {
+                        log::debug!("9p: share confined ({how:?})");
+                        let _ = confined.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let _ = confined.send(Err(e));
+                        return;
+                    }
+                }
+                worker(handler, inbox, flag);
+            })
             .map_err(server_err)?;
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                return Err(P9Error::Confine {
+                    path: root.display().to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(server_err(std::io::Error::other(
+                    "the share's thread ended before it was confined",
+                )))
+            }
+        }
         let mut config = (tag.len() as u16).to_le_bytes().to_vec();
         config.extend_from_slice(tag.as_bytes());
         Ok(Self {
@@ -123,8 +167,7 @@ impl NineP {
     }
 
     fn send(&self, work: Work) {
-        // The worker ends only with the process (or after its filter
-        // failed, already reported): nothing more to do then.
+        // The worker ends only with the process: nothing more to do then.
         let _ = self.work.send(work);
     }
 }
@@ -183,20 +226,9 @@ impl VirtioDevice for NineP {
     }
 }
 
-/// The worker: serves the queue on each notification until the device
-/// is dropped.
-fn worker(
-    mut handler: Handler,
-    inbox: mpsc::Receiver<Work>,
-    notified: Arc<AtomicBool>,
-    filter: Option<BpfProgram>,
-) {
-    if let Some(filter) = &filter {
-        if let Err(e) = seccomp::install(ThreadKind::Fs, filter) {
-            log::error!("9p: {e}; the share is not served");
-            return;
-        }
-    }
+/// The worker, once confined: serves the queue on each notification
+/// until the device is dropped.
+fn worker(mut handler: Handler, inbox: mpsc::Receiver<Work>, notified: Arc<AtomicBool>) {
     let mut active: Option<(GuestMemory, Interrupt, Queue)> = None;
     while let Ok(work) = inbox.recv() {
         match work {
@@ -214,66 +246,6 @@ fn worker(
                     serve_queue(queue, mem, interrupt, &mut handler);
                 }
             }
-        }
-    }
-}
-
-/// One share's requests, answered: the policy in front of the server,
-/// and the buffers kept from one request to the next.
-pub struct Handler {
-    server: p9::Server,
-    policy: Policy,
-    request: Vec<u8>,
-    reply: Vec<u8>,
-}
-
-impl Handler {
-    /// A server for `root`, as `policy` says.
-    pub fn new(root: &Path, policy: Policy) -> std::io::Result<Self> {
-        // The invoking user's files look like root's in the guest.
-        let uid_map = BTreeMap::from([(policy.uid, 0)]);
-        let gid_map = BTreeMap::from([(policy.gid, 0)]);
-        Ok(Self {
-            server: p9::Server::new(root, uid_map, gid_map)?,
-            policy,
-            request: Vec::new(),
-            reply: Vec::new(),
-        })
-    }
-
-    /// Reads one request (at most [`MAX_REQUEST`] bytes of it), checks it
-    /// and answers it; `None` when there is no answer to give (no header,
-    /// or the server could not decode it).
-    pub fn handle(&mut self, mut reader: impl Read) -> Option<&[u8]> {
-        let Self {
-            server,
-            policy,
-            request,
-            reply,
-        } = self;
-        request.clear();
-        reply.clear();
-        if let Err(e) = reader
-            .by_ref()
-            .take(MAX_REQUEST as u64)
-            .read_to_end(request)
-        {
-            log::debug!("9p: request unreadable: {e}");
-            return None;
-        }
-        match policy::check(request, policy) {
-            Verdict::Drop => None,
-            Verdict::Refuse(errno) => {
-                reply.extend_from_slice(&policy::error_reply(request, errno));
-                Some(reply)
-            }
-            Verdict::Serve => match server.handle_message(&mut &request[..], reply) {
-                Ok(()) => Some(reply),
-                Err(e) => {
-                    log::debug!("9p: request not answered: {e}");
-                    None
-                }
-            },
         }
     }
 }

@@ -14,15 +14,33 @@
 //! A read-only share answers `EROFS` to every message that changes
 //! anything, and to an open for writing, truncating or appending.
 //!
-//! Ownership: the server shows the invoking user's files as root's (its
-//! id maps); a `chown` to root (what `tar` or `cp -a` does as root) is
-//! turned into one to the invoking user, the only owner a rootless
-//! process can give a file.
+//! Ownership, as in a rootless container that maps the guest's root to
+//! the invoking user: the server shows the invoking user's files as
+//! root's (its id maps), and every `chown` is turned into one to the
+//! invoking user, whatever owner the guest asked for. So `tar x`, `cp -a`
+//! and `install -o` succeed in the guest (they would report an `EPERM` to
+//! root as an error), and nothing the guest makes belongs to anyone else
+//! on the host, also when microrun runs as root.
+//!
+//! No setuid or setgid file: the setuid and setgid bits are cleared from
+//! every mode the guest gives (create, mkdir, mknod, setattr).
+//!
+//! The handler holds the share's root as a fid of its own,
+//! [`ROOT_FID`] (the protocol's "no fid", which no client uses as one);
+//! a request that names it is answered `EBADF`.
 
 /// The errno values this policy answers with.
 pub const EINVAL: u32 = libc::EINVAL as u32;
 /// A change to a read-only share.
 pub const EROFS: u32 = libc::EROFS as u32;
+/// A fid that is not the guest's.
+pub const EBADF: u32 = libc::EBADF as u32;
+/// The share's fids are all in use.
+pub const EMFILE: u32 = libc::EMFILE as u32;
+
+/// The handler's own fid for the share's root: `P9_NOFID`, which a client
+/// sends only where no fid is meant (an attach's afid).
+pub const ROOT_FID: u32 = u32::MAX;
 
 /// The 9P2000.L request types this module looks into (Linux's
 /// `include/net/9p/9p.h`); an answer's type is its request's plus one.
@@ -57,8 +75,12 @@ pub mod t {
     pub const UNLINKAT: u8 = 76;
     /// Tversion: the session's start.
     pub const VERSION: u8 = 100;
+    /// Tauth.
+    pub const AUTH: u8 = 102;
     /// Tattach: the share's root as a fid.
     pub const ATTACH: u8 = 104;
+    /// Tflush.
+    pub const FLUSH: u8 = 108;
     /// Twalk: names to a new fid.
     pub const WALK: u8 = 110;
     /// Tread.
@@ -73,7 +95,7 @@ pub mod t {
 
 /// `Rlerror`, the answer to a refused request.
 pub const RLERROR: u8 = 7;
-/// size[4] type[1] tag[2].
+/// `size[4] type[1] tag[2]`.
 pub const HEADER_LEN: usize = 7;
 
 /// Open flags (Linux values, which 9P2000.L uses) that write.
@@ -83,8 +105,11 @@ const WRITE_FLAGS: u32 =
 /// the server (and so every request after it) in `open` or `read`.
 const NONBLOCK: u32 = libc::O_NONBLOCK as u32;
 
+const SETATTR_MODE: u32 = 0x1;
 const SETATTR_UID: u32 = 0x2;
 const SETATTR_GID: u32 = 0x4;
+/// Cleared from every mode the guest gives.
+const SETID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
 
 /// How one share is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,15 +144,25 @@ pub fn check(msg: &mut [u8], policy: &Policy) -> Verdict {
         return Verdict::Refuse(EROFS);
     }
     let body = HEADER_LEN;
+    // Where the mode of a new file, directory or node is, once the name
+    // before it is known to be whole.
+    let mut mode_at = None;
     let names_ok = match kind {
         // fid[4] newfid[4] nwname[2] wname[s]...
         t::WALK => walk_names_ok(msg, body + 8),
+        // fid[4] name[s] flags[4] mode[4] gid[4]
+        // dfid[4] name[s] mode[4] ...
+        t::LCREATE | t::MKDIR | t::MKNOD => name_at(msg, body + 4).is_some_and(|(name, end)| {
+            mode_at = Some(if kind == t::LCREATE { end + 4 } else { end });
+            is_plain_name(name)
+        }),
         // fid[4] name[s] ...
-        t::LCREATE | t::SYMLINK | t::MKNOD | t::MKDIR | t::UNLINKAT | t::XATTRWALK => {
-            let at = body + if kind == t::XATTRWALK { 8 } else { 4 };
-            // An xattr name is not a path: only its presence is checked.
-            name_at(msg, at).is_some_and(|(name, _)| kind == t::XATTRWALK || is_plain_name(name))
+        t::SYMLINK | t::UNLINKAT => {
+            name_at(msg, body + 4).is_some_and(|(name, _)| is_plain_name(name))
         }
+        // fid[4] newfid[4] name[s]: an xattr name is not a path, only its
+        // presence is checked.
+        t::XATTRWALK => name_at(msg, body + 8).is_some(),
         // fid[4] dfid[4] name[s]
         t::RENAME | t::LINK => name_at(msg, body + 8).is_some_and(|(name, _)| is_plain_name(name)),
         // olddirfid[4] oldname[s] newdirfid[4] newname[s]
@@ -138,6 +173,9 @@ pub fn check(msg: &mut [u8], policy: &Policy) -> Verdict {
     };
     if !names_ok {
         return Verdict::Refuse(EINVAL);
+    }
+    if names_root_fid(msg) {
+        return Verdict::Refuse(EBADF);
     }
     match kind {
         // fid[4] flags[4]
@@ -153,18 +191,48 @@ pub fn check(msg: &mut [u8], policy: &Policy) -> Verdict {
         // fid[4] valid[4] mode[4] uid[4] gid[4] ...
         t::SETATTR => {
             let valid = u32_at(msg, body + 4).unwrap_or(0);
+            if valid & SETATTR_MODE != 0 {
+                mode_at = Some(body + 8);
+            }
             for (bit, at, host) in [
                 (SETATTR_UID, body + 12, policy.uid),
                 (SETATTR_GID, body + 16, policy.gid),
             ] {
-                if valid & bit != 0 && u32_at(msg, at) == Some(0) {
+                if valid & bit != 0 {
                     put_u32(msg, at, host);
                 }
             }
         }
         _ => {}
     }
+    if let Some(at) = mode_at {
+        if let Some(mode) = u32_at(msg, at) {
+            put_u32(msg, at, mode & !SETID_BITS);
+        }
+    }
     Verdict::Serve
+}
+
+/// Whether request `msg` names [`ROOT_FID`] where it takes a fid. Every
+/// 9P2000.L request but Tversion, Tauth, Tflush and Tattach (which the
+/// handler answers itself) starts with a fid; a walk, an xattr walk, a
+/// link and a rename carry a second after it, a renameat after its first
+/// name.
+fn names_root_fid(msg: &[u8]) -> bool {
+    let body = HEADER_LEN;
+    let kind = msg[4];
+    if matches!(kind, t::VERSION | t::AUTH | t::FLUSH | t::ATTACH) {
+        return false;
+    }
+    let second = match kind {
+        t::WALK | t::XATTRWALK | t::LINK | t::RENAME => Some(body + 4),
+        t::RENAMEAT => name_at(msg, body + 4).map(|(_, end)| end),
+        _ => None,
+    };
+    [Some(body), second]
+        .into_iter()
+        .flatten()
+        .any(|at| u32_at(msg, at) == Some(ROOT_FID))
 }
 
 /// The `Rlerror` answering request `msg` with `errno`.
@@ -215,18 +283,18 @@ fn walk_names_ok(msg: &[u8], at: usize) -> bool {
 }
 
 /// The string (`len[2] bytes`) at `at` and the offset after it.
-fn name_at(msg: &[u8], at: usize) -> Option<(&[u8], usize)> {
+pub(super) fn name_at(msg: &[u8], at: usize) -> Option<(&[u8], usize)> {
     let len = usize::from(u16_at(msg, at)?);
     let start = at + 2;
     let name = msg.get(start..start.checked_add(len)?)?;
     Some((name, start + len))
 }
 
-fn u16_at(msg: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(msg: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(msg.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(msg: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(msg: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(msg.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -344,32 +412,92 @@ mod tests {
         );
     }
 
+    /// A Tsetattr body: valid, mode, uid, gid, then the times.
+    fn setattr(valid: u32, mode: u32, uid: u32, gid: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 4];
+        b.extend(valid.to_le_bytes());
+        b.extend(mode.to_le_bytes());
+        b.extend(uid.to_le_bytes());
+        b.extend(gid.to_le_bytes());
+        b.extend([0u8; 40]);
+        msg(t::SETATTR, &b)
+    }
+
     #[test]
-    fn chown_to_root_becomes_chown_to_the_invoking_user() {
-        let body = |valid: u32, uid: u32, gid: u32| {
-            let mut b = vec![0u8; 4];
-            b.extend(valid.to_le_bytes());
-            b.extend(0u32.to_le_bytes());
-            b.extend(uid.to_le_bytes());
-            b.extend(gid.to_le_bytes());
-            b.extend([0u8; 40]);
-            b
-        };
-        let mut m = msg(t::SETATTR, &body(SETATTR_UID | SETATTR_GID, 0, 0));
-        assert_eq!(check(&mut m, &RW), Verdict::Serve);
-        assert_eq!(u32_at(&m, HEADER_LEN + 12), Some(1000));
-        assert_eq!(u32_at(&m, HEADER_LEN + 16), Some(100));
-        let mut other = msg(t::SETATTR, &body(SETATTR_UID, 5, 0));
+    fn every_chown_becomes_chown_to_the_invoking_user() {
+        for (uid, gid) in [(0, 0), (5, 7), (1000, 100), (u32::MAX, u32::MAX)] {
+            let mut m = setattr(SETATTR_UID | SETATTR_GID, 0, uid, gid);
+            assert_eq!(check(&mut m, &RW), Verdict::Serve);
+            assert_eq!(u32_at(&m, HEADER_LEN + 12), Some(1000), "{uid}");
+            assert_eq!(u32_at(&m, HEADER_LEN + 16), Some(100), "{gid}");
+        }
+        let mut other = setattr(SETATTR_UID, 0, 5, 0);
         check(&mut other, &RW);
-        assert_eq!(
-            u32_at(&other, HEADER_LEN + 12),
-            Some(5),
-            "left to the kernel"
-        );
+        assert_eq!(u32_at(&other, HEADER_LEN + 12), Some(1000));
         assert_eq!(
             u32_at(&other, HEADER_LEN + 16),
             Some(0),
             "GID not asked for"
+        );
+    }
+
+    #[test]
+    fn no_mode_the_guest_gives_keeps_setuid_or_setgid() {
+        // (valid, mode given, mode the server gets)
+        for (valid, given, served) in [
+            (SETATTR_MODE, 0o106_755, 0o100_755),
+            (SETATTR_MODE, 0o41_777, 0o41_777), // the sticky bit stays
+            (SETATTR_UID, 0o6755, 0o6755),      // no mode asked for
+        ] {
+            let mut m = setattr(valid, given, 0, 0);
+            assert_eq!(check(&mut m, &RW), Verdict::Serve);
+            assert_eq!(u32_at(&m, HEADER_LEN + 8), Some(served), "{given:o}");
+        }
+        // Tlcreate: fid, name, flags, mode, gid; Tmkdir and Tmknod: dfid,
+        // name, mode, ...
+        for (kind, before) in [(t::LCREATE, 4), (t::MKDIR, 0), (t::MKNOD, 0)] {
+            let mut body = vec![0u8; 4];
+            body.extend(s(b"file"));
+            body.extend(vec![0xaa; before]);
+            let at = HEADER_LEN + body.len();
+            body.extend(0o6755u32.to_le_bytes());
+            body.extend([0u8; 12]);
+            let mut m = msg(kind, &body);
+            assert_eq!(check(&mut m, &RW), Verdict::Serve, "{kind}");
+            assert_eq!(u32_at(&m, at), Some(0o755), "{kind}");
+            assert_eq!(m[at - before..at], vec![0xaa; before][..], "{kind}");
+        }
+    }
+
+    #[test]
+    fn the_handlers_root_fid_is_not_the_guests() {
+        let root = ROOT_FID.to_le_bytes();
+        let mut walk_from = walk(&[]);
+        walk_from[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&root);
+        assert_eq!(check(&mut walk_from, &RW), Verdict::Refuse(EBADF));
+        let mut walk_to = walk(&[]);
+        walk_to[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&root);
+        assert_eq!(check(&mut walk_to, &RW), Verdict::Refuse(EBADF));
+        for kind in [t::CLUNK, t::LOPEN, t::READ, t::GETATTR, t::REMOVE] {
+            let mut body = root.to_vec();
+            body.extend([0u8; 16]);
+            assert_eq!(check(&mut msg(kind, &body), &RW), Verdict::Refuse(EBADF));
+        }
+        let mut ren = vec![0u8; 4];
+        ren.extend(s(b"a"));
+        ren.extend(root);
+        ren.extend(s(b"b"));
+        assert_eq!(
+            check(&mut msg(t::RENAMEAT, &ren), &RW),
+            Verdict::Refuse(EBADF)
+        );
+        // An attach's afid is "no fid"; a flush names a tag.
+        let mut attach = vec![0u8; 4];
+        attach.extend(root);
+        assert_eq!(check(&mut msg(t::ATTACH, &attach), &RW), Verdict::Serve);
+        assert_eq!(
+            check(&mut msg(t::FLUSH, &[0xff, 0xff]), &RW),
+            Verdict::Serve
         );
     }
 
