@@ -37,7 +37,7 @@ use std::sync::{mpsc, Arc};
 use seccompiler::BpfProgram;
 use virtio_queue::{Queue, QueueT};
 
-use super::{read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
+use super::{pop_chain, read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
 use crate::memory::GuestMemory;
 use confine::ConfineError;
 use policy::Policy;
@@ -256,12 +256,14 @@ fn serve_queue(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt, hand
     // driver may keep adding; the rest waits for its next notification.
     let mut used = false;
     for _ in 0..4 * usize::from(QUEUE_SIZE) {
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        // The chain as the transport's rules read it: never through an
+        // indirect table, each descriptor read once (devices/virtio/mod.rs).
+        let Some((head, chain)) = pop_chain(queue, mem) else {
             break;
         };
-        let head = chain.head_index();
-        let written = match (chain.clone().reader(mem), chain.writer(mem)) {
-            (Ok(reader), Ok(mut writer)) => {
+        let written = match chain {
+            Ok(chain) => {
+                let (reader, mut writer) = (chain.reader(mem), chain.writer(mem));
                 let reply = handler.handle(reader);
                 match reply {
                     Some(reply) if reply.len() <= writer.available_bytes() => {
@@ -278,7 +280,7 @@ fn serve_queue(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt, hand
                     None => 0,
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 log::debug!("9p: request {head} unusable: {e}");
                 0
             }
