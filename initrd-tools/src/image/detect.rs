@@ -21,6 +21,7 @@ use super::{
     docker, file_identity, is_sha256_hex, oci, quote, Compression, Image, ImageError, ImageFormat,
     Layer,
 };
+use crate::regular_file::{self, Links};
 
 /// The compressed formats the kernel unpacks an initramfs from, by magic.
 const COMPRESSIONS: [(&[u8], &str); 5] = [
@@ -76,7 +77,7 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
             kind: crate::describe_type(meta.file_type()),
         });
     }
-    let file = File::open(path).map_err(|e| ImageError::read(path, e))?;
+    let file = regular_file::open(path, Links::Follow).map_err(|e| ImageError::read(path, e))?;
     let head =
         read_head(&mut Window::new(&file, 0, meta.len())).map_err(|e| ImageError::read(path, e))?;
     if is_newc(&head) {

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::pack::Sink;
+use crate::regular_file::{self, Links};
 use crate::{cache, InitrdError, PackStats};
 
 mod config;
@@ -447,7 +448,7 @@ impl Image {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        self.write_atomically(out, &out_dir)
+        self.write_atomically(out, &out_dir, crate::OUTPUT_MODE)
     }
 
     /// The path of the converted archive in the cache
@@ -459,7 +460,7 @@ impl Image {
             cache::Slot::Hit(path) => return Ok(path),
             cache::Slot::Miss { path, dir } => (path, dir),
         };
-        let stats = self.write_atomically(&path, &initrd_dir)?;
+        let stats = self.write_atomically(&path, &initrd_dir, cache::ENTRY_MODE)?;
         log::info!(
             "{}: converted {} entries, {} bytes, into {}",
             self.path.display(),
@@ -471,8 +472,13 @@ impl Image {
         Ok(path)
     }
 
-    fn write_atomically(&self, out: &Path, out_dir: &Path) -> Result<PackStats, ImageError> {
-        crate::write_atomically_with(out, out_dir, |file, temp_path| {
+    fn write_atomically(
+        &self,
+        out: &Path,
+        out_dir: &Path,
+        mode: u32,
+    ) -> Result<PackStats, ImageError> {
+        crate::write_replacing(out, out_dir, mode, |file, temp_path| {
             self.convert(file, temp_path, out_dir)
         })
     }
@@ -494,7 +500,8 @@ impl Image {
                 layer: format!("{} ({})", index + 1, layer.name),
                 source,
             };
-            let file = File::open(&layer.file).map_err(|e| ImageError::read(&layer.file, e))?;
+            let file = regular_file::open(&layer.file, Links::Follow)
+                .map_err(|e| ImageError::read(&layer.file, e))?;
             let entries = layer::read_layer(layer, &file, &mut sources).map_err(layer_error)?;
             sources.add_layer_file(file, &layer.file);
             tree.apply(entries).map_err(layer_error)?;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::{quote, Digest, ImageError};
+use crate::regular_file::{self, Links};
 
 /// The most a metadata file (index, manifest, configuration) may take:
 /// these are kilobytes; anything this large is not image metadata, and is
@@ -179,7 +180,8 @@ impl Store {
                 ),
             ));
         }
-        let file = File::open(&located.file).map_err(|e| ImageError::read(&located.file, e))?;
+        let file = regular_file::open(&located.file, Links::Follow)
+            .map_err(|e| ImageError::read(&located.file, e))?;
         let mut bytes = Vec::with_capacity(located.len as usize);
         Window::new(&file, located.offset, located.len)
             .read_to_end(&mut bytes)
