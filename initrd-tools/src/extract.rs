@@ -17,14 +17,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsStr};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::image::compression_format;
+use crate::regular_file::{self, Links};
 
 /// Errors of reading and extracting an archive.
 #[derive(Debug, thiserror::Error)]
@@ -89,21 +89,9 @@ impl Archive {
     /// file (a FIFO or a device is refused without blocking on it);
     /// compressed archives are refused (only the kernel unpacks those).
     pub fn open(path: &Path) -> Result<Archive, ArchiveError> {
-        // O_NONBLOCK: opening a FIFO waits for a writer without it, before
-        // from_file can refuse it.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(|source| read_error(path, source))?;
-        let archive = Archive::from_file(file, path)?;
-        // Reads wait again. F_SETFL changes only the flags that can be
-        // changed, and of those this open set only O_NONBLOCK.
-        // SAFETY: F_SETFL with plain flags on a descriptor `archive` owns.
-        if unsafe { libc::fcntl(archive.file.as_raw_fd(), libc::F_SETFL, 0) } < 0 {
-            return Err(read_error(path, io::Error::last_os_error()));
-        }
-        Ok(archive)
+        let file =
+            regular_file::open(path, Links::Follow).map_err(|source| read_error(path, source))?;
+        Archive::from_file(file, path)
     }
 
     /// Indexes the archive in `file`, an open regular file (a memfd

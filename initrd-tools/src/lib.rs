@@ -39,6 +39,7 @@ pub mod kernel_info;
 pub mod modules;
 pub mod newc;
 mod pack;
+mod regular_file;
 pub mod rootfs;
 mod tree;
 
@@ -127,6 +128,10 @@ pub enum InitrdError {
         /// The tree.
         tree: PathBuf,
     },
+    /// A cache directory or entry is not this user's alone, or not what
+    /// microrun makes there.
+    #[error(transparent)]
+    CacheCheck(#[from] cache::CacheError),
     /// The cache directory could not be created.
     #[error("cannot create the cache directory {}: {source}; set XDG_CACHE_HOME to a writable directory", path.display())]
     Cache {
@@ -209,7 +214,7 @@ pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<PackStats,
                 });
             }
             let tree = Tree::scan(dir)?;
-            write_atomically(&tree, &path, &out_dir, opts)
+            write_atomically(&tree, &path, &out_dir, opts, OUTPUT_MODE)
         }
         Output::Stream(stream) => {
             let tree = Tree::scan(dir)?;
@@ -365,25 +370,42 @@ fn output_dir(out: &Path) -> Result<PathBuf, InitrdError> {
     })
 }
 
+/// The mode of an archive written to a path the caller names (not the
+/// cache's, which are [`cache::ENTRY_MODE`]).
+const OUTPUT_MODE: u32 = 0o644;
+
 fn write_atomically(
     tree: &Tree,
     out: &Path,
     out_dir: &Path,
     opts: &PackOptions,
+    mode: u32,
 ) -> Result<PackStats, InitrdError> {
-    write_atomically_with(out, out_dir, |file, temp_path| {
+    write_replacing(out, out_dir, mode, |file, temp_path| {
         pack::write_tree(tree, file, Some(file.as_raw_fd()), temp_path, opts)
     })
 }
 
-/// Runs `write` on a temporary file in `out_dir` (named with the cache's
-/// temporary prefix, so a killed run's leftover is evicted) and renames it
-/// over `out` when it succeeds, mode 0644; on failure the temporary file is
-/// removed. Directory packs, image conversions and microrun's other cache
-/// entries all write this way.
+/// Writes a cache entry: runs `write` on a temporary file in `out_dir`
+/// (named with the cache's temporary prefix, so a killed run's leftover is
+/// evicted) and renames it over `out` when it succeeds, mode 0600 (see
+/// [`cache`]); on failure the temporary file is removed. Directory packs,
+/// image conversions and microrun's other cache entries all write this
+/// way. Make `out_dir` with [`cache::subdir`], which checks it.
 pub fn write_atomically_with<T, E: From<InitrdError>>(
     out: &Path,
     out_dir: &Path,
+    write: impl FnOnce(&File, &Path) -> Result<T, E>,
+) -> Result<T, E> {
+    write_replacing(out, out_dir, cache::ENTRY_MODE, write)
+}
+
+/// [`write_atomically_with`], the file made `mode` (0644 for an output
+/// the caller names, 0600 for a cache entry).
+pub(crate) fn write_replacing<T, E: From<InitrdError>>(
+    out: &Path,
+    out_dir: &Path,
+    mode: u32,
     write: impl FnOnce(&File, &Path) -> Result<T, E>,
 ) -> Result<T, E> {
     let write_error = |source| InitrdError::Write {
@@ -397,7 +419,7 @@ pub fn write_atomically_with<T, E: From<InitrdError>>(
         .map_err(write_error)?;
     let file: &File = temp.as_file();
     let stats = write(file, temp.path())?;
-    file.set_permissions(fs::Permissions::from_mode(0o644))
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(write_error)?;
     temp.persist(out).map_err(|e| write_error(e.error))?;
     Ok(stats)
@@ -441,7 +463,7 @@ pub fn cached_pack(dir: &Path, opts: &PackOptions) -> Result<PathBuf, InitrdErro
         cache::Slot::Hit(path) => return Ok(path),
         cache::Slot::Miss { path, dir } => (path, dir),
     };
-    let stats = write_atomically(&tree, &path, &initrd_dir, opts)?;
+    let stats = write_atomically(&tree, &path, &initrd_dir, opts, cache::ENTRY_MODE)?;
     log::debug!(
         "{}: packed {} entries, {} bytes, into {}",
         dir.display(),
@@ -539,5 +561,22 @@ mod tests {
         assert_eq!(on_disk.len() % 4, 0);
         let mode = fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
+    fn cache_entries_are_written_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("entry.plan");
+        write_atomically_with(&out, dir.path(), |mut file, _| {
+            file.write_all(b"plan")
+                .map_err(|source| InitrdError::Write {
+                    path: out.clone(),
+                    source,
+                })
+        })
+        .unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"plan");
+        let mode = fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

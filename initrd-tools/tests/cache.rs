@@ -2,7 +2,7 @@
 //! `XDG_CACHE_HOME`.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use initrd_tools::{cache_dir, cached_pack, pack_dir_to, PackOptions, CACHE_KEEP};
 
@@ -20,6 +20,11 @@ fn unchanged_tree_is_not_repacked_and_cache_is_bounded() {
 
     let first = cached_pack(&tree, &opts).unwrap();
     assert!(first.starts_with(cache_home.path().join("microrun")));
+    // Private: the directories 0700, the archive 0600.
+    let mode = |path: &std::path::Path| fs::metadata(path).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&first), 0o600);
+    assert_eq!(mode(first.parent().unwrap()), 0o700);
+    assert_eq!(mode(&cache_home.path().join("microrun")), 0o700);
     let mut expected = Vec::new();
     pack_dir_to(&tree, &mut expected, &opts).unwrap();
     assert_eq!(fs::read(&first).unwrap(), expected);
@@ -67,6 +72,42 @@ fn unchanged_tree_is_not_repacked_and_cache_is_bounded() {
     assert!(last.exists());
     let archives = fs::read_dir(last.parent().unwrap()).unwrap().count();
     assert_eq!(archives, CACHE_KEEP);
+
+    // An archive of an older version, 0644: a hit, made 0600.
+    fs::set_permissions(&last, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(cached_pack(&tree, &opts).unwrap(), last);
+    assert_eq!(mode(&last), 0o600);
+
+    // A FIFO planted where the archive is: refused at once, naming it.
+    fs::remove_file(&last).unwrap();
+    let name = std::ffi::CString::new(last.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let err = cached_pack(&tree, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains(&*last.to_string_lossy()) && err.contains("a FIFO"),
+        "{err}"
+    );
+    fs::remove_file(&last).unwrap();
+
+    // An archive of another user's (made so as root): refused, naming it
+    // and the fix.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let planted = cached_pack(&tree, &opts).unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), None).unwrap();
+        let err = cached_pack(&tree, &opts).unwrap_err().to_string();
+        assert!(
+            err.contains(&*planted.to_string_lossy()) && err.contains("uid 65534"),
+            "{err}"
+        );
+        std::os::unix::fs::chown(planted.parent().unwrap(), Some(65534), None).unwrap();
+        let err = cached_pack(&tree, &opts).unwrap_err().to_string();
+        assert!(
+            err.contains("cache directory") && err.contains("XDG_CACHE_HOME"),
+            "{err}"
+        );
+    }
 
     // A cache inside the tree is refused.
     std::env::set_var("XDG_CACHE_HOME", tree.join("cache"));

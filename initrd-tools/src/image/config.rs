@@ -6,7 +6,7 @@ use std::path::Path;
 
 use oci_spec::image::{Arch, ImageConfiguration, Os};
 
-use super::{Digest, ImageError};
+use super::{quote, Digest, ImageError};
 
 /// What an image asks a run to default to, as `docker run` uses it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,7 +52,10 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, name: &str) -> Result<ParsedConfi
         let digest = Digest::parse(text).ok_or_else(|| {
             ImageError::invalid(
                 path,
-                format!("configuration {name}: layer digest {text:?} is not a sha256 digest"),
+                format!(
+                    "configuration {name}: layer digest {} is not a sha256 digest",
+                    quote(text.as_bytes())
+                ),
             )
         })?;
         diff_ids.push(digest);

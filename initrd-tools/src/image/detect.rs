@@ -16,9 +16,12 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::store::{link_target, normalise_member_name, Member, Store, Window};
+use super::tar_reader::{Seekable, Stream, TarError, TarReader};
 use super::{
-    docker, file_identity, is_sha256_hex, oci, Compression, Image, ImageError, ImageFormat, Layer,
+    docker, file_identity, is_sha256_hex, oci, quote, Compression, Image, ImageError, ImageFormat,
+    Layer,
 };
+use crate::regular_file::{self, Links};
 
 /// The compressed formats the kernel unpacks an initramfs from, by magic.
 const COMPRESSIONS: [(&[u8], &str); 5] = [
@@ -74,7 +77,7 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
             kind: crate::describe_type(meta.file_type()),
         });
     }
-    let file = File::open(path).map_err(|e| ImageError::read(path, e))?;
+    let file = regular_file::open(path, Links::Follow).map_err(|e| ImageError::read(path, e))?;
     let head =
         read_head(&mut Window::new(&file, 0, meta.len())).map_err(|e| ImageError::read(path, e))?;
     if is_newc(&head) {
@@ -103,7 +106,13 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
         let decoder = compression
             .decoder(Window::new(&file, 0, meta.len()))
             .map_err(decompression_error)?;
-        let kind = classify_stream(decoder).map_err(decompression_error)?;
+        let kind = classify_stream(decoder).map_err(|e| match e {
+            TarError::Read(e) => decompression_error(e),
+            source => ImageError::Tar {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
         let (kind, tool) = match (kind, compression) {
             (None, _) => {
                 return Ok(Detected::Image(Box::new(rootfs_tar(
@@ -271,12 +280,11 @@ impl Vocabulary {
 }
 
 /// Which image archive a tar stream is, `None` for a rootfs tar.
-fn classify_stream(reader: impl Read) -> io::Result<Option<ImageFormat>> {
-    let mut archive = tar::Archive::new(reader);
+fn classify_stream(reader: impl Read) -> Result<Option<ImageFormat>, TarError> {
+    let mut tar = TarReader::new(Stream(reader));
     let mut vocabulary = Vocabulary::default();
-    for entry in archive.entries()? {
-        let entry = entry?;
-        if !vocabulary.observe(&entry.path_bytes()) {
+    while let Some(entry) = tar.next_entry()? {
+        if !vocabulary.observe(&entry.path) {
             return Ok(None);
         }
     }
@@ -290,37 +298,38 @@ fn scan_archive(
     path: &Path,
     file_len: u64,
 ) -> Result<(Option<ImageFormat>, BTreeMap<String, Member>), ImageError> {
-    let corrupt =
-        |e: io::Error| ImageError::invalid(path, format!("not a readable tar archive: {e}"));
-    let mut archive = tar::Archive::new(file);
+    let tar_error = |source| ImageError::Tar {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tar = TarReader::new(Seekable(file));
     let mut vocabulary = Vocabulary::default();
     let mut members = BTreeMap::new();
-    for entry in archive.entries_with_seek().map_err(corrupt)? {
-        let entry = entry.map_err(corrupt)?;
-        let raw_name = entry.path_bytes();
-        if !vocabulary.observe(&raw_name) {
+    while let Some(entry) = tar.next_entry().map_err(tar_error)? {
+        if !vocabulary.observe(&entry.path) {
             return Ok((None, BTreeMap::new()));
         }
         // observe() accepted it, so it is UTF-8 and normalises.
-        let name = std::str::from_utf8(&raw_name)
+        let name = std::str::from_utf8(&entry.path)
             .ok()
             .and_then(normalise_member_name)
             .unwrap_or_default();
-        let entry_type = entry.header().entry_type();
+        let entry_type = entry.header.entry_type();
         let member = if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            let (offset, size) = (entry.raw_file_position(), entry.size());
+            let (offset, size) = (entry.data_pos, entry.size);
             if offset.saturating_add(size) > file_len {
                 return Err(ImageError::invalid(
                     path,
                     format!(
-                        "the archive is truncated: its member {name} runs past the end of the file"
+                        "the archive is truncated: its member {} runs past the end of the file",
+                        quote(name.as_bytes())
                     ),
                 ));
             }
             Member::File { offset, size }
         } else if entry_type.is_symlink() || entry_type.is_hard_link() {
-            let target = entry.link_name_bytes().unwrap_or_default();
-            let target = String::from_utf8_lossy(&target);
+            let target = entry.link.as_deref().unwrap_or_default();
+            let target = String::from_utf8_lossy(target);
             match link_target(&name, &target, entry_type.is_symlink()) {
                 Some(target) => Member::Link(target),
                 None => Member::Other,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::config;
 use super::oci::check_layer_count;
 use super::store::Store;
-use super::{Digest, Image, ImageError, ImageFormat, Layer};
+use super::{cut, quote, Digest, Image, ImageError, ImageFormat, Layer};
 
 /// Opens the docker-archive in `store`.
 pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
@@ -28,7 +28,7 @@ pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
             return Err(ImageError::SeveralImages {
                 path: path.to_path_buf(),
                 count: several.len(),
-                tags: tags.join("; "),
+                tags: cut(&tags.join("; ")),
             });
         }
     };
@@ -41,7 +41,7 @@ pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
         .iter()
         .map(|v| {
             v.as_str()
-                .ok_or_else(|| invalid(format!("the layer {v} is not a path")))
+                .ok_or_else(|| invalid(format!("the layer {} is not a path", cut(&v.to_string()))))
         })
         .collect::<Result<Vec<&str>, ImageError>>()?;
 
@@ -51,13 +51,13 @@ pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
         if named != config_digest {
             return Err(ImageError::DigestMismatch {
                 path: path.to_path_buf(),
-                blob: config_name.to_string(),
+                blob: quote(config_name.as_bytes()),
                 expected: named.to_string(),
                 actual: config_digest.to_string(),
             });
         }
     }
-    let parsed = config::parse(&config_bytes, path, config_name)?;
+    let parsed = config::parse(&config_bytes, path, &cut(config_name))?;
     check_layer_count(path, parsed.diff_ids.len(), layer_names.len())?;
     let mut layers = Vec::with_capacity(layer_names.len());
     for (name, diff_id) in layer_names.into_iter().zip(parsed.diff_ids) {
@@ -79,7 +79,7 @@ pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
         // The image ID: the configuration names every layer's digest
         // (checked when converting).
         identity: format!("config:{config_digest}"),
-        description: format!("{}, image ID {config_digest}", tags(image)),
+        description: format!("{}, image ID {config_digest}", cut(&tags(image))),
     })
 }
 

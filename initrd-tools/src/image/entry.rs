@@ -12,20 +12,25 @@
 
 use std::io;
 
+use super::TarError;
+
 /// What is wrong with a layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     /// The tar (or compressed) stream cannot be read.
     #[error("cannot read it as a tar stream (truncated or corrupt): {0}")]
     Corrupt(io::Error),
+    /// The tar stream is malformed, or a header is too large to hold.
+    #[error(transparent)]
+    Tar(#[from] TarError),
     /// An entry's path has a `..` component.
-    #[error("the entry {entry:?} has a `..` component, which could reach outside the tree")]
+    #[error("the entry {entry} has a `..` component, which could reach outside the tree")]
     PathEscapes {
         /// The entry's path as the tar has it.
         entry: String,
     },
     /// An entry's path runs through something that is not a directory.
-    #[error("the entry {entry:?} runs through {component:?}, which is not a directory")]
+    #[error("the entry {entry} runs through {component}, which is not a directory")]
     NotADirectory {
         /// The entry.
         entry: String,
@@ -33,13 +38,13 @@ pub enum LayerError {
         component: String,
     },
     /// Resolving an entry's path met too many symbolic links.
-    #[error("the entry {entry:?} runs through more than 40 symbolic links (a loop?)")]
+    #[error("the entry {entry} runs through more than 40 symbolic links (a loop?)")]
     SymlinkLoop {
         /// The entry.
         entry: String,
     },
     /// A hard link whose target cannot be linked to.
-    #[error("the hard link {entry:?} points to {target:?}, which {why}")]
+    #[error("the hard link {entry} points to {target}, which {why}")]
     HardLink {
         /// The link.
         entry: String,
@@ -49,7 +54,7 @@ pub enum LayerError {
         why: &'static str,
     },
     /// A file too large for newc.
-    #[error("the file {entry:?} is {size} bytes: newc archives hold only files below 4 GiB")]
+    #[error("the file {entry} is {size} bytes: newc archives hold only files below 4 GiB")]
     FileTooLarge {
         /// The file.
         entry: String,
@@ -57,7 +62,7 @@ pub enum LayerError {
         size: u64,
     },
     /// Something the cpio format or microrun does not support.
-    #[error("the entry {entry:?}: {what}")]
+    #[error("the entry {entry}: {what}")]
     Unsupported {
         /// The entry.
         entry: String,
@@ -65,7 +70,7 @@ pub enum LayerError {
         what: String,
     },
     /// An entry's data runs past the end of the layer.
-    #[error("the data of {entry:?} runs past the end of the layer: it is truncated")]
+    #[error("the data of {entry} runs past the end of the layer: it is truncated")]
     Truncated {
         /// The entry.
         entry: String,
@@ -83,6 +88,34 @@ pub enum LayerError {
     /// The spool file for a compressed layer's data could not be written.
     #[error("cannot keep the layer's file data in a temporary file: {0}")]
     Spool(io::Error),
+}
+
+/// The longest path Linux takes: `PATH_MAX` (4096) with its NUL.
+pub(crate) const MAX_PATH: usize = 4095;
+
+/// The longest name of one path component: `NAME_MAX`.
+pub(crate) const MAX_NAME: usize = 255;
+
+/// Why `path` (an entry's name or a hard link's target, as the tar has
+/// it) can be no file's path, if it cannot: a NUL in it, more than
+/// [`MAX_PATH`] bytes, or a component of more than [`MAX_NAME`].
+pub(crate) fn unusable_path(path: &[u8]) -> Option<String> {
+    if path.contains(&0) {
+        return Some("a NUL byte, which no file name can hold".to_string());
+    }
+    if path.len() > MAX_PATH {
+        return Some(format!(
+            "{} bytes, more than a path may have (PATH_MAX, 4096 bytes with the NUL)",
+            path.len()
+        ));
+    }
+    let longest = path.split(|&b| b == b'/').map(<[u8]>::len).max();
+    match longest {
+        Some(len) if len > MAX_NAME => Some(format!(
+            "a component of {len} bytes, more than a file name may have (NAME_MAX, 255)"
+        )),
+        _ => None,
+    }
 }
 
 /// Normalises an entry's path into its components (see the module
@@ -186,5 +219,18 @@ mod tests {
         assert!(parts(b"./").unwrap().is_empty());
         assert_eq!(parts(b"a/../../etc"), None);
         assert_eq!(parts(b".."), None);
+    }
+
+    #[test]
+    fn paths_no_file_can_have_are_named() {
+        assert_eq!(unusable_path(b"usr/bin/sh"), None);
+        let name = vec![b'n'; 255];
+        assert_eq!(unusable_path(&name), None);
+        let long_name = vec![b'n'; 256];
+        assert!(unusable_path(&long_name).unwrap().contains("NAME_MAX"));
+        let path = [&b"a/"[..]; 2048].concat();
+        assert!(unusable_path(&path).unwrap().contains("PATH_MAX"));
+        assert!(unusable_path(&path[..4095]).is_none());
+        assert!(unusable_path(b"a\0b").unwrap().contains("NUL"));
     }
 }

@@ -8,10 +8,11 @@
 use std::fs::File;
 use std::io::{self, Read};
 
-use super::entry::{normalise, Action, DataRef, LayerEntry, LayerError, Leaf, Meta};
+use super::entry::{normalise, unusable_path, Action, DataRef, LayerEntry, LayerError, Leaf, Meta};
 use super::spool::Sources;
 use super::store::{Hashing, Window};
-use super::{Compression, Digest, Layer};
+use super::tar_reader::{Seekable, Source, Stream, TarEntry, TarReader};
+use super::{quote, Compression, Digest, Layer};
 use crate::newc::{S_IFBLK, S_IFCHR};
 
 /// The longest symlink target Linux accepts (`PATH_MAX` - 1).
@@ -42,9 +43,9 @@ pub(crate) fn read_layer(
     };
     if compression == Compression::None && layer.digest.is_none() && layer.diff_id.is_none() {
         // Nothing to check: only the headers are read, data is skipped.
-        let mut archive = tar::Archive::new(window());
-        for entry in archive.entries_with_seek().map_err(LayerError::Corrupt)? {
-            reader.take(entry.map_err(LayerError::Corrupt)?)?;
+        let mut tar = TarReader::new(Seekable(window()));
+        while let Some(entry) = tar.next_entry()? {
+            reader.take(&mut tar, entry)?;
         }
         return Ok(reader.entries);
     }
@@ -53,13 +54,11 @@ pub(crate) fn read_layer(
         let decoder = compression
             .decoder(&mut blob)
             .map_err(LayerError::Corrupt)?;
-        let mut diff = Hashing::new(decoder);
-        {
-            let mut archive = tar::Archive::new(&mut diff);
-            for entry in archive.entries().map_err(LayerError::Corrupt)? {
-                reader.take(entry.map_err(LayerError::Corrupt)?)?;
-            }
+        let mut tar = TarReader::new(Stream(Hashing::new(decoder)));
+        while let Some(entry) = tar.next_entry()? {
+            reader.take(&mut tar, entry)?;
         }
+        let Stream(diff) = tar.into_inner();
         diff.finish().map_err(LayerError::Corrupt)?
     };
     let blob_digest = blob.finish().map_err(LayerError::Corrupt)?;
@@ -102,24 +101,34 @@ struct EntryReader<'s> {
 }
 
 impl EntryReader<'_> {
-    fn take<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), LayerError> {
-        let raw_path = entry.path_bytes().into_owned();
-        let name = || String::from_utf8_lossy(&raw_path).into_owned();
-        let header = entry.header();
+    fn take<S: Source>(
+        &mut self,
+        tar: &mut TarReader<S>,
+        entry: TarEntry,
+    ) -> Result<(), LayerError> {
+        let raw_path = &entry.path;
+        let name = || quote(raw_path);
+        let header = &entry.header;
         let entry_type = header.entry_type();
-        if entry_type.is_pax_global_extensions() {
-            return Ok(());
+        if let Some(why) = unusable_path(raw_path) {
+            return Err(LayerError::Unsupported {
+                entry: name(),
+                what: format!("its name has {why}: no file can have it; rename it in the image"),
+            });
         }
         let perm = header.mode().map_err(LayerError::Corrupt)? & 0o7777;
-        let id = |value: io::Result<u64>, what: &str| -> Result<u32, LayerError> {
-            let value = value.map_err(LayerError::Corrupt)?;
+        let id = |pax: Option<u64>, value: io::Result<u64>, what: &str| {
+            let value = match pax {
+                Some(value) => value,
+                None => value.map_err(LayerError::Corrupt)?,
+            };
             u32::try_from(value).map_err(|_| LayerError::Unsupported {
                 entry: name(),
                 what: format!("its {what} {value} does not fit a cpio archive's 32 bits"),
             })
         };
-        let uid = id(header.uid(), "uid")?;
-        let gid = id(header.gid(), "gid")?;
+        let uid = id(entry.pax_number("uid"), header.uid(), "uid")?;
+        let gid = id(entry.pax_number("gid"), header.gid(), "gid")?;
         let mut mtime = header.mtime().map_err(LayerError::Corrupt)?;
         let device = if entry_type.is_character_special() || entry_type.is_block_special() {
             let major = header.device_major().map_err(LayerError::Corrupt)?;
@@ -128,29 +137,25 @@ impl EntryReader<'_> {
         } else {
             (0, 0)
         };
-        let link = entry.link_name_bytes().map(|l| l.into_owned());
-        let size = entry.size();
-        let position = entry.raw_file_position();
-        if let Some(extensions) = entry.pax_extensions().map_err(LayerError::Corrupt)? {
-            for extension in extensions {
-                let extension = extension.map_err(LayerError::Corrupt)?;
-                match extension.key() {
-                    Ok("mtime") => {
-                        let value = extension.value().unwrap_or("");
-                        let seconds = value.split('.').next().unwrap_or("");
-                        // Before 1970: 0, as newc has no earlier time.
-                        mtime = seconds.parse::<i64>().map_or(mtime, |s| s.max(0) as u64);
-                    }
-                    Ok(key) if key.starts_with("GNU.sparse.") => {
-                        return Err(LayerError::Unsupported {
-                            entry: name(),
-                            what: "a PAX sparse file, which microrun does not read; \
-                                   make the layer without --sparse"
-                                .to_string(),
-                        })
-                    }
-                    _ => {}
+        let size = entry.size;
+        let position = entry.data_pos;
+        for (key, value) in &entry.pax {
+            match &key[..] {
+                b"mtime" => {
+                    let value = std::str::from_utf8(value).unwrap_or("");
+                    let seconds = value.split('.').next().unwrap_or("");
+                    // Before 1970: 0, as newc has no earlier time.
+                    mtime = seconds.parse::<i64>().map_or(mtime, |s| s.max(0) as u64);
                 }
+                key if key.starts_with(b"GNU.sparse.") => {
+                    return Err(LayerError::Unsupported {
+                        entry: name(),
+                        what: "a PAX sparse file, which microrun does not read; \
+                               make the layer without --sparse"
+                            .to_string(),
+                    })
+                }
+                _ => {}
             }
         }
         let meta = Meta {
@@ -160,7 +165,7 @@ impl EntryReader<'_> {
             mtime: u32::try_from(mtime).unwrap_or(u32::MAX),
         };
         let mut path =
-            normalise(&raw_path).ok_or_else(|| LayerError::PathEscapes { entry: name() })?;
+            normalise(raw_path).ok_or_else(|| LayerError::PathEscapes { entry: name() })?;
 
         if let Some(hidden) = path.last().and_then(|last| last.strip_prefix(b".wh.")) {
             let action = match hidden {
@@ -187,30 +192,38 @@ impl EntryReader<'_> {
             return Ok(());
         }
 
+        let link = entry.link.as_deref().unwrap_or_default();
         let action = if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            Action::File(self.file_data(&mut entry, size, Some(position), &name)?)
+            let mut data = tar.data(&entry);
+            Action::File(self.file_data(&mut data, size, Some(position), &name)?)
         } else if entry_type.is_gnu_sparse() {
             // The tar reader expands the holes: only a copy has the bytes.
-            Action::File(self.file_data(&mut entry, size, None, &name)?)
+            let mut data = tar.data(&entry);
+            Action::File(self.file_data(&mut data, size, None, &name)?)
         } else if entry_type.is_hard_link() {
-            let target = link.unwrap_or_default();
-            let target = normalise(&target).ok_or_else(|| LayerError::PathEscapes {
-                entry: format!(
-                    "{} (a hard link to {})",
-                    name(),
-                    String::from_utf8_lossy(&target)
-                ),
+            if let Some(why) = unusable_path(link) {
+                return Err(LayerError::Unsupported {
+                    entry: name(),
+                    what: format!("a hard link whose target {} has {why}", quote(link)),
+                });
+            }
+            let target = normalise(link).ok_or_else(|| LayerError::PathEscapes {
+                entry: format!("{} (a hard link to {})", name(), quote(link)),
             })?;
             Action::HardLink(target)
         } else if entry_type.is_symlink() {
-            let target = link.unwrap_or_default();
-            if target.is_empty() || target.len() > MAX_SYMLINK_TARGET {
+            if link.is_empty() || link.len() > MAX_SYMLINK_TARGET || link.contains(&0) {
+                let what = if link.contains(&0) {
+                    "a symbolic link whose target holds a NUL byte".to_string()
+                } else {
+                    format!("a symbolic link with a target of {} bytes", link.len())
+                };
                 return Err(LayerError::Unsupported {
                     entry: name(),
-                    what: format!("a symbolic link with a target of {} bytes", target.len()),
+                    what,
                 });
             }
-            Action::Leaf(Leaf::Symlink(target.into()))
+            Action::Leaf(Leaf::Symlink(link.into()))
         } else if entry_type.is_character_special() || entry_type.is_block_special() {
             let kind = if entry_type.is_character_special() {
                 S_IFCHR
@@ -241,9 +254,9 @@ impl EntryReader<'_> {
     /// Where a regular file's data is: where it lies in the layer when the
     /// layer is uncompressed and the entry's bytes are stored as they are
     /// (`position` given), else copied into the spool.
-    fn file_data<R: Read>(
+    fn file_data(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut impl Read,
         size: u64,
         position: Option<u64>,
         name: &dyn Fn() -> String,

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use super::entry::{normalise, Action, DataRef, LayerEntry, LayerError, Leaf, Meta};
+use super::quote;
 use crate::newc::S_IFMT;
 use crate::tree::DEV_NODES;
 
@@ -61,12 +62,17 @@ pub(crate) struct MergedTree {
 }
 
 /// The path of an entry, for messages.
+/// The path of an entry, for messages: quoted and bounded ([`quote`]).
 fn display(components: &[Box<[u8]>]) -> String {
-    let parts: Vec<String> = components
-        .iter()
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect();
-    format!("/{}", parts.join("/"))
+    let mut path = Vec::new();
+    for component in components {
+        path.push(b'/');
+        path.extend_from_slice(component);
+    }
+    if path.is_empty() {
+        path.push(b'/');
+    }
+    quote(&path)
 }
 
 impl MergedTree {
@@ -140,7 +146,7 @@ impl MergedTree {
                 }
                 Action::Whiteout | Action::Opaque => Ok(()),
                 _ => Err(LayerError::Unsupported {
-                    entry: "/".to_string(),
+                    entry: quote(b"/"),
                     what: "the root of the tree must be a directory".to_string(),
                 }),
             };

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::pack::Sink;
+use crate::regular_file::{self, Links};
 use crate::{cache, InitrdError, PackStats};
 
 mod config;
@@ -56,11 +57,13 @@ mod merge;
 mod oci;
 mod spool;
 mod store;
+mod tar_reader;
 mod write;
 
 pub use config::ImageConfig;
 pub use detect::{compression_format, detect, Detected};
 pub use entry::LayerError;
+pub use tar_reader::TarError;
 
 /// Changes whenever the conversion rules change, so old archives miss.
 const FORMAT_VERSION: &str = "microrun-image-v1";
@@ -121,6 +124,14 @@ pub enum ImageError {
         kind: &'static str,
         /// The command that decompresses it.
         tool: &'static str,
+    },
+    /// A tar archive (a rootfs tar, an image archive) cannot be read.
+    #[error("{}: {source}", path.display())]
+    Tar {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: TarError,
     },
     /// The image's metadata is malformed.
     #[error("{} is not a valid image: {detail}", path.display())]
@@ -192,6 +203,20 @@ pub enum ImageError {
         layer: String,
         /// What is wrong with it.
         source: LayerError,
+    },
+    /// The merged tree has a path no file can have.
+    #[error(
+        "{}: the merged layers make the path {entry}, which has {why}; the kernel cannot \
+         unpack it: shorten the names or symbolic links in the image",
+        path.display()
+    )]
+    UnusablePath {
+        /// The image.
+        path: PathBuf,
+        /// The path, quoted and bounded.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
     },
     /// The archive could not be written.
     #[error("cannot write {}: {source}", path.display())]
@@ -423,7 +448,7 @@ impl Image {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        self.write_atomically(out, &out_dir)
+        self.write_atomically(out, &out_dir, crate::OUTPUT_MODE)
     }
 
     /// The path of the converted archive in the cache
@@ -435,7 +460,7 @@ impl Image {
             cache::Slot::Hit(path) => return Ok(path),
             cache::Slot::Miss { path, dir } => (path, dir),
         };
-        let stats = self.write_atomically(&path, &initrd_dir)?;
+        let stats = self.write_atomically(&path, &initrd_dir, cache::ENTRY_MODE)?;
         log::info!(
             "{}: converted {} entries, {} bytes, into {}",
             self.path.display(),
@@ -447,8 +472,13 @@ impl Image {
         Ok(path)
     }
 
-    fn write_atomically(&self, out: &Path, out_dir: &Path) -> Result<PackStats, ImageError> {
-        crate::write_atomically_with(out, out_dir, |file, temp_path| {
+    fn write_atomically(
+        &self,
+        out: &Path,
+        out_dir: &Path,
+        mode: u32,
+    ) -> Result<PackStats, ImageError> {
+        crate::write_replacing(out, out_dir, mode, |file, temp_path| {
             self.convert(file, temp_path, out_dir)
         })
     }
@@ -470,7 +500,8 @@ impl Image {
                 layer: format!("{} ({})", index + 1, layer.name),
                 source,
             };
-            let file = File::open(&layer.file).map_err(|e| ImageError::read(&layer.file, e))?;
+            let file = regular_file::open(&layer.file, Links::Follow)
+                .map_err(|e| ImageError::read(&layer.file, e))?;
             let entries = layer::read_layer(layer, &file, &mut sources).map_err(layer_error)?;
             sources.add_layer_file(file, &layer.file);
             tree.apply(entries).map_err(layer_error)?;
@@ -480,13 +511,46 @@ impl Image {
             tree.ensure_dir(dir);
         }
         let mut sink = Sink::new(out, Some(out.as_raw_fd()), out_name);
-        let entries = write::write_tree(&tree, &mut sources, &mut sink)?;
+        let entries = write::write_tree(&tree, &mut sources, &mut sink, &self.path)?;
         sink.finish()?;
         Ok(PackStats {
             entries,
             bytes: sink.total(),
         })
     }
+}
+
+/// How many bytes of a name an error message shows.
+const SHOWN: usize = 200;
+
+/// `name` for an error message: quoted, and cut to its first 200 bytes
+/// with its length after it when longer, so that a name of megabytes
+/// never crowds out the reason. Every name from an image that an error
+/// holds is made with it (or with [`cut`]).
+pub(crate) fn quote(name: &[u8]) -> String {
+    if name.len() <= SHOWN {
+        format!("{:?}", String::from_utf8_lossy(name))
+    } else {
+        format!(
+            "{:?}... ({} bytes)",
+            String::from_utf8_lossy(&name[..SHOWN]),
+            name.len()
+        )
+    }
+}
+
+/// `text` from an image (a list of tags or platforms) for an error
+/// message: its first 1000 bytes, with its length after it when longer.
+pub(crate) fn cut(text: &str) -> String {
+    const LIMIT: usize = 1000;
+    if text.len() <= LIMIT {
+        return text.to_string();
+    }
+    let mut end = LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// The identity of a plain file for the cache key: what changes when its
@@ -502,4 +566,23 @@ pub(crate) fn file_identity(meta: &fs::Metadata) -> String {
         meta.ctime(),
         meta.ctime_nsec()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_text_in_messages_are_bounded() {
+        assert_eq!(quote(b"a\"b"), "\"a\\\"b\"");
+        let long = vec![b'x'; 2 << 20];
+        let shown = quote(&long);
+        assert!(shown.len() < 250, "{shown}");
+        assert!(shown.ends_with("... (2097152 bytes)"), "{shown}");
+        assert_eq!(cut("short"), "short");
+        let text = "é".repeat(1000);
+        let shown = cut(&text);
+        assert!(shown.len() <= 1000 + 20, "{shown}");
+        assert!(shown.ends_with("... (2000 bytes)"), "{shown}");
+    }
 }

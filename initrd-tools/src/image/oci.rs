@@ -7,7 +7,7 @@ use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Oc
 
 use super::config;
 use super::store::Store;
-use super::{Digest, Image, ImageError, ImageFormat, Layer};
+use super::{cut, quote, Digest, Image, ImageError, ImageFormat, Layer};
 
 /// Docker's names for the OCI index and manifest media types, which OCI
 /// layouts written by Docker and some registries' copies use.
@@ -39,7 +39,7 @@ pub(crate) fn open(store: &Store, format: ImageFormat) -> Result<Image, ImageErr
     collect_manifests(store, index.manifests(), 0, &mut candidates)?;
     let chosen = choose(&candidates).ok_or_else(|| ImageError::NoPlatform {
         path: path.to_path_buf(),
-        available: available(&candidates),
+        available: cut(&available(&candidates)),
     })?;
     let manifest = store.read_blob(&chosen.digest, chosen.size)?;
     let manifest = ImageManifest::from_reader(&manifest[..])
@@ -88,7 +88,10 @@ fn parse_digest(store: &Store, descriptor: &Descriptor) -> Result<Digest, ImageE
     Digest::parse(&text).ok_or_else(|| {
         ImageError::invalid(
             store.image_path(),
-            format!("the digest {text} is not sha256, the only algorithm microrun checks"),
+            format!(
+                "the digest {} is not sha256, the only algorithm microrun checks",
+                quote(text.as_bytes())
+            ),
         )
     })
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Digest, ImageError};
+use super::{quote, Digest, ImageError};
+use crate::regular_file::{self, Links};
 
 /// The most a metadata file (index, manifest, configuration) may take:
 /// these are kilobytes; anything this large is not image metadata, and is
@@ -67,7 +68,10 @@ impl Store {
         let Some(normal) = normalise_member_name(name) else {
             return Err(ImageError::invalid(
                 self.image_path(),
-                format!("it names the file {name:?}, which is outside the image"),
+                format!(
+                    "it names the file {}, which is outside the image",
+                    quote(name.as_bytes())
+                ),
             ));
         };
         match self {
@@ -101,7 +105,10 @@ impl Store {
                 }
                 Err(ImageError::invalid(
                     path,
-                    format!("the member {name:?} is a chain of more than {MAX_MEMBER_LINKS} links"),
+                    format!(
+                        "the member {} is a chain of more than {MAX_MEMBER_LINKS} links",
+                        quote(name.as_bytes())
+                    ),
                 ))
             }
         }
@@ -146,7 +153,7 @@ impl Store {
     pub(crate) fn missing(&self, blob: &str) -> ImageError {
         ImageError::MissingBlob {
             path: self.image_path().to_path_buf(),
-            blob: blob.to_string(),
+            blob: quote(blob.as_bytes()),
         }
     }
 
@@ -167,12 +174,14 @@ impl Store {
             return Err(ImageError::invalid(
                 self.image_path(),
                 format!(
-                    "{name} is {} bytes, too large for image metadata",
+                    "{} is {} bytes, too large for image metadata",
+                    quote(name.as_bytes()),
                     located.len
                 ),
             ));
         }
-        let file = File::open(&located.file).map_err(|e| ImageError::read(&located.file, e))?;
+        let file = regular_file::open(&located.file, Links::Follow)
+            .map_err(|e| ImageError::read(&located.file, e))?;
         let mut bytes = Vec::with_capacity(located.len as usize);
         Window::new(&file, located.offset, located.len)
             .read_to_end(&mut bytes)
@@ -180,7 +189,7 @@ impl Store {
         if bytes.len() as u64 != located.len {
             return Err(ImageError::invalid(
                 self.image_path(),
-                format!("{name} is truncated"),
+                format!("{} is truncated", quote(name.as_bytes())),
             ));
         }
         Ok(bytes)

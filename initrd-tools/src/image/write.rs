@@ -6,20 +6,24 @@
 //! tar headers'. The same tree gives the same bytes.
 
 use std::io::Write;
+use std::path::Path;
 
-use super::entry::Leaf;
+use super::entry::{unusable_path, Leaf};
 use super::merge::{Kind, MergedTree, NodeId, ROOT};
 use super::spool::Sources;
-use super::ImageError;
+use super::{quote, ImageError};
 use crate::newc::{Header, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
 use crate::pack::Sink;
 
 /// Writes `tree` to `sink` (without the trailer); returns the number of
-/// entries.
+/// entries. A path no file can have (symbolic links followed inside the
+/// tree can make one of entries that each could) is an error about
+/// `image`.
 pub(crate) fn write_tree<W: Write>(
     tree: &MergedTree,
     sources: &mut Sources,
     sink: &mut Sink<W>,
+    image: &Path,
 ) -> Result<u64, ImageError> {
     let names = names_per_inode(tree);
     let mut writer = TreeWriter {
@@ -44,6 +48,13 @@ pub(crate) fn write_tree<W: Write>(
             path.push(b'/');
         }
         path.extend_from_slice(name);
+        if let Some(why) = unusable_path(&path) {
+            return Err(ImageError::UnusablePath {
+                path: image.to_path_buf(),
+                entry: quote(&path),
+                why,
+            });
+        }
         writer.entry(id, &path, sources, sink)?;
         if matches!(tree.node(id).kind, Kind::Dir(_)) {
             stack.push((children(tree, id), path.len()));
