@@ -869,3 +869,47 @@ fn every_vmm_thread_runs_under_a_seccomp_filter() {
         "MICRORUN_SECCOMP=off still filters: {off:?}"
     );
 }
+
+/// A 1 MiB zstd archive whose first header claims a 1 GiB PAX extension
+/// (with 80 MiB of zeros behind it, so that a reader holding the header
+/// whole must grow far past the bound): refused at once with the limit,
+/// exit 125, and microrun's peak RSS stays under 64 MiB. Nothing boots.
+#[test]
+fn a_tiny_archive_claiming_gigabytes_is_refused_in_bounded_memory() {
+    let f = Fixture::new();
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_path("pax").unwrap();
+    header.set_size(1 << 30);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.resize(tar.len() + (80 << 20), 0);
+    let archive = f.path("claims.tar.zst");
+    std::fs::write(&archive, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+    assert!(std::fs::metadata(&archive).unwrap().len() < 1 << 20);
+    let args: Vec<std::ffi::OsString> = vec![
+        archive.clone().into(),
+        "--engine".into(),
+        "chroot".into(),
+        "--".into(),
+        "true".into(),
+    ];
+    let err = f.path("stderr");
+    let run = run_with_streams(
+        &f,
+        &args,
+        Stdio::null(),
+        Stdio::from(std::fs::File::create(&err).unwrap()),
+    );
+    let err = std::fs::read_to_string(err).unwrap();
+    assert_eq!(run.code, Some(125), "{err}");
+    assert!(
+        err.contains("claims.tar.zst") && err.contains("MiB"),
+        "{err}"
+    );
+    assert!(
+        run.max_rss_kib < 64 * 1024,
+        "peak RSS {} KiB: {err}",
+        run.max_rss_kib
+    );
+}

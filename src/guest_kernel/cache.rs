@@ -98,7 +98,15 @@ fn entry_path(dir: &Path, key: &Key) -> PathBuf {
 /// The cached plan for `key` whose modules are unchanged, if any.
 pub(super) fn load(dir: &Path, key: &Key) -> Option<KernelPlan> {
     let path = entry_path(dir, key);
-    let file = fs::File::open(&path).ok()?;
+    // A regular file of the user's alone, opened without blocking: a FIFO
+    // or another user's file is refused, not waited on or trusted.
+    let file = match initrd_tools::cache::open_entry(&path) {
+        Ok(file) => file?,
+        Err(e) => {
+            log::warn!("{e}; deciding the virtio plan afresh");
+            return None;
+        }
+    };
     if file.metadata().ok()?.len() > MAX_ENTRY_BYTES {
         return None;
     }
@@ -121,10 +129,14 @@ pub(super) fn load(dir: &Path, key: &Key) -> Option<KernelPlan> {
 pub(super) fn store(dir: &Path, key: &Key, plan: &KernelPlan, sources: &[ModuleSource]) {
     let path = entry_path(dir, key);
     let write = || -> Result<(), InitrdError> {
-        fs::create_dir_all(dir).map_err(|source| InitrdError::Cache {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // `plan` passes a directory already made and checked
+        // (`initrd_tools::cache::subdir`); a caller's own is made here.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| InitrdError::Cache {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         initrd_tools::write_atomically_with(&path, dir, |mut file, _| {
             file.write_all(&encode(key, plan, sources))
                 .map_err(|source| InitrdError::Write {
@@ -334,5 +346,35 @@ mod tests {
         }
         let count = fs::read_dir(&cache).unwrap().count();
         assert_eq!(count, KEEP);
+    }
+
+    #[test]
+    fn an_entry_that_is_not_the_users_regular_file_is_a_miss_without_waiting() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let plan = KernelPlan::none("none".into());
+        store(dir.path(), &key("k"), &plan, &[]);
+        let path = entry_path(dir.path(), &key("k"));
+        assert_eq!(load(dir.path(), &key("k")).as_ref(), Some(&plan));
+        // Written for its owner only.
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // A FIFO in its place: a miss at once (a plain open would block).
+        fs::remove_file(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c_path` is a NUL-terminated string the call only reads.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert_eq!(load(dir.path(), &key("k")), None);
+        // Another user's entry is not trusted (root can make one).
+        fs::remove_file(&path).unwrap();
+        store(dir.path(), &key("k"), &plan, &[]);
+        // SAFETY: geteuid only returns the caller's id.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(4321), None).unwrap();
+            assert_eq!(load(dir.path(), &key("k")), None);
+        } else {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+            assert_eq!(load(dir.path(), &key("k")).as_ref(), Some(&plan));
+            assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        }
     }
 }

@@ -172,7 +172,15 @@ impl KernelPlan {
 /// their slots) on `transport`, cached in `<cache dir>/virtio/` (see
 /// [`plan_under`]).
 pub fn plan(kernel: &Path, wanted: &[DeviceKind], transport: Transport) -> KernelPlan {
-    let cache = initrd_tools::cache_dir().ok().map(|dir| dir.join("virtio"));
+    // The cache is only an optimisation: one that is not the user's alone
+    // (or cannot be made) is left unused, with the reason.
+    let cache = match initrd_tools::cache::subdir("virtio") {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            log::warn!("{e}; deciding the virtio plan without the cache");
+            None
+        }
+    };
     plan_under(Path::new("/"), kernel, wanted, transport, cache.as_deref())
 }
 
