@@ -95,8 +95,8 @@ struct RunArgs {
     /// Boot the initrd as given, without guest-init (its init reports on ttyS2).
     #[arg(long)]
     no_init: bool,
-    /// What runs the guest.
-    #[arg(long, value_enum, default_value_t = Engine::Kvm)]
+    /// What runs the guest (auto: kvm where KVM can run Linux, else qemu).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
     engine: Engine,
     /// The qemu engine's accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
@@ -213,7 +213,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         microrun::say(format_args!("{reason}"));
     }
     if args.timings {
-        microrun::say_lines(&run::timings_report(args.engine, started, &outcome.times));
+        microrun::say_lines(&run::timings_report(plan.engine(), started, &outcome.times));
     }
     Ok(outcome.exit_code)
 }

@@ -9,6 +9,11 @@ use crate::spec::{Engine, PhaseTimes, RunOutcome, Verbosity};
 
 /// Runs `plan` with its engine and returns how it ended.
 pub fn run(plan: &Plan) -> anyhow::Result<RunOutcome> {
+    if let Some(note) = &plan.engine_note {
+        if plan.verbosity != Verbosity::Quiet {
+            crate::say(format_args!("{note}"));
+        }
+    }
     let mut outcome = match &plan.target {
         Target::Kvm {
             vm,

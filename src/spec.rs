@@ -16,8 +16,11 @@ pub const TIMEOUT_REASON: &str =
 /// Which engine runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Engine {
-    /// microrun's own KVM microVM.
+    /// The kvm engine where this host's KVM can run a Linux guest, else the
+    /// qemu engine (TCG), with one line saying why.
     #[default]
+    Auto,
+    /// microrun's own KVM microVM.
     Kvm,
     /// No VM: user, mount and PID namespaces with the rootfs as root.
     Chroot,

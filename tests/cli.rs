@@ -58,6 +58,22 @@ fn bz(name: &str) -> PathBuf {
     guest(name, GuestFormat::BzImage)
 }
 
+/// `args` with `--engine kvm` in front, unless they name a subcommand or an
+/// engine: these tests are of microrun's own VMM, which the default engine
+/// (auto) does not pick on a host whose KVM cannot run Linux.
+fn kvm_engine<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    let subcommand = args
+        .first()
+        .is_some_and(|a| ["pack", "rootfs", "pull", "images"].iter().any(|s| a == s));
+    if subcommand || args.iter().any(|a| a == "--engine") {
+        return args;
+    }
+    let mut with = vec!["--engine".into(), "kvm".into()];
+    with.extend(args);
+    with
+}
+
 /// A scratch directory per test: a rootfs with one file, and a cache
 /// directory of its own so that no test touches the user's cache.
 struct Fixture {
@@ -81,7 +97,8 @@ impl Fixture {
         self.path("root")
     }
 
-    /// Runs `microrun ARGS` with stdin from /dev/null and nothing taken
+    /// Runs `microrun ARGS` (with `--engine kvm`, see [`kvm_engine`]) with
+    /// stdin from /dev/null and nothing taken
     /// from the environment (no MICRORUN_KERNEL or MICRORUN_IRQCHIP, the
     /// fixture's cache) but `env`.
     fn microrun_env<S: AsRef<std::ffi::OsStr>>(
@@ -91,7 +108,7 @@ impl Fixture {
     ) -> (Output, Duration) {
         let start = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_microrun"))
-            .args(args)
+            .args(kvm_engine(args))
             .env_remove("MICRORUN_KERNEL")
             .env_remove("MICRORUN_IRQCHIP")
             .env_remove("SOURCE_DATE_EPOCH")
@@ -644,7 +661,7 @@ fn run_with_streams(
     // Reaped by the waitpid below, which std's `Child` does not know of.
     #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_microrun"))
-        .args(args)
+        .args(kvm_engine(args))
         .env_remove("MICRORUN_KERNEL")
         .env_remove("MICRORUN_IRQCHIP")
         .env("XDG_CACHE_HOME", f.path("cache"))
@@ -796,6 +813,8 @@ fn thread_seccomp_modes(env: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_microrun"))
         .args([
             "-q",
+            "--engine",
+            "kvm",
             "--no-init",
             "--cpus",
             "2",

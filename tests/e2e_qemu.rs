@@ -88,23 +88,30 @@ fn qemu_failing_to_start_shows_its_stderr() {
     assert!(err.contains("QEMU"), "{err}");
 }
 
-/// Without QEMU on the PATH the error names the package to install (125).
-#[test]
-fn missing_qemu_names_the_package() {
+/// Runs `microrun OPTIONS --kernel K ROOT` with a `PATH` that has no
+/// QEMU, a dummy kernel and a one-file rootfs.
+fn without_qemu_on_path(options: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     std::fs::write(root.join("file"), b"x").unwrap();
     let kernel = dir.path().join("kernel");
     std::fs::write(&kernel, b"not looked at before QEMU starts").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microrun"))
+    std::process::Command::new(env!("CARGO_BIN_EXE_microrun"))
         .env("PATH", dir.path())
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .args(["--engine", "qemu", "--kernel"])
+        .args(options)
+        .arg("--kernel")
         .arg(&kernel)
         .arg(&root)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Without QEMU on the PATH the error names the package to install (125).
+#[test]
+fn missing_qemu_names_the_package() {
+    let output = without_qemu_on_path(&["--engine", "qemu"]);
     common::assert_code(&output, 125);
     let err = common::stderr(&output);
     assert!(err.contains("qemu-system-x86"), "{err}");
@@ -144,4 +151,65 @@ fn output_qemu_still_holds_at_the_status_reaches_a_late_reader() {
     let errors = errors.join().unwrap();
     assert_eq!(status.code(), Some(3), "stderr: {errors}");
     common::assert_same_bytes(&got, &common::binary_data().repeat(16));
+}
+
+/// A newcomer's first run on a host whose KVM cannot run Linux (here:
+/// kvm_pvm, or no /dev/kvm): no `--engine`, and the program still runs,
+/// under the qemu engine, after exactly one line that says why; `-q`
+/// silences the line.
+#[test]
+fn without_engine_a_host_whose_kvm_cannot_run_linux_gets_qemu() {
+    if let Some(why) = qemu_unavailable() {
+        skip_unavailable!("qemu engine: {why}");
+        return;
+    }
+    if vmm::kvm_host() == vmm::KvmHost::Hardware {
+        test_support::skip_not_applicable!("this host's KVM runs Linux: the kvm engine is chosen");
+        return;
+    }
+    let root = common::libs_rootfs().expect("libs rootfs");
+    let kernel = common::project_kernel().expect("project kernel");
+    let run = |quiet: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microrun"));
+        if quiet {
+            command.arg("-q");
+        }
+        command
+            .args(["--timeout", "300s", "--kernel"])
+            .arg(&kernel)
+            .arg(root)
+            .env_remove("MICRORUN_KERNEL")
+            .output()
+            .unwrap()
+    };
+    let output = run(false);
+    common::assert_code(&output, 0);
+    assert_eq!(common::stdout(&output), "Hello, world!\n");
+    let err = common::stderr(&output);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one note line: {err}");
+    assert!(
+        lines[0].contains("using the qemu engine")
+            && (lines[0].contains("/dev/kvm") || lines[0].contains("kvm_pvm")),
+        "{err}"
+    );
+    let quiet = run(true);
+    common::assert_code(&quiet, 0);
+    assert_eq!(common::stderr(&quiet), "", "-q silences the note");
+}
+
+/// With neither engine usable (KVM that cannot run Linux, and no QEMU on
+/// PATH), a run without `--engine` ends at once with 125 naming both fixes.
+#[test]
+fn without_engine_kvm_or_qemu_the_error_names_both_fixes() {
+    if vmm::kvm_host() == vmm::KvmHost::Hardware {
+        test_support::skip_not_applicable!("this host's KVM runs Linux: the kvm engine is chosen");
+        return;
+    }
+    let output = without_qemu_on_path(&[]);
+    common::assert_code(&output, 125);
+    let err = common::stderr(&output);
+    assert!(err.contains("apt-get install qemu-system-x86"), "{err}");
+    assert!(err.contains("/dev/kvm") || err.contains("kvm_pvm"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -15,7 +15,7 @@ pub mod devices;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmm::{IrqChip, VirtioOptions};
+use vmm::{IrqChip, KvmHost, VirtioOptions};
 
 use crate::binds::Bind;
 use crate::boot::{init_archive, BootError, BootInitrd, PreparedRootfs};
@@ -65,6 +65,19 @@ pub enum PlanError {
         dir: String,
         /// Where it came from: `-w` or the image's configuration.
         origin: &'static str,
+    },
+    /// No `--engine`, and neither VM engine can run a Linux guest here.
+    #[error(
+        "no engine can run a Linux guest here: {kvm}; and QEMU is not installed \
+         ({qemu} not on PATH). Fix either: install QEMU (sudo apt-get install \
+         qemu-system-x86) for the qemu engine, or make KVM usable as said; \
+         --engine chroot runs without a VM"
+    )]
+    NoEngine {
+        /// Why the kvm engine cannot run Linux, and its fix.
+        kvm: String,
+        /// QEMU's binary.
+        qemu: &'static str,
     },
     /// `MICRORUN_VIRTIO` means nothing.
     #[error(transparent)]
@@ -142,6 +155,9 @@ pub struct Plan {
     pub run_config: RunConfig,
     /// The engine, with what it boots.
     pub target: Target,
+    /// Why the engine is not the one a user would expect, when microrun
+    /// chose it ([`choose_engine`]): said once on stderr unless `-q`.
+    pub engine_note: Option<String>,
 }
 
 /// The engine of a plan, with its part of the plan.
@@ -229,6 +245,8 @@ impl Plan {
 /// command, environment and directory the request leaves unset
 /// ([`crate::image::apply_image_defaults`], `docker run`'s rules).
 pub fn make(mut request: Request) -> Result<Plan, PlanError> {
+    let (engine, engine_note) = choose_engine(request.engine, vmm::kvm_host, qemu::installed)?;
+    request.engine = engine;
     let workdir_given = request.workdir.is_some();
     crate::image::apply_image_defaults(&mut request);
     if let Some(dir) = &request.workdir {
@@ -237,7 +255,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     let request = &request;
     let (run_config, target) = match request.engine {
         Engine::Chroot => chroot(request)?,
-        Engine::Kvm => {
+        Engine::Kvm | Engine::Auto => {
             let irqchip = parse_irqchip(std::env::var(IRQCHIP_VAR).ok().as_deref())?;
             let (run_config, vm) = vm(request)?;
             let seccomp = vmm::seccomp::wanted();
@@ -270,7 +288,40 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
         forward_stdin: request.forward_stdin,
         run_config,
         target,
+        engine_note,
     })
+}
+
+/// The engine for `requested`: as given, or for [`Engine::Auto`] the kvm
+/// engine where `kvm_host` says KVM can run a Linux guest, else the qemu
+/// engine (TCG) when `qemu_installed`, with the note that says why; with
+/// neither, [`PlanError::NoEngine`] naming both fixes. The probes are only
+/// called for `Auto`.
+pub fn choose_engine(
+    requested: Engine,
+    kvm_host: impl FnOnce() -> KvmHost,
+    qemu_installed: impl FnOnce() -> bool,
+) -> Result<(Engine, Option<String>), PlanError> {
+    if requested != Engine::Auto {
+        return Ok((requested, None));
+    }
+    let why = match kvm_host() {
+        KvmHost::Hardware => return Ok((Engine::Kvm, None)),
+        KvmHost::Emulated(why) => format!("{why}, too slow to run Linux"),
+        KvmHost::Unavailable(why) => why,
+    };
+    if !qemu_installed() {
+        return Err(PlanError::NoEngine {
+            kvm: why,
+            qemu: qemu::QEMU,
+        });
+    }
+    Ok((
+        Engine::Qemu,
+        Some(format!(
+            "using the qemu engine: {why}; --engine picks one, -q silences this"
+        )),
+    ))
 }
 
 /// Refuses a working directory that is not absolute or has a `..`

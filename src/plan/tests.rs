@@ -257,3 +257,44 @@ fn default_memory_makes_room_for_the_kernel_when_the_initrd_rule_does_not() {
     assert!(why.starts_with("1102 MiB: 3 x initrd"), "{why}");
     assert_eq!(default_memory(Some(u64::MAX), u64::MAX).0 % (2 * MIB), 0);
 }
+
+#[test]
+fn an_engine_given_is_kept_and_no_probe_runs() {
+    for engine in [Engine::Kvm, Engine::Qemu, Engine::Chroot] {
+        let chosen = choose_engine(engine, || panic!("probed KVM"), || panic!("probed QEMU"));
+        assert_eq!(chosen.unwrap(), (engine, None));
+    }
+}
+
+#[test]
+fn auto_takes_kvm_where_it_runs_linux_and_says_nothing() {
+    let chosen = choose_engine(Engine::Auto, || KvmHost::Hardware, || false).unwrap();
+    assert_eq!(chosen, (Engine::Kvm, None));
+}
+
+#[test]
+fn auto_falls_back_to_qemu_with_the_reason() {
+    let emulated = KvmHost::Emulated("KVM here is kvm_pvm".into());
+    let (engine, note) = choose_engine(Engine::Auto, || emulated, || true).unwrap();
+    assert_eq!(engine, Engine::Qemu);
+    let note = note.unwrap();
+    assert!(
+        note.contains("qemu engine") && note.contains("kvm_pvm"),
+        "{note}"
+    );
+    assert!(!note.contains('\n'), "one line: {note}");
+
+    let no_access = KvmHost::Unavailable("no access to /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER, then log in again)".into());
+    let (engine, note) = choose_engine(Engine::Auto, || no_access, || true).unwrap();
+    assert_eq!(engine, Engine::Qemu);
+    assert!(note.unwrap().contains("usermod -aG kvm"));
+}
+
+#[test]
+fn auto_with_neither_engine_names_both_fixes() {
+    let missing = KvmHost::Unavailable("/dev/kvm does not exist".into());
+    let err = choose_engine(Engine::Auto, || missing, || false).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("/dev/kvm does not exist"), "{text}");
+    assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+}

@@ -56,7 +56,19 @@ use pump::{Pump, PumpEnd, StdinFeeds};
 use spawn::{initrd_memfd, Pipe};
 
 /// The QEMU binary microrun runs.
-const QEMU: &str = "qemu-system-x86_64";
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Whether QEMU's binary is on `PATH`, as an executable file.
+pub fn installed() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(QEMU))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
 
 /// Which QEMU accelerator to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
