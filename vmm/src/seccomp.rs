@@ -348,6 +348,16 @@ fn install_handler() -> Result<(), SeccompError> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
+        // glibc's free() in a thread's own arena shrinks the arena's heap
+        // once its top passes the trim threshold, and the first shrink in a
+        // process opens /proc/sys/vm/overcommit_memory: an openat that no
+        // filter allows, on any thread that frees much (the 9p server). With
+        // the threshold at its maximum no heap is trimmed (freed memory is
+        // kept for reuse; whole heaps are still unmapped), so free() makes
+        // no system call a filter refuses.
+        // SAFETY: mallopt only sets a malloc parameter; it is called before
+        // any filter exists and is thread-safe in glibc.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
         // SAFETY: a zeroed sigaction is valid; the handler is an
         // `extern "C"` function with the SA_SIGINFO signature, and it only
         // calls async-signal-safe functions (write, _exit).
