@@ -184,16 +184,14 @@ pub(crate) fn run_vcpus(
             wait = wait.min(left);
         }
         match rx.recv_timeout(wait) {
-            Ok(VcpuMessage::FirstRun(at)) => timings.first_run = Some(at),
-            Ok(VcpuMessage::Event(name, at)) => {
-                if let Some(reader) = events.event(&name, at) {
+            Ok(message) => {
+                if let Some(reader) = take_message(message, &mut events, timings) {
                     if let Some(gate) = stdin_gate.take() {
                         let _ = gate.send(reader);
                     }
                 }
-                timings.init_event = events.init();
             }
-            Ok(VcpuMessage::Ended) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 if let Some(end) = lock(&ended).take() {
                     ended_by = Some(usize::from(end.vcpu));
@@ -205,10 +203,37 @@ pub(crate) fn run_vcpus(
     };
     timed_out.store(end == VmEnd::Timeout, Ordering::Release);
     stop_vcpus(&stop, sinks, threads, ended_by);
+    // What the vCPUs sent before the end but this loop had not read yet
+    // (the end has a slot of its own and can overtake them): the first run
+    // and `@init` still count for the timings.
+    while let Ok(message) = rx.try_recv() {
+        let _ = take_message(message, &mut events, timings);
+    }
     if end == VmEnd::Timeout && log::log_enabled!(log::Level::Debug) {
         log::debug!("at the timeout, {}", devices.describe_interrupts());
     }
     Ok(end)
+}
+
+/// Takes one vCPU message into the timings and the event interpreter;
+/// returns the stdin reader an event opens, if one does.
+fn take_message(
+    message: VcpuMessage,
+    events: &mut GuestEvents,
+    timings: &mut Timings,
+) -> Option<StdinReader> {
+    match message {
+        VcpuMessage::FirstRun(at) => {
+            timings.first_run = Some(at);
+            None
+        }
+        VcpuMessage::Event(name, at) => {
+            let reader = events.event(&name, at);
+            timings.init_event = events.init();
+            reader
+        }
+        VcpuMessage::Ended => None,
+    }
 }
 
 /// How long stopping the vCPUs may take before the VMM stops waiting for
