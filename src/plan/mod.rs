@@ -23,7 +23,8 @@ use crate::engine::qemu::{self, Accel};
 use crate::guest_kernel::{self, GuestKernelError, KernelPlan, Transport, VirtioSetting, Without};
 use crate::kernel::KernelError;
 use crate::runconfig::{ModuleLoad, RunConfig};
-use crate::spec::{Engine, Request, Verbosity};
+use crate::spec::{Engine, Request, Rootfs, Verbosity};
+use crate::user::{Ids, RootfsFiles, UserError};
 pub use cmdline::{KernelCmdline, Reboot};
 
 /// The least guest memory besides the initrd that microrun accepts: a
@@ -81,6 +82,10 @@ pub enum PlanError {
     /// This host cannot run the chroot engine.
     #[error(transparent)]
     Chroot(#[from] crate::engine::chroot::ChrootError),
+    /// `-u` (or the image's `User`) is malformed, or names no user or
+    /// group of the rootfs.
+    #[error(transparent)]
+    User(#[from] UserError),
     /// The kernel cannot drive a device that has nothing to fall back to.
     #[error("{why}; so {options} cannot work here: {fix}")]
     Refused {
@@ -199,6 +204,11 @@ pub struct ChrootPlan {
     pub init_archive: Vec<u8>,
     /// The shares, bind-mounted.
     pub binds: Vec<Bind>,
+    /// The ids `-u` names in the rootfs: the id maps give the namespace
+    /// a range of ids, and the shares show the invoking user's files as
+    /// this user's. `None`: the program runs as root, only the caller's
+    /// ids are mapped.
+    pub user: Option<Ids>,
 }
 
 impl Plan {
@@ -230,7 +240,7 @@ impl Plan {
 /// ([`crate::image::apply_image_defaults`], `docker run`'s rules).
 pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     let workdir_given = request.workdir.is_some();
-    crate::image::apply_image_defaults(&mut request);
+    crate::image::apply_image_defaults(&mut request)?;
     if let Some(dir) = &request.workdir {
         check_workdir(dir, workdir_given)?;
     }
@@ -307,6 +317,7 @@ pub fn base_run_config(request: &Request) -> RunConfig {
         env: request.env.clone(),
         workdir: request.workdir.clone(),
         forward_stdin: request.forward_stdin,
+        user: request.user.as_ref().map(ToString::to_string),
         ..RunConfig::default()
     }
 }
@@ -318,10 +329,19 @@ fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
     crate::engine::chroot::check_host()?;
     // The shares are bind mounts here, not devices: no records for them.
     let run_config = base_run_config(request);
+    let rootfs = crate::boot::chroot_rootfs(&request.rootfs).map_err(PlanError::Rootfs)?;
+    let user = match (&request.user, &rootfs) {
+        (None, _) => None,
+        (Some(spec), PreparedRootfs::Dir(dir)) => Some(spec.resolve_in(&RootfsFiles::Dir(dir))?),
+        (Some(spec), PreparedRootfs::Archive(path)) => {
+            Some(spec.resolve_in(&RootfsFiles::Archive(path))?)
+        }
+    };
     let plan = ChrootPlan {
-        rootfs: crate::boot::chroot_rootfs(&request.rootfs).map_err(PlanError::Rootfs)?,
+        rootfs,
         init_archive: init_archive(&run_config, &[]).map_err(PlanError::Rootfs)?,
         binds: request.binds.clone(),
+        user,
     };
     Ok((run_config, Target::Chroot(plan)))
 }
@@ -343,7 +363,8 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     // or loads the modules: the UARTs.
     let started = Instant::now();
     let console = !request.no_init && setting == VirtioSetting::On;
-    let wanted = devices::wanted(request, console);
+    let share_owner = share_owner(request)?;
+    let wanted = devices::wanted(request, console, share_owner);
     let kernel_plan = kernel_plan(request, &kernel, &wanted, setting);
     log::debug!(
         "virtio: planned in {:.2} ms",
@@ -433,6 +454,32 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         cmdline,
     };
     Ok((run_config, plan))
+}
+
+/// Whom the kvm engine's 9p server shows the invoking user's files as
+/// owned by: the ids `-u` names, looked up in the rootfs on the host (the
+/// server is made before the guest runs), so that the user can write to
+/// its shares. Root without `-u` or shares; QEMU's 9p server has no id
+/// map (docs/shares.md).
+fn share_owner(request: &Request) -> Result<Ids, PlanError> {
+    let root = Ids { uid: 0, gid: 0 };
+    let Some(spec) = &request.user else {
+        return Ok(root);
+    };
+    if request.engine != Engine::Kvm || request.binds.is_empty() {
+        return Ok(root);
+    }
+    let ids = match &request.rootfs {
+        Rootfs::Dir(dir) => spec.resolve_in(&RootfsFiles::Dir(dir))?,
+        Rootfs::Cpio(path) => spec.resolve_in(&RootfsFiles::Archive(path))?,
+        Rootfs::Image(image) => {
+            let archive = image
+                .cached_convert()
+                .map_err(|e| PlanError::Initrd(e.into()))?;
+            spec.resolve_in(&RootfsFiles::Archive(&archive))?
+        }
+    };
+    Ok(ids)
 }
 
 /// What `kernel` makes of the devices `wanted`, on the bus of the

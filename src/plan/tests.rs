@@ -52,6 +52,7 @@ impl Scratch {
             cpus: 1,
             cmdline: Some("  foo=1 ".into()),
             accel: Accel::Tcg,
+            user: None,
         }
     }
 
