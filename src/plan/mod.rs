@@ -49,6 +49,9 @@ pub enum PlanError {
     /// Shares without guest-init, which mounts them.
     #[error("--bind and --bind-ro need guest-init, which mounts the shares: drop --no-init")]
     SharesNeedInit,
+    /// `-u` without guest-init, which switches to the user.
+    #[error("-u needs guest-init, which switches to the user: drop --no-init or -u")]
+    UserNeedsInit,
     /// `--no-init` asks for the rootfs's own `/init` reporting on ttyS2,
     /// which only exists in a VM.
     #[error(
@@ -353,6 +356,14 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     }
     if request.no_init && !request.binds.is_empty() {
         return Err(PlanError::SharesNeedInit);
+    }
+    if let (true, Some(user)) = (request.no_init, &request.user) {
+        if user.origin != crate::image::IMAGE_USER {
+            return Err(PlanError::UserNeedsInit);
+        }
+        log::info!(
+            "--no-init: the image's User ({user}) is not applied; the initrd's init runs as root"
+        );
     }
     let setting = guest_kernel::setting_from_env()?;
     let kernel = crate::kernel::discover(request.kernel.as_deref())?;
