@@ -99,10 +99,10 @@ pub enum ChrootError {
     Setup(String),
     /// `-u` as an ordinary user, who has no subordinate ids.
     #[error(
-        "-u needs a range of subordinate ids in the chroot engine (the namespace must have \
-         other ids than yours), and {file} has none for {user}; add one with `sudo usermod \
-         --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`, or run as root, or \
-         use a VM engine (--engine kvm or qemu)"
+        "-u (or an image's User) needs a range of subordinate ids in the chroot engine (the \
+         namespace must have other ids than yours), and {file} has none for {user}; add one \
+         with `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`, \
+         or run as root, or use a VM engine (--engine kvm or qemu)"
     )]
     NoSubordinateIds {
         /// The caller's name.
