@@ -188,11 +188,7 @@ impl UserSpec {
 
     /// [`UserSpec::resolve`] against the files of `rootfs`.
     pub fn resolve_in(&self, rootfs: &RootfsFiles) -> Result<Ids, UserError> {
-        let passwd = rootfs.read("/etc/passwd")?;
-        let group = match self.group {
-            Some(_) => rootfs.read("/etc/group")?,
-            None => None,
-        };
+        let [passwd, group] = rootfs.read(["/etc/passwd", "/etc/group"])?;
         self.resolve(passwd.as_deref(), group.as_deref())
     }
 }
@@ -257,22 +253,35 @@ impl RootfsFiles<'_> {
         }
     }
 
-    /// The text of `file` (absolute, in the rootfs), `None` when it does
-    /// not exist.
-    pub fn read(&self, file: &'static str) -> Result<Option<String>, UserError> {
-        let error = |source| UserError::Read {
+    /// The text of each of `files` (absolute, in the rootfs), `None` for
+    /// one that does not exist. An archive is indexed once for all.
+    pub fn read<const N: usize>(
+        &self,
+        files: [&'static str; N],
+    ) -> Result<[Option<String>; N], UserError> {
+        let error = |file, source| UserError::Read {
             file,
             rootfs: self.path().to_path_buf(),
             source: IoError(source),
         };
-        let bytes = match self {
-            RootfsFiles::Dir(dir) => read_beneath(dir, file),
-            RootfsFiles::Archive(path) => Archive::open(path)
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|archive| archive.read_file(Path::new(file), MAX_FILE)),
+        let archive = match self {
+            RootfsFiles::Dir(_) => None,
+            RootfsFiles::Archive(path) => Some(
+                Archive::open(path)
+                    .map_err(|e| error(files[0], io::Error::other(e.to_string())))?,
+            ),
+        };
+        let mut out = [const { None }; N];
+        for (slot, file) in out.iter_mut().zip(files) {
+            let bytes = match (self, &archive) {
+                (RootfsFiles::Dir(dir), _) => read_beneath(dir, file),
+                (_, Some(archive)) => archive.read_file(Path::new(file), MAX_FILE),
+                (_, None) => Ok(None),
+            }
+            .map_err(|source| error(file, source))?;
+            *slot = bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
         }
-        .map_err(error)?;
-        Ok(bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+        Ok(out)
     }
 }
 
@@ -429,9 +438,10 @@ mod tests {
         // An absolute link resolves in the rootfs, not on the host.
         std::os::unix::fs::symlink("/etc/group", root.path().join("etc/passwd")).unwrap();
         let files = RootfsFiles::Dir(root.path());
-        assert_eq!(files.read("/etc/passwd").unwrap().as_deref(), Some(GROUP));
+        let [passwd] = files.read(["/etc/passwd"]).unwrap();
+        assert_eq!(passwd.as_deref(), Some(GROUP));
         std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
-        assert_eq!(files.read("/etc/passwd").unwrap(), None);
+        assert_eq!(files.read(["/etc/passwd"]).unwrap(), [None]);
         std::fs::write(root.path().join("etc/passwd"), PASSWD).unwrap();
         let spec = UserSpec::parse("builder:staff", "-u").unwrap();
         assert_eq!(spec.resolve_in(&files), Ok(Ids { uid: 1000, gid: 50 }));

@@ -122,9 +122,15 @@ pub fn switch(switch: &Switch) -> Result<(), Errno> {
     )
 }
 
-/// The file's bytes, or none when it cannot be read (a rootfs without
-/// `/etc/passwd` knows no names, and numbers still work).
+/// The file's bytes, or none when it is not a regular file or cannot be
+/// read (a rootfs without `/etc/passwd` knows no names, and numbers still
+/// work; a FIFO there must not hold the boot).
 fn read_or_empty(path: &CStr) -> &'static [u8] {
+    let regular = rustix::fs::stat(path)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+    if !regular {
+        return &[];
+    }
     config::read_file(path).unwrap_or(&[])
 }
 

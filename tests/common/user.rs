@@ -96,7 +96,15 @@ fn user_rootfs(engine: &Engine) -> Option<&'static Path> {
     let libs = prerequisites(engine)?;
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     Some(ROOTFS.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("microrun-user-{}", std::process::id()));
+        // One per test binary, replaced by its next run, as the libs
+        // rootfs; in the nested lane (no target directory there) in /tmp.
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap_or_default().to_string_lossy();
+        let base = match std::env::var_os(super::LIBS_VAR) {
+            Some(_) => std::env::temp_dir(),
+            None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        };
+        let root = base.join(format!("user-{name}"));
         let _ = fs::remove_dir_all(&root);
         let copied = std::process::Command::new("cp")
             .arg("-a")
