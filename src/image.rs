@@ -8,26 +8,31 @@
 //! - `Env` comes first, and `-e NAME=value` replaces a variable of the same
 //!   name where the image put it, or is added after;
 //! - `WorkingDir` is the directory unless `-w` is given;
-//! - `User` is reported on `-v` only: the command runs as root.
+//! - `User` is who the command runs as unless `-u` is given (an empty
+//!   `User` is root, as in docker).
 
 use initrd_tools::image::ImageConfig;
 
 use crate::spec::{Request, Rootfs};
+use crate::user::{UserError, UserSpec};
+
+/// What names the image's `User` in messages.
+pub const IMAGE_USER: &str = "the image's User";
 
 /// Merges the image's defaults into `spec` (nothing for other rootfs
-/// kinds), and says on `-v` what the image is and what of its config is
-/// not applied.
-pub fn apply_image_defaults(spec: &mut Request) {
+/// kinds), and says on `-v` what the image is. An image's `User` that is
+/// not `USER[:GROUP]` is an error (when `-u` does not replace it).
+pub fn apply_image_defaults(spec: &mut Request) -> Result<(), UserError> {
     let Rootfs::Image(image) = &spec.rootfs else {
-        return;
+        return Ok(());
     };
     log::info!("image: {}", image.description());
     let config = image.config().clone();
-    if let Some(user) = &config.user {
-        log::info!(
-            "image: its configuration asks for user {user:?}; the command runs as root (uid 0), \
-             as microrun has no -u option yet"
-        );
+    if spec.user.is_none() {
+        spec.user = image_user(&config)?;
+        if let Some(user) = &spec.user {
+            log::info!("image: the command runs as {user} (the image's User; -u replaces it)");
+        }
     }
     let merged = merge(
         &config,
@@ -40,6 +45,16 @@ pub fn apply_image_defaults(spec: &mut Request) {
     spec.workdir = merged.workdir;
     if !spec.command.is_empty() {
         log::info!("image: command {:?}", spec.command);
+    }
+    Ok(())
+}
+
+/// The user an image's configuration names, `None` for root (no `User`,
+/// or an empty one).
+pub fn image_user(config: &ImageConfig) -> Result<Option<UserSpec>, UserError> {
+    match config.user.as_deref() {
+        None | Some("") => Ok(None),
+        Some(user) => UserSpec::parse(user, IMAGE_USER).map(Some),
     }
 }
 
@@ -138,6 +153,21 @@ mod tests {
         let env: Vec<String> = merged.env.iter().map(|(n, v)| format!("{n}={v}")).collect();
         assert_eq!(env, ["PATH=/opt/bin:/bin", "A=x", "B=2=3", "C=y"]);
         assert_eq!(merged.workdir.as_deref(), Some("/tmp"));
+    }
+
+    #[test]
+    fn the_image_user_is_checked_and_empty_means_root() {
+        let user = image_user(&config()).unwrap().unwrap();
+        assert_eq!((user.user.as_str(), user.origin), ("app", IMAGE_USER));
+        let mut empty = config();
+        empty.user = Some(String::new());
+        assert_eq!(image_user(&empty), Ok(None));
+        empty.user = None;
+        assert_eq!(image_user(&empty), Ok(None));
+        let mut bad = config();
+        bad.user = Some("a:b:c".into());
+        let err = image_user(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("the image's User \"a:b:c\""), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod run;
 pub mod runconfig;
 pub mod spec;
 pub mod units;
+pub mod user;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;

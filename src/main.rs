@@ -92,6 +92,10 @@ struct RunArgs {
     /// Share a host directory with the guest, read-only, at DST (default: SRC); repeatable.
     #[arg(long = "bind-ro", value_name = "SRC[:DST]")]
     binds_ro: Vec<String>,
+    /// Run the program as USER (and GROUP): names from the rootfs's own /etc/passwd and
+    /// /etc/group, or numbers [default: the image's User, else root].
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
     /// Boot the initrd as given, without guest-init (its init reports on ttyS2).
     #[arg(long)]
     no_init: bool,
@@ -206,6 +210,11 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         cpus: args.cpus,
         cmdline: args.cmdline,
         accel: args.accel,
+        user: args
+            .user
+            .as_deref()
+            .map(|spec| microrun::user::UserSpec::parse(spec, "-u"))
+            .transpose()?,
     };
     let plan = microrun::plan::make(request)?;
     let outcome = run::run(&plan)?;

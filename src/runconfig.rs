@@ -12,9 +12,10 @@
 //! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs); `virtio-relay`: the same, through pipes guest-init copies to the ports, with `@sent OUT ERR` (the bytes each port took) before the status line |
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
 //! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
+//! | `user` | `USER[:GROUP]` (`-u`): names looked up in the rootfs's `/etc/passwd` and `/etc/group`, numbers taken as they are; the program runs as that user, with its supplementary groups, `HOME`, `USER` and `LOGNAME`, and no capabilities (at most once) |
 //!
 //! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
-//! `module`, `mount`.
+//! `module`, `mount`, `user`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -110,6 +111,9 @@ pub struct RunConfig {
     pub modules: Vec<ModuleLoad>,
     /// Shares to mount before the program, in order.
     pub mounts: Vec<ShareMount>,
+    /// Who the program runs as (`USER[:GROUP]`, checked by
+    /// [`crate::user::UserSpec::parse`]); root when `None`.
+    pub user: Option<String>,
 }
 
 /// One share guest-init mounts (9P2000.L over virtio).
@@ -187,6 +191,9 @@ impl RunConfig {
                 &[&mount.tag, " ", access, " ", &mount.dest],
                 "share",
             )?;
+        }
+        if let Some(user) = &self.user {
+            push_record(&mut out, "user", &[user], "user")?;
         }
         Ok(out)
     }
@@ -341,6 +348,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(no_ports.encode().unwrap(), b"");
+    }
+
+    #[test]
+    fn the_user_comes_last() {
+        let config = RunConfig {
+            argv: vec!["id".into()],
+            user: Some("builder:staff".into()),
+            mounts: vec![ShareMount {
+                tag: "microrun0".into(),
+                dest: "/out".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"arg=id\0mount=microrun0 rw /out\0user=builder:staff\0"
+        );
     }
 
     #[test]

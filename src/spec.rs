@@ -101,6 +101,9 @@ pub struct Request {
     pub cmdline: Option<String>,
     /// `--accel` (the qemu engine).
     pub accel: Accel,
+    /// `-u/--user`, or the image's `User`: who the program runs as (root
+    /// when `None`).
+    pub user: Option<crate::user::UserSpec>,
 }
 
 /// Points in time of a run, each `None` when the run never got there.

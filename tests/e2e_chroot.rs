@@ -37,6 +37,20 @@ fn user_namespaces_unavailable() -> Option<String> {
 }
 
 e2e_cases!(ENGINE);
+user_cases!(ENGINE);
+
+/// `-u` as an ordinary user with a subordinate range: mapped through
+/// newuidmap and newgidmap, the share's files that user's.
+#[test]
+fn user_as_an_ordinary_user_with_a_range() {
+    common::user::unprivileged_with_a_range(&ENGINE);
+}
+
+/// `-u` as an ordinary user without a range: 125, and how to add one.
+#[test]
+fn user_as_an_ordinary_user_without_a_range() {
+    common::user::unprivileged_without_a_range(&ENGINE);
+}
 
 /// The shared rootfs, or `None` after printing why the test is skipped.
 fn rootfs() -> Option<&'static Path> {

@@ -16,6 +16,16 @@ use images::*;
 use test_support::skip_unavailable;
 
 #[test]
+fn chroot_the_image_user_is_the_default_and_u_wins() {
+    the_image_user_is_the_default_and_u_wins("chroot");
+}
+
+#[test]
+fn qemu_the_image_user_is_the_default_and_u_wins() {
+    the_image_user_is_the_default_and_u_wins("qemu");
+}
+
+#[test]
 fn chroot_every_format_runs_with_its_defaults() {
     every_format_runs_with_its_defaults("chroot");
 }

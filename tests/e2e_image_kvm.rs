@@ -46,3 +46,12 @@ fn the_command_line_overrides_as_docker_run_does() {
         |_| image_cases::the_command_line_overrides_as_docker_run_does("kvm"),
     );
 }
+
+#[test]
+fn the_image_user_is_the_default_and_u_wins() {
+    common::run_case(
+        &ENGINE,
+        concat!(module_path!(), "::the_image_user_is_the_default_and_u_wins"),
+        |_| image_cases::the_image_user_is_the_default_and_u_wins("kvm"),
+    );
+}

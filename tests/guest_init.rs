@@ -605,9 +605,11 @@ fn missing_or_malformed_configuration_is_126() {
     for (bytes, reason) in [
         (
             &b"arg=true\0bogus=1\0"[..],
-            "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports, module \
-             or mount)",
+            "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports, module, \
+             mount or user)",
         ),
+        (b"user=\0", "record 1 is not user=USER or user=USER:GROUP"),
+        (b"user=a\0user=b\0", "record 2 repeats the key 'user'"),
         (
             b"arg=true\0mount=tag rw relative\0",
             "record 2 is not mount=TAG rw /DEST or mount=TAG ro /DEST",

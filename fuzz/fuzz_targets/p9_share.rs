@@ -51,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
         read_only: data.first().is_some_and(|b| b & 1 == 1),
         uid: 0,
         gid: 0,
+        guest_uid: 0,
+        guest_gid: 0,
     };
     let mut handler = Handler::new(&dir.join("share"), policy).unwrap();
     let mut version = 8192u32.to_le_bytes().to_vec();

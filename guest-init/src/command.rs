@@ -14,14 +14,16 @@ use rustix::process::WaitOptions;
 use crate::channels::{self, GlobalState};
 use crate::config::RunConfig;
 use crate::console::{self, Line};
-use crate::end::{self, finish, CANNOT_EXECUTE, NOT_FOUND};
+use crate::end::{self, finish, CANNOT_EXECUTE, MICRORUN_FAILED, NOT_FOUND};
 use crate::relay::Writers;
+use crate::user::{self, Switch};
 use crate::{streams, sys};
 
 /// What the child sends back when it cannot start the command: the stage,
 /// the errno, and the path that failed (NUL-terminated).
 const STAGE_SETUP: u8 = 1;
 const STAGE_EXEC: u8 = 2;
+const STAGE_USER: u8 = 3;
 /// Stage byte, four errno bytes, and a path of up to PATH_MAX bytes.
 const REPORT_CAPACITY: usize = 1 + 4 + PATH_CAPACITY;
 const PATH_CAPACITY: usize = 4096;
@@ -44,8 +46,9 @@ pub fn enter_cwd(cwd: &CStr) {
     }
 }
 
-/// Starts the command, waits for it, cleans up after it; returns its status.
-pub fn run(config: &RunConfig) -> u8 {
+/// Starts the command (as `user`, when given), waits for it, cleans up
+/// after it; returns its status.
+pub fn run(config: &RunConfig, user: Option<&Switch>) -> u8 {
     let pid1 = rustix::process::getpid().is_init();
     if !pid1 {
         // Outside a PID namespace (a debugging run), orphans come back to us
@@ -65,6 +68,7 @@ pub fn run(config: &RunConfig) -> u8 {
         Ok(Some(pid)) => pid,
         Ok(None) => child(
             config,
+            user,
             report_tx,
             relay.as_ref().map(|(_, writers)| writers),
         ),
@@ -105,13 +109,17 @@ pub fn fail_start(what: &[u8], e: Errno) -> u8 {
     CANNOT_EXECUTE
 }
 
-/// The child: stdio, then exec. Never returns.
-fn child(config: &RunConfig, report: OwnedFd, relay: Option<&Writers>) -> ! {
+/// The child: stdio, the user, then exec. Never returns.
+fn child(config: &RunConfig, user: Option<&Switch>, report: OwnedFd, relay: Option<&Writers>) -> ! {
     // Its own session, so job-control shells and `kill 0` stay within it.
     let _ = rustix::process::setsid();
     if let Err(e) = streams::setup_stdio(config, relay) {
         send_report(&report, STAGE_SETUP, e, b"");
         sys::exit_group(i32::from(CANNOT_EXECUTE));
+    }
+    if let Some(Err(e)) = user.map(user::switch) {
+        send_report(&report, STAGE_USER, e, b"");
+        sys::exit_group(i32::from(MICRORUN_FAILED));
     }
     let mut path = [0u8; PATH_CAPACITY];
     let (errno, len) = exec_command(config, &mut path);
@@ -209,6 +217,17 @@ fn explain_failure(config: &RunConfig, report: &[u8]) -> u8 {
     ]));
     let mut line = Line::new();
     line.text(b"microrun: ");
+    if stage == STAGE_USER {
+        line.text(b"guest-init: cannot run ")
+            .text(config.command().to_bytes())
+            .text(b" as ")
+            .text(config.user.map_or(&b""[..], CStr::to_bytes))
+            .text(b": ")
+            .errno(errno)
+            .text(b" (setgroups, setgid or setuid)");
+        line.send(GlobalState::console());
+        return MICRORUN_FAILED;
+    }
     if stage != STAGE_EXEC {
         line.text(b"cannot set up stdin, stdout and stderr for ")
             .text(config.command().to_bytes())

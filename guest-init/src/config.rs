@@ -10,8 +10,9 @@
 //! | `ports` | `virtio`: the host offers a multiport virtio-console with the ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`; `virtio-relay`: the same, with the command's output relayed and counted (see `relay.rs`); anything else: the serial ports only |
 //! | `module` | `/PATH` or `/PATH PARAMS`: a kernel module in the initrd, loaded with `finit_module` and the parameter string `PARAMS` (empty when absent); any number, loaded in order |
 //! | `mount` | `TAG rw /DEST` or `TAG ro /DEST`: a 9p share (virtio mount tag `TAG`) to mount at `/DEST`, created when missing; any number, after the modules |
+//! | `user` | `USER[:GROUP]`: who the command runs as, resolved in the rootfs's `/etc/passwd` and `/etc/group` (`user.rs`) |
 //!
-//! `cwd`, `stdin` and `ports` may appear once each.
+//! `cwd`, `stdin`, `ports` and `user` may appear once each.
 //!
 //! Since every record ends with a NUL byte, the values are used in place as
 //! the C strings `execve` wants; only the pointer arrays are built here.
@@ -24,7 +25,7 @@ use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
 /// The environment every command starts from.
-const DEFAULT_ENV: [&CStr; 3] = [
+pub const DEFAULT_ENV: [&CStr; 3] = [
     c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     c"HOME=/",
     c"TERM=linux",
@@ -39,7 +40,7 @@ pub struct RunConfig {
     /// NULL-terminated argument vector, never empty.
     pub argv: &'static [*const u8],
     /// NULL-terminated environment.
-    pub envp: &'static [*const u8],
+    pub envp: &'static mut [*const u8],
     /// The working directory.
     pub cwd: &'static CStr,
     /// Whether the command's stdin is forwarded (ttyS1 or the stdin port;
@@ -54,6 +55,8 @@ pub struct RunConfig {
     pub modules: Modules,
     /// The `mount` records, in order.
     pub mounts: Mounts,
+    /// The `user` record: `USER[:GROUP]`, not empty.
+    pub user: Option<&'static CStr>,
 }
 
 impl RunConfig {
@@ -96,6 +99,8 @@ pub enum ConfigError {
     BadMount(usize),
     /// Record `n` repeats a key that may appear only once.
     Duplicate(usize, &'static [u8]),
+    /// Record `n` is a `user` record with an empty value.
+    BadUser(usize),
 }
 
 /// Reads and parses the configuration at `path`.
@@ -116,6 +121,7 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
     let mut cwd = None;
     let mut forward_stdin = None;
     let mut virtio_ports = None;
+    let mut user = None;
     for (index, record) in records(data).enumerate() {
         let number = index + 1;
         let (key, value) = split_record(record).ok_or(ConfigError::NoEquals(number))?;
@@ -158,12 +164,23 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
                     return Err(ConfigError::BadMount(number));
                 }
             }
+            b"user" => {
+                if value.is_empty() {
+                    return Err(ConfigError::BadUser(number));
+                }
+                if user.replace(value_cstr(record)).is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
+                }
+            }
             _ => return Err(ConfigError::UnknownKey(number, key)),
         }
     }
 
     let argv = alloc_pointers(args.max(1) + 1).map_err(ConfigError::Read)?;
-    let envp = alloc_pointers(DEFAULT_ENV.len() + envs + 1).map_err(ConfigError::Read)?;
+    // A user adds USER and LOGNAME (`set_env_default`).
+    let user_env = if user.is_some() { 2 } else { 0 };
+    let envp =
+        alloc_pointers(DEFAULT_ENV.len() + envs + user_env + 1).map_err(ConfigError::Read)?;
     let mut argc = 0;
     let mut envc = 0;
     for entry in DEFAULT_ENV {
@@ -212,7 +229,35 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         relay_output: virtio_ports.is_some_and(|(_, relay)| relay),
         modules: Modules { data },
         mounts: Mounts { data },
+        user,
     })
+}
+
+impl RunConfig {
+    /// Puts `entry` (`NAME=value`) in the command's environment unless an
+    /// `env` record gave `NAME`: in place of a default's entry, or in a
+    /// free slot ([`parse`] keeps two for a `user` record); false when
+    /// there was no room.
+    pub fn set_env_default(&mut self, entry: &'static CStr) -> bool {
+        let name = env_name(entry.to_bytes());
+        let len = self.envp.len() - 1;
+        for slot in self.envp[..len].iter_mut() {
+            if slot.is_null() {
+                *slot = entry.as_ptr().cast();
+                return true;
+            }
+            // SAFETY: every non-null entry points at a NUL-terminated
+            // string that is never freed.
+            let existing = unsafe { CStr::from_ptr(slot.cast()) };
+            if env_name(existing.to_bytes()) == name {
+                if DEFAULT_ENV.iter().any(|d| d.as_ptr().cast() == *slot) {
+                    *slot = entry.as_ptr().cast();
+                }
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// The `mount` records of a configuration, which [`parse`] has checked.
@@ -348,7 +393,7 @@ fn env_name(entry: &[u8]) -> &[u8] {
 }
 
 /// Reads a whole file into memory that is never freed.
-fn read_file(path: &CStr) -> Result<&'static [u8], Errno> {
+pub fn read_file(path: &CStr) -> Result<&'static [u8], Errno> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     let size = usize::try_from(rustix::fs::fstat(&fd)?.st_size).map_err(|_| Errno::FBIG)?;
@@ -363,7 +408,7 @@ fn read_file(path: &CStr) -> Result<&'static [u8], Errno> {
 }
 
 /// Zeroed memory that is never freed (PID 1 runs one command).
-fn alloc_bytes(len: usize) -> Result<&'static mut [u8], Errno> {
+pub fn alloc_bytes(len: usize) -> Result<&'static mut [u8], Errno> {
     // SAFETY: a fresh private anonymous mapping aliases nothing.
     let mem = unsafe {
         rustix::mm::mmap_anonymous(
@@ -492,6 +537,55 @@ mod tests {
             parse(b"ports=virtio\0ports=virtio\0"),
             Err(ConfigError::Duplicate(2, b"ports"))
         ));
+    }
+
+    fn env(config: &RunConfig) -> Vec<&'static [u8]> {
+        config
+            .envp
+            .iter()
+            .take_while(|p| !p.is_null())
+            // SAFETY: entries point at NUL-terminated strings never freed.
+            .map(|&p| unsafe { CStr::from_ptr(p.cast()) }.to_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_user_record_names_the_user_once() {
+        let config = parse_ok(b"arg=id\0user=builder:staff\0");
+        assert_eq!(config.user.map(CStr::to_bytes), Some(&b"builder:staff"[..]));
+        assert!(parse_ok(b"arg=id\0").user.is_none());
+        assert!(matches!(
+            parse(b"user=a\0user=b\0"),
+            Err(ConfigError::Duplicate(2, b"user"))
+        ));
+        assert!(matches!(parse(b"user=\0"), Err(ConfigError::BadUser(1))));
+    }
+
+    #[test]
+    fn the_users_environment_gives_way_to_env_records() {
+        let mut config = parse_ok(b"arg=id\0env=LOGNAME=mine\0env=A=1\0user=builder\0");
+        assert!(config.set_env_default(c"HOME=/home/builder"));
+        assert!(config.set_env_default(c"USER=builder"));
+        assert!(config.set_env_default(c"LOGNAME=builder"));
+        assert_eq!(
+            env(&config),
+            [
+                &b"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"[..],
+                b"HOME=/home/builder",
+                b"TERM=linux",
+                b"LOGNAME=mine",
+                b"A=1",
+                b"USER=builder",
+            ]
+        );
+        // An env record's HOME stays. Without a user record, the only
+        // room is what a replacing record left (one slot here).
+        let mut given = parse_ok(b"env=HOME=/mine\0");
+        assert!(given.set_env_default(c"HOME=/root"));
+        assert_eq!(env(&given)[1], b"HOME=/mine");
+        assert!(given.set_env_default(c"USER=root"));
+        assert!(!given.set_env_default(c"LOGNAME=root"));
+        assert_eq!(env(&given).len(), 4);
     }
 
     #[test]

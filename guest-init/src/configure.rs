@@ -45,7 +45,7 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .num(n as u64)
                     .text(b" has the unknown key '")
                     .text(key)
-                    .text(b"' (expected arg, env, cwd, stdin, ports, module or mount)"),
+                    .text(b"' (expected arg, env, cwd, stdin, ports, module, mount or user)"),
                 ConfigError::BadEnv(n) => line
                     .text(b"record ")
                     .num(n as u64)
@@ -64,6 +64,10 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .text(b" repeats the key '")
                     .text(key)
                     .text(b"'"),
+                ConfigError::BadUser(n) => line
+                    .text(b"record ")
+                    .num(n as u64)
+                    .text(b" is not user=USER or user=USER:GROUP"),
                 ConfigError::Read(_) => &mut line,
             };
         }

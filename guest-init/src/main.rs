@@ -13,7 +13,8 @@
 //! exit status as one line on ttyS2 once ttyS1 has drained (after the
 //! relay's `@sent OUT ERR`). Then it powers the machine off (with the
 //! relay, it waits for the host to end it). Its own messages always go to
-//! ttyS0.
+//! ttyS0. With a `user=` record the command runs as that user of the
+//! rootfs's `/etc/passwd` (`user.rs`).
 //!
 //! It is a freestanding static executable (`no_std`, raw system calls via
 //! rustix, no libc), so it runs on any rootfs, even one without a libc.
@@ -53,12 +54,14 @@ mod end;
 mod kernel_fs;
 mod knobs;
 mod modules;
+mod passwd;
 mod ports;
 mod relay;
 mod rt;
 mod shares;
 mod streams;
 mod sys;
+mod user;
 
 use end::{finish, MICRORUN_FAILED};
 use knobs::Knobs;
@@ -71,12 +74,13 @@ pub fn main(envp: *const *const u8) -> ! {
     channels::open_console(knobs.console);
     kernel_fs::warn(mount_failures);
     channels::open_stdout_and_status(knobs.stdout, knobs.status);
-    let config = configure::read(knobs.config);
+    let mut config = configure::read(knobs.config);
     modules::load_all(config.modules);
     if shares::mount_all(config.mounts).is_err() {
         finish(MICRORUN_FAILED);
     }
+    let user = user::resolve(&mut config);
     streams::choose(&config, knobs.ports, knobs.stdin);
     command::enter_cwd(config.cwd);
-    finish(command::run(&config))
+    finish(command::run(&config, user.as_ref()))
 }

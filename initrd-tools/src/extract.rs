@@ -165,6 +165,24 @@ impl Archive {
     /// initramfs: a later member with the inode of an earlier one is a
     /// hard link to it. Device nodes and sockets are skipped.
     pub fn extract(&self, root: &Path) -> Result<(), ArchiveError> {
+        self.extract_owned(root, false)
+    }
+
+    /// [`Archive::extract`], and with `owners` each member gets the owner
+    /// and group the archive gives it (`lchown`, before its mode is set,
+    /// since a change of owner clears set-id bits); an id the caller
+    /// cannot give (unmapped in its user namespace: `EINVAL`) leaves the
+    /// member the caller's.
+    pub fn extract_owned(&self, root: &Path, owners: bool) -> Result<(), ArchiveError> {
+        let own = |target: &Path, entry: &ArchiveEntry| -> io::Result<()> {
+            if !owners {
+                return Ok(());
+            }
+            match std::os::unix::fs::lchown(target, Some(entry.uid), Some(entry.gid)) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                other => other,
+            }
+        };
         let mut first_names: HashMap<(u32, u32, u32), PathBuf> = HashMap::new();
         let mut buf = vec![0u8; COPY_CHUNK];
         for entry in &self.entries {
@@ -184,6 +202,7 @@ impl Archive {
                         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(error(e)),
                         _ => {}
                     }
+                    own(&target, entry).map_err(error)?;
                     fs::set_permissions(&target, permissions).map_err(error)?;
                 }
                 libc::S_IFREG => {
@@ -196,6 +215,7 @@ impl Archive {
                         self.copy_data(entry, &mut out, &mut buf).map_err(error)?;
                     }
                     if !linked {
+                        own(&target, entry).map_err(error)?;
                         fs::set_permissions(&target, permissions).map_err(error)?;
                         if entry.nlink > 1 {
                             first_names.insert(entry.inode, target);
@@ -205,12 +225,36 @@ impl Archive {
                 libc::S_IFLNK => {
                     std::os::unix::fs::symlink(OsStr::from_bytes(&entry.target), &target)
                         .map_err(error)?;
+                    own(&target, entry).map_err(error)?;
                 }
                 libc::S_IFIFO => make_fifo(&target, entry.mode & 0o7777).map_err(error)?,
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// The data of the regular file `path` (absolute or relative to the
+    /// archive's root), as the kernel would leave it (the last member of
+    /// that name wins); `None` when there is none, or when the last is
+    /// not a regular file. Refuses a file over `limit` bytes.
+    pub fn read_file(&self, path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        let Some(entry) = self.entries.iter().rev().find(|e| e.path == relative) else {
+            return Ok(None);
+        };
+        if entry.mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(None);
+        }
+        if entry.size > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is larger than {limit} bytes", path.display()),
+            ));
+        }
+        let mut data = vec![0u8; entry.size as usize];
+        self.file.read_exact_at(&mut data, entry.data_offset)?;
+        Ok(Some(data))
     }
 
     fn copy_data(&self, entry: &ArchiveEntry, out: &mut File, buf: &mut [u8]) -> io::Result<()> {
@@ -469,6 +513,49 @@ mod tests {
                 .starts_with("the init archive is a gzip-compressed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_file_is_read_as_the_last_member_of_its_name_leaves_it() {
+        let bytes = newc(&[
+            member("etc/passwd", 0o100644, 1, 1, b"old\n"),
+            member("etc/passwd", 0o100644, 2, 1, b"root:x:0:0::/:/bin/sh\n"),
+            member("etc/group", 0o120777, 3, 1, b"/elsewhere"),
+            member("big", 0o100644, 4, 1, b"0123456789"),
+        ]);
+        let (_dir, path) = archive_file(&bytes);
+        let archive = Archive::open(&path).unwrap();
+        let read = |name: &str| archive.read_file(Path::new(name), 8);
+        assert_eq!(
+            archive.read_file(Path::new("/etc/passwd"), 100).unwrap(),
+            Some(b"root:x:0:0::/:/bin/sh\n".to_vec())
+        );
+        assert_eq!(read("/etc/group").unwrap(), None);
+        assert_eq!(read("/etc/shadow").unwrap(), None);
+        assert!(read("big").is_err());
+    }
+
+    #[test]
+    fn owners_are_restored_only_when_asked() {
+        // SAFETY: geteuid only returns the caller's id.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: giving files to other owners needs root");
+            return;
+        }
+        let mut owned = member("f", 0o104755, 1, 1, b"x");
+        owned.uid = 1234;
+        let bytes = newc(&[owned]);
+        let (_dir, path) = archive_file(&bytes);
+        let archive = Archive::open(&path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let plain = tempfile::tempdir().unwrap();
+        archive.extract(plain.path()).unwrap();
+        assert_eq!(fs::metadata(plain.path().join("f")).unwrap().uid(), 0);
+        let kept = tempfile::tempdir().unwrap();
+        archive.extract_owned(kept.path(), true).unwrap();
+        let meta = fs::metadata(kept.path().join("f")).unwrap();
+        // The owner, and the mode set after it (set-id bits survive).
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (1234, 0o4755));
     }
 
     #[test]

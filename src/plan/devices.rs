@@ -5,6 +5,7 @@ use vmm::{DeviceKind, DeviceSpec, SharedDir};
 
 use crate::runconfig::{RunConfig, ShareMount};
 use crate::spec::Request;
+use crate::user::Ids;
 
 /// One device the run asks for, and what tells guest-init to use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +28,10 @@ pub enum Record {
 
 /// The devices `request` asks for, in the VM's order: the console (when
 /// `console`: guest-init is there to open its ports and `MICRORUN_VIRTIO`
-/// is not `off`), then one share per `--bind`/`--bind-ro`.
-pub fn wanted(request: &Request, console: bool) -> Vec<Wanted> {
+/// is not `off`), then one share per `--bind`/`--bind-ro`;
+/// `owner`: the guest's ids the shares show the invoking user's files as
+/// owned by (the kvm engine's server).
+pub fn wanted(request: &Request, console: bool, owner: Ids) -> Vec<Wanted> {
     let console = console.then_some(Wanted {
         spec: DeviceSpec::Console,
         record: Record::Ports,
@@ -40,6 +43,8 @@ pub fn wanted(request: &Request, console: bool) -> Vec<Wanted> {
                 source: bind.source.clone(),
                 tag: tag.clone(),
                 read_only: bind.read_only,
+                guest_uid: owner.uid,
+                guest_gid: owner.gid,
             }),
             record: Record::Mount(ShareMount {
                 tag,

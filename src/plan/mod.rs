@@ -23,7 +23,8 @@ use crate::engine::qemu::{self, Accel};
 use crate::guest_kernel::{self, GuestKernelError, KernelPlan, Transport, VirtioSetting, Without};
 use crate::kernel::KernelError;
 use crate::runconfig::{ModuleLoad, RunConfig};
-use crate::spec::{Engine, Request, Verbosity};
+use crate::spec::{Engine, Request, Rootfs, Verbosity};
+use crate::user::{Ids, RootfsFiles, UserError};
 pub use cmdline::{KernelCmdline, Reboot};
 
 /// The least guest memory besides the initrd that microrun accepts: a
@@ -48,6 +49,9 @@ pub enum PlanError {
     /// Shares without guest-init, which mounts them.
     #[error("--bind and --bind-ro need guest-init, which mounts the shares: drop --no-init")]
     SharesNeedInit,
+    /// `-u` without guest-init, which switches to the user.
+    #[error("-u needs guest-init, which switches to the user: drop --no-init or -u")]
+    UserNeedsInit,
     /// `--no-init` asks for the rootfs's own `/init` reporting on ttyS2,
     /// which only exists in a VM.
     #[error(
@@ -94,6 +98,10 @@ pub enum PlanError {
     /// This host cannot run the chroot engine.
     #[error(transparent)]
     Chroot(#[from] crate::engine::chroot::ChrootError),
+    /// `-u` (or the image's `User`) is malformed, or names no user or
+    /// group of the rootfs.
+    #[error(transparent)]
+    User(#[from] UserError),
     /// The kernel cannot drive a device that has nothing to fall back to.
     #[error("{why}; so {options} cannot work here: {fix}")]
     Refused {
@@ -215,6 +223,11 @@ pub struct ChrootPlan {
     pub init_archive: Vec<u8>,
     /// The shares, bind-mounted.
     pub binds: Vec<Bind>,
+    /// The ids `-u` names in the rootfs: the id maps give the namespace
+    /// a range of ids, and the shares show the invoking user's files as
+    /// this user's. `None`: the program runs as root, only the caller's
+    /// ids are mapped.
+    pub user: Option<Ids>,
 }
 
 impl Plan {
@@ -248,7 +261,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     let (engine, engine_note) = choose_engine(request.engine, vmm::kvm_host, qemu::installed)?;
     request.engine = engine;
     let workdir_given = request.workdir.is_some();
-    crate::image::apply_image_defaults(&mut request);
+    crate::image::apply_image_defaults(&mut request)?;
     if let Some(dir) = &request.workdir {
         check_workdir(dir, workdir_given)?;
     }
@@ -358,6 +371,7 @@ pub fn base_run_config(request: &Request) -> RunConfig {
         env: request.env.clone(),
         workdir: request.workdir.clone(),
         forward_stdin: request.forward_stdin,
+        user: request.user.as_ref().map(ToString::to_string),
         ..RunConfig::default()
     }
 }
@@ -369,10 +383,19 @@ fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
     crate::engine::chroot::check_host()?;
     // The shares are bind mounts here, not devices: no records for them.
     let run_config = base_run_config(request);
+    let rootfs = crate::boot::chroot_rootfs(&request.rootfs).map_err(PlanError::Rootfs)?;
+    let user = match (&request.user, &rootfs) {
+        (None, _) => None,
+        (Some(spec), PreparedRootfs::Dir(dir)) => Some(spec.resolve_in(&RootfsFiles::Dir(dir))?),
+        (Some(spec), PreparedRootfs::Archive(path)) => {
+            Some(spec.resolve_in(&RootfsFiles::Archive(path))?)
+        }
+    };
     let plan = ChrootPlan {
-        rootfs: crate::boot::chroot_rootfs(&request.rootfs).map_err(PlanError::Rootfs)?,
+        rootfs,
         init_archive: init_archive(&run_config, &[]).map_err(PlanError::Rootfs)?,
         binds: request.binds.clone(),
+        user,
     };
     Ok((run_config, Target::Chroot(plan)))
 }
@@ -385,6 +408,14 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     if request.no_init && !request.binds.is_empty() {
         return Err(PlanError::SharesNeedInit);
     }
+    if let (true, Some(user)) = (request.no_init, &request.user) {
+        if user.origin != crate::image::IMAGE_USER {
+            return Err(PlanError::UserNeedsInit);
+        }
+        log::info!(
+            "--no-init: the image's User ({user}) is not applied; the initrd's init runs as root"
+        );
+    }
     let setting = guest_kernel::setting_from_env()?;
     let kernel = crate::kernel::discover(request.kernel.as_deref())?;
     log::info!("kernel: {}", kernel.display());
@@ -394,7 +425,8 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     // or loads the modules: the UARTs.
     let started = Instant::now();
     let console = !request.no_init && setting == VirtioSetting::On;
-    let wanted = devices::wanted(request, console);
+    let share_owner = share_owner(request)?;
+    let wanted = devices::wanted(request, console, share_owner);
     let kernel_plan = kernel_plan(request, &kernel, &wanted, setting);
     log::debug!(
         "virtio: planned in {:.2} ms",
@@ -484,6 +516,32 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         cmdline,
     };
     Ok((run_config, plan))
+}
+
+/// Whom the kvm engine's 9p server shows the invoking user's files as
+/// owned by: the ids `-u` names, looked up in the rootfs on the host (the
+/// server is made before the guest runs), so that the user can write to
+/// its shares. Root without `-u` or shares; QEMU's 9p server has no id
+/// map (docs/shares.md).
+fn share_owner(request: &Request) -> Result<Ids, PlanError> {
+    let root = Ids { uid: 0, gid: 0 };
+    let Some(spec) = &request.user else {
+        return Ok(root);
+    };
+    if request.engine != Engine::Kvm || request.binds.is_empty() {
+        return Ok(root);
+    }
+    let ids = match &request.rootfs {
+        Rootfs::Dir(dir) => spec.resolve_in(&RootfsFiles::Dir(dir))?,
+        Rootfs::Cpio(path) => spec.resolve_in(&RootfsFiles::Archive(path))?,
+        Rootfs::Image(image) => {
+            let archive = image
+                .cached_convert()
+                .map_err(|e| PlanError::Initrd(e.into()))?;
+            spec.resolve_in(&RootfsFiles::Archive(&archive))?
+        }
+    };
+    Ok(ids)
 }
 
 /// What `kernel` makes of the devices `wanted`, on the bus of the

@@ -52,6 +52,7 @@ impl Scratch {
             cpus: 1,
             cmdline: Some("  foo=1 ".into()),
             accel: Accel::Tcg,
+            user: None,
         }
     }
 
@@ -297,4 +298,80 @@ fn auto_with_neither_engine_names_both_fixes() {
     let text = err.to_string();
     assert!(text.contains("/dev/kvm does not exist"), "{text}");
     assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+}
+
+/// A newc archive at `path` holding `/etc/passwd` and `/etc/group`.
+fn rootfs_with_users(path: &std::path::Path) {
+    let mut writer = initrd_tools::newc::NewcWriter::new(Vec::new());
+    writer.add_dir("etc", 0o755).unwrap();
+    writer
+        .add_file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0::/root:/bin/sh\nbuilder:x:1000:100::/home/b:/bin/sh\n",
+        )
+        .unwrap();
+    writer
+        .add_file("etc/group", 0o644, b"root:x:0:\nstaff:x:50:builder\n")
+        .unwrap();
+    std::fs::write(path, writer.finish().unwrap()).unwrap();
+}
+
+#[test]
+fn the_user_goes_to_guest_init_and_names_the_kvm_engines_share_owner() {
+    let scratch = Scratch::new(BUILT_IN);
+    rootfs_with_users(&scratch.path("users.cpio"));
+    let with_user = |engine, spec: &str| Request {
+        rootfs: Rootfs::Cpio(scratch.path("users.cpio")),
+        user: Some(crate::user::UserSpec::parse(spec, "-u").unwrap()),
+        ..scratch.with_share(engine)
+    };
+    let plan = make(with_user(Engine::Kvm, "builder:staff")).unwrap();
+    assert_eq!(plan.run_config.user.as_deref(), Some("builder:staff"));
+    let shares: Vec<_> = vm_of(&plan)
+        .devices
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            vmm::DeviceSpec::Share(share) => Some((share.guest_uid, share.guest_gid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shares, [(1000, 50)]);
+    // QEMU's server has no id map: its shares keep root.
+    let plan = make(with_user(Engine::Qemu, "builder")).unwrap();
+    assert!(vm_of(&plan).devices.devices.iter().all(|d| match d {
+        vmm::DeviceSpec::Share(share) => (share.guest_uid, share.guest_gid) == (0, 0),
+        _ => true,
+    }));
+    // A name the rootfs does not have is refused before anything runs,
+    // and -u needs guest-init.
+    let message = make(with_user(Engine::Kvm, "ghost"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("\"ghost\"") && message.contains("/etc/passwd"),
+        "{message}"
+    );
+    let no_init = Request {
+        binds: vec![],
+        no_init: true,
+        ..with_user(Engine::Kvm, "builder")
+    };
+    assert!(make(no_init)
+        .unwrap_err()
+        .to_string()
+        .contains("-u needs guest-init"));
+    // The chroot engine gets the ids for its maps.
+    let plan = make(with_user(Engine::Chroot, "1000")).unwrap();
+    let Target::Chroot(root) = &plan.target else {
+        panic!("{:?}", plan.target);
+    };
+    assert_eq!(
+        root.user,
+        Some(Ids {
+            uid: 1000,
+            gid: 100
+        })
+    );
 }

@@ -15,7 +15,7 @@ use test_support::skip_unavailable;
 use crate::common::{self, assert_code, stderr, stdout};
 use crate::images::*;
 
-pub const APPLETS: [&str; 7] = ["sh", "cat", "echo", "ls", "stat", "pwd", "test"];
+pub const APPLETS: [&str; 8] = ["sh", "cat", "echo", "ls", "stat", "pwd", "test", "id"];
 
 /// Why an engine cannot run here, if it cannot.
 pub fn unavailable(engine: &str) -> Option<String> {
@@ -158,8 +158,9 @@ pub const PROBE: &str = "cat /etc/layer /etc/layer-link /opt/new; \
 
 pub fn expected_probe(engine: &str) -> String {
     let (owner, node) = match engine {
-        // A rootless namespace maps only root, and cannot make devices.
-        "chroot" => ("0:0", "no-node"),
+        // The image's User (1000) gives the namespace a range of ids, so
+        // the owners are kept; it cannot make devices.
+        "chroot" => ("1000:1001", "no-node"),
         _ => ("1000:1001", "character special file 1:3"),
     };
     format!("two\ntwo\nnew\nnew\nremoved-is-gone\n2 0:0\n1 {owner}\n{node}\n")
@@ -216,8 +217,28 @@ pub fn the_command_line_overrides_as_docker_run_does(engine: &str) {
     assert_eq!(stdout(&output), "bye from /tmp with /bin\n");
     let err = stderr(&output);
     assert!(
-        err.contains("user \"1000\"") && err.contains("runs as root"),
+        err.contains("the command runs as 1000 (the image's User"),
         "{err}"
     );
     assert!(err.contains("docker-archive"), "{err}");
+}
+
+/// The image's `User` (1000, without an entry in its /etc/passwd: group
+/// 0) is who the command runs as, as in docker; `-u` wins.
+pub fn the_image_user_is_the_default_and_u_wins(engine: &str) {
+    if let Some(why) = unavailable(engine) {
+        skip_unavailable!("{engine} engine: {why}");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let image = work.path().join("image.tar");
+    std::fs::write(&image, docker_legacy(&spec([Compression::None; 2])).tar()).unwrap();
+    let ids = "id -u; id -g; echo $HOME";
+    let output = microrun(engine, &cache, &[], &image, &[ids]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "1000\n0\n/\n");
+    let output = microrun(engine, &cache, &["-u", "0:7"], &image, &[ids]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "0\n7\n/\n");
 }

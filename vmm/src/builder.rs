@@ -329,6 +329,8 @@ fn create_devices(
                     read_only: share.read_only,
                     uid,
                     gid,
+                    guest_uid: share.guest_uid,
+                    guest_gid: share.guest_gid,
                 };
                 let device = p9::NineP::new(
                     &share.source,

@@ -184,6 +184,12 @@ pub struct SharedDir {
     pub tag: String,
     /// Refuse every change with EROFS.
     pub read_only: bool,
+    /// Whom the guest sees the invoking user's files as owned by (0, or
+    /// the user the program runs as); what it creates stays the invoking
+    /// user's.
+    pub guest_uid: u32,
+    /// The group the guest sees the invoking user's group as.
+    pub guest_gid: u32,
 }
 
 impl VirtioOptions {

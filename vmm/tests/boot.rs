@@ -484,6 +484,8 @@ fn a_hostile_9p_driver_cannot_break_the_vmm_or_leave_its_share() {
             source: share,
             tag: "garbage".into(),
             read_only: false,
+            guest_uid: 0,
+            guest_gid: 0,
         })],
         acpi: false,
     };

@@ -129,6 +129,8 @@ fn measure(share: &Path, mode: Mode, rounds: u32) -> [f64; 3] {
         read_only: false,
         uid,
         gid,
+        guest_uid: 0,
+        guest_gid: 0,
     };
     let mut handler = Handler::new(share, policy).unwrap();
     let filter = seccomp::filter(ThreadKind::Fs).unwrap();

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::root::build_root;
-use super::userns::{enter_user_namespace, lock_mounts};
+use super::userns::{enter_user_namespace, lock_mounts, take_root, unshare_namespaces};
 use super::{pipe, Job};
 use crate::runconfig::{CONFIG_PATH as RUN_CONFIG_PATH, INIT_PATH};
 
@@ -35,15 +35,31 @@ pub(super) fn exit_child(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The pipes through which the helper and the supervisor agree on when
+/// the supervisor writes the id maps (`-u`).
+pub(super) struct MapSync {
+    /// The helper writes a byte once it has made the namespace.
+    pub(super) unshared: OwnedFd,
+    /// The supervisor writes a byte once the maps are written.
+    pub(super) mapped: OwnedFd,
+}
+
 /// The helper: enters the new namespaces, forks PID 1 and waits for it.
-pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd) -> ! {
+pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd, sync: MapSync) -> ! {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     // SAFETY: getppid only returns the parent's pid.
     if unsafe { libc::getppid() } != job.supervisor_pid {
         exit_child(125);
     }
-    if let Err(message) = enter_user_namespace(job) {
+    let entered = match &job.maps {
+        None => enter_user_namespace(job),
+        Some(_) => unshare_namespaces()
+            .and_then(|()| wait_for_maps(&sync))
+            .and_then(|()| take_root()),
+    };
+    drop(sync);
+    if let Err(message) = entered {
         report(report_fd, "userns", &message);
         exit_child(125);
     }
@@ -88,6 +104,18 @@ pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd) ->
     exit_child(0);
 }
 
+/// Tells the supervisor the namespace is there and waits until it has
+/// written the maps.
+fn wait_for_maps(sync: &MapSync) -> Result<(), String> {
+    // SAFETY: a valid one-byte buffer.
+    unsafe { libc::write(sync.unshared.as_raw_fd(), b"u".as_ptr().cast(), 1) };
+    let mut byte = [0u8; 1];
+    match crate::engine::read_retrying(sync.mapped.as_raw_fd(), &mut byte) {
+        Ok(1) => Ok(()),
+        _ => Err("the id maps were not written (see the error above)".to_string()),
+    }
+}
+
 /// PID 1 of the new PID namespace: builds the root and execs guest-init.
 fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd) -> ! {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
@@ -106,7 +134,7 @@ fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd)
     drop(alive);
     let result = set_up_stdio(job, status_fd)
         .and_then(|status| build_root(job, report_fd).map(|()| status))
-        .and_then(|status| lock_mounts().map(|()| status))
+        .and_then(|status| lock_mounts(job.maps.as_ref().map(|m| m.nested())).map(|()| status))
         .and_then(|status| confine(job).map(|()| status))
         .and_then(|status| exec_guest_init(status, report_fd));
     if let Err(message) = result {

@@ -35,6 +35,7 @@
 //! files that are visible there (`/sys`, the few device nodes).
 
 mod child;
+mod idmap;
 mod root;
 mod supervisor;
 mod userns;
@@ -96,6 +97,43 @@ pub enum ChrootError {
     /// the step and the path).
     #[error("cannot set up the chroot namespace: {0}")]
     Setup(String),
+    /// `-u` as an ordinary user, who has no subordinate ids.
+    #[error(
+        "-u (or an image's User) needs a range of subordinate ids in the chroot engine (the \
+         namespace must have other ids than yours), and {file} has none for {user}; add one \
+         with `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`, \
+         or run as root, or use a VM engine (--engine kvm or qemu)"
+    )]
+    NoSubordinateIds {
+        /// The caller's name.
+        user: String,
+        /// `/etc/subuid` or `/etc/subgid`.
+        file: &'static str,
+    },
+    /// The guest's id lies past the caller's subordinate range.
+    #[error(
+        "-u: the {kind} {id} is past your range of {count} subordinate ids (/etc/subuid, \
+         /etc/subgid); use an id up to {count}, or add a larger range with usermod"
+    )]
+    OutsideRange {
+        /// `uid` or `gid`.
+        kind: &'static str,
+        /// The id.
+        id: u32,
+        /// The range's size.
+        count: u32,
+    },
+    /// `newuidmap` or `newgidmap` failed or is missing.
+    #[error(
+        "{helper} could not map your subordinate ids for -u: {detail} (install the package \
+         `uidmap`, which has newuidmap and newgidmap)"
+    )]
+    MapHelper {
+        /// The program.
+        helper: &'static str,
+        /// What it said.
+        detail: String,
+    },
     /// A system call of the supervising process failed.
     #[error("chroot engine: {call} failed: {source}")]
     Sys {
@@ -133,6 +171,10 @@ pub fn run(plan: &Plan, root: &ChrootPlan) -> Result<RunOutcome, ChrootError> {
     let job = prepare(plan, root)?;
     let (status_read, status_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
+    // With maps to write: the helper says when its namespace is there,
+    // and waits until they are.
+    let (unshared_read, unshared_write) = pipe()?;
+    let (mapped_read, mapped_write) = pipe()?;
 
     // SAFETY: fork has no memory-safety preconditions. The child only runs
     // `namespace_helper`, which never returns, and uses data prepared
@@ -144,10 +186,42 @@ pub fn run(plan: &Plan, root: &ChrootPlan) -> Result<RunOutcome, ChrootError> {
     if helper == 0 {
         drop(status_read);
         drop(report_read);
-        child::namespace_helper(&job, status_write.as_raw_fd(), report_write.as_raw_fd());
+        drop(unshared_read);
+        drop(mapped_write);
+        let sync = child::MapSync {
+            unshared: unshared_write,
+            mapped: mapped_read,
+        };
+        child::namespace_helper(
+            &job,
+            status_write.as_raw_fd(),
+            report_write.as_raw_fd(),
+            sync,
+        );
     }
     drop(status_write);
     drop(report_write);
+    drop(unshared_write);
+    drop(mapped_read);
+    if let Some(maps) = &job.maps {
+        // EOF instead of the byte: the helper failed, and says why on the
+        // report pipe.
+        let mut byte = [0u8; 1];
+        if read_fd(unshared_read.as_raw_fd(), &mut byte)? == 1 {
+            if let Err(e) = maps.write(helper) {
+                // SAFETY: the helper is our child; killing it ends the run.
+                unsafe { libc::kill(helper, libc::SIGKILL) };
+                let mut status = 0;
+                // SAFETY: as above; `status` is a valid out-pointer.
+                unsafe { libc::waitpid(helper, &mut status, 0) };
+                return Err(e);
+            }
+            // SAFETY: a valid one-byte buffer; a helper that died meanwhile
+            // is reported on the report pipe.
+            unsafe { libc::write(mapped_write.as_raw_fd(), b"m".as_ptr().cast(), 1) };
+        }
+    }
+    drop(mapped_write);
 
     let mut supervisor = Supervisor::new(helper);
     // A timeout too long for the clock is no limit (vmm::deadline_after).
@@ -172,6 +246,12 @@ struct Job {
     /// in the rootfs).
     confinement: Option<Confinement>,
     forward_stdin: bool,
+    /// With `-u`: the id maps, written by the supervisor once the helper
+    /// has made the namespace (it then takes uid and gid 0).
+    maps: Option<idmap::IdMaps>,
+    /// With `-u` as root: each share as an idmapped mount, in the order
+    /// of `binds` (empty: plain bind mounts).
+    idmapped: Vec<OwnedFd>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     supervisor_pid: libc::pid_t,
@@ -203,6 +283,14 @@ fn prepare(plan: &Plan, root: &ChrootPlan) -> Result<Job, ChrootError> {
             }
         })?;
     let init = Archive::from_file(memfd, Path::new("guest-init's archive"))?;
+    let maps = root.user.map(idmap::IdMaps::for_caller).transpose()?;
+    let idmapped = match root.user {
+        Some(guest) => {
+            let sources: Vec<&Path> = root.binds.iter().map(|b| b.source.as_path()).collect();
+            idmap::idmapped_shares(&sources, guest)?
+        }
+        None => Vec::new(),
+    };
     let writable_share = root.binds.iter().any(|bind| !bind.read_only);
     let confinement = writable_share
         .then(|| Confinement::for_shares(Writer::UserNamespace))
@@ -214,6 +302,8 @@ fn prepare(plan: &Plan, root: &ChrootPlan) -> Result<Job, ChrootError> {
         binds: root.binds.clone(),
         confinement,
         forward_stdin: plan.forward_stdin,
+        maps,
+        idmapped,
         // SAFETY: these calls only return the caller's ids.
         uid: unsafe { libc::geteuid() },
         // SAFETY: as above.

@@ -53,7 +53,7 @@ pub(super) fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
                     &format!("overlayfs refused ({overlay_error}); copying the rootfs into a tmpfs instead"),
                 );
                 mount_tmpfs(&root, "mode=0755")?;
-                copy_tree(Path::new(&lower), &root)?;
+                copy_tree(Path::new(&lower), &root, job.maps.is_some())?;
             }
         }
         RootSource::Archive(archive) => {
@@ -61,7 +61,10 @@ pub(super) fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
             // Chrooted, like the kernel's unpacker: a member's path that
             // runs through an earlier member's symlink stays inside.
             in_chroot(&root, || {
-                archive.extract(Path::new("/")).map_err(|e| e.to_string())
+                // With -u, the namespace has the archive's owners too.
+                archive
+                    .extract_owned(Path::new("/"), job.maps.is_some())
+                    .map_err(|e| e.to_string())
             })?;
         }
     }
@@ -71,7 +74,7 @@ pub(super) fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
         job.init.extract(Path::new("/")).map_err(|e| e.to_string())
     })?;
     mount_kernel_filesystems(&root, report_fd)?;
-    mount_binds(&root, &binds)?;
+    mount_binds(&root, &binds, &job.idmapped)?;
     enter_root(&root)
 }
 
@@ -94,8 +97,15 @@ fn open_bind_source(bind: &Bind) -> Result<OwnedFd, String> {
 /// missing, without following a symlink of the rootfs out of it), a
 /// `--bind-ro` one read-only down its whole tree. A share that cannot be
 /// made read-only fails the run rather than stay writable.
-fn mount_binds(root: &Path, binds: &[(OwnedFd, &Bind)]) -> Result<(), String> {
-    for (fd, bind) in binds {
+///
+/// `idmapped`: each share as an idmapped mount the supervisor made
+/// (`-u` as root), moved into place instead of bound; empty: none.
+fn mount_binds(
+    root: &Path,
+    binds: &[(OwnedFd, &Bind)],
+    idmapped: &[OwnedFd],
+) -> Result<(), String> {
+    for (index, (fd, bind)) in binds.iter().enumerate() {
         let mut target = root.to_path_buf();
         for name in bind.dest.split('/').filter(|n| !n.is_empty()) {
             target.push(name);
@@ -106,13 +116,16 @@ fn mount_binds(root: &Path, binds: &[(OwnedFd, &Bind)]) -> Result<(), String> {
             .into_string()
             .map_err(|_| "staging path is not UTF-8".to_string())?;
         let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        mount(
-            Some(&source),
-            &target,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )
+        match idmapped.get(index) {
+            Some(tree) => move_mount(tree, &target),
+            None => mount(
+                Some(&source),
+                &target,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ),
+        }
         .map_err(|e| format!("sharing {} at {}: {e}", bind.source.display(), bind.dest))?;
         if bind.read_only {
             make_read_only_recursively(&target).map_err(|e| {
@@ -164,7 +177,21 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), String> {
 
 /// The fallback when overlayfs is refused: a copy of the rootfs in the
 /// tmpfs. Device nodes, fifos and sockets are skipped (/dev is mounted).
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+/// With `owners` (`-u`: the namespace has a range of ids), each copy gets
+/// its original's owner and group where they are mapped.
+fn copy_tree(from: &Path, to: &Path, owners: bool) -> Result<(), String> {
+    let own = |target: &Path, metadata: &fs::Metadata| -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        if !owners {
+            return Ok(());
+        }
+        match std::os::unix::fs::lchown(target, Some(metadata.uid()), Some(metadata.gid())) {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+                Err(format!("giving {} its owner: {e}", target.display()))
+            }
+            _ => Ok(()),
+        }
+    };
     let error = |path: &Path, e: io::Error| format!("copying {}: {e}", path.display());
     for entry in fs::read_dir(from).map_err(|e| error(from, e))? {
         let entry = entry.map_err(|e| error(from, e))?;
@@ -174,13 +201,17 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
         let file_type = metadata.file_type();
         if file_type.is_dir() {
             fs::create_dir(&target).map_err(|e| error(&source, e))?;
-            copy_tree(&source, &target)?;
+            copy_tree(&source, &target, owners)?;
+            own(&target, &metadata)?;
             fs::set_permissions(&target, metadata.permissions()).map_err(|e| error(&source, e))?;
         } else if file_type.is_symlink() {
             let link = fs::read_link(&source).map_err(|e| error(&source, e))?;
             std::os::unix::fs::symlink(link, &target).map_err(|e| error(&source, e))?;
+            own(&target, &metadata)?;
         } else if file_type.is_file() {
             fs::copy(&source, &target).map_err(|e| error(&source, e))?;
+            own(&target, &metadata)?;
+            fs::set_permissions(&target, metadata.permissions()).map_err(|e| error(&source, e))?;
         }
     }
     Ok(())
@@ -371,6 +402,30 @@ fn make_read_only_recursively(target: &str) -> Result<(), String> {
     };
     if r != 0 {
         return Err(format!("mount_setattr: {}", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Attaches the detached mount `tree` at `target` (move_mount(2)).
+fn move_mount(tree: &OwnedFd, target: &str) -> Result<(), String> {
+    let target_c = CString::new(target).map_err(|e| e.to_string())?;
+    // SAFETY: an open mount descriptor with an empty NUL-terminated path,
+    // and a NUL-terminated target; the kernel only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "moving the idmapped share onto {target}: {}",
+            io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

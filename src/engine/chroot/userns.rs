@@ -4,8 +4,10 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use super::idmap::NestedMaps;
 use super::{ChrootError, Job};
 
 /// Sysctls that disable user namespaces, with the value that enables them
@@ -98,7 +100,66 @@ pub(super) fn check_sysctls() -> Result<(), ChrootError> {
 /// (`remount,rw` of it or of a fresh bind of it is refused), unmount it,
 /// or reveal what is under a mount. bubblewrap locks its binds the same
 /// way. Root in the new namespace is root of the first (the caller).
-pub(super) fn lock_mounts() -> Result<(), String> {
+///
+/// `nested`: with `-u`, the maps that give the second namespace all the
+/// ids of the first as themselves, which only a process that stays in the
+/// first may write: a child forked before the unshare does, then exits.
+pub(super) fn lock_mounts(nested: Option<NestedMaps>) -> Result<(), String> {
+    let Some(maps) = nested else {
+        unshare_locking()?;
+        return map_root_to(0, 0);
+    };
+    let (go_read, go_write) = super::pipe().map_err(|e| e.to_string())?;
+    // SAFETY: getpid only returns this process's id.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: single-threaded; the child only reads a pipe, writes two
+    // files and exits.
+    let mapper = unsafe { libc::fork() };
+    if mapper < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if mapper == 0 {
+        drop(go_write);
+        let mut byte = [0u8; 1];
+        if !matches!(
+            crate::engine::read_retrying(go_read.as_raw_fd(), &mut byte),
+            Ok(1)
+        ) {
+            super::child::exit_child(255);
+        }
+        for (file, text) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+            let written = fs::write(format!("/proc/{parent}/{file}"), text);
+            if let Err(e) = written {
+                // The errno, for the message below.
+                super::child::exit_child(e.raw_os_error().unwrap_or(255).min(255));
+            }
+        }
+        super::child::exit_child(0);
+    }
+    drop(go_read);
+    let unshared = unshare_locking();
+    if unshared.is_ok() {
+        // SAFETY: a valid one-byte buffer.
+        unsafe { libc::write(go_write.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+    }
+    drop(go_write);
+    let mut status = 0;
+    // SAFETY: `mapper` is our child; `status` is a valid out-pointer.
+    unsafe { libc::waitpid(mapper, &mut status, 0) };
+    unshared?;
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let why = match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+            Some(errno @ 1..=254) => io::Error::from_raw_os_error(errno).to_string(),
+            _ => format!("wait status {status}"),
+        };
+        return Err(format!(
+            "mapping the ids into the namespace that locks the mounts: {why}"
+        ));
+    }
+    Ok(())
+}
+
+fn unshare_locking() -> Result<(), String> {
     // SAFETY: unshare only changes this (single-threaded) process's
     // namespaces.
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
@@ -107,7 +168,7 @@ pub(super) fn lock_mounts() -> Result<(), String> {
             "unshare(CLONE_NEWUSER|CLONE_NEWNS) to lock the mounts: {error}"
         ));
     }
-    map_root_to(0, 0)
+    Ok(())
 }
 
 /// Maps root of this process's new user namespace to `uid` and `gid` of
@@ -127,6 +188,13 @@ fn map_root_to(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
 
 /// unshare(user, mount, PID), then maps the caller's uid and gid to 0.
 pub(super) fn enter_user_namespace(job: &Job) -> Result<(), String> {
+    unshare_namespaces()?;
+    map_root_to(job.uid, job.gid)
+}
+
+/// unshare(user, mount, PID), without maps (the supervisor writes them,
+/// for `-u`).
+pub(super) fn unshare_namespaces() -> Result<(), String> {
     let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
     // SAFETY: unshare only changes this (single-threaded) process's
     // namespaces.
@@ -136,7 +204,33 @@ pub(super) fn enter_user_namespace(job: &Job) -> Result<(), String> {
             "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID): {error}"
         ));
     }
-    map_root_to(job.uid, job.gid)
+    Ok(())
+}
+
+/// Once the supervisor has written a range's maps: uid and gid 0 of the
+/// namespace, no supplementary groups (the caller may not be the
+/// namespace's root, and a process that is not root loses its
+/// capabilities when it execs).
+pub(super) fn take_root() -> Result<(), String> {
+    // SAFETY: these calls change only this process's credentials; the
+    // ids are mapped (the supervisor wrote the maps).
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(0, 0, 0) != 0
+            || libc::setresuid(0, 0, 0) != 0
+    };
+    if failed {
+        return Err(format!(
+            "becoming root of the namespace: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // Changing ids made the process undumpable, which gives its /proc
+    // files to the host's root: PID 1's child could not write PID 1's
+    // maps when it locks the mounts (`lock_mounts`).
+    // SAFETY: prctl(PR_SET_DUMPABLE) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+    Ok(())
 }
 
 #[cfg(test)]

@@ -256,6 +256,8 @@ mod tests {
             source: "/a,b".into(),
             tag: "microrun0".into(),
             read_only: true,
+            guest_uid: 0,
+            guest_gid: 0,
         });
         let plan = vm(vec![DeviceSpec::Console, share], Transport::Mmio);
         let args = text(&args(&plan, Accel::Kvm, FDS, true));
@@ -288,6 +290,8 @@ mod tests {
             source: "/s".into(),
             tag: "microrun0".into(),
             read_only: false,
+            guest_uid: 0,
+            guest_gid: 0,
         });
         let plan = vm(vec![DeviceSpec::Console, share], Transport::Pci);
         let args = text(&args(&plan, Accel::Tcg, FDS, false));

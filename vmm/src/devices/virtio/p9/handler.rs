@@ -77,9 +77,10 @@ impl Handler {
         // descriptor, so it is the directory we hold whatever happened to
         // the path since.
         let through_fd = format!("/proc/self/fd/{fd}/.");
-        // The invoking user's files look like root's in the guest.
-        let uid_map = BTreeMap::from([(policy.uid, 0)]);
-        let gid_map = BTreeMap::from([(policy.gid, 0)]);
+        // The invoking user's files look like root's in the guest, or
+        // like those of the user the program runs as.
+        let uid_map = BTreeMap::from([(policy.uid, policy.guest_uid)]);
+        let gid_map = BTreeMap::from([(policy.gid, policy.guest_gid)]);
         let mut handler = Self {
             server: p9::Server::new(Path::new(&through_fd), uid_map, gid_map)?,
             policy,

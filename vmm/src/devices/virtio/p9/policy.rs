@@ -120,6 +120,13 @@ pub struct Policy {
     pub uid: u32,
     /// The invoking user's group.
     pub gid: u32,
+    /// Whom the guest sees the invoking user's files as owned by: root,
+    /// or the user the program runs as (`-u`), so that it can write to
+    /// its share. Only what the guest is shown: the files stay the
+    /// invoking user's, and so does what the guest creates.
+    pub guest_uid: u32,
+    /// The group the guest sees the invoking user's group as.
+    pub guest_gid: u32,
 }
 
 /// What to do with one request.
@@ -312,6 +319,8 @@ mod tests {
         read_only: false,
         uid: 1000,
         gid: 100,
+        guest_uid: 0,
+        guest_gid: 0,
     };
     const RO: Policy = Policy {
         read_only: true,

@@ -18,6 +18,8 @@ const RW: Policy = Policy {
     read_only: false,
     uid: 0,
     gid: 0,
+    guest_uid: 0,
+    guest_gid: 0,
 };
 
 use policy::{t, RLERROR};
@@ -179,6 +181,8 @@ fn me() -> Policy {
         read_only: false,
         uid,
         gid,
+        guest_uid: 0,
+        guest_gid: 0,
     }
 }
 
@@ -254,6 +258,24 @@ fn check_artifact(share: &Path, policy: Policy) {
 fn a_build_step_reads_the_share_and_writes_an_artifact() {
     let (_dir, share) = scratch();
     session_round_trip(&share, me());
+}
+
+#[test]
+fn the_guest_user_sees_the_invoking_users_files_as_its_own() {
+    let (_dir, share) = scratch();
+    let policy = Policy {
+        guest_uid: 1000,
+        guest_gid: 1001,
+        ..me()
+    };
+    let mut s = Session::new(&share, policy);
+    assert_eq!(s.owner(0), (1000, 1001));
+    assert_eq!(s.walk(0, 1, &[]), 0);
+    assert_eq!(s.create(1, "made", libc::O_WRONLY as u32), 0);
+    assert_eq!(s.owner(1), (1000, 1001));
+    // On the host, the file is the invoking user's.
+    let meta = fs::metadata(share.join("made")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (policy.uid, policy.gid));
 }
 
 /// Runs `body` with a handler of `share` on a thread confined as the
