@@ -9,6 +9,12 @@ use crate::spec::{Engine, PhaseTimes, RunOutcome, Verbosity};
 
 /// Runs `plan` with its engine and returns how it ended.
 pub fn run(plan: &Plan) -> anyhow::Result<RunOutcome> {
+    // With -it, microrun's terminal is in raw mode until this returns,
+    // whichever way (see `terminal` for the other ways out).
+    let _terminal = plan
+        .terminal
+        .then(crate::terminal::Session::start)
+        .transpose()?;
     let mut outcome = match &plan.target {
         Target::Kvm {
             vm,

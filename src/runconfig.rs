@@ -12,9 +12,10 @@
 //! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs); `virtio-relay`: the same, through pipes guest-init copies to the ports, with `@sent OUT ERR` (the bytes each port took) before the status line |
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
 //! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
+//! | `tty` | `<rows> <cols>`: the program gets a pseudo-terminal of that size as stdin, stdout and stderr (`-t`); the stdin stream then carries control frames (docs/guest-init.md) |
 //!
 //! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
-//! `module`, `mount`.
+//! `module`, `mount`, `tty`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -110,6 +111,8 @@ pub struct RunConfig {
     pub modules: Vec<ModuleLoad>,
     /// Shares to mount before the program, in order.
     pub mounts: Vec<ShareMount>,
+    /// `-t`: the program's terminal, as (rows, columns), each at least 1.
+    pub tty: Option<(u16, u16)>,
 }
 
 /// One share guest-init mounts (9P2000.L over virtio).
@@ -188,6 +191,18 @@ impl RunConfig {
                 "share",
             )?;
         }
+        if let Some((rows, cols)) = self.tty {
+            // guest-init refuses a size of 0, which is what a terminal that
+            // does not know its size says: the classic 24 x 80 instead.
+            let rows = if rows == 0 { 24 } else { rows };
+            let cols = if cols == 0 { 80 } else { cols };
+            push_record(
+                &mut out,
+                "tty",
+                &[&format!("{rows} {cols}")],
+                "terminal size",
+            )?;
+        }
         Ok(out)
     }
 }
@@ -241,6 +256,27 @@ mod tests {
             config.encode().unwrap(),
             b"arg=sh\0arg=-c\0arg=a=b; echo $a\0arg=\0env=A=x=y\0env=EMPTY=\0cwd=/work dir\0stdin=1\0"
         );
+    }
+
+    #[test]
+    fn a_terminal_comes_last_as_rows_and_columns() {
+        let config = RunConfig {
+            argv: vec!["sh".into()],
+            forward_stdin: true,
+            virtio_ports: true,
+            tty: Some((24, 80)),
+            ..Default::default()
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"arg=sh\0stdin=1\0ports=virtio\0tty=24 80\0"
+        );
+        // A terminal that does not know its size (0 x 0) gets 24 x 80.
+        let unknown = RunConfig {
+            tty: Some((0, 0)),
+            ..Default::default()
+        };
+        assert_eq!(unknown.encode().unwrap(), b"tty=24 80\0");
     }
 
     #[test]
