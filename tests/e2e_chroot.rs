@@ -37,6 +37,7 @@ fn user_namespaces_unavailable() -> Option<String> {
 }
 
 e2e_cases!(ENGINE);
+tty_cases!(ENGINE);
 
 /// The shared rootfs, or `None` after printing why the test is skipped.
 fn rootfs() -> Option<&'static Path> {

@@ -39,6 +39,7 @@ fn qemu_unavailable() -> Option<String> {
 }
 
 e2e_cases!(ENGINE);
+tty_cases!(ENGINE);
 
 /// The kernel's command line carries `--cmdline`, and microrun's own
 /// arguments come first.

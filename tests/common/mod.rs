@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod nested;
+pub mod tty;
 
 use std::fs;
 use std::path::{Path, PathBuf};
