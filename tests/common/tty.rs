@@ -305,7 +305,7 @@ pub fn timeout_restores_the_terminal(engine: &Engine) {
     let Some(root) = prerequisites(engine) else {
         return;
     };
-    let limit = if engine.is_vm { "60s" } else { "4s" };
+    let limit = if engine.is_vm { "30s" } else { "4s" };
     let tmux = start(engine, &["--timeout", limit], root);
     tmux.wait_for("the guest's prompt", boot_limit(engine), |line| {
         line.starts_with(PROMPT)
