@@ -133,6 +133,14 @@ pub fn active() -> bool {
     MASTER_FD.load(Ordering::Relaxed) >= 0
 }
 
+/// What a polled descriptor is, in [`Relay::copy_until`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Master,
+    Input,
+    Command,
+}
+
 /// The relay between the terminal's master and the host's channels.
 pub struct Relay {
     master: BorrowedFd<'static>,
@@ -204,30 +212,38 @@ impl Relay {
                 return status;
             }
             let has_pending = self.pending_at < self.pending_len;
-            let master_events = match (self.master_open, has_pending) {
-                (false, _) => PollFlags::empty(),
-                (true, false) => PollFlags::IN,
-                (true, true) => PollFlags::IN | PollFlags::OUT,
+            // What to watch: the master (for output, and for room when input
+            // waits) until every slave is closed, the stdin channel unless
+            // input waits, and the command's pidfd.
+            let mut watched: [Option<(BorrowedFd<'_>, PollFlags, Role)>; 3] = [None; 3];
+            let mut n = 0;
+            if self.master_open {
+                let flags = if has_pending {
+                    PollFlags::IN | PollFlags::OUT
+                } else {
+                    PollFlags::IN
+                };
+                watched[n] = Some((self.master, flags, Role::Master));
+                n += 1;
+            }
+            if let Some(input) = self.input.filter(|_| !has_pending) {
+                watched[n] = Some((input, PollFlags::IN, Role::Input));
+                n += 1;
+            }
+            if let Some(pidfd) = &pidfd {
+                watched[n] = Some((pidfd.as_fd(), PollFlags::IN, Role::Command));
+                n += 1;
+            }
+            let Some(first) = watched[0] else {
+                // Nothing to watch: only the command's end is left to see.
+                let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
+                continue;
             };
-            // Unused entries watch the master for nothing.
-            let input = self.input.filter(|_| !has_pending);
-            let mut polled = [
-                PollFd::from_borrowed_fd(self.master, master_events),
-                PollFd::from_borrowed_fd(input.unwrap_or(self.master), PollFlags::IN),
-                PollFd::from_borrowed_fd(
-                    pidfd.as_ref().map_or(self.master, |p| p.as_fd()),
-                    PollFlags::IN,
-                ),
-            ];
-            let n = match (input.is_some(), pidfd.is_some()) {
-                (true, true) => 3,
-                (true, false) => 2,
-                (false, true) => {
-                    polled.swap(1, 2);
-                    2
-                }
-                (false, false) => 1,
-            };
+            // Entries past `n` repeat the first; they are never passed.
+            let mut polled: [PollFd<'_>; 3] = core::array::from_fn(|i| {
+                let (fd, flags, _) = watched[i].unwrap_or(first);
+                PollFd::from_borrowed_fd(fd, flags)
+            });
             match rustix::event::poll(&mut polled[..n], Some(&interval)) {
                 Ok(0) | Err(Errno::INTR) => continue,
                 Ok(_) => {}
@@ -236,8 +252,13 @@ impl Relay {
                     continue;
                 }
             }
-            let master_ready = polled[0].revents();
-            let input_ready = input.is_some() && !polled[1].revents().is_empty();
+            let ready = |role: Role| {
+                (0..n)
+                    .find(|&i| watched[i].is_some_and(|(_, _, r)| r == role))
+                    .map_or(PollFlags::empty(), |i| polled[i].revents())
+            };
+            let master_ready = ready(Role::Master);
+            let input_ready = !ready(Role::Input).is_empty();
             if master_ready.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
                 self.output_once(&mut buf);
             }

@@ -20,24 +20,50 @@ const APPLETS: [&str; 6] = ["sh", "stty", "tty", "sleep", "echo", "true"];
 /// The guest shell's prompt (`PS1`), looked for on the screen.
 const PROMPT: &str = "guest#";
 
-/// Expands to the terminal cases, run with `$engine`.
+/// Expands to the terminal cases, run with `$engine` (in the nested lane
+/// for an engine that asks for it, see [`super::run_case`]).
 #[macro_export]
 macro_rules! tty_cases {
     ($engine:expr) => {
         #[test]
         fn tty_shell_is_the_panes_terminal_and_survives_ctrl_c() {
-            common::tty::shell_is_the_panes_terminal_and_survives_ctrl_c(&$engine);
+            common::run_case(
+                &$engine,
+                concat!(
+                    module_path!(),
+                    "::tty_shell_is_the_panes_terminal_and_survives_ctrl_c"
+                ),
+                common::tty::shell_is_the_panes_terminal_and_survives_ctrl_c,
+            );
         }
         #[test]
         fn tty_timeout_restores_the_terminal() {
-            common::tty::timeout_restores_the_terminal(&$engine);
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::tty_timeout_restores_the_terminal"),
+                common::tty::timeout_restores_the_terminal,
+            );
         }
         #[test]
         fn tty_escape_stops_the_vm_with_130() {
-            common::tty::escape_stops_the_vm_with_130(&$engine);
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::tty_escape_stops_the_vm_with_130"),
+                common::tty::escape_stops_the_vm_with_130,
+            );
         }
     };
 }
+
+/// The files tmux needs in the nested lane's outer guest besides its
+/// binary (`scripts/nested-kvm --bin`): the terminal descriptions of the
+/// `TERM` it is given and of its panes, and a UTF-8 locale (tmux refuses
+/// to start without one, and tries C.UTF-8 by itself).
+pub const LANE_FILES: [&str; 3] = [
+    "/lib/terminfo/x/xterm",
+    "/lib/terminfo/s/screen",
+    "/usr/lib/locale/C.utf8",
+];
 
 /// A tmux server of its own with one session, `80` x `24` to start with,
 /// killed when dropped.
@@ -189,6 +215,18 @@ fn prerequisites(engine: &Engine) -> Option<&'static Path> {
     if !tmux.is_ok_and(|o| o.status.success()) {
         skip_unavailable!("tmux is not installed (scripts/install-deps installs it)");
         return None;
+    }
+    if super::nested::inside() && !Path::new("/dev/pts/ptmx").exists() {
+        // The lane's outer guest mounts no devpts, and tmux needs
+        // pseudo-terminals for its panes.
+        let _ = fs::create_dir_all("/dev/pts");
+        let mounted = Command::new("mount")
+            .args(["-t", "devpts", "-o", "ptmxmode=0666", "devpts", "/dev/pts"])
+            .status();
+        assert!(
+            mounted.is_ok_and(|s| s.success()),
+            "cannot mount devpts in the nested lane"
+        );
     }
     match tty_rootfs() {
         Ok(root) => Some(root),
