@@ -45,6 +45,14 @@ macro_rules! tty_cases {
             );
         }
         #[test]
+        fn tty_sigterm_restores_the_terminal() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::tty_sigterm_restores_the_terminal"),
+                common::tty::sigterm_restores_the_terminal,
+            );
+        }
+        #[test]
         fn tty_escape_stops_the_vm_with_130() {
             common::run_case(
                 &$engine,
@@ -161,6 +169,22 @@ impl Tmux {
             &rows.to_string(),
         ]);
         assert!(output.status.success(), "tmux resize-window: {output:?}");
+    }
+
+    /// The process id of the microrun the pane's script runs.
+    pub fn microrun_pid(&self) -> u32 {
+        let output = self.command(&["list-panes", "-t", "t", "-F", "#{pane_pid}"]);
+        let shell = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let children = fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_else(|e| panic!("the children of the pane's shell {shell}: {e}"));
+        children
+            .split_whitespace()
+            .find(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "microrun")
+            })
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no microrun among {children:?}"))
     }
 
     /// A file of the scratch directory.
@@ -350,6 +374,25 @@ pub fn timeout_restores_the_terminal(engine: &Engine) {
     });
     tmux.line("sleep 600");
     tmux.wait_line("code=124", Duration::from_secs(90));
+    assert_terminal_restored(&tmux);
+}
+
+/// `SIGTERM` to microrun during an `-it` run: it ends by that signal
+/// (143) and the terminal is as it was.
+pub fn sigterm_restores_the_terminal(engine: &Engine) {
+    let Some(root) = prerequisites(engine) else {
+        return;
+    };
+    let tmux = start(engine, &[], root);
+    tmux.wait_for("the guest's prompt", boot_limit(engine), |line| {
+        line.starts_with(PROMPT)
+    });
+    let pid = tmux.microrun_pid();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    tmux.wait_line("code=143", Duration::from_secs(20));
     assert_terminal_restored(&tmux);
 }
 
