@@ -16,6 +16,7 @@ pub mod plan;
 pub mod run;
 pub mod runconfig;
 pub mod spec;
+pub mod terminal;
 pub mod units;
 pub mod user;
 

@@ -96,6 +96,15 @@ struct RunArgs {
     /// /etc/group, or numbers [default: the image's User, else root].
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Give the program a terminal (a pseudo-terminal as its stdin, stdout
+    /// and stderr); with -i, microrun's terminal is in raw mode meanwhile
+    /// (Ctrl-] three times within a second stops the VM).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Forward stdin to the program, even when it is a terminal (without
+    /// -i only a pipe or a file is forwarded).
+    #[arg(short = 'i', long)]
+    interactive: bool,
     /// Boot the initrd as given, without guest-init (its init reports on ttyS2).
     #[arg(long)]
     no_init: bool,
@@ -199,7 +208,9 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
             .collect::<anyhow::Result<_>>()?,
         workdir: args.workdir,
         timeout: args.timeout,
-        forward_stdin: stdin_is_data(),
+        forward_stdin: args.interactive || stdin_is_data(),
+        tty: args.tty,
+        stdin_terminal: microrun::terminal::stdin_size(),
         no_init: args.no_init,
         binds: microrun::binds::parse_binds(&args.binds, &args.binds_ro)?,
         verbosity,

@@ -14,6 +14,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<RunOutcome> {
             crate::say(format_args!("{note}"));
         }
     }
+    // With -it, microrun's terminal is in raw mode until this returns,
+    // whichever way (see `terminal` for the other ways out).
+    let _terminal = plan
+        .terminal
+        .then(crate::terminal::Session::start)
+        .transpose()?;
     let mut outcome = match &plan.target {
         Target::Kvm {
             vm,

@@ -13,9 +13,10 @@
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
 //! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
 //! | `user` | `USER[:GROUP]` (`-u`): names looked up in the rootfs's `/etc/passwd` and `/etc/group`, numbers taken as they are; the program runs as that user, with its supplementary groups, `HOME`, `USER` and `LOGNAME`, and no capabilities (at most once) |
+//! | `tty` | `<rows> <cols>`: the program gets a pseudo-terminal of that size as stdin, stdout and stderr (`-t`); the stdin stream then carries control frames (docs/guest-init.md) |
 //!
 //! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
-//! `module`, `mount`, `user`.
+//! `module`, `mount`, `user`, `tty`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -114,6 +115,8 @@ pub struct RunConfig {
     /// Who the program runs as (`USER[:GROUP]`, checked by
     /// [`crate::user::UserSpec::parse`]); root when `None`.
     pub user: Option<String>,
+    /// `-t`: the program's terminal, as (rows, columns), each at least 1.
+    pub tty: Option<(u16, u16)>,
 }
 
 /// One share guest-init mounts (9P2000.L over virtio).
@@ -195,6 +198,18 @@ impl RunConfig {
         if let Some(user) = &self.user {
             push_record(&mut out, "user", &[user], "user")?;
         }
+        if let Some((rows, cols)) = self.tty {
+            // guest-init refuses a size of 0, which is what a terminal that
+            // does not know its size says: the classic 24 x 80 instead.
+            let rows = if rows == 0 { 24 } else { rows };
+            let cols = if cols == 0 { 80 } else { cols };
+            push_record(
+                &mut out,
+                "tty",
+                &[&format!("{rows} {cols}")],
+                "terminal size",
+            )?;
+        }
         Ok(out)
     }
 }
@@ -248,6 +263,27 @@ mod tests {
             config.encode().unwrap(),
             b"arg=sh\0arg=-c\0arg=a=b; echo $a\0arg=\0env=A=x=y\0env=EMPTY=\0cwd=/work dir\0stdin=1\0"
         );
+    }
+
+    #[test]
+    fn a_terminal_comes_last_as_rows_and_columns() {
+        let config = RunConfig {
+            argv: vec!["sh".into()],
+            forward_stdin: true,
+            virtio_ports: true,
+            tty: Some((24, 80)),
+            ..Default::default()
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"arg=sh\0stdin=1\0ports=virtio\0tty=24 80\0"
+        );
+        // A terminal that does not know its size (0 x 0) gets 24 x 80.
+        let unknown = RunConfig {
+            tty: Some((0, 0)),
+            ..Default::default()
+        };
+        assert_eq!(unknown.encode().unwrap(), b"tty=24 80\0");
     }
 
     #[test]

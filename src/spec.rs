@@ -79,8 +79,14 @@ pub struct Request {
     pub workdir: Option<String>,
     /// Stop the run (exit 124) after this long.
     pub timeout: Option<Duration>,
-    /// Forward microrun's stdin to the command's stdin.
+    /// Forward microrun's stdin to the command's stdin (`-i`, or stdin is
+    /// a pipe or a file).
     pub forward_stdin: bool,
+    /// `-t`: give the command a terminal.
+    pub tty: bool,
+    /// The size of the terminal microrun's stdin is, as (rows, columns);
+    /// `None` when stdin is not a terminal.
+    pub stdin_terminal: Option<(u16, u16)>,
     /// Boot the initrd exactly as given, without guest-init.
     pub no_init: bool,
     /// Host directories shared with the guest (`--bind`, `--bind-ro`).

@@ -254,3 +254,25 @@ fn pack_streams_to_dev_stdout() {
         .file_type()
         .is_symlink());
 }
+
+/// `-t` without a terminal on stdin (here /dev/null) is refused before
+/// anything starts, in every engine, as docker refuses it; `-i` alone is
+/// not.
+#[test]
+fn tty_without_a_terminal_on_stdin_is_refused() {
+    let s = Scratch::new();
+    let root = s.path("root");
+    for engine in ["kvm", "chroot", "qemu"] {
+        for flags in [&["-t"][..], &["-it"], &["--tty", "--interactive"]] {
+            let mut args = vec!["--engine", engine];
+            args.extend_from_slice(flags);
+            args.extend([root.to_str().unwrap(), "--", "sh"]);
+            let out = s.run(&args);
+            assert_usage_error(&out, &["-t/--tty", "stdin is not a terminal"], &[]);
+        }
+    }
+    // -i alone gets past that point: the fake kernel is what stops it.
+    let out = s.run(&["--engine", "kvm", "-i", root.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("not a terminal"), "{err}");
+}

@@ -51,6 +51,7 @@ fn user_as_an_ordinary_user_with_a_range() {
 fn user_as_an_ordinary_user_without_a_range() {
     common::user::unprivileged_without_a_range(&ENGINE);
 }
+tty_cases!(ENGINE);
 
 /// The shared rootfs, or `None` after printing why the test is skipped.
 fn rootfs() -> Option<&'static Path> {

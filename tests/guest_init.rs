@@ -26,7 +26,8 @@ use microrun::runconfig::{RunConfig, CONFIG_PATH, INIT_PATH};
 
 /// Busybox applets the tests use inside the rootfs.
 const APPLETS: &[&str] = &[
-    "sh", "cat", "env", "pwd", "sleep", "kill", "true", "printf", "touch", "head", "ls",
+    "sh", "cat", "env", "pwd", "sleep", "kill", "true", "printf", "touch", "head", "ls", "stty",
+    "tty",
 ];
 
 /// Held while writing files into a rootfs and while spawning a process.
@@ -606,10 +607,11 @@ fn missing_or_malformed_configuration_is_126() {
         (
             &b"arg=true\0bogus=1\0"[..],
             "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports, module, \
-             mount or user)",
+             mount, user or tty)",
         ),
         (b"user=\0", "record 1 is not user=USER or user=USER:GROUP"),
         (b"user=a\0user=b\0", "record 2 repeats the key 'user'"),
+        (b"arg=true\0tty=24\0", "record 2 is not tty=ROWS COLS"),
         (
             b"arg=true\0mount=tag rw relative\0",
             "record 2 is not mount=TAG rw /DEST or mount=TAG ro /DEST",
@@ -677,6 +679,52 @@ fn forwarded_stdin_reads_the_terminal_without_echo() {
     let outcome = run(&tools, &rootfs, Wiring::Pty, b"abc\n", &[]);
     assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
     assert_eq!(String::from_utf8_lossy(&outcome.stdout), "got:abc\n");
+}
+
+/// `tty=ROWS COLS`: the command's stdin, stdout and stderr are a
+/// pseudo-terminal of that size, its controlling terminal; the stdin
+/// stream's frames set the size (`FF 'W' rows cols`) and unescape a
+/// doubled 0xFF, and none of their bytes reaches the command.
+#[test]
+fn a_tty_record_gives_the_command_a_terminal_that_takes_frames() {
+    let tools = tools_or_skip!();
+    let has = |out: &[u8], needle: &[u8]| out.windows(needle.len()).any(|w| w == needle);
+    // The record's size; stdout and stderr are the terminal (whose output
+    // processing turns \n into \r\n).
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&RunConfig {
+        tty: Some((24, 80)),
+        ..command(&["sh", "-c", "stty size; tty >&2; exit 4"])
+    });
+    let outcome = run(&tools, &rootfs, Wiring::Pty, b"", &[]);
+    assert_eq!(outcome.status(), 4, "stderr: {}", outcome.stderr);
+    let out = &outcome.stdout;
+    assert!(out.starts_with(b"24 80\r\n/dev/pts/"), "{out:?}");
+
+    // A frame's size, and a line with one 0xFF: the frame comes before
+    // the line that `read` waits for.
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&RunConfig {
+        forward_stdin: true,
+        tty: Some((24, 80)),
+        ..command(&[
+            "sh",
+            "-c",
+            "read line; stty size; echo \"got:$line\" >&2; exit 3",
+        ])
+    });
+    // 30 rows (0x1e), 100 columns (0x64).
+    let input = b"\xffW\x1e\x00\x64\x00he\xff\xffllo\r";
+    let outcome = run(&tools, &rootfs, Wiring::Pty, input, &[]);
+    assert_eq!(outcome.status(), 3, "stderr: {}", outcome.stderr);
+    let out = &outcome.stdout;
+    // The terminal echoes the line, then the new size, then the line read.
+    assert_eq!(
+        out.as_slice(),
+        b"he\xffllo\r\n30 100\r\ngot:he\xffllo\r\n",
+        "{out:?}"
+    );
+    assert!(!has(out, b"\xffW"));
 }
 
 #[test]

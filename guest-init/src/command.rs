@@ -17,7 +17,7 @@ use crate::console::{self, Line};
 use crate::end::{self, finish, CANNOT_EXECUTE, MICRORUN_FAILED, NOT_FOUND};
 use crate::relay::Writers;
 use crate::user::{self, Switch};
-use crate::{streams, sys};
+use crate::{streams, sys, tty};
 
 /// What the child sends back when it cannot start the command: the stage,
 /// the errno, and the path that failed (NUL-terminated).
@@ -59,8 +59,16 @@ pub fn run(config: &RunConfig, user: Option<&Switch>) -> u8 {
         Ok(pipe) => pipe,
         Err(e) => return fail_start(b"cannot create a pipe: ", e),
     };
+    if let Some((rows, cols)) = config.tty {
+        // Said on the console by `tty::open`.
+        if tty::open(rows, cols).is_err() {
+            return CANNOT_EXECUTE;
+        }
+    }
+    // With a terminal, its relay copies the output (and counts it).
     let relay = match streams::output_relay(config) {
-        Ok(relay) => relay,
+        Ok(relay) if !tty::active() => relay,
+        Ok(_) => None,
         Err(e) => return fail_start(b"cannot create a pipe: ", e),
     };
     // SAFETY: guest-init is single-threaded.
@@ -78,20 +86,26 @@ pub fn run(config: &RunConfig, user: Option<&Switch>) -> u8 {
     // Only the command may hold the pipes' write ends, so that they end
     // when its processes do.
     let mut relay = relay.map(|(relay, _)| relay);
+    let mut terminal = streams::terminal_relay(config);
 
     // The pipe closes on a successful exec (CLOEXEC) or carries a report.
     let mut report = [0u8; REPORT_CAPACITY];
     let (len, _) = console::read_full(report_rx.as_fd(), &mut report);
     drop(report_rx);
 
-    let mut status = match relay.as_mut() {
-        Some(relay) => relay.copy_until(child, || end::reap_command(child, WaitOptions::NOHANG)),
-        None => end::wait_for(child),
+    let ended = || end::reap_command(child, WaitOptions::NOHANG);
+    let mut status = match (terminal.as_mut(), relay.as_mut()) {
+        (Some(terminal), _) => terminal.copy_until(child, ended),
+        (None, Some(relay)) => relay.copy_until(child, ended),
+        (None, None) => end::wait_for(child),
     };
     if len >= 5 {
         status = explain_failure(config, &report[..len]);
     }
     end::clean_up(pid1, child);
+    if let Some(terminal) = terminal {
+        terminal.finish();
+    }
     if let Some(relay) = relay {
         relay.finish();
     }

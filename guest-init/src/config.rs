@@ -11,8 +11,9 @@
 //! | `module` | `/PATH` or `/PATH PARAMS`: a kernel module in the initrd, loaded with `finit_module` and the parameter string `PARAMS` (empty when absent); any number, loaded in order |
 //! | `mount` | `TAG rw /DEST` or `TAG ro /DEST`: a 9p share (virtio mount tag `TAG`) to mount at `/DEST`, created when missing; any number, after the modules |
 //! | `user` | `USER[:GROUP]`: who the command runs as, resolved in the rootfs's `/etc/passwd` and `/etc/group` (`user.rs`) |
+//! | `tty` | `ROWS COLS` (decimal, 1-65535): the command gets a terminal of that size (see `tty.rs`), and the stdin stream carries control frames (see `frames.rs`) |
 //!
-//! `cwd`, `stdin`, `ports` and `user` may appear once each.
+//! `cwd`, `stdin`, `ports`, `user` and `tty` may appear once each.
 //!
 //! Since every record ends with a NUL byte, the values are used in place as
 //! the C strings `execve` wants; only the pointer arrays are built here.
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub mounts: Mounts,
     /// The `user` record: `USER[:GROUP]`, not empty.
     pub user: Option<&'static CStr>,
+    /// `tty=ROWS COLS`: the command's terminal and its size.
+    pub tty: Option<(u16, u16)>,
 }
 
 impl RunConfig {
@@ -97,6 +100,8 @@ pub enum ConfigError {
     BadModule(usize),
     /// Record `n` is a `mount` record that is not `TAG rw|ro /DEST`.
     BadMount(usize),
+    /// Record `n` is a `tty` record that is not `ROWS COLS`.
+    BadTty(usize),
     /// Record `n` repeats a key that may appear only once.
     Duplicate(usize, &'static [u8]),
     /// Record `n` is a `user` record with an empty value.
@@ -122,6 +127,7 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
     let mut forward_stdin = None;
     let mut virtio_ports = None;
     let mut user = None;
+    let mut tty = None;
     for (index, record) in records(data).enumerate() {
         let number = index + 1;
         let (key, value) = split_record(record).ok_or(ConfigError::NoEquals(number))?;
@@ -169,6 +175,12 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
                     return Err(ConfigError::BadUser(number));
                 }
                 if user.replace(value_cstr(record)).is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
+                }
+            }
+            b"tty" => {
+                let size = split_tty(value).ok_or(ConfigError::BadTty(number))?;
+                if tty.replace(size).is_some() {
                     return Err(ConfigError::Duplicate(number, key));
                 }
             }
@@ -230,7 +242,32 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         modules: Modules { data },
         mounts: Mounts { data },
         user,
+        tty,
     })
+}
+
+/// Splits a `tty` value, `ROWS COLS`, both decimal and 1-65535.
+fn split_tty(value: &[u8]) -> Option<(u16, u16)> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    Some((
+        decimal_u16(&value[..space])?,
+        decimal_u16(&value[space + 1..])?,
+    ))
+}
+
+/// A decimal number from 1 to 65535, digits only.
+fn decimal_u16(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() || digits.len() > 5 {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(d - b'0');
+    }
+    u16::try_from(n).ok().filter(|&n| n > 0)
 }
 
 impl RunConfig {
@@ -586,6 +623,32 @@ mod tests {
         assert!(given.set_env_default(c"USER=root"));
         assert!(!given.set_env_default(c"LOGNAME=root"));
         assert_eq!(env(&given).len(), 4);
+    }
+
+    #[test]
+    fn a_tty_record_gives_rows_and_columns() {
+        assert_eq!(parse_ok(b"arg=sh\0tty=24 80\0").tty, Some((24, 80)));
+        assert_eq!(parse_ok(b"tty=65535 1\0").tty, Some((65535, 1)));
+        assert_eq!(parse_ok(b"arg=sh\0").tty, None);
+        for data in [
+            &b"tty=24\0"[..],
+            b"tty=24 \0",
+            b"tty= 80\0",
+            b"tty=0 80\0",
+            b"tty=24 65536\0",
+            b"tty=24 80 1\0",
+            b"tty=-1 80\0",
+            b"tty=\0",
+        ] {
+            assert!(
+                matches!(parse(data), Err(ConfigError::BadTty(1))),
+                "{data:?}"
+            );
+        }
+        assert!(matches!(
+            parse(b"tty=24 80\0tty=24 80\0"),
+            Err(ConfigError::Duplicate(2, b"tty"))
+        ));
     }
 
     #[test]

@@ -39,6 +39,10 @@
 //!   `/sys/class/virtio-ports`, `/dev`);
 //! - `MICRORUN_INIT_PORTS_WAIT_MS`: how long to wait for them (default 2000).
 //!
+//! With `tty=ROWS COLS` the command gets a pseudo-terminal instead
+//! (`tty.rs`), which guest-init relays, decoding the control frames on
+//! the stdin stream (`frames.rs`).
+//!
 //! Each stage of the boot is a module of its own, and [`main`] runs them in
 //! order.
 
@@ -51,6 +55,7 @@ mod config;
 mod configure;
 mod console;
 mod end;
+mod frames;
 mod kernel_fs;
 mod knobs;
 mod modules;
@@ -61,6 +66,7 @@ mod rt;
 mod shares;
 mod streams;
 mod sys;
+mod tty;
 mod user;
 
 use end::{finish, MICRORUN_FAILED};

@@ -65,6 +65,13 @@ pub fn sent() -> Option<(u64, u64)> {
     })
 }
 
+/// Counts `n` more bytes taken by the stdout port (the terminal's relay,
+/// `tty.rs`, which writes there itself), and turns `@sent` on.
+pub fn count_stdout(n: u64) {
+    ACTIVE.store(true, Ordering::Relaxed);
+    SENT[0].fetch_add(n, Ordering::Relaxed);
+}
+
 /// The command's ends of the pipes, close-on-exec like every descriptor
 /// of guest-init (the command gets them as its stdout and stderr).
 pub struct Writers {

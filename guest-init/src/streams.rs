@@ -114,10 +114,38 @@ pub fn output_relay(config: &RunConfig) -> Result<Option<(Relay, Writers)>, Errn
     }
 }
 
-/// Puts stdin, stdout and stderr on descriptors 0, 1 and 2: the relay's
+/// With a terminal (`tty=`), its relay: the terminal's output goes to the
+/// stdout port (or ttyS1), counted for `@sent` with `ports=virtio-relay`;
+/// the stdin channel, when forwarded, comes in.
+pub fn terminal_relay(config: &RunConfig) -> Option<crate::tty::Relay> {
+    let ports = output_ports();
+    let output = match ports {
+        Some((stdout, _)) => stdout,
+        None => GlobalState::stdout()?,
+    };
+    let stdin_fd = STDIN_FD.load(Ordering::Relaxed);
+    let input = if !config.forward_stdin {
+        None
+    } else if let Some(port) = GlobalState::fd(&PORT_STDIN_FD) {
+        Some(port)
+    } else if stdin_fd >= 0 {
+        // SAFETY: the fd was inherited from the parent and stays open for
+        // guest-init's lifetime.
+        Some(unsafe { BorrowedFd::borrow_raw(stdin_fd) })
+    } else {
+        GlobalState::stdout()
+    };
+    crate::tty::Relay::new(output, input, config.relay_output && ports.is_some())
+}
+
+/// Puts stdin, stdout and stderr on descriptors 0, 1 and 2: the terminal
+/// (`tty.rs`) when the command has one; else the relay's
 /// pipes or the virtio-console's ports when in use, else ttyS1 and ttyS0;
 /// stdin is the stdin port (or ttyS1) when forwarded, else /dev/null.
 pub fn setup_stdio(config: &RunConfig, relay: Option<&Writers>) -> Result<(), Errno> {
+    if let Some(terminal) = crate::tty::setup_stdio() {
+        return terminal;
+    }
     let (Some(serial_stdout), Some(console)) = (GlobalState::stdout(), GlobalState::console())
     else {
         return Err(Errno::BADF);

@@ -15,7 +15,7 @@ pub mod devices;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmm::{IrqChip, KvmHost, VirtioOptions};
+use vmm::{DeviceKind, IrqChip, KvmHost, VirtioOptions};
 
 use crate::binds::Bind;
 use crate::boot::{init_archive, BootError, BootInitrd, PreparedRootfs};
@@ -82,6 +82,23 @@ pub enum PlanError {
         kvm: String,
         /// QEMU's binary.
         qemu: &'static str,
+    },
+    /// `-t` without a terminal on stdin (docker's rule).
+    #[error(
+        "-t/--tty: stdin is not a terminal, so there is none to give the program; run microrun \
+         from a terminal, or drop -t (-i alone forwards stdin as a pipe)"
+    )]
+    TtyWithoutTerminal,
+    /// `-t` in a VM without the virtio-console.
+    #[error(
+        "-t/--tty is unavailable: it needs the virtio-console, which carries the terminal and its \
+         window size, and this run has none ({why}); drop -t, or {fix}"
+    )]
+    TtyNeedsConsole {
+        /// Why there is no console.
+        why: String,
+        /// What to change.
+        fix: &'static str,
     },
     /// `MICRORUN_VIRTIO` means nothing.
     #[error(transparent)]
@@ -159,6 +176,10 @@ pub struct Plan {
     pub timeout: Option<Duration>,
     /// Forward microrun's stdin to the program.
     pub forward_stdin: bool,
+    /// `-it`: microrun's terminal goes into raw mode for the run, and its
+    /// input reaches the program's terminal with control frames (window
+    /// sizes) in it (`crate::terminal`).
+    pub terminal: bool,
     /// What guest-init runs, and how (also in its archive).
     pub run_config: RunConfig,
     /// The engine, with what it boots.
@@ -265,6 +286,9 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     if let Some(dir) = &request.workdir {
         check_workdir(dir, workdir_given)?;
     }
+    if request.tty && request.stdin_terminal.is_none() {
+        return Err(PlanError::TtyWithoutTerminal);
+    }
     let request = &request;
     let (run_config, target) = match request.engine {
         Engine::Chroot => chroot(request)?,
@@ -299,6 +323,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
         started: request.started,
         timeout: request.timeout,
         forward_stdin: request.forward_stdin,
+        terminal: request.tty && request.forward_stdin,
         run_config,
         target,
         engine_note,
@@ -372,6 +397,7 @@ pub fn base_run_config(request: &Request) -> RunConfig {
         workdir: request.workdir.clone(),
         forward_stdin: request.forward_stdin,
         user: request.user.as_ref().map(ToString::to_string),
+        tty: request.stdin_terminal.filter(|_| request.tty),
         ..RunConfig::default()
     }
 }
@@ -443,6 +469,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
                 fix,
             });
         }
+    }
+
+    if request.tty && !kernel_plan.drives(DeviceKind::Console) {
+        return Err(tty_needs_console(request, setting, &kernel_plan));
     }
 
     // The devices the guest gets, and guest-init's records for them.
@@ -542,6 +572,35 @@ fn share_owner(request: &Request) -> Result<Ids, PlanError> {
         }
     };
     Ok(ids)
+}
+
+/// Why a VM run with `-t` has no virtio-console, and what to change.
+fn tty_needs_console(
+    request: &Request,
+    setting: VirtioSetting,
+    kernel_plan: &KernelPlan,
+) -> PlanError {
+    let (why, fix) = if request.no_init {
+        (
+            "--no-init: no guest-init to open a terminal for the program".to_string(),
+            "drop --no-init",
+        )
+    } else if setting == VirtioSetting::Off {
+        (
+            format!("{}=off", guest_kernel::VIRTIO_VAR),
+            "unset that variable",
+        )
+    } else {
+        let why = kernel_plan
+            .refusal(DeviceKind::Console)
+            .or(kernel_plan.notes.first().map(String::as_str))
+            .unwrap_or("the kernel cannot drive it");
+        (
+            why.to_string(),
+            "boot a kernel with CONFIG_VIRTIO_CONSOLE (the project's: scripts/build-kernel)",
+        )
+    };
+    PlanError::TtyNeedsConsole { why, fix }
 }
 
 /// What `kernel` makes of the devices `wanted`, on the bus of the

@@ -42,6 +42,8 @@ impl Scratch {
             workdir: None,
             timeout: None,
             forward_stdin: false,
+            tty: false,
+            stdin_terminal: None,
             no_init: false,
             binds: vec![],
             verbosity: Verbosity::Normal,
@@ -176,6 +178,55 @@ fn refusals_are_made_before_anything_runs() {
         .cmdline
         .to_string()
         .starts_with("virtio_mmio.device=4K@0xd0000000:5 console=ttyS0"));
+}
+
+#[test]
+fn a_terminal_needs_one_on_stdin_and_in_a_vm_the_virtio_console() {
+    let scratch = Scratch::new(BUILT_IN);
+    let tty = |request: Request| Request {
+        tty: true,
+        forward_stdin: true,
+        stdin_terminal: Some((30, 100)),
+        ..request
+    };
+    for engine in [Engine::Kvm, Engine::Qemu, Engine::Chroot] {
+        let no_terminal = Request {
+            stdin_terminal: None,
+            ..tty(scratch.request(engine))
+        };
+        assert!(
+            matches!(make(no_terminal), Err(PlanError::TtyWithoutTerminal)),
+            "{engine:?}"
+        );
+    }
+    let plan = make(tty(scratch.request(Engine::Kvm))).unwrap();
+    assert_eq!(plan.run_config.tty, Some((30, 100)));
+    assert!(plan.terminal && plan.run_config.virtio_ports);
+    // -t without -i: a terminal in the guest, microrun's left alone.
+    let plan = make(Request {
+        forward_stdin: false,
+        ..tty(scratch.request(Engine::Kvm))
+    })
+    .unwrap();
+    assert!(!plan.terminal && plan.run_config.tty.is_some());
+
+    let no_console = Scratch::new(&BUILT_IN.replace(
+        "CONFIG_VIRTIO_CONSOLE=y",
+        "# CONFIG_VIRTIO_CONSOLE is not set",
+    ));
+    let message = make(tty(no_console.request(Engine::Kvm)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("-t/--tty is unavailable") && message.contains("VIRTIO_CONSOLE"),
+        "{message}"
+    );
+    let no_init = Request {
+        no_init: true,
+        ..tty(scratch.request(Engine::Qemu))
+    };
+    let message = make(no_init).unwrap_err().to_string();
+    assert!(message.contains("--no-init"), "{message}");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod nested;
+pub mod tty;
 pub mod user;
 
 use std::fs;

@@ -454,6 +454,15 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
         ))
         .arg("--add")
         .arg(format!("{}:/nested/cases", lane.script.display()));
+    // The terminal cases (tty.rs) drive the kvm engine through tmux there.
+    if let Some(tmux) = which("tmux") {
+        command.arg("--bin").arg(tmux);
+        for file in super::tty::LANE_FILES {
+            if Path::new(file).exists() {
+                command.arg("--add").arg(format!("{file}:{file}"));
+            }
+        }
+    }
     if let Some(kernel) = distribution_kernel() {
         // At the same path: inside, discovery finds it as
         // /boot/vmlinuz-$(uname -r), the outer kernel's own release.
@@ -632,6 +641,13 @@ pub fn assert_passed(name: &str) {
 /// The skips a case's output inside the lane reports, of either kind.
 fn inner_skips(log: &str) -> Vec<(test_support::Skip, &str)> {
     log.lines().filter_map(test_support::parse).collect()
+}
+
+/// The path of `program` on `PATH`, if it is there.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 #[cfg(test)]

@@ -120,6 +120,16 @@ fn wait_for_maps(sync: &MapSync) -> Result<(), String> {
 fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd) -> ! {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // guest-init and the program start with no signal blocked, whatever
+    // microrun's thread blocked (with -it, SIGINT, SIGTERM and others wait
+    // for its terminal session): a blocked mask survives exec.
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset fills it and
+    // sigprocmask only reads it.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
     // The helper may have died before the flag was set: then the pipe's
     // write end is closed.
     let mut poll = libc::pollfd {
