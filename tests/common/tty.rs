@@ -273,7 +273,8 @@ fn quote(text: &str) -> String {
 }
 
 /// The script the pane runs: `stty -a` before, microrun with `options`
-/// running the guest's `sh`, its exit code as `code=N`, `stty -a` after.
+/// running the guest's `sh`, `stty -a` after, then its exit code as
+/// `code=N` (last, so that the file is complete once the line shows).
 fn script(engine: &Engine, options: &[&str], root: &Path, dir: &Path) -> String {
     let command = super::microrun_command(
         engine,
@@ -298,7 +299,7 @@ fn script(engine: &Engine, options: &[&str], root: &Path, dir: &Path) -> String 
         .collect();
     format!(
         "stty -a > {before}\nenv -u MICRORUN_IRQCHIP {envs} {program} {args}\n\
-         printf 'code=%s\\n' \"$?\"\nstty -a > {after}\nexec sleep 600\n",
+         code=$?\nstty -a > {after}\nprintf 'code=%s\\n' \"$code\"\nexec sleep 600\n",
         before = dir.join("before").display(),
         after = dir.join("after").display(),
         envs = envs.join(" "),
