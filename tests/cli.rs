@@ -336,7 +336,10 @@ fn kernel_command_line_has_the_defaults_and_the_users_args_last() {
     ] {
         assert!(c.split(' ').any(|a| a == arg), "{arg} not in {c}");
     }
-    assert!(c.contains(" rdinit=/.microrun/init "), "{c}");
+    assert!(
+        c.contains(" rdinit=/.microrun/init init=/.microrun/init "),
+        "{c}"
+    );
     assert!(c.ends_with(" foo=bar"), "--cmdline not last: {c}");
 
     // -v drops quiet (and -q may not go with it).
@@ -351,13 +354,15 @@ fn kernel_command_line_has_the_defaults_and_the_users_args_last() {
     let verbose = BootInfo::parse(&f.microrun(&args).0);
     assert!(!verbose.cmdline.contains("quiet"), "{}", verbose.cmdline);
     assert!(!verbose.cmdline.contains("loglevel"), "{}", verbose.cmdline);
-    assert!(verbose.cmdline.ends_with(" rdinit=/.microrun/init"));
+    assert!(verbose
+        .cmdline
+        .ends_with(" rdinit=/.microrun/init init=/.microrun/init"));
 
     // --no-init boots the initrd as given: no rdinit.
     args[0] = "-q".into();
     args.insert(1, "--no-init".into());
     let no_init = BootInfo::parse(&f.microrun(&args).0);
-    assert!(!no_init.cmdline.contains("rdinit"), "{}", no_init.cmdline);
+    assert!(!no_init.cmdline.contains("init="), "{}", no_init.cmdline);
     assert!(no_init.cmdline.ends_with(" quiet loglevel=1"));
 }
 

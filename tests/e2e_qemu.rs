@@ -215,3 +215,32 @@ fn without_engine_kvm_or_qemu_the_error_names_both_fixes() {
     assert!(err.contains("/dev/kvm") || err.contains("kvm_pvm"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// What microrun's `init=/.microrun/init` relies on: a kernel whose
+/// `init=` cannot be started panics (the VM ends, 125) instead of falling
+/// back to the rootfs's `/sbin/init` or `/bin/sh`, which would wait on the
+/// console until `--timeout`. (guest-init goes missing when the kernel
+/// could unpack the initrd only in part; here both paths name a file that
+/// is not there.)
+#[test]
+fn a_missing_init_is_a_panic_not_a_shell() {
+    if let Some(why) = qemu_unavailable() {
+        skip_unavailable!("qemu engine: {why}");
+        return;
+    }
+    let root = common::libs_rootfs().expect("libs rootfs");
+    let output = common::microrun(
+        &ENGINE,
+        &[
+            "--timeout",
+            "120s",
+            "--cmdline",
+            "rdinit=/absent init=/absent",
+        ],
+        root,
+        &[],
+    );
+    common::assert_code(&output, 125);
+    let err = common::stderr(&output);
+    assert!(err.contains("Requested init /absent failed"), "{err}");
+}

@@ -41,7 +41,7 @@ pub struct KernelCmdline {
     /// `quiet loglevel=1` (unless `-v`): panics (KERN_EMERG) still show,
     /// the boot chatter that would mix into the program's stderr does not.
     pub quiet: bool,
-    /// Start guest-init (`rdinit=`), unless `--no-init`.
+    /// Start guest-init (`rdinit=` and `init=`), unless `--no-init`.
     pub guest_init: bool,
     /// The user's `--cmdline`, trimmed; last, so that it can override any
     /// of the above.
@@ -64,7 +64,11 @@ impl fmt::Display for KernelCmdline {
             f.write_str(" quiet loglevel=1")?;
         }
         if self.guest_init {
-            write!(f, " rdinit={INIT_PATH}")?;
+            // init= too: with it, a kernel that cannot start guest-init
+            // (an initrd unpacked only in part) panics, which ends the VM,
+            // instead of falling back to the rootfs's /sbin/init or
+            // /bin/sh, which would wait on the console for ever.
+            write!(f, " rdinit={INIT_PATH} init={INIT_PATH}")?;
         }
         if let Some(user) = &self.user {
             write!(f, " {user}")?;
@@ -90,7 +94,7 @@ mod tests {
             cmdline.to_string(),
             "virtio_mmio.device=4K@0xd0000000:5 console=ttyS0 reboot=k panic=-1 \
              8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
-             loglevel=1 rdinit=/.microrun/init foo=1 -- x"
+             loglevel=1 rdinit=/.microrun/init init=/.microrun/init foo=1 -- x"
         );
         cmdline.devices.clear();
         cmdline.reboot = Reboot::TripleFault;

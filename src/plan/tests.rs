@@ -84,7 +84,7 @@ fn the_kvm_engine_gets_the_devices_their_slots_and_guest_inits_records() {
         vm.cmdline.to_string(),
         "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
          console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux \
-         i8042.nopnp i8042.dumbkbd quiet loglevel=1 rdinit=/.microrun/init foo=1"
+         i8042.nopnp i8042.dumbkbd quiet loglevel=1 rdinit=/.microrun/init init=/.microrun/init foo=1"
     );
     let config = &plan.run_config;
     assert!(config.virtio_ports && !config.relay_output);
