@@ -15,6 +15,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::builder::{Outputs, VmDevices};
 use crate::devices::bus::lock;
+use crate::exit_counts::ExitCounts;
 use crate::memory::GuestMemory;
 use crate::output::{self, OutputSink, Undelivered};
 use crate::vcpu::{self, VcpuContext, VcpuEnd, VcpuMessage};
@@ -85,12 +86,50 @@ pub(crate) struct Limits<'a> {
     pub(crate) filters: Option<&'a seccomp::Filters>,
 }
 
-/// Starts the vCPU threads and supervises them until the VM ends: a vCPU
-/// reports the end, the deadline passes, or an output stream fails. This
-/// thread never writes to the caller's streams itself (the guest's output
-/// goes through [`Sinks`], the log through the caller's logger), so a
-/// stream nobody reads cannot keep it from enforcing the deadline.
+/// The vCPU threads, started (each under its seccomp filter) while the VM
+/// is being set up, so that their start costs nothing on the way to the
+/// first `KVM_RUN`; each waits for its vCPU and context, and ends without
+/// running anything when the sender is dropped (a set-up that failed).
+pub(crate) struct VcpuThreads {
+    starts: Vec<mpsc::SyncSender<(kvm_ioctls::VcpuFd, VcpuContext)>>,
+    threads: Vec<JoinHandle<Option<()>>>,
+}
+
+impl VcpuThreads {
+    /// Starts `count` vCPU threads; returns once each has its filter.
+    pub(crate) fn spawn(count: u8, filters: Option<&seccomp::Filters>) -> Result<Self, VmmError> {
+        let mut starts = Vec::with_capacity(usize::from(count));
+        let mut threads = Vec::with_capacity(usize::from(count));
+        for id in 0..count {
+            let (start, wait_for_start) =
+                mpsc::sync_channel::<(kvm_ioctls::VcpuFd, VcpuContext)>(1);
+            // On an error, dropping `starts` ends the threads started so far.
+            let handle = seccomp::spawn(
+                format!("vcpu{id}"),
+                seccomp::ThreadKind::Vcpu,
+                filters.map(|f| f.vcpu.clone()),
+                move || {
+                    if let Ok((fd, ctx)) = wait_for_start.recv() {
+                        vcpu::run_vcpu(fd, id, ctx);
+                    }
+                },
+            )
+            .map_err(host_err("start a vCPU thread"))?;
+            starts.push(start);
+            threads.push(handle);
+        }
+        Ok(VcpuThreads { starts, threads })
+    }
+}
+
+/// Runs the vCPUs on their threads and supervises them until the VM ends:
+/// a vCPU reports the end, the deadline passes, or an output stream fails.
+/// This thread never writes to the caller's streams itself (the guest's
+/// output goes through [`Sinks`], the log through the caller's logger), so
+/// a stream nobody reads cannot keep it from enforcing the deadline.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_vcpus(
+    vcpu_threads: VcpuThreads,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     devices: &VmDevices,
     sinks: &Sinks,
@@ -98,12 +137,13 @@ pub(crate) fn run_vcpus(
     limits: Limits<'_>,
     guest: Guest,
     timings: &mut Timings,
-) -> Result<VmEnd, VmmError> {
+) -> Result<(VmEnd, ExitCounts), VmmError> {
     let Limits { deadline, filters } = limits;
     let Guest {
         mut events,
         mut stdin_gate,
     } = guest;
+    let VcpuThreads { starts, threads } = vcpu_threads;
     static HANDLER: Once = Once::new();
     let mut handler_result = Ok(());
     HANDLER
@@ -116,12 +156,12 @@ pub(crate) fn run_vcpus(
     let ended = Arc::new(Mutex::new(None::<VcpuEnd>));
     let stop = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<Option<()>>> = Vec::new();
+    let exits = Arc::new(Mutex::new(ExitCounts::default()));
     // No vCPU runs the guest before every thread's filter is in place:
-    // each waits for its go, which never comes (the sender is dropped) if
-    // the start fails.
+    // each has installed its own, and waits for its start, which never
+    // comes (the sender is dropped) if the supervisor's fails.
     let mut gos = Vec::new();
-    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+    for (fd, start) in vcpu_fds.into_iter().zip(starts) {
         let ctx = VcpuContext {
             devices: devices.map.clone(),
             stop: stop.clone(),
@@ -129,27 +169,9 @@ pub(crate) fn run_vcpus(
             ended: ended.clone(),
             timed_out: timed_out.clone(),
             mem: mem.clone(),
+            exits: exits.clone(),
         };
-        let (go, wait_for_go) = mpsc::sync_channel::<()>(1);
-        gos.push(go);
-        let spawned = seccomp::spawn(
-            format!("vcpu{id}"),
-            seccomp::ThreadKind::Vcpu,
-            filters.map(|f| f.vcpu.clone()),
-            move || {
-                if wait_for_go.recv().is_ok() {
-                    vcpu::run_vcpu(fd, id as u8, ctx);
-                }
-            },
-        );
-        match spawned {
-            Ok(handle) => threads.push(handle),
-            Err(e) => {
-                drop(gos);
-                stop_vcpus(&stop, sinks, threads, None);
-                return Err(host_err("start a vCPU thread")(e));
-            }
-        }
+        gos.push((start, fd, ctx));
     }
     drop(tx);
     if let Some(filters) = filters {
@@ -159,8 +181,8 @@ pub(crate) fn run_vcpus(
             return Err(e.into());
         }
     }
-    for go in gos {
-        let _ = go.send(());
+    for (start, fd, ctx) in gos {
+        let _ = start.send((fd, ctx));
     }
 
     let mut ended_by = None;
@@ -208,7 +230,8 @@ pub(crate) fn run_vcpus(
     if end == VmEnd::Timeout && log::log_enabled!(log::Level::Debug) {
         log::debug!("at the timeout, {}", devices.describe_interrupts());
     }
-    Ok(end)
+    let exits = lock(&exits).clone();
+    Ok((end, exits))
 }
 
 /// How long stopping the vCPUs may take before the VMM stops waiting for
