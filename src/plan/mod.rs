@@ -134,6 +134,8 @@ pub struct Plan {
     /// When microrun started, the origin of every timing and of the
     /// deadline.
     pub started: Instant,
+    /// When the plan was made: the end of the `plan` step of `--timings`.
+    pub planned: Instant,
     /// `--timeout`.
     pub timeout: Option<Duration>,
     /// Forward microrun's stdin to the program.
@@ -174,6 +176,8 @@ pub enum Target {
 /// What a VM engine boots.
 #[derive(Debug)]
 pub struct VmPlan {
+    /// How long finding the rootfs archive and building guest-init's took.
+    pub prepared: Prepared,
     /// The kernel image.
     pub kernel: PathBuf,
     /// The rootfs archive and guest-init's.
@@ -188,6 +192,15 @@ pub struct VmPlan {
     pub transport: Transport,
     /// The kernel command line.
     pub cmdline: KernelCmdline,
+}
+
+/// How long two of the plan's steps took, for `--timings`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prepared {
+    /// Finding (or making) the rootfs archive.
+    pub rootfs: Duration,
+    /// Building guest-init's archive.
+    pub init_archive: Duration,
 }
 
 /// What the chroot engine builds its root from.
@@ -266,6 +279,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     Ok(Plan {
         verbosity: request.verbosity,
         started: request.started,
+        planned: Instant::now(),
         timeout: request.timeout,
         forward_stdin: request.forward_stdin,
         run_config,
@@ -389,8 +403,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         })
         .collect();
 
+    let rootfs_started = Instant::now();
     let (rootfs, rootfs_len) =
         crate::boot::initrd_archive(&request.rootfs).map_err(PlanError::Initrd)?;
+    let init_started = Instant::now();
     let initrd = BootInitrd {
         rootfs,
         rootfs_len,
@@ -398,6 +414,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
             .then(|| init_archive(&run_config, &kernel_plan.modules))
             .transpose()
             .map_err(PlanError::Initrd)?,
+    };
+    let prepared = Prepared {
+        rootfs: init_started - rootfs_started,
+        init_archive: init_started.elapsed(),
     };
     let mem_size = memory(request, &kernel, &initrd)?;
     let cmdline = KernelCmdline {
@@ -424,6 +444,7 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         request.cpus
     );
     let plan = VmPlan {
+        prepared,
         kernel,
         initrd,
         mem_size,
