@@ -206,7 +206,10 @@ pub fn plan_under(
             ..KernelPlan::default()
         };
     }
-    let release = initrd_tools::kernel_info::kernel_release(kernel);
+    let release = match cache {
+        Some(dir) => cache::release(dir, kernel),
+        None => initrd_tools::kernel_info::kernel_release(kernel),
+    };
     let key = cache.map(|_| cache::key(root, kernel, release.as_deref().ok(), wanted, transport));
     if let (Some(dir), Some(key)) = (cache, &key) {
         if let Some(plan) = cache::load(dir, key) {
