@@ -21,7 +21,7 @@ use super::host_modules::ModuleSource;
 use super::{GuestModule, KernelPlan, Transport};
 
 /// Changes whenever the decision or this format changes.
-const FORMAT: &str = "microrun-virtio-plan-v3";
+const FORMAT: &str = "microrun-virtio-plan-v4";
 /// How many plans the cache keeps.
 const KEEP: usize = 16;
 /// Largest entry read back (a few modules of a few hundred KiB each).
@@ -227,6 +227,7 @@ fn encode(key: &Key, plan: &KernelPlan, sources: &[ModuleSource]) -> Vec<u8> {
         u8::from(plan.cmdline_discovery),
         u8::from(plan.acpi_discovery),
         u8::from(plan.transport == Transport::Pci),
+        u8::from(plan.pci),
     ]);
     put_count(&mut out, plan.kinds.len());
     for kind in &plan.kinds {
@@ -306,6 +307,7 @@ fn decode(bytes: &[u8], key: &Key) -> Option<KernelPlan> {
         } else {
             Transport::Mmio
         },
+        pci: r.flag()?,
         ..KernelPlan::default()
     };
     for _ in 0..r.count()? {
@@ -355,6 +357,7 @@ mod tests {
             kinds: vec![DeviceKind::Console],
             refused: vec![(DeviceKind::Share, "no 9p".into())],
             acpi_discovery: true,
+            pci: true,
             modules: vec![GuestModule {
                 file_name: "m.ko".into(),
                 bytes: b"\x7fELF".to_vec(),

@@ -128,6 +128,10 @@ pub struct KernelPlan {
     pub acpi_discovery: bool,
     /// Modules for guest-init to load, in load order.
     pub modules: Vec<GuestModule>,
+    /// The kernel has `CONFIG_PCI`: a VM without a PCI bus boots it with
+    /// `pci=off`, so that it does not probe for one (false when its
+    /// configuration is unknown).
+    pub pci: bool,
     /// Why, one line per decision (logged at `-v`).
     pub notes: Vec<String>,
 }
@@ -200,12 +204,6 @@ pub fn plan_under(
     transport: Transport,
     cache: Option<&Path>,
 ) -> KernelPlan {
-    if wanted.is_empty() {
-        return KernelPlan {
-            transport,
-            ..KernelPlan::default()
-        };
-    }
     let release = match cache {
         Some(dir) => cache::release(dir, kernel),
         None => initrd_tools::kernel_info::kernel_release(kernel),

@@ -94,6 +94,8 @@ pub(super) fn decide(
     let config = KernelConfig::find_under(root, kernel, release.as_deref().unwrap_or(""));
     let config = match config {
         Ok(Some(config)) => config,
+        // Nothing to drive and nothing known of the kernel: nothing to say.
+        _ if kinds.is_empty() => return (KernelPlan::default(), Some(Vec::new())),
         Ok(None) => {
             let why = "no build configuration found".to_string();
             return (unknown_config(&name, why, kinds), Some(Vec::new()));
@@ -112,7 +114,14 @@ pub(super) fn decide(
             Some(Tristate::Yes | Tristate::Module)
         )
     };
-    let mut plan = KernelPlan::default();
+    let mut plan = KernelPlan {
+        pci: is_set("PCI"),
+        ..KernelPlan::default()
+    };
+    if kinds.is_empty() {
+        // Nothing to drive: only what the kernel is (its PCI).
+        return (plan, Some(Vec::new()));
+    }
     let transport_problem = find_transport(&config, &name, &source, transport, &mut plan);
     for kind in kinds {
         let row = requirement(kind);

@@ -213,6 +213,19 @@ fn the_setting_is_on_off_or_an_error() {
     );
     assert!(no_devices(&none) && none.notes.is_empty());
     assert_eq!(none.transport, Transport::Pci);
+    assert!(!none.pci, "unknown configuration: PCI not assumed");
+}
+
+#[test]
+fn whether_the_kernel_has_pci_is_planned_even_without_devices() {
+    let host = Host::new(Some(BUILT_IN));
+    let plan = plan_under(host.root.path(), &host.kernel(), &[], Transport::Mmio, None);
+    assert!(no_devices(&plan) && plan.notes.is_empty() && !plan.pci);
+    let with_pci = format!("{BUILT_IN}\nCONFIG_PCI=y\n");
+    let host = Host::new(Some(&with_pci));
+    let plan = plan_under(host.root.path(), &host.kernel(), &[], Transport::Mmio, None);
+    assert!(no_devices(&plan) && plan.notes.is_empty() && plan.pci);
+    assert!(host.plan().pci);
 }
 
 #[test]

@@ -429,6 +429,8 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         reboot: Reboot::Keyboard,
         quiet: request.verbosity != Verbosity::Verbose,
         guest_init: !request.no_init,
+        // microrun's VMM has no PCI bus; QEMU's machines have one.
+        pci_off: request.engine == Engine::Kvm && kernel_plan.pci,
         user: request
             .cmdline
             .as_deref()
@@ -465,14 +467,19 @@ fn kernel_plan(
     setting: VirtioSetting,
 ) -> KernelPlan {
     if wanted.is_empty() {
-        return KernelPlan::none(if request.no_init {
-            "--no-init: no guest-init to open the virtio-console's ports: the UARTs only".into()
-        } else {
-            format!(
-                "{}=off: the program's streams go over the UARTs",
-                guest_kernel::VIRTIO_VAR
-            )
-        });
+        // No devices: only whether the kernel has PCI (from the cache).
+        let pci = guest_kernel::plan(kernel, &[], Transport::Mmio).pci;
+        return KernelPlan {
+            pci,
+            ..KernelPlan::none(if request.no_init {
+                "--no-init: no guest-init to open the virtio-console's ports: the UARTs only".into()
+            } else {
+                format!(
+                    "{}=off: the program's streams go over the UARTs",
+                    guest_kernel::VIRTIO_VAR
+                )
+            })
+        };
     }
     let kinds = devices::kinds(wanted);
     let mut plan = guest_kernel::plan(kernel, &kinds, Transport::Mmio);
