@@ -436,7 +436,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     // Compiled before anything starts, installed by each thread on itself.
     let filters = seccomp_wanted.then(seccomp::Filters::compile).transpose()?;
     let mem = memory::create_guest_memory(mem_size)?;
-    let sinks = Sinks::spawn(stdout, console, filters.as_ref())?;
+    let mut sinks = Sinks::spawn(stdout, console, filters.as_ref())?;
     let vm = Arc::new(builder::create_vm(&kvm)?);
     let model = irqchip::create(&kvm, &vm, wanted_irqchip)?;
     let spec = BootSpec {
@@ -471,7 +471,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         vcpu_threads,
         vcpu_fds,
         &devices,
-        &sinks,
+        &mut sinks,
         &mem,
         Limits {
             deadline,

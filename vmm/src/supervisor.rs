@@ -25,6 +25,8 @@ use crate::{host_err, seccomp, GuestEvents, StdinReader, Timings, VmEnd, VmmErro
 pub(crate) struct Sinks {
     stdout: OutputSink,
     console: OutputSink,
+    /// The writer threads' filters, confirmed before the guest runs.
+    pending: Vec<seccomp::PendingFilter>,
 }
 
 impl Sinks {
@@ -37,13 +39,26 @@ impl Sinks {
     ) -> Result<Self, VmmError> {
         let spawn = |name, out, what| {
             let filter = filters.map(|f| f.output.clone());
-            OutputSink::spawn_filtered(name, out, output::DEFAULT_CAPACITY, filter)
+            OutputSink::spawn_unconfirmed(name, out, output::DEFAULT_CAPACITY, filter)
                 .map_err(host_err(what))
         };
+        let (stdout, stdout_filter) = spawn("stdout", stdout, "start the stdout writer thread")?;
+        let (console, console_filter) = spawn("stderr", console, "start the stderr writer thread")?;
         Ok(Sinks {
-            stdout: spawn("stdout", stdout, "start the stdout writer thread")?,
-            console: spawn("stderr", console, "start the stderr writer thread")?,
+            stdout,
+            console,
+            pending: vec![stdout_filter, console_filter],
         })
+    }
+
+    /// Waits until both writer threads have their filters.
+    fn confirm_filters(&mut self) -> Result<(), VmmError> {
+        for pending in self.pending.drain(..) {
+            pending
+                .confirm()
+                .map_err(host_err("start an output writer thread"))?;
+        }
+        Ok(())
     }
 
     /// Writers into the queues, for one set of devices (the UARTs, or the
@@ -93,18 +108,22 @@ pub(crate) struct Limits<'a> {
 pub(crate) struct VcpuThreads {
     starts: Vec<mpsc::SyncSender<(kvm_ioctls::VcpuFd, VcpuContext)>>,
     threads: Vec<JoinHandle<Option<()>>>,
+    /// Their filters, confirmed before the guest runs.
+    pending: Vec<seccomp::PendingFilter>,
 }
 
 impl VcpuThreads {
-    /// Starts `count` vCPU threads; returns once each has its filter.
+    /// Starts `count` vCPU threads, without waiting for their filters
+    /// (which [`run_vcpus`] does, before the guest runs).
     pub(crate) fn spawn(count: u8, filters: Option<&seccomp::Filters>) -> Result<Self, VmmError> {
         let mut starts = Vec::with_capacity(usize::from(count));
         let mut threads = Vec::with_capacity(usize::from(count));
+        let mut pending = Vec::with_capacity(usize::from(count));
         for id in 0..count {
             let (start, wait_for_start) =
                 mpsc::sync_channel::<(kvm_ioctls::VcpuFd, VcpuContext)>(1);
             // On an error, dropping `starts` ends the threads started so far.
-            let handle = seccomp::spawn(
+            let (handle, filter) = seccomp::spawn_unconfirmed(
                 format!("vcpu{id}"),
                 seccomp::ThreadKind::Vcpu,
                 filters.map(|f| f.vcpu.clone()),
@@ -117,8 +136,13 @@ impl VcpuThreads {
             .map_err(host_err("start a vCPU thread"))?;
             starts.push(start);
             threads.push(handle);
+            pending.push(filter);
         }
-        Ok(VcpuThreads { starts, threads })
+        Ok(VcpuThreads {
+            starts,
+            threads,
+            pending,
+        })
     }
 }
 
@@ -132,7 +156,7 @@ pub(crate) fn run_vcpus(
     vcpu_threads: VcpuThreads,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     devices: &VmDevices,
-    sinks: &Sinks,
+    sinks: &mut Sinks,
     mem: &GuestMemory,
     limits: Limits<'_>,
     guest: Guest,
@@ -143,12 +167,27 @@ pub(crate) fn run_vcpus(
         mut events,
         mut stdin_gate,
     } = guest;
-    let VcpuThreads { starts, threads } = vcpu_threads;
+    let VcpuThreads {
+        starts,
+        threads,
+        pending,
+    } = vcpu_threads;
     static HANDLER: Once = Once::new();
     let mut handler_result = Ok(());
     HANDLER
         .call_once(|| handler_result = register_signal_handler(vcpu_kick_signal(), kick_handler));
     handler_result.map_err(|e| host_err("install the vCPU kick signal handler")(e.into()))?;
+    // Every thread's filter is in place before the guest runs.
+    let confirmed = sinks.confirm_filters().and_then(|()| {
+        pending
+            .into_iter()
+            .try_for_each(|p| p.confirm().map_err(host_err("start a vCPU thread")))
+    });
+    if let Err(e) = confirmed {
+        drop(starts);
+        stop_vcpus(&AtomicBool::new(true), sinks, threads, None);
+        return Err(e);
+    }
 
     // Bounded: a guest that floods events only loses events, never grows
     // the VMM's memory. The end itself has a slot of its own.
