@@ -128,9 +128,10 @@ pub struct KernelPlan {
     pub acpi_discovery: bool,
     /// Modules for guest-init to load, in load order.
     pub modules: Vec<GuestModule>,
-    /// The kernel has `CONFIG_PCI`: a VM without a PCI bus boots it with
-    /// `pci=off`, so that it does not probe for one (false when its
-    /// configuration is unknown).
+    /// The kernel may have PCI (`CONFIG_PCI`, or its configuration is
+    /// unknown): a VM without a PCI bus boots it with `pci=off`, so that it
+    /// does not probe for one (a kernel without PCI hands the argument to
+    /// init's environment, where guest-init ignores it).
     pub pci: bool,
     /// Why, one line per decision (logged at `-v`).
     pub notes: Vec<String>,

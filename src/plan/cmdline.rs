@@ -43,8 +43,8 @@ pub struct KernelCmdline {
     pub quiet: bool,
     /// Start guest-init (`rdinit=`), unless `--no-init`.
     pub guest_init: bool,
-    /// `pci=off`: the kernel has PCI but the machine has no PCI device
-    /// (the kvm engine's VMM has no PCI bus), so it need not probe.
+    /// `pci=off`: the kernel may have PCI but the machine has no PCI
+    /// device (the kvm engine's VMM has no PCI bus), so it need not probe.
     pub pci_off: bool,
     /// The user's `--cmdline`, trimmed; last, so that it can override any
     /// of the above.
