@@ -451,9 +451,8 @@ fn timings_print_one_line_per_phase() {
         "initrd assembly",
         "memory and devices",
     ];
-    let (step_lines, lines): (Vec<&str>, Vec<&str>) = lines
-        .iter()
-        .partition(|l| l.starts_with("microrun:     "));
+    let (step_lines, lines): (Vec<&str>, Vec<&str>) =
+        lines.iter().partition(|l| l.starts_with("microrun:     "));
     assert_eq!(step_lines.len(), steps.len(), "{err}");
     for (line, step) in step_lines.iter().zip(steps) {
         assert!(line.contains(step) && line.ends_with(" ms"), "{line:?}");
