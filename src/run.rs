@@ -85,6 +85,17 @@ pub fn timings_report(engine: Engine, started: Instant, t: &PhaseTimes) -> Strin
     ];
     for (label, from, to) in rows {
         out.push_str(&format!("microrun:   {:<32}{}\n", label, span(from, to)));
+        if label == setup_label {
+            for (step, took) in t.setup_steps.rows() {
+                if let Some(took) = took {
+                    out.push_str(&format!(
+                        "microrun:     {:<30}{:9.2} ms\n",
+                        step,
+                        took.as_secs_f64() * 1e3
+                    ));
+                }
+            }
+        }
     }
     out
 }
@@ -102,6 +113,7 @@ mod tests {
             init: Some(s + Duration::from_millis(12)),
             status: Some(s + Duration::from_millis(13)),
             end: Some(s + Duration::from_millis(14)),
+            ..PhaseTimes::default()
         };
         let r = timings_report(Engine::Kvm, s, &t);
         assert_eq!(r.lines().count(), 6, "{r}");
@@ -110,5 +122,23 @@ mod tests {
         assert!(r.contains("total, boot to exit") && r.contains("14.00 ms"));
         let partial = timings_report(Engine::Qemu, s, &PhaseTimes::default());
         assert!(partial.contains(" -\n"), "{partial}");
+        // The kvm engine's set-up steps, indented under the set-up.
+        let steps = PhaseTimes {
+            setup_steps: crate::spec::SetupSteps {
+                plan: Some(Duration::from_micros(1500)),
+                kernel_load: Some(Duration::from_millis(3)),
+                ..Default::default()
+            },
+            ..t
+        };
+        let r = timings_report(Engine::Kvm, s, &steps);
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(lines.len(), 8, "{r}");
+        assert!(lines[1].contains("VMM set-up"), "{r}");
+        assert!(
+            lines[2].contains("  plan") && lines[2].contains("1.50 ms"),
+            "{r}"
+        );
+        assert!(lines[3].contains("kernel load") && lines[3].contains("3.00 ms"));
     }
 }

@@ -124,6 +124,40 @@ pub struct PhaseTimes {
     pub status: Option<Instant>,
     /// Everything is torn down.
     pub end: Option<Instant>,
+    /// Where the set-up's time went, for `--timings`.
+    pub setup_steps: SetupSteps,
+}
+
+/// The host-side set-up of a run, step by step (the kvm engine's, up to
+/// the first `KVM_RUN`); a step not measured is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SetupSteps {
+    /// Parsing the command line and planning, except the two steps below:
+    /// the rootfs, the kernel and what it drives.
+    pub plan: Option<Duration>,
+    /// Finding the rootfs archive (packed, converted or checked) in the
+    /// cache.
+    pub rootfs: Option<Duration>,
+    /// Reading the kernel into guest memory.
+    pub kernel_load: Option<Duration>,
+    /// Building guest-init's archive and copying the initrd into guest
+    /// memory.
+    pub initrd: Option<Duration>,
+    /// The rest: KVM, guest memory, the VM, devices, vCPUs and threads.
+    pub memory_and_devices: Option<Duration>,
+}
+
+impl SetupSteps {
+    /// The rows, in order, with their labels.
+    pub fn rows(&self) -> [(&'static str, Option<Duration>); 5] {
+        [
+            ("plan", self.plan),
+            ("rootfs cache lookup", self.rootfs),
+            ("kernel load", self.kernel_load),
+            ("initrd assembly", self.initrd),
+            ("memory and devices", self.memory_and_devices),
+        ]
+    }
 }
 
 /// How a run ended, as every engine reports it.

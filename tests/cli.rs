@@ -465,6 +465,20 @@ fn timings_print_one_line_per_phase() {
         "teardown",
         "total, boot to exit",
     ];
+    // The set-up's own steps, indented under it.
+    let steps = [
+        "plan",
+        "rootfs cache lookup",
+        "kernel load",
+        "initrd assembly",
+        "memory and devices",
+    ];
+    let (step_lines, lines): (Vec<&str>, Vec<&str>) =
+        lines.iter().partition(|l| l.starts_with("microrun:     "));
+    assert_eq!(step_lines.len(), steps.len(), "{err}");
+    for (line, step) in step_lines.iter().zip(steps) {
+        assert!(line.contains(step) && line.ends_with(" ms"), "{line:?}");
+    }
     assert_eq!(lines.len(), header + 1 + phases.len(), "{err}");
     for (line, phase) in lines[header + 1..].iter().zip(phases) {
         assert!(line.contains(phase), "{phase:?} expected in {line:?}");
@@ -860,7 +874,9 @@ fn thread_seccomp_modes(env: &[(&str, &str)]) -> Vec<(String, String)> {
             })
             .unwrap_or_default();
         let vcpus = modes.iter().filter(|(n, _)| n.starts_with("vcpu")).count();
-        if vcpus == 2 || Instant::now() > give_up {
+        // The vCPU threads start before the set-up, the stdin thread after.
+        let stdin = modes.iter().any(|(n, _)| n == "stdin");
+        if (vcpus == 2 && stdin) || Instant::now() > give_up {
             // The supervisor's filter follows the vCPUs' start.
             std::thread::sleep(Duration::from_millis(300));
             break modes;

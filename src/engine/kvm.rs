@@ -5,7 +5,7 @@ use vmm::output::FdWriter;
 use vmm::{InitrdPart, IrqChip, KvmHost, VmConfig, VmEnd};
 
 use crate::plan::{Plan, VmPlan};
-use crate::spec::{PhaseTimes, RunOutcome, Verbosity, TIMEOUT_REASON};
+use crate::spec::{PhaseTimes, RunOutcome, SetupSteps, Verbosity, TIMEOUT_REASON};
 
 /// Boots `vm` with the interrupt controllers `irqchip` (and the threads'
 /// seccomp filters, unless `seccomp` is false) and reports how the run of
@@ -47,6 +47,9 @@ pub fn run(
     };
     crate::start_messages();
     let outcome = vmm::run(config)?;
+    if plan.verbosity == Verbosity::Verbose {
+        log::info!("VM exits, by reason and address:\n{}", outcome.exits);
+    }
     let t = outcome.timings;
     let exit_code = outcome.end.exit_code();
     Ok(RunOutcome {
@@ -64,6 +67,27 @@ pub fn run(
             init: t.init_event,
             status: t.status,
             end: t.exit,
+            setup_steps: setup_steps(plan, vm, &t),
         },
     })
+}
+
+/// The host-side set-up, step by step: the plan's steps, the VMM's kernel
+/// and initrd copies, and the rest up to vCPU 0's first `KVM_RUN`.
+fn setup_steps(plan: &Plan, vm: &VmPlan, t: &vmm::Timings) -> SetupSteps {
+    let planning = plan.planned.saturating_duration_since(plan.started);
+    let prepared = vm.prepared.rootfs + vm.prepared.init_archive;
+    let initrd = t.initrd_load.map(|load| load + vm.prepared.init_archive);
+    let until_run = t
+        .first_run
+        .map(|run| run.saturating_duration_since(plan.started));
+    // The plan's span holds its own steps; the VMM's follow it.
+    let counted = planning + t.kernel_load.unwrap_or_default() + t.initrd_load.unwrap_or_default();
+    SetupSteps {
+        plan: Some(planning.saturating_sub(prepared)),
+        rootfs: Some(vm.prepared.rootfs),
+        kernel_load: t.kernel_load,
+        initrd,
+        memory_and_devices: until_run.map(|d| d.saturating_sub(counted)),
+    }
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use initrd_tools::kernel_info::KernelConfig;
+use initrd_tools::kernel_info::{self, KernelConfig, KernelInfoError};
 use initrd_tools::modules::INDEX_FILES;
 use initrd_tools::InitrdError;
 use vmm::DeviceKind;
@@ -21,7 +21,7 @@ use super::host_modules::ModuleSource;
 use super::{GuestModule, KernelPlan, Transport};
 
 /// Changes whenever the decision or this format changes.
-const FORMAT: &str = "microrun-virtio-plan-v3";
+const FORMAT: &str = "microrun-virtio-plan-v4";
 /// How many plans the cache keeps.
 const KEEP: usize = 16;
 /// Largest entry read back (a few modules of a few hundred KiB each).
@@ -129,14 +129,7 @@ pub(super) fn load(dir: &Path, key: &Key) -> Option<KernelPlan> {
 pub(super) fn store(dir: &Path, key: &Key, plan: &KernelPlan, sources: &[ModuleSource]) {
     let path = entry_path(dir, key);
     let write = || -> Result<(), InitrdError> {
-        // `plan` passes a directory already made and checked
-        // (`initrd_tools::cache::subdir`); a caller's own is made here.
-        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(|source| InitrdError::Cache {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        make_dir(dir)?;
         initrd_tools::write_atomically_with(&path, dir, |mut file, _| {
             file.write_all(&encode(key, plan, sources))
                 .map_err(|source| InitrdError::Write {
@@ -149,6 +142,72 @@ pub(super) fn store(dir: &Path, key: &Key, plan: &KernelPlan, sources: &[ModuleS
         Ok(()) => initrd_tools::cache::evict_entries(dir, ".plan", KEEP, Duration::ZERO),
         Err(e) => log::debug!("virtio: cannot cache the plan in {}: {e}", dir.display()),
     }
+}
+
+/// The kernel's release (`6.1.0-57-amd64`), looked up by the kernel's
+/// metadata (path, device, inode, size, mtime, ctime) in `dir`, else read
+/// from the kernel (for an ELF vmlinux that is a scan of the whole file,
+/// tens of milliseconds for the project's 17 MB one) and cached. An entry
+/// that is not the user's regular file is a miss with a warning, as every
+/// entry of the cache; a kernel changed since is a miss by its key.
+pub(super) fn release(dir: &Path, kernel: &Path) -> Result<String, KernelInfoError> {
+    let stat = stat_line(kernel);
+    let mut hasher = DefaultHasher::new();
+    (FORMAT, &stat).hash(&mut hasher);
+    let path = dir.join(format!("{:016x}.release", hasher.finish()));
+    if let Some(release) = load_release(&path, &stat) {
+        return Ok(release);
+    }
+    let release = kernel_info::kernel_release(kernel)?;
+    // Read from the kernel as it was when its metadata was taken: a kernel
+    // replaced meanwhile has other metadata, so the entry is never used.
+    let write = || -> Result<(), InitrdError> {
+        make_dir(dir)?;
+        initrd_tools::write_atomically_with(&path, dir, |mut file, _| {
+            file.write_all(format!("{stat}\n{release}\n").as_bytes())
+                .map_err(|source| InitrdError::Write {
+                    path: path.clone(),
+                    source,
+                })
+        })
+    };
+    match write() {
+        Ok(()) => initrd_tools::cache::evict_entries(dir, ".release", KEEP, Duration::ZERO),
+        Err(e) => log::debug!("virtio: cannot cache the kernel's release: {e}"),
+    }
+    Ok(release)
+}
+
+/// The release in the entry at `path` if its key is `stat`.
+fn load_release(path: &Path, stat: &str) -> Option<String> {
+    let file = match initrd_tools::cache::open_entry(path) {
+        Ok(file) => file?,
+        Err(e) => {
+            log::warn!("{e}; reading the kernel's release from the kernel");
+            return None;
+        }
+    };
+    let mut text = String::new();
+    file.take(MAX_RELEASE_ENTRY)
+        .read_to_string(&mut text)
+        .ok()?;
+    let (key, release) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+    (key == stat && !release.is_empty() && !release.contains(char::is_whitespace))
+        .then(|| release.to_string())
+}
+
+/// Largest release entry read back (a path, its metadata and a release).
+const MAX_RELEASE_ENTRY: u64 = 8 << 10;
+
+/// `plan` passes a directory already made and checked
+/// (`initrd_tools::cache::subdir`); a caller's own is made here, 0700.
+fn make_dir(dir: &Path) -> Result<(), InitrdError> {
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|source| InitrdError::Cache {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Appends `bytes`, prefixed with their length (8 bytes, little-endian).
@@ -168,6 +227,7 @@ fn encode(key: &Key, plan: &KernelPlan, sources: &[ModuleSource]) -> Vec<u8> {
         u8::from(plan.cmdline_discovery),
         u8::from(plan.acpi_discovery),
         u8::from(plan.transport == Transport::Pci),
+        u8::from(plan.pci),
     ]);
     put_count(&mut out, plan.kinds.len());
     for kind in &plan.kinds {
@@ -247,6 +307,7 @@ fn decode(bytes: &[u8], key: &Key) -> Option<KernelPlan> {
         } else {
             Transport::Mmio
         },
+        pci: r.flag()?,
         ..KernelPlan::default()
     };
     for _ in 0..r.count()? {
@@ -296,6 +357,7 @@ mod tests {
             kinds: vec![DeviceKind::Console],
             refused: vec![(DeviceKind::Share, "no 9p".into())],
             acpi_discovery: true,
+            pci: true,
             modules: vec![GuestModule {
                 file_name: "m.ko".into(),
                 bytes: b"\x7fELF".to_vec(),
@@ -346,6 +408,75 @@ mod tests {
         }
         let count = fs::read_dir(&cache).unwrap().count();
         assert_eq!(count, KEEP);
+    }
+
+    #[test]
+    fn the_release_is_looked_up_by_the_kernels_metadata() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        let kernel = dir.path().join("bzImage");
+        let bz = |release: &str| {
+            let mut image = vec![0u8; 0x400];
+            image[0x202..0x206].copy_from_slice(b"HdrS");
+            image[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+            image[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+            image[0x300..0x300 + release.len()].copy_from_slice(release.as_bytes());
+            image
+        };
+        fs::write(&kernel, bz("6.1.1 (x@y) #1")).unwrap();
+        assert_eq!(release(&cache, &kernel).unwrap(), "6.1.1");
+        let entries = || -> Vec<PathBuf> {
+            fs::read_dir(&cache)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        };
+        let [entry] = entries().try_into().unwrap();
+        assert_eq!(fs::metadata(&entry).unwrap().mode() & 0o777, 0o600);
+        // A hit is answered from the entry, not the kernel: an entry made
+        // to say otherwise is believed while the kernel's metadata holds.
+        let stat = stat_line(&kernel);
+        fs::write(&entry, format!("{stat}\n9.9.9\n")).unwrap();
+        assert_eq!(release(&cache, &kernel).unwrap(), "9.9.9");
+        // A changed size is a miss: the kernel is read again.
+        fs::write(&kernel, bz("6.1.22 (x@y) #1")).unwrap();
+        assert_eq!(release(&cache, &kernel).unwrap(), "6.1.22");
+        // So is a changed mtime, the contents and size the same.
+        for entry in entries() {
+            fs::write(&entry, format!("{}\n9.9.9\n", stat_line(&kernel))).unwrap();
+        }
+        assert_eq!(release(&cache, &kernel).unwrap(), "9.9.9");
+        let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        let file = fs::File::options().write(true).open(&kernel).unwrap();
+        file.set_modified(when).unwrap();
+        drop(file);
+        assert_eq!(release(&cache, &kernel).unwrap(), "6.1.22");
+        // A FIFO in an entry's place is a miss, at once.
+        for entry in entries() {
+            fs::remove_file(entry).unwrap();
+        }
+        assert_eq!(release(&cache, &kernel).unwrap(), "6.1.22");
+        let [entry] = entries().try_into().unwrap();
+        fs::remove_file(&entry).unwrap();
+        let c_path = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
+        // SAFETY: `c_path` is a NUL-terminated string the call only reads.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert_eq!(load_release(&entry, &stat_line(&kernel)), None);
+        assert_eq!(release(&cache, &kernel).unwrap(), "6.1.22");
+        // Another user's entry is not trusted (root can make one).
+        fs::remove_file(&entry).unwrap();
+        fs::write(&entry, format!("{}\n9.9.9\n", stat_line(&kernel))).unwrap();
+        assert_eq!(
+            load_release(&entry, &stat_line(&kernel)).as_deref(),
+            Some("9.9.9")
+        );
+        // SAFETY: geteuid only returns the caller's id.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&entry, Some(4321), None).unwrap();
+            assert_eq!(load_release(&entry, &stat_line(&kernel)), None);
+        }
     }
 
     #[test]

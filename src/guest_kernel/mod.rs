@@ -128,6 +128,11 @@ pub struct KernelPlan {
     pub acpi_discovery: bool,
     /// Modules for guest-init to load, in load order.
     pub modules: Vec<GuestModule>,
+    /// The kernel may have PCI (`CONFIG_PCI`, or its configuration is
+    /// unknown): a VM without a PCI bus boots it with `pci=off`, so that it
+    /// does not probe for one (a kernel without PCI hands the argument to
+    /// init's environment, where guest-init ignores it).
+    pub pci: bool,
     /// Why, one line per decision (logged at `-v`).
     pub notes: Vec<String>,
 }
@@ -200,13 +205,10 @@ pub fn plan_under(
     transport: Transport,
     cache: Option<&Path>,
 ) -> KernelPlan {
-    if wanted.is_empty() {
-        return KernelPlan {
-            transport,
-            ..KernelPlan::default()
-        };
-    }
-    let release = initrd_tools::kernel_info::kernel_release(kernel);
+    let release = match cache {
+        Some(dir) => cache::release(dir, kernel),
+        None => initrd_tools::kernel_info::kernel_release(kernel),
+    };
     let key = cache.map(|_| cache::key(root, kernel, release.as_deref().ok(), wanted, transport));
     if let (Some(dir), Some(key)) = (cache, &key) {
         if let Some(plan) = cache::load(dir, key) {

@@ -94,6 +94,15 @@ pub(super) fn decide(
     let config = KernelConfig::find_under(root, kernel, release.as_deref().unwrap_or(""));
     let config = match config {
         Ok(Some(config)) => config,
+        // Nothing to drive and nothing known of the kernel: nothing to
+        // say, and it may have PCI.
+        _ if kinds.is_empty() => {
+            let plan = KernelPlan {
+                pci: true,
+                ..KernelPlan::default()
+            };
+            return (plan, Some(Vec::new()));
+        }
         Ok(None) => {
             let why = "no build configuration found".to_string();
             return (unknown_config(&name, why, kinds), Some(Vec::new()));
@@ -112,7 +121,14 @@ pub(super) fn decide(
             Some(Tristate::Yes | Tristate::Module)
         )
     };
-    let mut plan = KernelPlan::default();
+    let mut plan = KernelPlan {
+        pci: is_set("PCI"),
+        ..KernelPlan::default()
+    };
+    if kinds.is_empty() {
+        // Nothing to drive: only what the kernel is (its PCI).
+        return (plan, Some(Vec::new()));
+    }
     let transport_problem = find_transport(&config, &name, &source, transport, &mut plan);
     for kind in kinds {
         let row = requirement(kind);
@@ -297,6 +313,8 @@ fn unknown_config(name: &str, why: String, kinds: Vec<DeviceKind>) -> KernelPlan
         kinds,
         cmdline_discovery: true,
         acpi_discovery: true,
+        // It may have PCI; `pci=off` costs a kernel without it nothing.
+        pci: true,
         notes: vec![format!(
             "{name}: {why}; offering the virtio devices, announced on the command line and in \
              ACPI (guest-init uses the UARTs if no port appears)"

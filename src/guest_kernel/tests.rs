@@ -213,6 +213,19 @@ fn the_setting_is_on_off_or_an_error() {
     );
     assert!(no_devices(&none) && none.notes.is_empty());
     assert_eq!(none.transport, Transport::Pci);
+    assert!(none.pci, "unknown configuration: PCI may be there");
+}
+
+#[test]
+fn whether_the_kernel_has_pci_is_planned_even_without_devices() {
+    let host = Host::new(Some(BUILT_IN));
+    let plan = plan_under(host.root.path(), &host.kernel(), &[], Transport::Mmio, None);
+    assert!(no_devices(&plan) && plan.notes.is_empty() && !plan.pci);
+    let with_pci = format!("{BUILT_IN}\nCONFIG_PCI=y\n");
+    let host = Host::new(Some(&with_pci));
+    let plan = plan_under(host.root.path(), &host.kernel(), &[], Transport::Mmio, None);
+    assert!(no_devices(&plan) && plan.notes.is_empty() && plan.pci);
+    assert!(host.plan().pci);
 }
 
 #[test]
@@ -443,10 +456,20 @@ fn cached_plans_are_used_until_an_input_changes() {
     };
     let fresh = host.plan();
     assert_eq!(fresh.modules.len(), 4);
+    // One plan, and the kernel's release keyed by its metadata.
+    let entries = || {
+        let mut names: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|name| name.rsplit('.').next().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
     assert_eq!(cached(), fresh);
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    assert_eq!(entries(), ["plan", "release"]);
     assert_eq!(cached(), fresh, "from the cache");
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    assert_eq!(entries(), ["plan", "release"]);
     // A module replaced by one of another release: not served stale.
     let modules = host.root.path().join("lib/modules").join(RELEASE);
     let virtio = modules.join("kernel/drivers/virtio/virtio.ko");

@@ -43,6 +43,9 @@ pub struct KernelCmdline {
     pub quiet: bool,
     /// Start guest-init (`rdinit=` and `init=`), unless `--no-init`.
     pub guest_init: bool,
+    /// `pci=off`: the kernel may have PCI but the machine has no PCI
+    /// device (the kvm engine's VMM has no PCI bus), so it need not probe.
+    pub pci_off: bool,
     /// The user's `--cmdline`, trimmed; last, so that it can override any
     /// of the above.
     pub user: Option<String>,
@@ -60,6 +63,9 @@ impl fmt::Display for KernelCmdline {
             Reboot::TripleFault => "t",
         };
         write!(f, "{CONSOLE} reboot={reboot} {BASE}")?;
+        if self.pci_off {
+            f.write_str(" pci=off")?;
+        }
         if self.quiet {
             f.write_str(" quiet loglevel=1")?;
         }
@@ -88,6 +94,7 @@ mod tests {
             reboot: Reboot::Keyboard,
             quiet: true,
             guest_init: true,
+            pci_off: false,
             user: Some("foo=1 -- x".into()),
         };
         assert_eq!(
@@ -96,6 +103,9 @@ mod tests {
              8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
              loglevel=1 rdinit=/.microrun/init init=/.microrun/init foo=1 -- x"
         );
+        cmdline.pci_off = true;
+        assert!(cmdline.to_string().contains("i8042.dumbkbd pci=off quiet"));
+        cmdline.pci_off = false;
         cmdline.devices.clear();
         cmdline.reboot = Reboot::TripleFault;
         cmdline.quiet = false;

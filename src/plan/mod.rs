@@ -172,6 +172,8 @@ pub struct Plan {
     /// When microrun started, the origin of every timing and of the
     /// deadline.
     pub started: Instant,
+    /// When the plan was made: the end of the `plan` step of `--timings`.
+    pub planned: Instant,
     /// `--timeout`.
     pub timeout: Option<Duration>,
     /// Forward microrun's stdin to the program.
@@ -219,6 +221,8 @@ pub enum Target {
 /// What a VM engine boots.
 #[derive(Debug)]
 pub struct VmPlan {
+    /// How long finding the rootfs archive and building guest-init's took.
+    pub prepared: Prepared,
     /// The kernel image.
     pub kernel: PathBuf,
     /// The rootfs archive and guest-init's.
@@ -233,6 +237,15 @@ pub struct VmPlan {
     pub transport: Transport,
     /// The kernel command line.
     pub cmdline: KernelCmdline,
+}
+
+/// How long two of the plan's steps took, for `--timings`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prepared {
+    /// Finding (or making) the rootfs archive.
+    pub rootfs: Duration,
+    /// Building guest-init's archive.
+    pub init_archive: Duration,
 }
 
 /// What the chroot engine builds its root from.
@@ -321,6 +334,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     Ok(Plan {
         verbosity: request.verbosity,
         started: request.started,
+        planned: Instant::now(),
         timeout: request.timeout,
         forward_stdin: request.forward_stdin,
         terminal: request.tty && request.forward_stdin,
@@ -502,8 +516,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         })
         .collect();
 
+    let rootfs_started = Instant::now();
     let (rootfs, rootfs_len) =
         crate::boot::initrd_archive(&request.rootfs).map_err(PlanError::Initrd)?;
+    let init_started = Instant::now();
     let initrd = BootInitrd {
         rootfs,
         rootfs_len,
@@ -511,6 +527,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
             .then(|| init_archive(&run_config, &kernel_plan.modules))
             .transpose()
             .map_err(PlanError::Initrd)?,
+    };
+    let prepared = Prepared {
+        rootfs: init_started - rootfs_started,
+        init_archive: init_started.elapsed(),
     };
     let mem_size = memory(request, &kernel, &initrd)?;
     let cmdline = KernelCmdline {
@@ -522,6 +542,8 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         reboot: Reboot::Keyboard,
         quiet: request.verbosity != Verbosity::Verbose,
         guest_init: !request.no_init,
+        // microrun's VMM has no PCI bus; QEMU's machines have one.
+        pci_off: request.engine == Engine::Kvm && kernel_plan.pci,
         user: request
             .cmdline
             .as_deref()
@@ -537,6 +559,7 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         request.cpus
     );
     let plan = VmPlan {
+        prepared,
         kernel,
         initrd,
         mem_size,
@@ -612,14 +635,19 @@ fn kernel_plan(
     setting: VirtioSetting,
 ) -> KernelPlan {
     if wanted.is_empty() {
-        return KernelPlan::none(if request.no_init {
-            "--no-init: no guest-init to open the virtio-console's ports: the UARTs only".into()
-        } else {
-            format!(
-                "{}=off: the program's streams go over the UARTs",
-                guest_kernel::VIRTIO_VAR
-            )
-        });
+        // No devices: only whether the kernel has PCI (from the cache).
+        let pci = guest_kernel::plan(kernel, &[], Transport::Mmio).pci;
+        return KernelPlan {
+            pci,
+            ..KernelPlan::none(if request.no_init {
+                "--no-init: no guest-init to open the virtio-console's ports: the UARTs only".into()
+            } else {
+                format!(
+                    "{}=off: the program's streams go over the UARTs",
+                    guest_kernel::VIRTIO_VAR
+                )
+            })
+        };
     }
     let kinds = devices::kinds(wanted);
     let mut plan = guest_kernel::plan(kernel, &kinds, Transport::Mmio);

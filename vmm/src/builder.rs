@@ -77,9 +77,21 @@ pub(crate) struct Outputs {
     pub(crate) stdout: Box<dyn Write + Send>,
 }
 
+/// How long the image steps of the set-up took, for the caller's timings.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SetupSteps {
+    /// Reading the kernel into guest memory (with the command line).
+    pub(crate) kernel_load: std::time::Duration,
+    /// Copying the initrd's parts into guest memory.
+    pub(crate) initrd_load: std::time::Duration,
+}
+
 /// Everything between creating the VM and running it: loads the kernel,
 /// initrd and boot structures, creates the devices and vCPUs, then
-/// registers guest memory.
+/// registers guest memory. The vCPUs are created and configured (CPUID,
+/// MSRs, FPU, local APIC) on a second thread while this one copies the
+/// kernel and initrd: neither needs the other, and under some KVMs the
+/// CPUID call alone takes milliseconds.
 pub(crate) fn set_up_guest(
     kvm: &Kvm,
     vm: &Arc<VmFd>,
@@ -87,9 +99,44 @@ pub(crate) fn set_up_guest(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
-) -> Result<(VmDevices, Vec<VcpuFd>), VmmError> {
+) -> Result<(VmDevices, Vec<VcpuFd>, SetupSteps), VmmError> {
+    let (images, vcpus) = std::thread::scope(|scope| {
+        let vcpus = std::thread::Builder::new()
+            .name("vcpu-setup".into())
+            .spawn_scoped(scope, || create_vcpus(kvm, vm, spec.vcpus));
+        let images = load_images(mem, spec);
+        let vcpus = match vcpus {
+            Ok(thread) => thread.join().unwrap_or(Err(VmmError::Host {
+                what: "create the vCPUs",
+                source: std::io::Error::other("the vCPU set-up thread panicked"),
+            })),
+            // No thread: the same work, one after the other.
+            Err(_) => create_vcpus(kvm, vm, spec.vcpus),
+        };
+        (images, vcpus)
+    });
+    let (kernel, steps) = images?;
+    let vcpu_fds = vcpus?;
+    for (id, fd) in vcpu_fds.iter().enumerate() {
+        vcpu::set_boot_registers(fd, id as u8, kernel.entry, kernel.protocol)?;
+    }
+    let devices = create_devices(vm, mem, spec, uarts, console_ports)?;
+    // Last, because of how long KVM takes here: see `map_guest_memory`.
+    map_guest_memory(vm, mem)?;
+    Ok((devices, vcpu_fds, steps))
+}
+
+/// The kernel, its command line, the initrd and the boot structures (MP
+/// table, ACPI tables, zero page or PVH start info, page tables) in guest
+/// memory.
+fn load_images(
+    mem: &GuestMemory,
+    spec: &BootSpec,
+) -> Result<(kernel::LoadedKernel, SetupSteps), VmmError> {
+    let started = std::time::Instant::now();
     let kernel = kernel::load_kernel(mem, spec.kernel, spec.mem_size)?;
     kernel::load_cmdline(mem, spec.cmdline, kernel.image.cmdline_max)?;
+    let kernel_loaded = std::time::Instant::now();
     let initrd = initrd::load_initrd(
         mem,
         spec.initrd,
@@ -97,6 +144,10 @@ pub(crate) fn set_up_guest(
         kernel.image.initrd_addr_max,
         spec.mem_size,
     )?;
+    let steps = SetupSteps {
+        kernel_load: kernel_loaded - started,
+        initrd_load: kernel_loaded.elapsed(),
+    };
     // The MP table stays for kernels without ACPI; one with ACPI reads
     // the MADT instead.
     mptable::setup_mptable(mem, spec.vcpus)?;
@@ -120,9 +171,12 @@ pub(crate) fn set_up_guest(
         BootProtocol::Pvh => kernel::configure_pvh(mem, initrd, spec.mem_size, acpi.as_ref())?,
     }
     vcpu::setup_boot_tables(mem, kernel.protocol)?;
+    Ok((kernel, steps))
+}
 
-    let devices = create_devices(vm, mem, spec, uarts, console_ports)?;
-
+/// Creates `count` vCPUs and configures what does not depend on the
+/// kernel (CPUID with the TSC-deadline timer, MSRs, FPU, local APIC).
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u8) -> Result<Vec<VcpuFd>, VmmError> {
     let mut supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get the supported CPUID"))?;
@@ -132,24 +186,15 @@ pub(crate) fn set_up_guest(
     if kvm.check_extension(Cap::TscDeadlineTimer) {
         vcpu::advertise_tsc_deadline(&mut supported_cpuid);
     }
-    let mut vcpu_fds = Vec::with_capacity(usize::from(spec.vcpus));
-    for id in 0..spec.vcpus {
+    let mut vcpu_fds = Vec::with_capacity(usize::from(count));
+    for id in 0..count {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("create a vCPU"))?;
-        vcpu::configure_vcpu(
-            &fd,
-            id,
-            spec.vcpus,
-            &supported_cpuid,
-            kernel.entry,
-            kernel.protocol,
-        )?;
+        vcpu::configure_vcpu_state(&fd, id, count, &supported_cpuid)?;
         vcpu_fds.push(fd);
     }
-    // Last, because of how long KVM takes here: see `map_guest_memory`.
-    map_guest_memory(vm, mem)?;
-    Ok((devices, vcpu_fds))
+    Ok(vcpu_fds)
 }
 
 pub(crate) fn create_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {

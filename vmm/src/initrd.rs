@@ -203,6 +203,7 @@ pub fn load_initrd(
             limit: addr_max.saturating_add(1).min(low_mem_end),
         });
     };
+    crate::memory::advise_huge_pages(mem, start, size);
     for ((part, offset), len) in parts.iter().zip(offsets).zip(lens) {
         let addr = GuestAddress(start + offset);
         match part {

@@ -445,6 +445,11 @@ pub fn load_kernel_from<R: Read + ReadVolatile + Seek>(
         path: path.to_path_buf(),
         source,
     };
+    memory::advise_huge_pages(
+        mem,
+        layout::HIMEM_START,
+        image.load_end.saturating_sub(layout::HIMEM_START),
+    );
     if image.setup_header.is_some() {
         let result = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
             .map_err(load_error)?;

@@ -41,6 +41,7 @@
 
 pub mod acpi;
 pub mod devices;
+pub mod exit_counts;
 pub mod initrd;
 pub mod irqchip;
 pub mod kernel;
@@ -285,6 +286,11 @@ pub struct Timings {
     pub process_start: Instant,
     /// The VM is built and loaded; vCPU threads are about to start.
     pub vm_ready: Option<Instant>,
+    /// How long reading the kernel into guest memory took (a part of the
+    /// set-up before `vm_ready`).
+    pub kernel_load: Option<Duration>,
+    /// How long copying the initrd into guest memory took (likewise).
+    pub initrd_load: Option<Duration>,
     /// vCPU 0's first `KVM_RUN`.
     pub first_run: Option<Instant>,
     /// The `@init` event on the status channel.
@@ -305,6 +311,8 @@ pub struct Outcome {
     /// The interrupt controller model the VM had (the one asked for, or
     /// [`IrqChip::Kernel`] where KVM has no split irqchip).
     pub irqchip: IrqChip,
+    /// The VM exits of the run, by reason and address.
+    pub exits: exit_counts::ExitCounts,
 }
 
 /// What kind of KVM this host offers.
@@ -414,6 +422,8 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     let mut timings = Timings {
         process_start,
         vm_ready: None,
+        kernel_load: None,
+        initrd_load: None,
         first_run: None,
         init_event: None,
         status: None,
@@ -432,7 +442,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     // Compiled before anything starts, installed by each thread on itself.
     let filters = seccomp_wanted.then(seccomp::Filters::compile).transpose()?;
     let mem = memory::create_guest_memory(mem_size)?;
-    let sinks = Sinks::spawn(stdout, console, filters.as_ref())?;
+    let mut sinks = Sinks::spawn(stdout, console, filters.as_ref())?;
     let vm = Arc::new(builder::create_vm(&kvm)?);
     let model = irqchip::create(&kvm, &vm, wanted_irqchip)?;
     let spec = BootSpec {
@@ -447,10 +457,14 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     };
     // The UARTs and the virtio-console's ports write to the same outputs.
     let console_ports = spec.virtio.has_console().then(|| sinks.outputs());
-    let (devices, vcpu_fds) = builder::with_pit_switch(&kvm, &vm, model, || {
+    // Started now, so that their start and filters overlap the set-up.
+    let vcpu_threads = supervisor::VcpuThreads::spawn(vcpus, filters.as_ref())?;
+    let (devices, vcpu_fds, steps) = builder::with_pit_switch(&kvm, &vm, model, || {
         builder::set_up_guest(&kvm, &vm, &mem, &spec, sinks.outputs(), console_ports)
     })?;
     timings.vm_ready = Some(Instant::now());
+    timings.kernel_load = Some(steps.kernel_load);
+    timings.initrd_load = Some(steps.initrd_load);
 
     let events = GuestEvents::new(devices.console_input.is_some(), forward_stdin);
     let stdin_gate = forward_stdin
@@ -459,10 +473,11 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     // The limit counts from the process's start, as in every engine: the
     // whole run, not only the guest, stays within it.
     let deadline = deadline_after(process_start, timeout);
-    let end = supervisor::run_vcpus(
+    let (end, exits) = supervisor::run_vcpus(
+        vcpu_threads,
         vcpu_fds,
         &devices,
-        &sinks,
+        &mut sinks,
         &mem,
         Limits {
             deadline,
@@ -478,6 +493,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         end,
         timings,
         irqchip: model,
+        exits,
     })
 }
 

@@ -1,6 +1,6 @@
 //! Guest memory: anonymous, lazily backed mappings laid out around the MMIO gap.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout;
 
@@ -90,6 +90,45 @@ pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemory, MemoryError> {
         size: mem_size,
         source,
     })
+}
+
+/// Below this, a copy into guest memory is not worth a huge-page hint.
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// Asks the host for transparent huge pages behind `[start, start + len)`
+/// of guest memory (`madvise(MADV_HUGEPAGE)`, only the 2 MiB pages wholly
+/// inside it), before a large image is copied there: one fault per 2 MiB
+/// instead of 512, which is most of the copy's cost on a fresh mapping.
+/// Small ranges are left alone, so a guest that touches little memory (the
+/// null VM) still costs little. Only a hint: errors (no THP, `never`) are
+/// ignored, and nothing changes but how the pages are backed.
+pub fn advise_huge_pages(mem: &GuestMemory, start: u64, len: u64) {
+    let first = start.next_multiple_of(HUGE_PAGE);
+    let end = (start.saturating_add(len)) & !(HUGE_PAGE - 1);
+    if end <= first || end - first < HUGE_PAGE {
+        return;
+    }
+    let Ok(host) = mem.get_host_address(GuestAddress(first)) else {
+        return;
+    };
+    // The range must lie in one region (below the MMIO gap for a kernel or
+    // initrd); checked on its last byte.
+    let Ok(last) = mem.get_host_address(GuestAddress(end - 1)) else {
+        return;
+    };
+    if last as usize - host as usize != (end - 1 - first) as usize {
+        return;
+    }
+    // SAFETY: `[host, host + end - first)` lies inside one live mapping
+    // owned by `mem` (both ends translated above, contiguous); the advice
+    // changes how its pages are backed, never their contents.
+    unsafe {
+        libc::madvise(
+            host.cast::<libc::c_void>(),
+            (end - first) as usize,
+            libc::MADV_HUGEPAGE,
+        );
+    }
 }
 
 #[cfg(test)]

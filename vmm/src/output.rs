@@ -130,10 +130,23 @@ impl OutputSink {
     /// output thread's seccomp filter, [`crate::seccomp`]) from its start.
     pub fn spawn_filtered(
         name: &'static str,
-        mut out: Box<dyn Write + Send>,
+        out: Box<dyn Write + Send>,
         capacity: usize,
         filter: Option<seccompiler::BpfProgram>,
     ) -> io::Result<Self> {
+        let (sink, pending) = Self::spawn_unconfirmed(name, out, capacity, filter)?;
+        pending.confirm()?;
+        Ok(sink)
+    }
+
+    /// [`OutputSink::spawn_filtered`], without waiting for the writer
+    /// thread's filter (see [`crate::seccomp::spawn_unconfirmed`]).
+    pub fn spawn_unconfirmed(
+        name: &'static str,
+        mut out: Box<dyn Write + Send>,
+        capacity: usize,
+        filter: Option<seccompiler::BpfProgram>,
+    ) -> io::Result<(Self, crate::seccomp::PendingFilter)> {
         let shared = Arc::new(Shared {
             name,
             capacity: capacity.max(1),
@@ -141,16 +154,17 @@ impl OutputSink {
             changed: Condvar::new(),
         });
         let thread_shared = shared.clone();
-        crate::seccomp::spawn(
+        let (_, pending) = crate::seccomp::spawn_unconfirmed(
             format!("output-{name}"),
             crate::seccomp::ThreadKind::Output,
             filter,
             move || writer_loop(&thread_shared, &mut *out),
         )?;
-        Ok(Self {
+        let sink = Self {
             _handle: Arc::new(HandleToken(shared.clone())),
             shared,
-        })
+        };
+        Ok((sink, pending))
     }
 
     /// Queues all of `bytes`, waiting for room as long as it takes, until

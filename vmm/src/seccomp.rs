@@ -458,6 +458,26 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    let (handle, pending) = spawn_unconfirmed(name, kind, filter, body)?;
+    pending.confirm()?;
+    Ok(handle)
+}
+
+/// [`spawn`], without waiting for the filter: the caller confirms it
+/// later ([`PendingFilter::confirm`]), before anything the filter guards
+/// may happen (for the VMM, before the guest runs). Starting several
+/// threads this way costs one wait for all instead of one each, which on
+/// a busy host is a scheduling delay each.
+pub fn spawn_unconfirmed<T, F>(
+    name: String,
+    kind: ThreadKind,
+    filter: Option<BpfProgram>,
+    body: F,
+) -> std::io::Result<(std::thread::JoinHandle<Option<T>>, PendingFilter)>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     let (installed, result) = std::sync::mpsc::sync_channel(1);
     let handle = std::thread::Builder::new().name(name).spawn(move || {
         let ready = filter.map_or(Ok(()), |f| install(kind, &f));
@@ -466,13 +486,28 @@ where
         // Without its filter the thread does nothing.
         ok.then(body)
     })?;
-    match result.recv() {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-        Err(_) => Err(std::io::Error::other(format!(
-            "the {} thread ended before installing its seccomp filter",
-            kind.name()
-        ))),
+    Ok((handle, PendingFilter { result, kind }))
+}
+
+/// A thread's filter that may not be in place yet ([`spawn_unconfirmed`]).
+#[derive(Debug)]
+pub struct PendingFilter {
+    result: std::sync::mpsc::Receiver<Result<(), SeccompError>>,
+    kind: ThreadKind,
+}
+
+impl PendingFilter {
+    /// Waits until the thread has its filter; an error when it could not
+    /// install it (the thread then runs nothing and ends).
+    pub fn confirm(self) -> std::io::Result<()> {
+        match self.result.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            Err(_) => Err(std::io::Error::other(format!(
+                "the {} thread ended before installing its seccomp filter",
+                self.kind.name()
+            ))),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::builder::{Outputs, VmDevices};
 use crate::devices::bus::lock;
+use crate::exit_counts::ExitCounts;
 use crate::memory::GuestMemory;
 use crate::output::{self, OutputSink, Undelivered};
 use crate::vcpu::{self, VcpuContext, VcpuEnd, VcpuMessage};
@@ -24,6 +25,8 @@ use crate::{host_err, seccomp, GuestEvents, StdinReader, Timings, VmEnd, VmmErro
 pub(crate) struct Sinks {
     stdout: OutputSink,
     console: OutputSink,
+    /// The writer threads' filters, confirmed before the guest runs.
+    pending: Vec<seccomp::PendingFilter>,
 }
 
 impl Sinks {
@@ -36,13 +39,26 @@ impl Sinks {
     ) -> Result<Self, VmmError> {
         let spawn = |name, out, what| {
             let filter = filters.map(|f| f.output.clone());
-            OutputSink::spawn_filtered(name, out, output::DEFAULT_CAPACITY, filter)
+            OutputSink::spawn_unconfirmed(name, out, output::DEFAULT_CAPACITY, filter)
                 .map_err(host_err(what))
         };
+        let (stdout, stdout_filter) = spawn("stdout", stdout, "start the stdout writer thread")?;
+        let (console, console_filter) = spawn("stderr", console, "start the stderr writer thread")?;
         Ok(Sinks {
-            stdout: spawn("stdout", stdout, "start the stdout writer thread")?,
-            console: spawn("stderr", console, "start the stderr writer thread")?,
+            stdout,
+            console,
+            pending: vec![stdout_filter, console_filter],
         })
+    }
+
+    /// Waits until both writer threads have their filters.
+    fn confirm_filters(&mut self) -> Result<(), VmmError> {
+        for pending in self.pending.drain(..) {
+            pending
+                .confirm()
+                .map_err(host_err("start an output writer thread"))?;
+        }
+        Ok(())
     }
 
     /// Writers into the queues, for one set of devices (the UARTs, or the
@@ -85,30 +101,93 @@ pub(crate) struct Limits<'a> {
     pub(crate) filters: Option<&'a seccomp::Filters>,
 }
 
-/// Starts the vCPU threads and supervises them until the VM ends: a vCPU
-/// reports the end, the deadline passes, or an output stream fails. This
-/// thread never writes to the caller's streams itself (the guest's output
-/// goes through [`Sinks`], the log through the caller's logger), so a
-/// stream nobody reads cannot keep it from enforcing the deadline.
+/// The vCPU threads, started (each under its seccomp filter) while the VM
+/// is being set up, so that their start costs nothing on the way to the
+/// first `KVM_RUN`; each waits for its vCPU and context, and ends without
+/// running anything when the sender is dropped (a set-up that failed).
+pub(crate) struct VcpuThreads {
+    starts: Vec<mpsc::SyncSender<(kvm_ioctls::VcpuFd, VcpuContext)>>,
+    threads: Vec<JoinHandle<Option<()>>>,
+    /// Their filters, confirmed before the guest runs.
+    pending: Vec<seccomp::PendingFilter>,
+}
+
+impl VcpuThreads {
+    /// Starts `count` vCPU threads, without waiting for their filters
+    /// (which [`run_vcpus`] does, before the guest runs).
+    pub(crate) fn spawn(count: u8, filters: Option<&seccomp::Filters>) -> Result<Self, VmmError> {
+        let mut starts = Vec::with_capacity(usize::from(count));
+        let mut threads = Vec::with_capacity(usize::from(count));
+        let mut pending = Vec::with_capacity(usize::from(count));
+        for id in 0..count {
+            let (start, wait_for_start) =
+                mpsc::sync_channel::<(kvm_ioctls::VcpuFd, VcpuContext)>(1);
+            // On an error, dropping `starts` ends the threads started so far.
+            let (handle, filter) = seccomp::spawn_unconfirmed(
+                format!("vcpu{id}"),
+                seccomp::ThreadKind::Vcpu,
+                filters.map(|f| f.vcpu.clone()),
+                move || {
+                    if let Ok((fd, ctx)) = wait_for_start.recv() {
+                        vcpu::run_vcpu(fd, id, ctx);
+                    }
+                },
+            )
+            .map_err(host_err("start a vCPU thread"))?;
+            starts.push(start);
+            threads.push(handle);
+            pending.push(filter);
+        }
+        Ok(VcpuThreads {
+            starts,
+            threads,
+            pending,
+        })
+    }
+}
+
+/// Runs the vCPUs on their threads and supervises them until the VM ends:
+/// a vCPU reports the end, the deadline passes, or an output stream fails.
+/// This thread never writes to the caller's streams itself (the guest's
+/// output goes through [`Sinks`], the log through the caller's logger), so
+/// a stream nobody reads cannot keep it from enforcing the deadline.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_vcpus(
+    vcpu_threads: VcpuThreads,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     devices: &VmDevices,
-    sinks: &Sinks,
+    sinks: &mut Sinks,
     mem: &GuestMemory,
     limits: Limits<'_>,
     guest: Guest,
     timings: &mut Timings,
-) -> Result<VmEnd, VmmError> {
+) -> Result<(VmEnd, ExitCounts), VmmError> {
     let Limits { deadline, filters } = limits;
     let Guest {
         mut events,
         mut stdin_gate,
     } = guest;
+    let VcpuThreads {
+        starts,
+        threads,
+        pending,
+    } = vcpu_threads;
     static HANDLER: Once = Once::new();
     let mut handler_result = Ok(());
     HANDLER
         .call_once(|| handler_result = register_signal_handler(vcpu_kick_signal(), kick_handler));
     handler_result.map_err(|e| host_err("install the vCPU kick signal handler")(e.into()))?;
+    // Every thread's filter is in place before the guest runs.
+    let confirmed = sinks.confirm_filters().and_then(|()| {
+        pending
+            .into_iter()
+            .try_for_each(|p| p.confirm().map_err(host_err("start a vCPU thread")))
+    });
+    if let Err(e) = confirmed {
+        drop(starts);
+        stop_vcpus(&AtomicBool::new(true), sinks, threads, None);
+        return Err(e);
+    }
 
     // Bounded: a guest that floods events only loses events, never grows
     // the VMM's memory. The end itself has a slot of its own.
@@ -116,12 +195,12 @@ pub(crate) fn run_vcpus(
     let ended = Arc::new(Mutex::new(None::<VcpuEnd>));
     let stop = Arc::new(AtomicBool::new(false));
     let timed_out = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<Option<()>>> = Vec::new();
+    let exits = Arc::new(Mutex::new(ExitCounts::default()));
     // No vCPU runs the guest before every thread's filter is in place:
-    // each waits for its go, which never comes (the sender is dropped) if
-    // the start fails.
+    // each has installed its own, and waits for its start, which never
+    // comes (the sender is dropped) if the supervisor's fails.
     let mut gos = Vec::new();
-    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+    for (fd, start) in vcpu_fds.into_iter().zip(starts) {
         let ctx = VcpuContext {
             devices: devices.map.clone(),
             stop: stop.clone(),
@@ -129,27 +208,9 @@ pub(crate) fn run_vcpus(
             ended: ended.clone(),
             timed_out: timed_out.clone(),
             mem: mem.clone(),
+            exits: exits.clone(),
         };
-        let (go, wait_for_go) = mpsc::sync_channel::<()>(1);
-        gos.push(go);
-        let spawned = seccomp::spawn(
-            format!("vcpu{id}"),
-            seccomp::ThreadKind::Vcpu,
-            filters.map(|f| f.vcpu.clone()),
-            move || {
-                if wait_for_go.recv().is_ok() {
-                    vcpu::run_vcpu(fd, id as u8, ctx);
-                }
-            },
-        );
-        match spawned {
-            Ok(handle) => threads.push(handle),
-            Err(e) => {
-                drop(gos);
-                stop_vcpus(&stop, sinks, threads, None);
-                return Err(host_err("start a vCPU thread")(e));
-            }
-        }
+        gos.push((start, fd, ctx));
     }
     drop(tx);
     if let Some(filters) = filters {
@@ -159,8 +220,8 @@ pub(crate) fn run_vcpus(
             return Err(e.into());
         }
     }
-    for go in gos {
-        let _ = go.send(());
+    for (start, fd, ctx) in gos {
+        let _ = start.send((fd, ctx));
     }
 
     let mut ended_by = None;
@@ -212,7 +273,8 @@ pub(crate) fn run_vcpus(
     if end == VmEnd::Timeout && log::log_enabled!(log::Level::Debug) {
         log::debug!("at the timeout, {}", devices.describe_interrupts());
     }
-    Ok(end)
+    let exits = lock(&exits).clone();
+    Ok((end, exits))
 }
 
 /// Takes one vCPU message into the timings and the event interpreter;

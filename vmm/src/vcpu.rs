@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::bus::lock;
 use crate::devices::{BusEvent, Devices};
+use crate::exit_counts::{ExitCounts, ExitReason};
 use crate::kernel::BootProtocol;
 use crate::layout;
 use crate::memory::GuestMemory;
@@ -227,7 +228,8 @@ fn boot_msrs() -> Vec<kvm_msr_entry> {
     .collect()
 }
 
-/// Configures vCPU `id` to enter the kernel at `entry` by `protocol`.
+/// Configures vCPU `id` to enter the kernel at `entry` by `protocol`:
+/// [`configure_vcpu_state`], then [`set_boot_registers`].
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     id: u8,
@@ -235,6 +237,19 @@ pub fn configure_vcpu(
     supported_cpuid: &CpuId,
     entry: GuestAddress,
     protocol: BootProtocol,
+) -> Result<(), VcpuError> {
+    configure_vcpu_state(vcpu, id, count, supported_cpuid)?;
+    set_boot_registers(vcpu, id, entry, protocol)
+}
+
+/// What vCPU `id` needs whatever kernel it boots: CPUID, MSRs, FPU and
+/// local APIC. (CPUID is the slow one, milliseconds under some KVMs, so
+/// the builder does this while the kernel is being loaded.)
+pub fn configure_vcpu_state(
+    vcpu: &VcpuFd,
+    id: u8,
+    count: u8,
+    supported_cpuid: &CpuId,
 ) -> Result<(), VcpuError> {
     let kvm = |what| move |source| VcpuError::Kvm { id, what, source };
     vcpu.set_cpuid2(&vcpu_cpuid(supported_cpuid, id, count))
@@ -255,6 +270,34 @@ pub fn configure_vcpu(
         });
     }
 
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(kvm("set FPU state"))?;
+
+    let mut lapic = vcpu.get_lapic().map_err(kvm("get LAPIC"))?;
+    for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+        let bytes: Vec<u8> = lapic.regs[reg..reg + 4].iter().map(|b| *b as u8).collect();
+        let value = u32::from_le_bytes(bytes.try_into().unwrap_or_default());
+        let value = (value & !0x700) | (mode << 8);
+        for (dst, src) in lapic.regs[reg..reg + 4].iter_mut().zip(value.to_le_bytes()) {
+            *dst = src as _;
+        }
+    }
+    vcpu.set_lapic(&lapic).map_err(kvm("set LAPIC"))
+}
+
+/// Points vCPU `id` at the kernel's `entry`, in the registers and mode
+/// `protocol` enters it with.
+pub fn set_boot_registers(
+    vcpu: &VcpuFd,
+    id: u8,
+    entry: GuestAddress,
+    protocol: BootProtocol,
+) -> Result<(), VcpuError> {
+    let kvm = |what| move |source| VcpuError::Kvm { id, what, source };
     let mut regs = kvm_regs {
         rflags: 0x2,
         rip: entry.0,
@@ -293,26 +336,7 @@ pub fn configure_vcpu(
             sregs.efer = 0;
         }
     }
-    vcpu.set_sregs(&sregs)
-        .map_err(kvm("set special registers"))?;
-
-    let fpu = kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    };
-    vcpu.set_fpu(&fpu).map_err(kvm("set FPU state"))?;
-
-    let mut lapic = vcpu.get_lapic().map_err(kvm("get LAPIC"))?;
-    for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
-        let bytes: Vec<u8> = lapic.regs[reg..reg + 4].iter().map(|b| *b as u8).collect();
-        let value = u32::from_le_bytes(bytes.try_into().unwrap_or_default());
-        let value = (value & !0x700) | (mode << 8);
-        for (dst, src) in lapic.regs[reg..reg + 4].iter_mut().zip(value.to_le_bytes()) {
-            *dst = src as _;
-        }
-    }
-    vcpu.set_lapic(&lapic).map_err(kvm("set LAPIC"))
+    vcpu.set_sregs(&sregs).map_err(kvm("set special registers"))
 }
 
 /// What the run loop does after an exit.
@@ -410,6 +434,9 @@ pub struct VcpuContext {
     pub timed_out: Arc<AtomicBool>,
     /// Guest memory, to show instruction bytes on a guest error.
     pub mem: GuestMemory,
+    /// The run's exit counts, which the thread adds its own to when it
+    /// stops.
+    pub exits: Arc<Mutex<ExitCounts>>,
 }
 
 /// Walks the guest's 4-level page tables to find the physical address of `va`.
@@ -467,13 +494,28 @@ fn describe_guest_fault(vcpu: &mut VcpuFd, mem: &GuestMemory, what: &str, id: u8
 /// Runs vCPU `id` until the VM ends or `ctx.stop` is set (the thread is
 /// then kicked out of `KVM_RUN` with a signal).
 pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
+    let mut exits = ExitCounts::default();
+    run_until_end(&mut vcpu, id, &ctx, &mut exits);
+    lock(&ctx.exits).add(&exits);
+    if ctx.timed_out.load(Ordering::Acquire) {
+        log::debug!("at the timeout, {}", describe_stopped_vcpu(&vcpu, id));
+    }
+}
+
+fn run_until_end(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, exits: &mut ExitCounts) {
     if id == 0 {
         let _ = ctx.events.try_send(VcpuMessage::FirstRun(Instant::now()));
     }
     while !ctx.stop.load(Ordering::Acquire) {
         let action = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, &ctx.devices),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitAction::Continue,
+            Ok(exit) => {
+                exits.record_exit(&exit);
+                handle_exit(exit, &ctx.devices)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                exits.record(ExitReason::Interrupted, 0);
+                ExitAction::Continue
+            }
             Err(e) => ExitAction::End(VmEnd::GuestError(format!("vCPU {id}: KVM_RUN failed: {e}"))),
         };
         let end = match action {
@@ -486,16 +528,13 @@ pub fn run_vcpu(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) {
             }
             ExitAction::End(end) => end,
             ExitAction::GuestFault(what) => {
-                VmEnd::GuestError(describe_guest_fault(&mut vcpu, &ctx.mem, &what, id))
+                VmEnd::GuestError(describe_guest_fault(vcpu, &ctx.mem, &what, id))
             }
         };
         let at = Instant::now();
         lock(&ctx.ended).get_or_insert(VcpuEnd { end, at, vcpu: id });
         let _ = ctx.events.try_send(VcpuMessage::Ended);
         return;
-    }
-    if ctx.timed_out.load(Ordering::Acquire) {
-        log::debug!("at the timeout, {}", describe_stopped_vcpu(&vcpu, id));
     }
 }
 

@@ -197,6 +197,7 @@ mod tests {
 
     fn vm(devices: Vec<DeviceSpec>, transport: Transport) -> VmPlan {
         VmPlan {
+            prepared: Default::default(),
             kernel: "/k/bzImage".into(),
             initrd: BootInitrd {
                 rootfs: "/r.cpio".into(),

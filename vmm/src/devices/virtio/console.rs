@@ -145,7 +145,24 @@ impl Shared {
     /// Moves what is waiting into the buffers the driver gave: input
     /// first, then the control messages (so that the end of file follows
     /// the last byte), interrupting for each queue that used any.
+    ///
+    /// The driver is asked to kick a receive queue (`VRING_USED_F_NO_NOTIFY`
+    /// clear) only while something waits for a buffer there: Linux kicks
+    /// after every buffer it adds (64 per queue at start, one per message
+    /// read after), each an exit, and the device reads the ring whenever
+    /// it has something to deliver anyway. After asking, the ring is read
+    /// once more, for buffers added before the driver saw the request.
     fn deliver(&mut self) {
+        for _ in 0..2 {
+            if !self.deliver_once() {
+                return;
+            }
+        }
+    }
+
+    /// One pass of [`Shared::deliver`]; true when buffers came while the
+    /// kicks were being turned back on, so that another pass is due.
+    fn deliver_once(&mut self) -> bool {
         let Shared {
             active,
             rx,
@@ -156,11 +173,12 @@ impl Shared {
             eof_sent,
         } = self;
         let Some(active) = active.as_ref() else {
-            return;
+            return false;
         };
+        let mut again = false;
         if guest_open[STDIN_PORT] {
             if let Some(Some(queue)) = rx.get_mut(rx_queue(STDIN_PORT)) {
-                let mut used = false;
+                let (mut used, mut starved) = (false, false);
                 // Bounded by chains, not bytes: a chain may take none
                 // (a broken or empty buffer).
                 for _ in 0..CHAINS_PER_NOTIFY {
@@ -170,6 +188,7 @@ impl Shared {
                     let (a, b) = input.as_slices();
                     let first = if a.is_empty() { b } else { a };
                     let Some(n) = fill_one(queue, &active.mem, first) else {
+                        starved = true;
                         break;
                     };
                     used = true;
@@ -178,6 +197,9 @@ impl Shared {
                 if used {
                     notify(queue, active);
                 }
+                // Past the bound, the rest waits for the next kick.
+                let came = want_kicks(queue, &active.mem, !input.is_empty());
+                again |= starved && came;
             }
         }
         if *input_eof && input.is_empty() && !*eof_sent {
@@ -197,7 +219,21 @@ impl Shared {
             if used {
                 notify(queue, active);
             }
+            again |= want_kicks(queue, &active.mem, !control_out.is_empty());
         }
+        again
+    }
+}
+
+/// Asks the driver to kick `queue` when something is `waiting` for a
+/// buffer there, else not to; true when the ring holds buffers not yet
+/// seen (added before the driver could see the request).
+fn want_kicks(queue: &mut Queue, mem: &GuestMemory, waiting: bool) -> bool {
+    if waiting {
+        queue.enable_notification(mem).unwrap_or(false)
+    } else {
+        let _ = queue.disable_notification(mem);
+        false
     }
 }
 
@@ -509,6 +545,10 @@ impl VirtioDevice for Console {
                 self.tx.push(None);
                 rx.push(queue);
             }
+        }
+        // Nothing waits for a receive buffer yet: no kicks for them.
+        for queue in rx.iter_mut().flatten() {
+            let _ = queue.disable_notification(&mem);
         }
         let mut shared = lock(&self.shared);
         shared.rx = rx;

@@ -502,3 +502,47 @@ fn random_rings_never_panic_or_hang() {
         rig.console.queue_notify(1);
     }
 }
+
+/// The used ring's flags of queue `q`: 1 is `VRING_USED_F_NO_NOTIFY`.
+fn used_flags(driver: &Driver, q: usize) -> u16 {
+    driver.mem.read_obj(GuestAddress(used_ring(q))).unwrap()
+}
+
+#[test]
+fn receive_queues_ask_for_kicks_only_while_something_waits() {
+    let mut rig = rig();
+    // Nothing waits: Linux's kick after each buffer it adds is not wanted.
+    for q in [rx_queue(0), CONTROL_RX, rx_queue(1), rx_queue(STDIN_PORT)] {
+        assert_eq!(used_flags(&rig.driver, q), 1, "queue {q}");
+    }
+    // The handshake's answers take 9 of the 16 control buffers: delivered
+    // without a kick, and no kick is asked for after.
+    rig.handshake();
+    assert_eq!(used_flags(&rig.driver, CONTROL_RX), 1);
+    // Answers with no buffer left wait, and ask for the next kick.
+    for _ in 0..8 {
+        rig.control(0, event::PORT_READY, 1);
+    }
+    assert_eq!(used_flags(&rig.driver, CONTROL_RX), 0, "a backlog waits");
+    let waiting = rig.console.shared.lock().unwrap().control_out.len();
+    assert!(waiting > 0);
+    for _ in 0..waiting {
+        let addr = rig.driver.post_buffer(CONTROL_RX, 4096);
+        rig.control_buffers.push(addr);
+    }
+    rig.console.queue_notify(CONTROL_RX as u16);
+    assert_eq!(rig.console.shared.lock().unwrap().control_out.len(), 0);
+    assert_eq!(
+        used_flags(&rig.driver, CONTROL_RX),
+        1,
+        "delivered: no kicks"
+    );
+    // Input for an open stdin port without a buffer asks for a kick too.
+    rig.control(STDIN_PORT as u32, event::PORT_OPEN, 1);
+    assert_eq!(rig.console.input().push(b"abc"), Some(3));
+    assert_eq!(used_flags(&rig.driver, rx_queue(STDIN_PORT)), 0);
+    rig.driver.post_buffer(rx_queue(STDIN_PORT), 64);
+    rig.console.queue_notify(rx_queue(STDIN_PORT) as u16);
+    assert_eq!(used_flags(&rig.driver, rx_queue(STDIN_PORT)), 1);
+    assert!(rig.console.shared.lock().unwrap().input.is_empty());
+}
