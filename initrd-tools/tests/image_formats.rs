@@ -145,6 +145,12 @@ fn a_tag_picks_one_of_several_images_and_without_one_the_tags_are_listed() {
     let tar = write(work.path(), "root.tar", &a_layer(b"x"));
     let err = detect(Path::new(&format!("{}:latest", tar.display()))).unwrap_err();
     assert!(matches!(err, ImageError::NotTagged { .. }), "{err}");
+    assert!(
+        err.to_string().contains("without the tag \"latest\""),
+        "{err}"
+    );
+    let err = detect(Path::new(&format!("{}:x", work.path().display()))).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
     // docker-archives: by RepoTags, whole or the tag alone.
     let podman = write(work.path(), "podman.tar", &docker_podman(&one, false).tar());
     for tag in [

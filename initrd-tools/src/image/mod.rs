@@ -215,8 +215,8 @@ pub enum ImageError {
     },
     /// `PATH:TAG` where PATH has no tags.
     #[error(
-        "{} is {kind}, which has no tags to pick from: give it without :{tag} (a tag picks an \
-         image in an OCI layout, an OCI archive or a docker-archive)",
+        "{} is {kind}, which has no tags to pick from: give it without the tag {tag} (a tag \
+         picks an image in an OCI layout, an OCI archive or a docker-archive)",
         path.display()
     )]
     NotTagged {
