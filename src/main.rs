@@ -58,8 +58,9 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// A rootfs directory, a cpio initrd, a rootfs tar (plain, gzip, zstd),
-    /// a docker-archive, or an OCI image (layout directory or archive).
+    /// A rootfs directory, a cpio initrd, a rootfs tar (plain, gzip, zstd,
+    /// xz, bzip2), a docker-archive, an OCI image (layout directory or
+    /// archive) or a skopeo dir: layout; PATH:TAG picks a tagged image.
     #[arg(required = true)]
     rootfs: Option<PathBuf>,
     /// The command to run instead of /init, looked up in the guest's PATH.

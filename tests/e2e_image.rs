@@ -61,11 +61,14 @@ fn a_rootfs_tarball_runs_and_is_converted_once() {
         // rootfs tar are plain files: nothing below them).
         tar.truncate(tar.len() - 1024);
         tar.extend(layer_tar(&[file("etc/layer", b"tarball\n")]));
+        // An xz tarball was once taken for an xz initrd (the kernel
+        // panicked under qemu).
         let formats = match engine {
-            "qemu" => &[("root.tar.zst", Compression::Zstd)][..],
+            "qemu" => &[("rootfs.tar.xz", Compression::Xz)][..],
             _ => &[
                 ("root.tar.gz", Compression::Gzip),
                 ("root.tar.zst", Compression::Zstd),
+                ("root.tar.bz2", Compression::Bzip2),
             ][..],
         };
         for &(name, how) in formats {
@@ -147,4 +150,69 @@ fn bad_images_fail_with_a_clear_error() {
             assert!(err.contains(needle), "{needle:?} not in: {err}");
         }
     }
+}
+
+/// The formats podman, skopeo and LXC's image server give, in the chroot
+/// engine: a podman docker-archive (`<hex>.tar` layers), an OCI layout
+/// holding two tags (`PATH:TAG`; without a tag, 125 and the tags), a
+/// `rootfs.tar.xz`, and skopeo's `dir:` layout.
+#[test]
+fn chroot_podman_skopeo_and_lxc_formats_run() {
+    if let Some(why) = unavailable("chroot") {
+        skip_unavailable!("chroot engine: {why}");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let image = spec([Compression::Gzip, Compression::Xz]);
+    let expected = "hello from /srv/app\ntwo\n";
+
+    let podman = work.path().join("podman.tar");
+    std::fs::write(
+        &podman,
+        docker_podman(&spec([Compression::None; 2]), false).tar(),
+    )
+    .unwrap();
+    let dir = work.path().join("dir");
+    dir_transport(&image).write_to(&dir);
+    for path in [&podman, &dir] {
+        let output = microrun("chroot", &cache, &[], path, &[]);
+        assert_code(&output, 0);
+        assert_eq!(stdout(&output), expected, "{}", path.display());
+    }
+
+    let other = ImageSpec::new(
+        vec![(base_layer(), Compression::Zstd)],
+        serde_json::json!({"Cmd": ["/bin/cat", "/etc/layer"]}),
+    );
+    let layout = work.path().join("layout");
+    oci_layout_tagged(&[("1.0", &other), ("2.0", &image)]).write_to(&layout);
+    let output = microrun("chroot", &cache, &[], &layout, &[]);
+    assert_code(&output, 125);
+    assert_eq!(stdout(&output), "");
+    let err = stderr(&output);
+    let example = format!("microrun {}:1.0", layout.display());
+    for needle in ["2 images", "1.0, 2.0", example.as_str()] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+    for (tag, out) in [("1.0", "one\n"), ("2.0", expected)] {
+        let tagged = std::path::PathBuf::from(format!("{}:{tag}", layout.display()));
+        let output = microrun("chroot", &cache, &[], &tagged, &[]);
+        assert_code(&output, 0);
+        assert_eq!(stdout(&output), out, "tag {tag}");
+    }
+
+    let mut tar = base_layer();
+    tar.truncate(tar.len() - 1024);
+    tar.extend(layer_tar(&[file("etc/layer", b"lxc\n")]));
+    let rootfs = work.path().join("rootfs.tar.xz");
+    std::fs::write(&rootfs, compress(&tar, Compression::Xz)).unwrap();
+    let output = microrun("chroot", &cache, &["-v"], &rootfs, &["cat", "/etc/layer"]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "lxc\n");
+    assert!(
+        stderr(&output).contains("xz-compressed tar archive"),
+        "{}",
+        stderr(&output)
+    );
 }

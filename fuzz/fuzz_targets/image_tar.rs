@@ -1,7 +1,9 @@
 //! Container images and rootfs tars (`initrd_tools::image`) on arbitrary
 //! bytes: the input is a ROOTFS file, detected by content (a tar, plain,
-//! gzip or zstd; a docker-archive; an OCI archive; a cpio) and, when it is
-//! an image, converted. That drives the bounded tar reader (headers,
+//! gzip, zstd, xz or bzip2; a docker-archive, podman's with `<hex>.tar`
+//! layers and links between members too; an OCI archive; a cpio) and,
+//! when it is an image, converted; then detected again as `FILE:latest`,
+//! which picks a tag among its images. That drives the bounded tar reader (headers,
 //! checksums, GNU long names and links, PAX records, GNU sparse maps),
 //! the decompressors, the image archive scan and its metadata, the layer
 //! rules and the archive writer. Besides "no crash" (and no allocation
@@ -48,6 +50,10 @@ fuzz_target!(|data: &[u8]| {
         Detected::Image(image) => image.convert_to(&out).map(Some),
         Detected::Cpio | Detected::Directory => Ok(None),
     });
+    // `PATH:TAG`: the tag picked among the images' tags, or an error.
+    if let Err(e) = detect(&dir.path().join("rootfs:latest")) {
+        assert!(e.to_string().len() <= MAX_MESSAGE, "a long message: {e}");
+    }
     match result {
         Err(e) => {
             let message = e.to_string();
@@ -120,7 +126,7 @@ fn limit_file_size() {
     }
 }
 
-/// Whether a gzip or zstd stream starts anywhere in `data` (where an
+/// Whether a gzip, zstd, xz or bzip2 stream starts anywhere in `data` (where an
 /// image's layer may be) and expands past [`MAX_EXPANDED`], or more than
 /// [`MAX_STREAMS`] start: converting such an input would take too long,
 /// and finds nothing that a smaller one does not.
@@ -135,6 +141,10 @@ fn expands_too_far(data: &[u8]) -> bool {
                 Ok(decoder) => Box::new(decoder),
                 Err(_) => continue,
             }
+        } else if rest.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Box::new(liblzma::read::XzDecoder::new_multi_decoder(rest))
+        } else if rest.starts_with(b"BZh") {
+            Box::new(bzip2::read::MultiBzDecoder::new(rest))
         } else {
             continue;
         };

@@ -359,8 +359,19 @@ fn other_files_are_directories_cpio_or_unknown() {
         &compress(b"070701000000", Compression::Gzip),
     );
     assert!(matches!(detect(&gz_cpio).unwrap(), Detected::Cpio));
-    let xz = write(work.path(), "c", &[0xfd, b'7', b'z', b'X', b'Z', 0, 1]);
+    // xz and bzip2 are looked into as gzip is (a tar in them is a rootfs
+    // tar); lz4 only the kernel unpacks.
+    let xz = write(
+        work.path(),
+        "c",
+        &compress(b"070701000000", Compression::Xz),
+    );
     assert!(matches!(detect(&xz).unwrap(), Detected::Cpio));
+    let lz4 = write(work.path(), "d", &[0x02, 0x21, 0x4c, 0x18, 0, 0]);
+    assert!(matches!(detect(&lz4).unwrap(), Detected::Cpio));
+    let cut_xz = write(work.path(), "e", &[0xfd, b'7', b'z', b'X', b'Z', 0, 1]);
+    let err = detect(&cut_xz).unwrap_err();
+    assert!(matches!(err, ImageError::Decompress { .. }), "{err}");
     for (name, bytes) in [
         ("text.tar", b"just some text, not an archive".to_vec()),
         ("empty.tar", Vec::new()),

@@ -4,16 +4,19 @@
 //!
 //! A tar archive is an image archive when every member lies in an image
 //! archive's vocabulary (`manifest.json`, `index.json`, `oci-layout`,
-//! `repositories`, `blobs/...`, `<64 hex>/...`, `<64 hex>.json`) and it has
+//! `repositories`, `blobs/...`, `<64 hex>/...`, `<64 hex>.json`,
+//! `<64 hex>.tar`) and it has
 //! `manifest.json` (docker-archive; Docker 25+ archives also have the OCI
 //! files) or `oci-layout` and `index.json` (OCI archive). Anything else is
 //! a rootfs tar; the first member outside the vocabulary (in a rootfs tar,
 //! the first or second) ends the scan.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use super::store::{link_target, normalise_member_name, Member, Store, Window};
 use super::tar_reader::{Seekable, Stream, TarError, TarReader};
@@ -59,7 +62,59 @@ pub enum Detected {
 /// (reading its index, manifest and configuration, checked against their
 /// digests). Anything else is an [`ImageError::UnknownFormat`] that lists
 /// what is accepted.
+///
+/// When `path` does not exist but is `PATH:TAG` with a `PATH` that does
+/// (skopeo's spelling, `oci:DIR:TAG`), the image tagged `TAG` in the OCI
+/// layout, OCI archive or docker-archive `PATH` is opened.
 pub fn detect(path: &Path) -> Result<Detected, ImageError> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match split_tag(path) {
+            Some((image, tag)) => detect_as(&image, Some(&tag)),
+            None => Err(ImageError::read(path, e)),
+        },
+        _ => detect_as(path, None),
+    }
+}
+
+/// `PATH:TAG` split at the first `:` after which `PATH` exists; `None`
+/// when there is none.
+fn split_tag(path: &Path) -> Option<(PathBuf, String)> {
+    let bytes = path.as_os_str().as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b':' && i > 0 && i + 1 < bytes.len())
+        .find_map(|(i, _)| {
+            let image = Path::new(OsStr::from_bytes(&bytes[..i]));
+            let tag = std::str::from_utf8(&bytes[i + 1..]).ok()?;
+            fs::metadata(image)
+                .is_ok()
+                .then(|| (image.to_path_buf(), tag.to_string()))
+        })
+}
+
+/// [`detect`] for an existing `path`, picking the image tagged `tag`.
+fn detect_as(path: &Path, tag: Option<&str>) -> Result<Detected, ImageError> {
+    let detected = detect_untagged(path, tag)?;
+    let Some(tag) = tag else {
+        return Ok(detected);
+    };
+    let kind = match &detected {
+        Detected::Directory => "a directory".to_string(),
+        Detected::Cpio => "a cpio initrd".to_string(),
+        Detected::Image(image) => match image.format() {
+            ImageFormat::Tar(_) | ImageFormat::DirTransport => format!("a {}", image.format()),
+            _ => return Ok(detected),
+        },
+    };
+    Err(ImageError::NotTagged {
+        path: path.to_path_buf(),
+        tag: quote(tag.as_bytes()),
+        kind,
+    })
+}
+
+fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageError> {
     let meta = fs::metadata(path).map_err(|e| ImageError::read(path, e))?;
     if meta.is_dir() {
         if fs::symlink_metadata(path.join("oci-layout")).is_ok() {
@@ -67,7 +122,12 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
             return Ok(Detected::Image(Box::new(oci::open(
                 &store,
                 ImageFormat::OciLayout,
+                tag,
             )?)));
+        }
+        if is_dir_transport(path) {
+            let store = Store::Flat(path.to_path_buf());
+            return Ok(Detected::Image(Box::new(oci::open_dir_transport(&store)?)));
         }
         return Ok(Detected::Directory);
     }
@@ -113,16 +173,12 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
                 source,
             },
         })?;
-        let (kind, tool) = match (kind, compression) {
-            (None, _) => {
-                return Ok(Detected::Image(Box::new(rootfs_tar(
-                    path,
-                    &meta,
-                    compression,
-                ))))
-            }
-            (Some(kind), Compression::Zstd) => (kind, "zstd"),
-            (Some(kind), _) => (kind, "gzip"),
+        let Some(kind) = kind else {
+            return Ok(Detected::Image(Box::new(rootfs_tar(
+                path,
+                &meta,
+                compression,
+            ))));
         };
         return Err(ImageError::CompressedImageArchive {
             path: path.to_path_buf(),
@@ -131,11 +187,12 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
                 ImageFormat::DockerArchive => "docker-archive",
                 _ => "OCI archive",
             },
-            tool,
+            tool: compression.name(),
         });
     }
-    if compression_format(&head).is_some() {
-        // xz, lz4, bzip2: only the kernel unpacks those, as initrds.
+    if compression_format(&head).is_some() && !is_tar_header(&head) {
+        // lz4 (and bzip2 without a block after its magic): only the kernel
+        // unpacks those, as initrds.
         return Ok(Detected::Cpio);
     }
     if !is_tar_header(&head) {
@@ -148,10 +205,25 @@ pub fn detect(path: &Path) -> Result<Detected, ImageError> {
     };
     let image = match kind {
         None => rootfs_tar(path, &meta, Compression::None),
-        Some(ImageFormat::DockerArchive) => docker::open(&store)?,
-        Some(format) => oci::open(&store, format)?,
+        Some(ImageFormat::DockerArchive) => docker::open(&store, tag)?,
+        Some(format) => oci::open(&store, format, tag)?,
     };
     Ok(Detected::Image(Box::new(image)))
+}
+
+/// Whether the directory `path` is skopeo's `dir:` layout: `manifest.json`
+/// beside a `version` file that says so (a rootfs has neither at its top).
+fn is_dir_transport(path: &Path) -> bool {
+    let regular = |name: &str| {
+        fs::symlink_metadata(path.join(name)).is_ok_and(|meta| meta.file_type().is_file())
+    };
+    if !regular("manifest.json") || !regular("version") {
+        return false;
+    }
+    let mut head = Vec::new();
+    let read =
+        File::open(path.join("version")).and_then(|file| file.take(64).read_to_end(&mut head));
+    read.is_ok() && head.starts_with(oci::DIR_TRANSPORT_VERSION.as_bytes())
 }
 
 /// A rootfs tar: one layer, the whole file, no configuration.
@@ -263,7 +335,11 @@ impl Vocabulary {
             }
             ("repositories", false) => true,
             (top, _) if is_sha256_hex(top) => true,
-            (top, false) => top.strip_suffix(".json").is_some_and(is_sha256_hex),
+            // `<hex>.json`: a configuration; `<hex>.tar`: a layer, as
+            // podman, skopeo and buildah write docker-archives.
+            (top, false) => [".json", ".tar"]
+                .iter()
+                .any(|suffix| top.strip_suffix(suffix).is_some_and(is_sha256_hex)),
             _ => false,
         }
     }
@@ -393,6 +469,18 @@ mod tests {
             ]),
             Some(ImageFormat::DockerArchive)
         );
+        // podman, skopeo and buildah: `<hex>.tar` layers at the top.
+        let podman = [
+            format!("{hex}.tar"),
+            format!("{}.json", "b".repeat(64)),
+            format!("{}/layer.tar", "c".repeat(64)),
+            "manifest.json".into(),
+            "repositories".into(),
+        ];
+        let podman: Vec<&str> = podman.iter().map(String::as_str).collect();
+        assert_eq!(classify(&podman), Some(ImageFormat::DockerArchive));
+        let short = format!("{}.tar", "a".repeat(63));
+        assert_eq!(classify(&[&short, "manifest.json"]), None);
         // A rootfs that happens to have a manifest.json is a rootfs.
         assert_eq!(classify(&["manifest.json", "etc/passwd"]), None);
         assert_eq!(classify(&["./", "./bin/sh"]), None);
@@ -412,5 +500,66 @@ mod tests {
             Compression::Zstd
         );
         assert_eq!(Compression::of(b"BZh"), Compression::None);
+        assert_eq!(Compression::of(b"BZh91AY&SY"), Compression::Bzip2);
+        assert_eq!(Compression::of(b"BZh9\x17rE8P\x90"), Compression::Bzip2);
+        assert_eq!(Compression::of(b"BZh9 a name"), Compression::None);
+        assert_eq!(Compression::of(b"\xfd7zXZ\0\0\x01"), Compression::Xz);
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        io::Write::write_all(&mut encoder, data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn bzip2(data: &[u8]) -> Vec<u8> {
+        let mut encoder = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        io::Write::write_all(&mut encoder, data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// xz and bzip2 files are told by what they decompress to: a tar is a
+    /// rootfs tar, a newc archive an initrd the kernel unpacks itself.
+    #[test]
+    fn xz_and_bzip2_hold_a_rootfs_tar_or_a_cpio_initrd() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = tar_of(&["etc/os-release"]);
+        let cpio = b"070701000000010000...TRAILER!!!".repeat(20);
+        // `BZh` also starts a tar whose first member has that name.
+        let bzh = tar_of(&["BZh91AY"]);
+        for (name, bytes, expected) in [
+            ("root.tar.xz", xz(&tar), Some(Compression::Xz)),
+            ("root.tar.bz2", bzip2(&tar), Some(Compression::Bzip2)),
+            (
+                "two-streams.tar.xz",
+                [xz(&tar[..512]), xz(&tar[512..])].concat(),
+                Some(Compression::Xz),
+            ),
+            ("bzh.tar", bzh, Some(Compression::None)),
+            ("initrd.xz", xz(&cpio), None),
+            ("initrd.bz2", bzip2(&cpio), None),
+        ] {
+            let path = dir.path().join(name);
+            fs::write(&path, bytes).unwrap();
+            match (detect(&path).unwrap(), expected) {
+                (Detected::Image(image), Some(compression)) => {
+                    assert_eq!(image.format(), ImageFormat::Tar(compression), "{name}");
+                }
+                (Detected::Cpio, None) => {}
+                (other, _) => panic!("{name}: {other:?}"),
+            }
+        }
+        // Neither inside: an unknown format, not an initrd.
+        let path = dir.path().join("notes.xz");
+        fs::write(&path, xz(b"just text")).unwrap();
+        let err = detect(&path).unwrap_err();
+        assert!(matches!(err, ImageError::UnknownFormat { .. }), "{err}");
+        // Corrupt after its magic: a decompression error naming xz.
+        let mut corrupt = xz(&tar);
+        corrupt.truncate(12);
+        corrupt.extend([0x55; 64]);
+        fs::write(&path, corrupt).unwrap();
+        let err = detect(&path).unwrap_err().to_string();
+        assert!(err.contains("(xz)"), "{err}");
     }
 }

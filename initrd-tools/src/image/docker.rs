@@ -7,12 +7,13 @@
 use serde_json::Value;
 
 use super::config;
-use super::oci::check_layer_count;
+use super::oci::{check_layer_count, tag_list};
 use super::store::Store;
 use super::{cut, quote, Digest, Image, ImageError, ImageFormat, Layer};
 
-/// Opens the docker-archive in `store`.
-pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
+/// Opens the docker-archive in `store`: its only image, or the one with
+/// the tag `tag` (`NAME:TAG` as `docker save` wrote it, or just `TAG`).
+pub(crate) fn open(store: &Store, tag: Option<&str>) -> Result<Image, ImageError> {
     let path = store.image_path();
     let invalid = |detail: String| ImageError::invalid(path, format!("manifest.json: {detail}"));
     let bytes = store.read("manifest.json")?;
@@ -20,15 +21,36 @@ pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
     let images = manifest
         .as_array()
         .ok_or_else(|| invalid("not a list of images".to_string()))?;
-    let image = match images.as_slice() {
-        [] => return Err(invalid("it lists no image".to_string())),
-        [image] => image,
+    let all_tags = || cut(&tag_list(images.iter().flat_map(repo_tags)));
+    let picked: Vec<&Value> = match tag {
+        Some(tag) => images
+            .iter()
+            .filter(|image| repo_tags(image).any(|t| tag_matches(t, tag)))
+            .collect(),
+        None => images.iter().collect(),
+    };
+    let image = match picked.as_slice() {
+        [] if images.is_empty() => return Err(invalid("it lists no image".to_string())),
+        [] => {
+            return Err(ImageError::NoSuchTag {
+                path: path.to_path_buf(),
+                tag: quote(tag.unwrap_or_default().as_bytes()),
+                tags: all_tags(),
+            })
+        }
+        [image] => *image,
         several => {
-            let tags: Vec<String> = several.iter().map(tags).collect();
+            let tags: Vec<String> = several.iter().map(|image| tags(image)).collect();
             return Err(ImageError::SeveralImages {
                 path: path.to_path_buf(),
                 count: several.len(),
                 tags: cut(&tags.join("; ")),
+                example: several
+                    .iter()
+                    .flat_map(|image| repo_tags(image))
+                    .next()
+                    .map(cut)
+                    .unwrap_or_default(),
             });
         }
     };
@@ -83,12 +105,33 @@ pub(crate) fn open(store: &Store) -> Result<Image, ImageError> {
     })
 }
 
+/// The image's `RepoTags`.
+fn repo_tags(image: &Value) -> impl Iterator<Item = &str> {
+    image["RepoTags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
+/// Whether `given` names the tag `repo_tag` (`docker.io/library/alpine:3.20`):
+/// all of it, its name without the registry (`alpine:3.20`,
+/// `library/alpine:3.20`), or its tag alone (`3.20`).
+fn tag_matches(repo_tag: &str, given: &str) -> bool {
+    if given.contains(':') {
+        return repo_tag == given
+            || repo_tag
+                .strip_suffix(given)
+                .is_some_and(|registry| registry.ends_with('/'));
+    }
+    repo_tag
+        .rsplit_once(':')
+        .is_some_and(|(name, tag)| tag == given && !tag.contains('/') && !name.is_empty())
+}
+
 /// The image's tags, for messages.
 fn tags(image: &Value) -> String {
-    let tags: Vec<&str> = image["RepoTags"]
-        .as_array()
-        .map(|tags| tags.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let tags: Vec<&str> = repo_tags(image).collect();
     if tags.is_empty() {
         "untagged".to_string()
     } else {
@@ -113,6 +156,18 @@ fn digest_named_by(name: &str, is_config: bool) -> Option<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_match_whole_without_the_registry_or_alone() {
+        let tag = "docker.io/library/alpine:3.20";
+        for given in [tag, "library/alpine:3.20", "alpine:3.20", "3.20"] {
+            assert!(tag_matches(tag, given), "{given}");
+        }
+        for given in ["pine:3.20", "3.2", "alpine", "20", ""] {
+            assert!(!tag_matches(tag, given), "{given}");
+        }
+        assert!(!tag_matches("host:5000/alpine", "5000/alpine"));
+    }
 
     #[test]
     fn names_state_digests_only_where_docker_makes_them_so() {

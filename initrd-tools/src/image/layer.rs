@@ -1,4 +1,5 @@
-//! Reading one layer: its tar stream (plain, gzip or zstd, told by magic)
+//! Reading one layer: its tar stream (plain, gzip, zstd, xz or bzip2, told
+//! by magic)
 //! becomes a list of entries for the merged tree. File data is located,
 //! not read into memory: an uncompressed layer's data stays where it is in
 //! its file; a compressed layer's is copied into the spool file. The
@@ -12,7 +13,7 @@ use super::entry::{normalise, unusable_path, Action, DataRef, LayerEntry, LayerE
 use super::spool::Sources;
 use super::store::{Hashing, Window};
 use super::tar_reader::{Seekable, Source, Stream, TarEntry, TarReader};
-use super::{quote, Compression, Digest, Layer};
+use super::{quote, Compression, Digest, Layer, MAGIC_LEN};
 use crate::newc::{S_IFBLK, S_IFCHR};
 
 /// The longest symlink target Linux accepts (`PATH_MAX` - 1).
@@ -27,9 +28,9 @@ pub(crate) fn read_layer(
     sources: &mut Sources,
 ) -> Result<Vec<LayerEntry>, LayerError> {
     let window = || Window::new(file, layer.offset, layer.len);
-    let mut head = Vec::with_capacity(4);
+    let mut head = Vec::with_capacity(MAGIC_LEN);
     window()
-        .take(4)
+        .take(MAGIC_LEN as u64)
         .read_to_end(&mut head)
         .map_err(LayerError::Corrupt)?;
     let compression = Compression::of(&head);

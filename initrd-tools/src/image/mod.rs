@@ -4,13 +4,16 @@
 //!
 //! Accepted, detected by content (never by name, see [`detect`]):
 //!
-//! - a tar archive of a root filesystem, plain or compressed with gzip or
-//!   zstd (`mmdebstrap ... debian.tar`, `tar -C root -czf root.tar.gz .`);
+//! - a tar archive of a root filesystem, plain or compressed with gzip,
+//!   zstd, xz or bzip2 (`mmdebstrap ... debian.tar`, `tar -C root -czf
+//!   root.tar.gz .`, LXC's `rootfs.tar.xz`);
 //! - a docker-archive (`docker save`, `podman save`): the legacy layout
 //!   (`manifest.json`, `<id>/layer.tar`) and the Docker 25+ one
 //!   (`manifest.json` and `index.json` beside `blobs/sha256/...`);
 //! - an OCI image layout directory (`oci-layout`, `index.json`, `blobs/`),
-//!   and an OCI archive, a tar of such a directory.
+//!   and an OCI archive, a tar of such a directory;
+//! - skopeo's `dir:` layout (`manifest.json`, `version`, blobs named by
+//!   digest), which `podman save --format docker-dir` also writes.
 //!
 //! Layers are applied in order with the OCI whiteout rules, straight from
 //! the tar headers (modes, owners, mtimes, hard links, symlinks, device
@@ -70,8 +73,8 @@ const FORMAT_VERSION: &str = "microrun-image-v1";
 
 /// What the accepted formats are, for error messages.
 const ACCEPTED: &str = "a rootfs directory, a cpio initrd (newc, or compressed), a tar \
-     archive of a rootfs (plain, gzip or zstd), a docker-archive (`docker save`), an OCI \
-     image layout directory or an OCI archive";
+     archive of a rootfs (plain, gzip, zstd, xz or bzip2), a docker-archive (`docker save`, `podman save`), \
+     an OCI image layout directory, an OCI archive or a skopeo dir: layout";
 
 /// Errors of reading and converting images.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +101,7 @@ pub enum ImageError {
     Decompress {
         /// The file.
         path: PathBuf,
-        /// `gzip` or `zstd`.
+        /// `gzip`, `zstd`, `xz` or `bzip2`.
         compression: &'static str,
         /// Why.
         source: io::Error,
@@ -184,15 +187,45 @@ pub enum ImageError {
         /// The platforms it has.
         available: String,
     },
-    /// A docker-archive with several images.
-    #[error("{} holds {count} images ({tags}): save one image per archive (`docker save IMAGE`)", path.display())]
+    /// An image archive or layout with several images, and no tag given.
+    #[error("{} holds {count} images ({tags}): {}", path.display(), pick_hint(path, example))]
     SeveralImages {
-        /// The archive.
+        /// The archive or layout.
         path: PathBuf,
         /// How many.
         count: usize,
         /// Their tags.
         tags: String,
+        /// One of the tags, for the example; empty when none has one.
+        example: String,
+    },
+    /// `PATH:TAG` with a tag the image does not have.
+    #[error(
+        "{} has no image tagged {tag} (its tags: {tags}): pick one as {}:TAG",
+        path.display(),
+        path.display()
+    )]
+    NoSuchTag {
+        /// The archive or layout.
+        path: PathBuf,
+        /// The tag asked for, quoted.
+        tag: String,
+        /// The tags it has.
+        tags: String,
+    },
+    /// `PATH:TAG` where PATH has no tags.
+    #[error(
+        "{} is {kind}, which has no tags to pick from: give it without the tag {tag} (a tag \
+         picks an image in an OCI layout, an OCI archive or a docker-archive)",
+        path.display()
+    )]
+    NotTagged {
+        /// The file or directory.
+        path: PathBuf,
+        /// The tag given.
+        tag: String,
+        /// What it is.
+        kind: String,
     },
     /// A layer could not be applied.
     #[error("{}: layer {layer}: {source}", path.display())]
@@ -231,6 +264,21 @@ pub enum ImageError {
     Initrd(#[from] InitrdError),
 }
 
+/// How to pick one of several images in `path`.
+fn pick_hint(path: &Path, example: &str) -> String {
+    if example.is_empty() {
+        "none has a tag to pick it by: copy the one to run into an image of its own \
+         (`skopeo copy`, `docker save IMAGE`)"
+            .to_string()
+    } else {
+        format!(
+            "pick one as {}:TAG, for example `microrun {}:{example}` (skopeo's spelling)",
+            path.display(),
+            path.display()
+        )
+    }
+}
+
 impl ImageError {
     pub(crate) fn read(path: &Path, source: io::Error) -> Self {
         ImageError::Read {
@@ -258,6 +306,8 @@ pub enum ImageFormat {
     OciLayout,
     /// A tar archive of an OCI image layout.
     OciArchive,
+    /// skopeo's `dir:` layout (podman's `docker-dir`).
+    DirTransport,
 }
 
 impl std::fmt::Display for ImageFormat {
@@ -268,6 +318,7 @@ impl std::fmt::Display for ImageFormat {
             ImageFormat::DockerArchive => f.write_str("docker-archive"),
             ImageFormat::OciLayout => f.write_str("OCI image layout"),
             ImageFormat::OciArchive => f.write_str("OCI archive"),
+            ImageFormat::DirTransport => f.write_str("skopeo dir: layout"),
         }
     }
 }
@@ -281,16 +332,41 @@ pub enum Compression {
     Gzip,
     /// zstd (possibly several frames).
     Zstd,
+    /// xz (possibly several streams): LXC's image server serves
+    /// `rootfs.tar.xz`.
+    Xz,
+    /// bzip2 (possibly several streams).
+    Bzip2,
 }
 
+/// The most memory the xz decoder may take: `xz -9` needs 65 MiB; a
+/// stream asking for more is refused, not decoded.
+const XZ_MEMLIMIT: u64 = 256 << 20;
+
+/// How many bytes [`Compression::of`] looks at.
+pub(crate) const MAGIC_LEN: usize = 10;
+
 impl Compression {
-    /// The compression of a stream starting with `head`, among those a
-    /// layer may use.
+    /// The compression of a stream starting with `head` (its first
+    /// [`MAGIC_LEN`] bytes), among those a layer may use, by magic
+    /// number. bzip2's is checked up to its first block's (or the empty
+    /// stream's) own magic, so a tar whose first name starts with `BZh`
+    /// stays a tar.
     pub(crate) fn of(head: &[u8]) -> Compression {
+        const BZIP2_BLOCK: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+        const BZIP2_END: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Compression::Zstd
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Compression::Xz
+        } else if head.len() >= MAGIC_LEN
+            && head.starts_with(b"BZh")
+            && (b'1'..=b'9').contains(&head[3])
+            && (head[4..10] == BZIP2_BLOCK || head[4..10] == BZIP2_END)
+        {
+            Compression::Bzip2
         } else {
             Compression::None
         }
@@ -301,6 +377,8 @@ impl Compression {
             Compression::None => "uncompressed",
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Bzip2 => "bzip2",
         }
     }
 
@@ -313,6 +391,15 @@ impl Compression {
             Compression::None => Box::new(raw),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
+            Compression::Xz => {
+                let stream = liblzma::stream::Stream::new_stream_decoder(
+                    XZ_MEMLIMIT,
+                    liblzma::stream::CONCATENATED,
+                )
+                .map_err(io::Error::other)?;
+                Box::new(liblzma::read::XzDecoder::new_stream(raw, stream))
+            }
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(raw)),
         })
     }
 }

@@ -1,7 +1,9 @@
 //! OCI image layouts (a directory, or a tar of one): `oci-layout`,
 //! `index.json`, and blobs named by their digests. The index may list
 //! several manifests, or nest indexes (`skopeo`, `docker buildx`): the
-//! linux/amd64 one is taken.
+//! linux/amd64 one is taken. An index may also list several images, told
+//! apart by their `org.opencontainers.image.ref.name` tags (`skopeo copy
+//! ... oci:DIR:TAG` twice): then the tag the user gives (`DIR:TAG`) picks.
 
 use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, OciLayout, Os};
 
@@ -17,8 +19,20 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 /// How deep indexes may nest (an index of indexes is common; more is not).
 const MAX_INDEX_DEPTH: usize = 4;
 
-/// Opens the OCI layout in `store`.
-pub(crate) fn open(store: &Store, format: ImageFormat) -> Result<Image, ImageError> {
+/// The annotation that tags a manifest in an index (`skopeo copy ...
+/// oci:DIR:TAG` writes it), and containerd's full image name beside it
+/// (Docker 25+ archives).
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// Opens the OCI layout in `store`: the image tagged `tag`, or without a
+/// tag the only image it has (each image the linux/amd64 manifest of its
+/// index entry).
+pub(crate) fn open(
+    store: &Store,
+    format: ImageFormat,
+    tag: Option<&str>,
+) -> Result<Image, ImageError> {
     let path = store.image_path();
     let layout = store.read("oci-layout")?;
     let layout = OciLayout::from_reader(&layout[..])
@@ -35,19 +49,142 @@ pub(crate) fn open(store: &Store, format: ImageFormat) -> Result<Image, ImageErr
     let index = store.read("index.json")?;
     let index = ImageIndex::from_reader(&index[..])
         .map_err(|e| ImageError::invalid(path, format!("index.json: {e}")))?;
-    let mut candidates = Vec::new();
-    collect_manifests(store, index.manifests(), 0, &mut candidates)?;
-    let chosen = choose(&candidates).ok_or_else(|| ImageError::NoPlatform {
-        path: path.to_path_buf(),
-        available: cut(&available(&candidates)),
-    })?;
+    let entries = index.manifests();
+    let names: Vec<Vec<&str>> = entries.iter().map(ref_names).collect();
+    let selected: Vec<usize> = match tag {
+        Some(tag) => {
+            let selected: Vec<usize> = (0..entries.len())
+                .filter(|&i| names[i].contains(&tag))
+                .collect();
+            if selected.is_empty() {
+                return Err(ImageError::NoSuchTag {
+                    path: path.to_path_buf(),
+                    tag: quote(tag.as_bytes()),
+                    tags: cut(&tag_list(names.iter().filter_map(|n| n.first().copied()))),
+                });
+            }
+            selected
+        }
+        None => (0..entries.len()).collect(),
+    };
+    // Each index entry is one image (a manifest, or an index of one
+    // image's platforms): its linux/amd64 manifest, if any.
+    let mut all = Vec::new();
+    let mut chosen: Vec<(Candidate, usize)> = Vec::new();
+    for i in selected {
+        let mut group = Vec::new();
+        collect_manifests(store, std::slice::from_ref(&entries[i]), 0, &mut group)?;
+        if let Some(pick) = choose(&group) {
+            if !chosen.iter().any(|(c, _)| c.digest == pick.digest) {
+                chosen.push((pick.clone(), i));
+            }
+        }
+        all.extend(group);
+    }
+    let (chosen, entry) = match chosen.len() {
+        0 => {
+            return Err(ImageError::NoPlatform {
+                path: path.to_path_buf(),
+                available: cut(&available(&all)),
+            })
+        }
+        1 => chosen.swap_remove(0),
+        count => {
+            let tags: Vec<String> = chosen
+                .iter()
+                .map(|(c, i)| match names[*i].first() {
+                    Some(name) => name.to_string(),
+                    None => format!("untagged manifest {}", c.digest),
+                })
+                .collect();
+            return Err(ImageError::SeveralImages {
+                path: path.to_path_buf(),
+                count,
+                tags: cut(&tags.join(", ")),
+                example: names
+                    .iter()
+                    .find_map(|n| n.first())
+                    .map(|t| cut(t))
+                    .unwrap_or_default(),
+            });
+        }
+    };
     let manifest = store.read_blob(&chosen.digest, chosen.size)?;
     let manifest = ImageManifest::from_reader(&manifest[..])
         .map_err(|e| ImageError::invalid(path, format!("manifest {}: {e}", chosen.digest)))?;
-    from_manifest(store, format, &chosen.digest, &manifest)
+    let mut image = from_manifest(store, format, &chosen.digest, &manifest)?;
+    if let Some(name) = names[entry].first() {
+        image.description.push_str(&format!(", tag {}", cut(name)));
+    }
+    Ok(image)
+}
+
+/// What an index entry is tagged: its `ref.name`, then containerd's name.
+fn ref_names(descriptor: &Descriptor) -> Vec<&str> {
+    let Some(annotations) = descriptor.annotations() else {
+        return Vec::new();
+    };
+    [REF_NAME, CONTAINERD_NAME]
+        .iter()
+        .filter_map(|key| annotations.get(*key).map(String::as_str))
+        .collect()
+}
+
+/// Tags for a message: sorted, each once; "none" when there are none.
+pub(crate) fn tag_list<'a>(tags: impl Iterator<Item = &'a str>) -> String {
+    let tags: std::collections::BTreeSet<&str> = tags.collect();
+    if tags.is_empty() {
+        return "none".to_string();
+    }
+    tags.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+/// What the `version` file of skopeo's `dir:` layout starts with.
+pub(crate) const DIR_TRANSPORT_VERSION: &str = "Directory Transport Version: ";
+
+/// Opens skopeo's `dir:` layout in `store` (a [`Store::Flat`]): its
+/// `manifest.json` is one image's manifest (OCI's or Docker's schema 2),
+/// the blobs it names are files named by their hex digests.
+pub(crate) fn open_dir_transport(store: &Store) -> Result<Image, ImageError> {
+    let path = store.image_path();
+    let version = store.read("version")?;
+    let version = String::from_utf8_lossy(&version);
+    let supported = version
+        .strip_prefix(DIR_TRANSPORT_VERSION)
+        .is_some_and(|v| v.starts_with("1."));
+    if !supported {
+        return Err(ImageError::invalid(
+            path,
+            format!(
+                "its version file says {}, a dir: layout microrun does not read (it reads \
+                 version 1.x): copy it to an OCI layout with `skopeo copy dir:{} oci:OUT` \
+                 and run OUT",
+                quote(version.trim_end().as_bytes()),
+                path.display()
+            ),
+        ));
+    }
+    let bytes = store.read("manifest.json")?;
+    let manifest = ImageManifest::from_reader(&bytes[..]).map_err(|e| {
+        ImageError::invalid(
+            path,
+            format!(
+                "manifest.json: {e} (microrun reads one image's schema 2 or OCI manifest; \
+                 for a list of several, copy one image with `skopeo copy dir:{} oci:OUT`)",
+                path.display()
+            ),
+        )
+    })?;
+    from_manifest(
+        store,
+        ImageFormat::DirTransport,
+        &Digest::of_bytes(&bytes),
+        &manifest,
+    )
 }
 
 /// A manifest an index lists.
+#[derive(Clone)]
 struct Candidate {
     digest: Digest,
     size: u64,

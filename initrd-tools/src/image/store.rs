@@ -39,6 +39,9 @@ pub(crate) enum Member {
 pub(crate) enum Store {
     /// An OCI image layout directory.
     Dir(PathBuf),
+    /// skopeo's `dir:` layout (and podman's `docker-dir`): `manifest.json`
+    /// and `version` beside the blobs, each named by its hex digest.
+    Flat(PathBuf),
     /// An uncompressed tar archive and its members by normalised name.
     Tar {
         path: PathBuf,
@@ -58,7 +61,7 @@ impl Store {
     /// The image: the directory or the archive.
     pub(crate) fn image_path(&self) -> &Path {
         match self {
-            Store::Dir(path) | Store::Tar { path, .. } => path,
+            Store::Dir(path) | Store::Flat(path) | Store::Tar { path, .. } => path,
         }
     }
 
@@ -75,7 +78,7 @@ impl Store {
             ));
         };
         match self {
-            Store::Dir(dir) => {
+            Store::Dir(dir) | Store::Flat(dir) => {
                 let file = dir.join(&normal);
                 match std::fs::metadata(&file) {
                     Ok(meta) if meta.is_file() => Ok(Some(Located {
@@ -88,29 +91,20 @@ impl Store {
                     Err(e) => Err(ImageError::read(&file, e)),
                 }
             }
-            Store::Tar { path, members } => {
-                let mut current = normal;
-                for _ in 0..=MAX_MEMBER_LINKS {
-                    match members.get(&current) {
-                        Some(Member::File { offset, size }) => {
-                            return Ok(Some(Located {
-                                file: path.clone(),
-                                offset: *offset,
-                                len: *size,
-                            }))
-                        }
-                        Some(Member::Link(target)) => current = target.clone(),
-                        Some(Member::Other) | None => return Ok(None),
-                    }
-                }
-                Err(ImageError::invalid(
-                    path,
-                    format!(
-                        "the member {} is a chain of more than {MAX_MEMBER_LINKS} links",
-                        quote(name.as_bytes())
-                    ),
-                ))
-            }
+            Store::Tar { path, members } => resolve_member(members, &normal)
+                .map(|found| {
+                    found.map(|(offset, size)| Located {
+                        file: path.clone(),
+                        offset,
+                        len: size,
+                    })
+                })
+                .map_err(|why| {
+                    ImageError::invalid(
+                        path,
+                        format!("the member {} {why}", quote(name.as_bytes())),
+                    )
+                }),
         }
     }
 
@@ -123,7 +117,7 @@ impl Store {
     /// Reads the metadata blob `digest`, checking its size (when the
     /// descriptor gives one) and digest.
     pub(crate) fn read_blob(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, ImageError> {
-        let name = blob_name(digest);
+        let name = self.blob_name(digest);
         let located = self
             .locate(&name)?
             .ok_or_else(|| self.missing(&digest.to_string()))?;
@@ -144,7 +138,7 @@ impl Store {
     /// Where the layer blob `digest` of `size` bytes is.
     pub(crate) fn locate_blob(&self, digest: &Digest, size: u64) -> Result<Located, ImageError> {
         let located = self
-            .locate(&blob_name(digest))?
+            .locate(&self.blob_name(digest))?
             .ok_or_else(|| self.missing(&digest.to_string()))?;
         self.check_size(&located, &digest.to_string(), size)?;
         Ok(located)
@@ -196,9 +190,73 @@ impl Store {
     }
 }
 
-/// `blobs/sha256/<hex>`: where a layout keeps the blob `digest`.
-pub(crate) fn blob_name(digest: &Digest) -> String {
-    format!("blobs/sha256/{}", digest.hex())
+/// The longest member name followed, with the links in it resolved.
+const MAX_MEMBER_NAME: usize = 4096;
+
+/// The file member `name` (normalised) is, as (offset, size), following
+/// links in any of its components the way a file system would, inside
+/// the archive: `podman save` names `<id>/layer.tar`, a symlink to
+/// `../<hex>.tar`, and a directory may be a link too. Link targets were
+/// resolved against the archive's root when it was scanned (a target that
+/// leaves it is no link). `None` when there is no such file; an error
+/// (why) for a loop or a longer chain than [`MAX_MEMBER_LINKS`].
+fn resolve_member(
+    members: &BTreeMap<String, Member>,
+    name: &str,
+) -> Result<Option<(u64, u64)>, String> {
+    let too_long = || format!("resolves to a name longer than {MAX_MEMBER_NAME} bytes");
+    if name.len() > MAX_MEMBER_NAME {
+        return Err(too_long());
+    }
+    let mut rest: Vec<String> = name.split('/').rev().map(str::to_string).collect();
+    let mut resolved = String::new();
+    let mut links = 0;
+    while let Some(part) = rest.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        if !resolved.is_empty() {
+            resolved.push('/');
+        }
+        resolved.push_str(&part);
+        if resolved.len() > MAX_MEMBER_NAME {
+            return Err(too_long());
+        }
+        match members.get(&resolved) {
+            Some(Member::File { offset, size }) if rest.is_empty() => {
+                return Ok(Some((*offset, *size)))
+            }
+            // A file where a directory should be.
+            Some(Member::File { .. }) => return Ok(None),
+            Some(Member::Link(target)) => {
+                links += 1;
+                if links > MAX_MEMBER_LINKS {
+                    return Err(format!(
+                        "is a chain of more than {MAX_MEMBER_LINKS} links (or a loop)"
+                    ));
+                }
+                if target.len() > MAX_MEMBER_NAME {
+                    return Err(too_long());
+                }
+                rest.extend(target.split('/').rev().map(str::to_string));
+                resolved.clear();
+            }
+            // A directory, or a directory only implied by its members.
+            Some(Member::Other) | None => {}
+        }
+    }
+    Ok(None)
+}
+
+impl Store {
+    /// Where the image keeps the blob `digest`: `blobs/sha256/<hex>`, or
+    /// `<hex>` in skopeo's `dir:` layout.
+    fn blob_name(&self, digest: &Digest) -> String {
+        match self {
+            Store::Flat(_) => digest.hex().to_string(),
+            _ => format!("blobs/sha256/{}", digest.hex()),
+        }
+    }
 }
 
 /// A member or file name as images write it (`./blobs/x`, `/manifest.json`,
@@ -371,6 +429,30 @@ mod tests {
         assert_eq!((found.offset, found.len), (7, 9));
         assert_eq!(store.locate("c").unwrap(), None);
         assert!(store.locate("loop").is_err());
+        // Links in any component, as podman writes `<id>/layer.tar ->
+        // ../<hex>.tar`; a file is no directory; a long chain is refused.
+        let mut members = BTreeMap::new();
+        let hex = "c".repeat(64);
+        members.insert(format!("{hex}.tar"), Member::File { offset: 1, size: 2 });
+        members.insert("id/layer.tar".into(), Member::Link(format!("{hex}.tar")));
+        members.insert("alias".into(), Member::Link("id".into()));
+        members.insert("up".into(), Member::Link(String::new()));
+        members.insert("a".into(), Member::Link("b".into()));
+        members.insert("b".into(), Member::Link("a/x".into()));
+        let store = Store::Tar {
+            path: archive.clone(),
+            members,
+        };
+        let offset = |name: &str| store.locate(name).unwrap().map(|l| l.offset);
+        assert_eq!(offset("id/layer.tar"), Some(1));
+        assert_eq!(offset("alias/layer.tar"), Some(1));
+        assert_eq!(offset("up/up/alias/layer.tar"), Some(1));
+        assert_eq!(offset(&format!("{hex}.tar/x")), None);
+        assert_eq!(offset("alias/other"), None);
+        let err = store.locate("a").unwrap_err().to_string();
+        assert!(err.contains("links"), "{err}");
+        let err = store.locate(&"d/".repeat(3000)).unwrap_err().to_string();
+        assert!(err.contains("longer"), "{err}");
         assert!(store.locate("../x").is_err());
         let err = store.read("c").unwrap_err();
         assert!(matches!(err, ImageError::MissingBlob { .. }), "{err}");

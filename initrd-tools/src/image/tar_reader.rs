@@ -14,8 +14,11 @@
 //! [`TarError::TooLarge`] naming the header, where it is, and the limit.
 //!
 //! The rules are otherwise the `tar` crate's (and GNU tar's): the first
-//! zero block ends the archive; each header's checksum is checked; a GNU
-//! long name or link, else a PAX `path` or `linkpath`, replaces the
+//! zero block ends the archive, and so does the end of the stream after
+//! an entry's data, with or without the padding to a whole block (umoci's
+//! `insert` writes layers so; Go's `archive/tar` reads them), but never
+//! inside an entry's data or headers; each header's checksum is checked;
+//! a GNU long name or link, else a PAX `path` or `linkpath`, replaces the
 //! header's name; a PAX `size` replaces the header's size; a GNU sparse
 //! file (`S`) is expanded, its holes read as zeros.
 
@@ -253,7 +256,16 @@ impl<S: Source> TarReader<S> {
     fn read_entry(&mut self) -> Result<Option<TarEntry>, TarError> {
         let mut pending = Pending::default();
         loop {
-            self.skip_to(self.next)?;
+            if !self.skip_to_next()? {
+                // The stream ends in the padding after complete data.
+                return match pending.offset {
+                    Some(offset) => Err(TarError::Truncated {
+                        what: "the headers of an entry (the entry itself is missing)",
+                        offset,
+                    }),
+                    None => Ok(None),
+                };
+            }
             let offset = self.pos;
             let mut block = [0u8; BLOCK as usize];
             if !self.read_block(&mut block, offset)? || block.iter().all(|&b| b == 0) {
@@ -280,6 +292,7 @@ impl<S: Source> TarReader<S> {
                         size: stored,
                     });
                 }
+                self.data_end = data_pos + stored;
                 self.next = data_pos + round_up(stored);
                 if entry_type.as_byte() != b'g' {
                     pending.offset.get_or_insert(offset);
@@ -445,6 +458,22 @@ impl<S: Source> TarReader<S> {
             return Err(bad("its runs hold less data than the entry stores"));
         }
         Ok((runs, end))
+    }
+
+    /// Moves to the next header. The data before it must all be there;
+    /// the padding after the data may be cut short by the end of the
+    /// stream (false then): umoci's `insert` writes layers that end so,
+    /// and Go's `archive/tar` (containerd, containers/storage) reads them.
+    fn skip_to_next(&mut self) -> Result<bool, TarError> {
+        self.skip_to(self.data_end.min(self.next))?;
+        if self.next > self.pos {
+            let n = self.next - self.pos;
+            if !self.source.skip(self.pos, n).map_err(TarError::Read)? {
+                return Ok(false);
+            }
+            self.pos = self.next;
+        }
+        Ok(true)
     }
 
     /// Moves to `to` (never backwards).

@@ -168,6 +168,8 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+    Xz,
+    Bzip2,
 }
 
 pub fn compress(data: &[u8], how: Compression) -> Vec<u8> {
@@ -180,7 +182,38 @@ pub fn compress(data: &[u8], how: Compression) -> Vec<u8> {
             encoder.finish().unwrap()
         }
         Compression::Zstd => zstd::encode_all(data, 3).unwrap(),
+        Compression::Xz => {
+            let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 1);
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        }
+        Compression::Bzip2 => {
+            let mut encoder = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        }
     }
+}
+
+/// `tar` as umoci's `insert` writes a layer: without the end-of-archive
+/// blocks and without the padding after the last entry's data.
+pub fn unpadded(tar: &[u8]) -> Vec<u8> {
+    let mut tar = tar.to_vec();
+    while tar.ends_with(&[0; 512]) {
+        tar.truncate(tar.len() - 512);
+    }
+    // The last header, then its data: cut the data's padding.
+    let mut at = 0;
+    let mut last = None;
+    while at + 512 <= tar.len() {
+        let header = tar::Header::from_byte_slice(&tar[at..at + 512]);
+        let size = header.entry_size().unwrap();
+        last = Some((at + 512, size as usize));
+        at += 512 + (size as usize).div_ceil(512) * 512;
+    }
+    let (data, size) = last.expect("a non-empty tar");
+    tar.truncate(data + size);
+    tar
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -303,6 +336,9 @@ fn layer_media_type(how: Compression) -> &'static str {
         Compression::None => "application/vnd.oci.image.layer.v1.tar",
         Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
         Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        // No media type names these; the content says what they are.
+        Compression::Xz => "application/vnd.oci.image.layer.v1.tar+xz",
+        Compression::Bzip2 => "application/vnd.oci.image.layer.v1.tar+bzip2",
     }
 }
 
@@ -413,4 +449,74 @@ pub fn docker_25(spec: &ImageSpec) -> Files {
         .files
         .insert("manifest.json".into(), serde_json::to_vec(&docker).unwrap());
     oci_layout_with(files, vec![manifest])
+}
+
+/// A docker-archive as podman, skopeo and buildah write it: each layer
+/// `<diff_id hex>.tar` at the top, `<id>/layer.tar` a symlink to it, the
+/// configuration `<hex>.json`; `manifest.json` names the `<hex>.tar`
+/// files, or with `via_links` the `<id>/layer.tar` links.
+pub fn docker_podman(spec: &ImageSpec, via_links: bool) -> Files {
+    let mut files = Files::default();
+    let config = spec.config_blob();
+    let config_name = format!("{}.json", sha256_hex(&config));
+    files.files.insert(config_name.clone(), config);
+    let mut layers = Vec::new();
+    for (i, (tar, _)) in spec.layers.iter().enumerate() {
+        let physical = format!("{}.tar", sha256_hex(tar));
+        let id = sha256_hex(format!("podman layer {i}").as_bytes());
+        let link = format!("{id}/layer.tar");
+        files.files.insert(physical.clone(), tar.clone());
+        files
+            .symlinks
+            .insert(link.clone(), format!("../{physical}"));
+        files.files.insert(format!("{id}/VERSION"), b"1.0".to_vec());
+        layers.push(if via_links { link } else { physical });
+    }
+    files.files.insert("repositories".into(), b"{}".to_vec());
+    let manifest = json!([{
+        "Config": config_name,
+        "RepoTags": ["localhost/microrun-test:latest"],
+        "Layers": layers,
+    }]);
+    files.files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec(&manifest).unwrap(),
+    );
+    files
+}
+
+/// An OCI layout holding several images, each tagged as `skopeo copy ...
+/// oci:DIR:TAG` tags it (`org.opencontainers.image.ref.name`), without a
+/// platform in the index, as skopeo writes it.
+pub fn oci_layout_tagged(images: &[(&str, &ImageSpec)]) -> Files {
+    let mut files = Files::default();
+    let mut manifests = Vec::new();
+    for (tag, spec) in images {
+        let mut manifest = add_image_blobs(&mut files, spec);
+        manifest["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        manifests.push(manifest);
+    }
+    oci_layout_with(files, manifests)
+}
+
+/// skopeo's `dir:` layout: `manifest.json`, `version`, and the blobs
+/// named by their hex digests.
+pub fn dir_transport(spec: &ImageSpec) -> Files {
+    let mut layout = Files::default();
+    let descriptor = add_image_blobs(&mut layout, spec);
+    let manifest_hex = descriptor["digest"].as_str().unwrap()["sha256:".len()..].to_string();
+    let mut files = Files::default();
+    for (name, data) in layout.files {
+        let hex = name.strip_prefix("blobs/sha256/").unwrap();
+        if hex == manifest_hex {
+            files.files.insert("manifest.json".into(), data);
+        } else {
+            files.files.insert(hex.to_string(), data);
+        }
+    }
+    files.files.insert(
+        "version".into(),
+        b"Directory Transport Version: 1.1\n".to_vec(),
+    );
+    files
 }

@@ -306,3 +306,57 @@ fn global_headers_are_skipped_and_trailing_nuls_trimmed() {
     bytes.extend(end());
     assert!(read_all(&bytes).unwrap().is_empty());
 }
+
+#[test]
+fn an_archive_may_end_after_complete_data_without_padding_or_end_blocks() {
+    // As umoci's `insert` writes a layer: the last entry's data, then
+    // nothing (no padding to a whole block, no zero blocks).
+    let mut archive = member(b'0', "a", b"first");
+    archive.extend(header(b'0', "b", 5));
+    archive.extend(b"hello");
+    let expected = vec![
+        ("a".to_string(), None, b"first".to_vec()),
+        ("b".to_string(), None, b"hello".to_vec()),
+    ];
+    assert_eq!(read_all(&archive).unwrap(), expected);
+    // Padding in part, padding whole without end blocks, a directory last.
+    archive.extend([0; 100]);
+    assert_eq!(read_all(&archive).unwrap(), expected);
+    archive.resize(2048, 0);
+    assert_eq!(read_all(&archive).unwrap(), expected);
+    let mut dir_last = member(b'0', "a", b"first");
+    dir_last.extend(header(b'5', "d/", 0));
+    assert_eq!(read_all(&dir_last).unwrap().len(), 2);
+    // Seeking over the data (an uncompressed layer) reads the same.
+    let mut unpadded = member(b'0', "a", b"first");
+    unpadded.extend(header(b'0', "b", 5));
+    unpadded.extend(b"hello");
+    let mut reader = TarReader::new(Seekable(io::Cursor::new(&unpadded)));
+    let mut names = Vec::new();
+    while let Some(entry) = reader.next_entry().unwrap() {
+        names.push(entry.path);
+    }
+    assert_eq!(names, [b"a".to_vec(), b"b".to_vec()]);
+
+    // Data cut short is still an error, skipped or read, and so is an
+    // extension header whose entry never comes.
+    let cut = &unpadded[..unpadded.len() - 1];
+    let mut reader = TarReader::new(Stream(cut));
+    reader.next_entry().unwrap().unwrap();
+    reader.next_entry().unwrap().unwrap();
+    let err = reader.next_entry().unwrap_err();
+    assert!(matches!(err, TarError::Truncated { .. }), "{err}");
+    let mut reader = TarReader::new(Stream(cut));
+    while let Ok(Some(entry)) = reader.next_entry() {
+        let mut data = Vec::new();
+        reader.data(&entry).read_to_end(&mut data).unwrap();
+        if entry.path == b"b" {
+            assert_eq!(data, b"hell", "the stream ends inside the data");
+        }
+    }
+    let mut name_only = member(b'0', "a", b"first");
+    name_only.extend(header(b'L', "././@LongLink", 5));
+    name_only.extend(b"name\0");
+    let err = read_all(&name_only).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
