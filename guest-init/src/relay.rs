@@ -50,6 +50,80 @@ const NO_PIDFD_INTERVAL: Timespec = Timespec {
     tv_nsec: 10_000_000,
 };
 
+/// The command a relay copies for: its pidfd where the kernel has them (its
+/// end wakes the relay at once), and how long a poll may wait before the
+/// relay looks at the command again. Shared with the terminal's relay.
+pub struct Watch {
+    pidfd: Option<OwnedFd>,
+    interval: Timespec,
+}
+
+impl Watch {
+    /// Watches the process `command`.
+    pub fn command(command: i32) -> Watch {
+        let pidfd = Pid::from_raw(command)
+            .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
+        let interval = if pidfd.is_some() {
+            REAP_INTERVAL
+        } else {
+            NO_PIDFD_INTERVAL
+        };
+        Watch { pidfd, interval }
+    }
+
+    /// Polls the descriptors in `slots` (with their events) and the
+    /// command's pidfd, for at most the interval; returns each slot's ready
+    /// events (none for an empty slot), or `None` when there is nothing to
+    /// act on: the wait ended empty (the interval, a signal), poll failed,
+    /// or there was nothing to poll (both after a short pause).
+    pub fn poll<'a>(
+        &'a self,
+        slots: [Option<(BorrowedFd<'a>, PollFlags)>; 2],
+    ) -> Option<[PollFlags; 2]> {
+        // The slots in use, then the pidfd, each with its slot (2: the
+        // pidfd).
+        let mut watched: [Option<(BorrowedFd<'a>, PollFlags, usize)>; 3] = [None; 3];
+        let mut n = 0;
+        for (slot, entry) in slots.into_iter().enumerate() {
+            if let Some((fd, flags)) = entry {
+                watched[n] = Some((fd, flags, slot));
+                n += 1;
+            }
+        }
+        if let Some(pidfd) = &self.pidfd {
+            watched[n] = Some((pidfd.as_fd(), PollFlags::IN, 2));
+            n += 1;
+        }
+        let Some(first) = watched[0] else {
+            // Nothing to watch: only the command's end is left to see.
+            let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
+            return None;
+        };
+        // Entries past `n` repeat the first; they are never passed.
+        let mut polled: [PollFd<'a>; 3] = core::array::from_fn(|i| {
+            let (fd, flags, _) = watched[i].unwrap_or(first);
+            PollFd::from_borrowed_fd(fd, flags)
+        });
+        match rustix::event::poll(&mut polled[..n], Some(&self.interval)) {
+            Ok(0) | Err(Errno::INTR) => return None,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
+                return None;
+            }
+        }
+        let mut ready = [PollFlags::empty(); 2];
+        for (entry, fd) in watched.iter().zip(&polled).take(n) {
+            if let Some((_, _, slot)) = *entry {
+                if slot < 2 {
+                    ready[slot] = fd.revents();
+                }
+            }
+        }
+        Some(ready)
+    }
+}
+
 /// Whether a relay was set up, and the bytes each port took: what `@sent`
 /// reports (kept here, so that a panic's `finish` reports them too).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -192,13 +266,7 @@ impl Relay {
     /// Copies the command's output until `ended` (which reaps children
     /// without waiting) returns the command's status.
     pub fn copy_until(&mut self, command: i32, mut ended: impl FnMut() -> Option<u8>) -> u8 {
-        let pidfd = Pid::from_raw(command)
-            .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
-        let interval = if pidfd.is_some() {
-            REAP_INTERVAL
-        } else {
-            NO_PIDFD_INTERVAL
-        };
+        let watch = Watch::command(command);
         // Below the command's priority: woken at its every write, the relay
         // would move a few KiB at a time; yielding, it finds the pipe
         // fuller and splices more per notification (64 MiB in 4 KiB
@@ -210,44 +278,16 @@ impl Relay {
             if let Some(status) = ended() {
                 return status;
             }
-            // The open pipes, then the pidfd: `owner` says which stream an
-            // entry is (2: the pidfd).
-            let mut watched: [Option<(BorrowedFd<'_>, usize)>; 3] = [None; 3];
-            let mut n = 0;
-            for (index, stream) in self.streams.iter().enumerate() {
-                if stream.open {
-                    watched[n] = Some((stream.pipe.as_fd(), index));
-                    n += 1;
-                }
-            }
-            if let Some(pidfd) = &pidfd {
-                watched[n] = Some((pidfd.as_fd(), 2));
-                n += 1;
-            }
-            let Some(first) = watched[0] else {
-                // Nothing to watch: only the command's end is left to see.
-                let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
+            let slots = core::array::from_fn(|i| {
+                let stream = &self.streams[i];
+                stream.open.then(|| (stream.pipe.as_fd(), PollFlags::IN))
+            });
+            let Some(ready) = watch.poll(slots) else {
                 continue;
             };
-            // Entries past `n` repeat the first; they are never passed.
-            let mut polled: [PollFd<'_>; 3] = core::array::from_fn(|i| {
-                PollFd::from_borrowed_fd(watched[i].unwrap_or(first).0, PollFlags::IN)
-            });
-            match rustix::event::poll(&mut polled[..n], Some(&interval)) {
-                Ok(0) | Err(Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
-                    continue;
-                }
-            }
-            let ready: [(bool, usize); 3] = core::array::from_fn(|i| {
-                let owner = watched[i].map_or(2, |(_, owner)| owner);
-                (i < n && !polled[i].revents().is_empty(), owner)
-            });
-            for (is_ready, owner) in ready {
-                if is_ready && owner < 2 {
-                    let _ = self.streams[owner].copy_once(&mut buf);
+            for (stream, events) in self.streams.iter_mut().zip(ready) {
+                if !events.is_empty() {
+                    let _ = stream.copy_once(&mut buf);
                 }
             }
         }

@@ -12,15 +12,13 @@
 
 use core::sync::atomic::{AtomicI32, Ordering};
 
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::PollFlags;
 use rustix::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
-use rustix::process::{Pid, PidfdFlags};
 use rustix::pty::OpenptFlags;
 use rustix::termios::Winsize;
-use rustix::thread::Timespec;
 
 use crate::channels::GlobalState;
 use crate::console::Line;
@@ -34,16 +32,6 @@ static SLAVE_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// How much is moved at once in either direction.
 const CHUNK: usize = 4096;
-/// How often orphans are reaped while the command runs.
-const REAP_INTERVAL: Timespec = Timespec {
-    tv_sec: 1,
-    tv_nsec: 0,
-};
-/// Without a pidfd, how often to look whether the command has ended.
-const NO_PIDFD_INTERVAL: Timespec = Timespec {
-    tv_sec: 0,
-    tv_nsec: 10_000_000,
-};
 
 /// Opens the command's terminal, `rows` by `cols`; says on the console
 /// why when it cannot (the run then ends with 126, as any failure to set
@@ -133,14 +121,6 @@ pub fn active() -> bool {
     MASTER_FD.load(Ordering::Relaxed) >= 0
 }
 
-/// What a polled descriptor is, in [`Relay::copy_until`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Master,
-    Input,
-    Command,
-}
-
 /// The relay between the terminal's master and the host's channels.
 pub struct Relay {
     master: BorrowedFd<'static>,
@@ -199,13 +179,7 @@ impl Relay {
     /// Relays until `ended` (which reaps children without waiting) returns
     /// the command's status.
     pub fn copy_until(&mut self, command: i32, mut ended: impl FnMut() -> Option<u8>) -> u8 {
-        let pidfd = Pid::from_raw(command)
-            .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
-        let interval = if pidfd.is_some() {
-            REAP_INTERVAL
-        } else {
-            NO_PIDFD_INTERVAL
-        };
+        let watch = relay::Watch::command(command);
         let mut buf = [0u8; CHUNK];
         loop {
             if let Some(status) = ended() {
@@ -213,59 +187,30 @@ impl Relay {
             }
             let has_pending = self.pending_at < self.pending_len;
             // What to watch: the master (for output, and for room when input
-            // waits) until every slave is closed, the stdin channel unless
-            // input waits, and the command's pidfd.
-            let mut watched: [Option<(BorrowedFd<'_>, PollFlags, Role)>; 3] = [None; 3];
-            let mut n = 0;
-            if self.master_open {
+            // waits) until every slave is closed, and the stdin channel
+            // unless input waits.
+            let master = self.master_open.then(|| {
                 let flags = if has_pending {
                     PollFlags::IN | PollFlags::OUT
                 } else {
                     PollFlags::IN
                 };
-                watched[n] = Some((self.master, flags, Role::Master));
-                n += 1;
-            }
-            if let Some(input) = self.input.filter(|_| !has_pending) {
-                watched[n] = Some((input, PollFlags::IN, Role::Input));
-                n += 1;
-            }
-            if let Some(pidfd) = &pidfd {
-                watched[n] = Some((pidfd.as_fd(), PollFlags::IN, Role::Command));
-                n += 1;
-            }
-            let Some(first) = watched[0] else {
-                // Nothing to watch: only the command's end is left to see.
-                let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
+                (self.master, flags)
+            });
+            let input = self
+                .input
+                .filter(|_| !has_pending)
+                .map(|fd| (fd, PollFlags::IN));
+            let Some([master_ready, input_ready]) = watch.poll([master, input]) else {
                 continue;
             };
-            // Entries past `n` repeat the first; they are never passed.
-            let mut polled: [PollFd<'_>; 3] = core::array::from_fn(|i| {
-                let (fd, flags, _) = watched[i].unwrap_or(first);
-                PollFd::from_borrowed_fd(fd, flags)
-            });
-            match rustix::event::poll(&mut polled[..n], Some(&interval)) {
-                Ok(0) | Err(Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = rustix::thread::nanosleep(&NO_PIDFD_INTERVAL);
-                    continue;
-                }
-            }
-            let ready = |role: Role| {
-                (0..n)
-                    .find(|&i| watched[i].is_some_and(|(_, _, r)| r == role))
-                    .map_or(PollFlags::empty(), |i| polled[i].revents())
-            };
-            let master_ready = ready(Role::Master);
-            let input_ready = !ready(Role::Input).is_empty();
             if master_ready.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
                 self.output_once(&mut buf);
             }
             if master_ready.contains(PollFlags::OUT) {
                 self.write_pending();
             }
-            if input_ready {
+            if !input_ready.is_empty() {
                 self.input_once();
             }
         }
