@@ -38,7 +38,13 @@ fn messages() -> Option<&'static OutputSink> {
         let filter = vmm::seccomp::wanted()
             .then(|| vmm::seccomp::filter(vmm::seccomp::ThreadKind::Output).ok())
             .flatten();
-        OutputSink::spawn_filtered("messages", Box::new(FdWriter(2)), 256 * 1024, filter).ok()
+        // Its thread may start before a terminal session (-it) blocks the
+        // session's signals in every thread: it gets them blocked from the
+        // start, or a SIGTERM could end microrun there with the terminal
+        // still raw.
+        terminal::spawn_without_session_signals(|| {
+            OutputSink::spawn_filtered("messages", Box::new(FdWriter(2)), 256 * 1024, filter).ok()
+        })
     })
     .as_ref()
 }

@@ -22,7 +22,7 @@ pub enum Engine {
     Auto,
     /// microrun's own KVM microVM.
     Kvm,
-    /// No VM: user, mount and PID namespaces with the rootfs as root.
+    /// No VM: user, mount, PID and IPC namespaces with the rootfs as root.
     Chroot,
     /// QEMU (`-M pc`), with KVM where usable and TCG otherwise.
     Qemu,

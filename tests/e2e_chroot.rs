@@ -239,3 +239,61 @@ fn symlinks_in_the_rootfs_never_lead_writes_onto_the_host() {
         "guest-init was written on the host"
     );
 }
+
+/// Root running the program as root (`-u 0`, or an image's `User: root`)
+/// maps root alone, as without `-u`: another user's 0600 file in a share
+/// stays out of reach (with every id mapped, namespace root's
+/// CAP_DAC_OVERRIDE reached it).
+#[test]
+fn root_as_root_cannot_read_another_users_file_in_a_share() {
+    if let Some(why) = user_namespaces_unavailable() {
+        skip_unavailable!("chroot engine: {why}");
+        return;
+    }
+    // SAFETY: geteuid only returns the caller's id.
+    if unsafe { libc::geteuid() } != 0 {
+        test_support::skip_not_applicable!("the case is root's: an ordinary user maps no other id");
+        return;
+    }
+    let root = common::libs_rootfs().expect("libs rootfs");
+    let share = tempfile::tempdir().unwrap();
+    let secret = share.path().join("secret");
+    fs::write(&secret, "topsecret\n").unwrap();
+    std::os::unix::fs::chown(&secret, Some(4321), Some(4321)).unwrap();
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let bind = format!("{}:/s", share.path().display());
+    let output = microrun(
+        &ENGINE,
+        &["-u", "0", "--bind", &bind],
+        root,
+        &["cat", "/s/secret"],
+    );
+    assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    assert!(
+        stderr(&output).contains("Permission denied"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// The program gets SIGPIPE's default action, as in a VM: a writer whose
+/// reader has gone ends quietly (Rust's runtime ignores SIGPIPE, and exec
+/// keeps an ignored signal ignored).
+#[test]
+fn a_writer_whose_reader_has_gone_ends_quietly() {
+    if let Some(why) = user_namespaces_unavailable() {
+        skip_unavailable!("chroot engine: {why}");
+        return;
+    }
+    let root = common::libs_rootfs().expect("libs rootfs");
+    let output = microrun(
+        &ENGINE,
+        &[],
+        root,
+        &["sh", "-c", "busybox yes | busybox head -n 1"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "y\n");
+    assert_eq!(stderr(&output), "", "no broken-pipe error");
+}

@@ -22,12 +22,26 @@
 //!   and lets the signal end microrun as it would have;
 //! - on a panic (a hook asks the thread and waits for it);
 //! - on the escape, Ctrl-] typed three times within a second: the
-//!   terminal is restored, microrun says so and exits 130 at once, which
+//!   terminal is restored, microrun says so and exits 125 at once, which
 //!   ends the VM (QEMU and the chroot engine's namespace die with
 //!   microrun, through `PR_SET_PDEATHSIG`).
 
 pub mod keys;
 mod raw;
+
+/// Runs `spawn` (which starts a thread) with the session's signals blocked
+/// in the calling thread, so that the new thread inherits them blocked:
+/// for a thread that may start before a session does (microrun's
+/// messages), which must never take a signal the session restores the
+/// terminal on.
+pub fn spawn_without_session_signals<T>(spawn: impl FnOnce() -> T) -> T {
+    let old = raw::thread_mask(libc::SIG_BLOCK, &raw::signal_set()).ok();
+    let spawned = spawn();
+    if let Some(old) = old {
+        let _ = raw::thread_mask(libc::SIG_SETMASK, &old);
+    }
+    spawned
+}
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -40,8 +54,10 @@ use keys::EscapeWatch;
 /// What microrun says when the escape stops the VM.
 pub const ESCAPE_MESSAGE: &str = "\r\nmicrorun: Ctrl-] pressed three times: the VM was stopped\r\n";
 
-/// microrun's exit status after the escape (as for a Ctrl-C: 128 + SIGINT).
-pub const ESCAPE_STATUS: i32 = 130;
+/// microrun's exit status after the escape: 125, the contract's code for
+/// a VM that ended without reporting a status (130 would read as the
+/// program's own death by SIGINT).
+pub const ESCAPE_STATUS: i32 = 125;
 
 /// Why the terminal cannot be set up.
 #[derive(Debug, thiserror::Error)]

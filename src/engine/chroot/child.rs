@@ -63,6 +63,15 @@ pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd, sy
         report(report_fd, "userns", &message);
         exit_child(125);
     }
+    // Changing ids (take_root) clears the parent-death signal: armed
+    // again, and the parent checked again, so the namespace never outlives
+    // microrun (a kill -9, or the terminal's escape ending it at once).
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid only returns the parent's pid.
+    if unsafe { libc::getppid() } != job.supervisor_pid {
+        exit_child(125);
+    }
     let (alive_read, alive_write) = match pipe() {
         Ok(pair) => pair,
         Err(e) => {
@@ -129,6 +138,10 @@ fn namespace_init(job: &Job, status_fd: RawFd, report_fd: RawFd, alive: OwnedFd)
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Rust's runtime ignores SIGPIPE, and exec keeps an ignored
+        // signal ignored: the program gets the default back, as in a VM
+        // (`yes | head -1` ends quietly).
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // The helper may have died before the flag was set: then the pipe's
     // write end is closed.

@@ -78,10 +78,19 @@ impl IdMaps {
         subgid: &str,
     ) -> Result<IdMaps, ChrootError> {
         if caller.uid == 0 {
+            // Root running the program as root maps root alone, as without
+            // -u: with every id mapped, namespace root's capabilities would
+            // reach every other user's files in a share (the shares are
+            // idmapped only when the ids differ).
+            let count = if guest.uid == 0 && guest.gid == 0 {
+                1
+            } else {
+                ALL_IDS
+            };
             let all = vec![Extent {
                 inside: 0,
                 outside: 0,
-                count: ALL_IDS,
+                count,
             }];
             return Ok(IdMaps {
                 uid: all.clone(),
@@ -456,6 +465,15 @@ mod tests {
         assert_eq!(maps.uid, [line(0, 0, u32::MAX)]);
         assert_eq!(maps.writer, Writer::Direct);
         assert_eq!(maps.nested().uid, "0 0 4294967295\n");
+    }
+
+    #[test]
+    fn root_running_as_root_maps_root_alone() {
+        let root = Ids { uid: 0, gid: 0 };
+        let maps = IdMaps::plan(root, "root", root, "", "").unwrap();
+        assert_eq!(maps.uid, [line(0, 0, 1)]);
+        assert_eq!(maps.gid, [line(0, 0, 1)]);
+        assert_eq!(maps.writer, Writer::Direct);
     }
 
     #[test]

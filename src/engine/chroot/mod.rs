@@ -1,12 +1,12 @@
 //! The `chroot` engine: the rootfs and command run without a VM, in new
-//! user, mount and PID namespaces with the rootfs as `/`, rootless, like the
+//! user, mount, PID and IPC namespaces with the rootfs as `/`, rootless, like the
 //! cookbook's `unshare -r chroot`.
 //!
 //! The process tree of one run:
 //!
 //! ```text
 //! microrun (supervisor: reads the status pipe, enforces --timeout)
-//!  └─ helper: unshare(user, mount, PID), uid/gid map, waits for PID 1
+//!  └─ helper: unshare(user, mount, PID, IPC), uid/gid map, waits for PID 1
 //!      └─ PID 1 of the new PID namespace: builds the root, pivot_root,
 //!         locks the mounts (a nested user and mount namespace), execs
 //!         guest-init (/.microrun/init), which runs the command
