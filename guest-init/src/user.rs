@@ -100,6 +100,18 @@ pub fn resolve(config: &mut RunConfig) -> Option<Switch> {
 /// Becomes the user: groups, gid, uid, then no capabilities to pass on.
 /// In the command's process, just before exec.
 pub fn switch(switch: &Switch) -> Result<(), Errno> {
+    // The command's terminal (`-t`) becomes the user's, as login makes it:
+    // programs that open it again by name (`screen`, `script`) can.
+    if crate::tty::active() {
+        // SAFETY: descriptor 0 is open for the whole call: the child has
+        // just put the terminal's slave there (streams::setup_stdio).
+        let stdin = unsafe { rustix::stdio::stdin() };
+        let _ = rustix::fs::fchown(
+            stdin,
+            Some(Uid::from_raw(switch.uid)),
+            Some(Gid::from_raw(switch.gid)),
+        );
+    }
     let groups = &switch.groups[..switch.ngroups];
     // SAFETY: Gid is a transparent wrapper of gid_t, so a slice of u32
     // has the layout of a slice of Gid.

@@ -16,7 +16,7 @@ use test_support::skip_unavailable;
 use super::Engine;
 
 /// Busybox applets of the terminal rootfs.
-const APPLETS: [&str; 6] = ["sh", "stty", "tty", "sleep", "echo", "true"];
+const APPLETS: [&str; 7] = ["sh", "stty", "tty", "sleep", "echo", "true", "stat"];
 /// The guest shell's prompt (`PS1`), looked for on the screen.
 const PROMPT: &str = "guest#";
 
@@ -400,15 +400,23 @@ pub fn sigterm_restores_the_terminal(engine: &Engine) {
 }
 
 /// Ctrl-] three times within a second stops the VM: 125, and the terminal
-/// is as it was.
+/// is as it was. (Run with `-u 1000:100` where that needs no range, whose
+/// terminal is then the user's, as login makes it.)
 pub fn escape_stops_the_vm_with_125(engine: &Engine) {
     let Some(root) = prerequisites(engine) else {
         return;
     };
-    let tmux = start(engine, &[], root);
+    // SAFETY: geteuid only returns the caller's id.
+    let as_user = engine.is_vm || unsafe { libc::geteuid() } == 0;
+    let options: &[&str] = if as_user { &["-u", "1000:100"] } else { &[] };
+    let tmux = start(engine, options, root);
     tmux.wait_for("the guest's prompt", boot_limit(engine), |line| {
         line.starts_with(PROMPT)
     });
+    if as_user {
+        tmux.line("echo O1 $(stat -c %u:%g $(tty))");
+        tmux.wait_line("O1 1000:100", Duration::from_secs(30));
+    }
     tmux.line("sleep 600");
     tmux.keys(&["C-]", "C-]", "C-]"]);
     tmux.wait_line("code=125", Duration::from_secs(20));
