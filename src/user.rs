@@ -33,6 +33,12 @@ use std::path::{Path, PathBuf};
 
 use initrd_tools::extract::Archive;
 
+/// guest-init's `/etc/passwd` and `/etc/group` resolution, compiled here
+/// as well: one parser for both sides.
+#[path = "../guest-init/src/passwd.rs"]
+#[allow(dead_code)]
+mod guest_passwd;
+
 /// The largest `/etc/passwd` or `/etc/group` read on the host.
 const MAX_FILE: u64 = 16 << 20;
 
@@ -159,21 +165,27 @@ impl UserSpec {
     /// The uid and gid this spec names, given the rootfs's `/etc/passwd`
     /// and `/etc/group` (`None`: the file does not exist).
     pub fn resolve(&self, passwd: Option<&str>, group: Option<&str>) -> Result<Ids, UserError> {
-        let entry = passwd.and_then(|passwd| find_passwd(passwd, &self.user));
-        let (uid, mut gid) = match (parse_id(&self.user), entry) {
-            (_, Some((uid, gid))) => (uid, gid),
-            (Some(uid), None) => (uid, 0),
-            (None, None) => return Err(self.unknown("user", &self.user, "/etc/passwd")),
-        };
-        if let Some(name) = &self.group {
-            gid = match parse_id(name) {
-                Some(gid) => gid,
-                None => group
-                    .and_then(|group| find_group(group, name))
-                    .ok_or_else(|| self.unknown("group", name, "/etc/group"))?,
-            };
+        // guest-init's own resolution (the same file, compiled here too), so
+        // that the ids the host plans with (id maps, the 9p owner) are the
+        // ids the program gets.
+        let spec = self.to_string();
+        let resolved = guest_passwd::resolve(
+            spec.as_bytes(),
+            passwd.unwrap_or("").as_bytes(),
+            group.unwrap_or("").as_bytes(),
+        );
+        match resolved {
+            Ok(resolved) => Ok(Ids {
+                uid: resolved.uid,
+                gid: resolved.gid,
+            }),
+            Err(guest_passwd::Unknown::User(_)) => {
+                Err(self.unknown("user", &self.user, "/etc/passwd"))
+            }
+            Err(guest_passwd::Unknown::Group(_)) => {
+                Err(self.unknown("group", self.group.as_deref().unwrap_or(""), "/etc/group"))
+            }
         }
-        Ok(Ids { uid, gid })
     }
 
     fn unknown(&self, kind: &'static str, name: &str, file: &'static str) -> UserError {
@@ -208,32 +220,6 @@ fn parse_id(text: &str) -> Option<u32> {
         return None;
     }
     text.parse::<u32>().ok().filter(|&id| id != u32::MAX)
-}
-
-/// The uid and gid of the user `name` (a name, or a uid) in a passwd file:
-/// the first entry with that name, or, for a number, with that uid.
-fn find_passwd(passwd: &str, name: &str) -> Option<(u32, u32)> {
-    let by_number = parse_id(name);
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let entry_name = fields.next()?;
-        let uid = parse_id(fields.nth(1)?)?;
-        let gid = parse_id(fields.next()?)?;
-        let found = match by_number {
-            Some(wanted) => uid == wanted,
-            None => entry_name == name,
-        };
-        found.then_some((uid, gid))
-    })
-}
-
-/// The gid of the group `name` in a group file.
-fn find_group(group: &str, name: &str) -> Option<u32> {
-    group.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then_some(())?;
-        parse_id(fields.nth(1)?)
-    })
 }
 
 /// Where a rootfs's files are read from on the host.
@@ -342,6 +328,24 @@ mod tests {
         UserSpec::parse(spec, "-u")
             .unwrap()
             .resolve(Some(PASSWD), Some(GROUP))
+    }
+
+    /// The host reads the files as guest-init does: an entry short of its
+    /// home field is no entry on either side (the host once took it and
+    /// planned ids the program never got).
+    #[test]
+    fn the_host_and_guest_init_agree_on_short_entries() {
+        let short = "app:x:1000:1000\n";
+        let spec = UserSpec::parse("app", "-u").unwrap();
+        assert!(matches!(
+            spec.resolve(Some(short), None),
+            Err(UserError::Unknown { kind: "user", .. })
+        ));
+        let by_number = UserSpec::parse("1000", "-u").unwrap();
+        assert_eq!(
+            by_number.resolve(Some(short), None).unwrap(),
+            Ids { uid: 1000, gid: 0 }
+        );
     }
 
     #[test]
