@@ -78,23 +78,23 @@ impl IdMaps {
         subgid: &str,
     ) -> Result<IdMaps, ChrootError> {
         if caller.uid == 0 {
-            // Root running the program as root maps root alone, as without
-            // -u: with every id mapped, namespace root's capabilities would
-            // reach every other user's files in a share (the shares are
-            // idmapped only when the ids differ).
-            let count = if guest.uid == 0 && guest.gid == 0 {
-                1
-            } else {
-                ALL_IDS
+            // Root running the program as root maps uid 0 alone, as without
+            // -u: with every uid mapped, namespace root's capabilities would
+            // reach every other user's files in a share (a capability
+            // applies to an inode only when its owner is mapped; the shares
+            // are idmapped only when the ids differ). Every gid stays
+            // mapped, for the supplementary groups the rootfs gives root.
+            let all = |count| {
+                vec![Extent {
+                    inside: 0,
+                    outside: 0,
+                    count,
+                }]
             };
-            let all = vec![Extent {
-                inside: 0,
-                outside: 0,
-                count,
-            }];
+            let root_alone = guest.uid == 0 && guest.gid == 0;
             return Ok(IdMaps {
-                uid: all.clone(),
-                gid: all,
+                uid: all(if root_alone { 1 } else { ALL_IDS }),
+                gid: all(ALL_IDS),
                 writer: Writer::Direct,
             });
         }
@@ -472,7 +472,7 @@ mod tests {
         let root = Ids { uid: 0, gid: 0 };
         let maps = IdMaps::plan(root, "root", root, "", "").unwrap();
         assert_eq!(maps.uid, [line(0, 0, 1)]);
-        assert_eq!(maps.gid, [line(0, 0, 1)]);
+        assert_eq!(maps.gid, [line(0, 0, u32::MAX)]);
         assert_eq!(maps.writer, Writer::Direct);
     }
 
