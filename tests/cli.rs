@@ -300,6 +300,49 @@ fn timeout_stops_a_spinning_guest_with_124() {
     assert!(took < Duration::from_millis(1500), "stopped late: {took:?}");
 }
 
+/// The kvm engine watches the console: a kernel that says it could not
+/// unpack the initrd ends the run 125 with the initrd's size, the memory
+/// it had and the memory to give (the plan's default for this initrd).
+#[test]
+fn a_failed_initrd_unpack_names_the_memory_to_give() {
+    require_kvm!();
+    let f = Fixture::new();
+    let out = f.boot(&bz("unpack_failed"), &["--mem", "40M"]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), Some(125), "{err}");
+    assert!(
+        err.contains("Initramfs unpacking failed: write error"),
+        "{err}"
+    );
+    let said = err
+        .lines()
+        .find(|l| l.starts_with("microrun: the kernel could not unpack the rootfs ("))
+        .unwrap_or_else(|| panic!("no unpack message: {err}"));
+    assert!(
+        said.contains("MiB of files) into 40 MiB of guest memory"),
+        "{said}"
+    );
+    // The default for this initrd, which the plan logs at -v.
+    let kernel = bz("unpack_failed");
+    let root = f.root();
+    let args = [
+        "-v".as_ref(),
+        "--timeout".as_ref(),
+        SAFETY_TIMEOUT.as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        root.as_os_str(),
+    ];
+    let verbose_err = stderr(&f.microrun::<&std::ffi::OsStr>(&args).0);
+    let default = verbose_err
+        .lines()
+        .find_map(|l| l.strip_prefix("microrun: info: memory: "))
+        .and_then(|l| l.split(" MiB").next())
+        .unwrap_or_else(|| panic!("no memory line: {verbose_err}"));
+    assert!(said.ends_with(&format!("give --mem {default}M")), "{said}");
+    assert!(!err.contains("it may need more memory"), "{err}");
+}
+
 #[test]
 fn reset_without_status_gives_125_with_a_reason() {
     require_kvm!();
