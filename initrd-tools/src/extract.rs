@@ -161,13 +161,6 @@ impl Archive {
         (!lost.is_empty()).then(|| format!("{}; the VM engines keep them all", lost.join("; ")))
     }
 
-    /// The memory the members take once the kernel has unpacked them into
-    /// a tmpfs (the initramfs's rootfs when the kernel has `CONFIG_TMPFS`):
-    /// [`tmpfs_bytes`] of their sizes.
-    pub fn tmpfs_bytes(&self) -> u64 {
-        tmpfs_bytes(self.entries.iter().map(|e| (e.mode, e.size)))
-    }
-
     /// Writes the members under `root`, as the kernel unpacks an
     /// initramfs: a later member with the inode of an earlier one is a
     /// hard link to it. Device nodes and sockets are skipped.
@@ -329,30 +322,6 @@ pub fn member_paths(bytes: &[u8]) -> io::Result<Vec<PathBuf>> {
     Ok(entries.into_iter().map(|entry| entry.path).collect())
 }
 
-/// The memory pages a tmpfs gives members of these `(mode, size)`, in
-/// bytes: a regular file's data rounded up to 4 KiB pages (a hard link's
-/// other names carry no data), a symbolic link's target one page when it
-/// is longer than the 128 bytes shmem keeps in the inode; directories,
-/// devices and FIFOs take none (Linux 6.1, `mm/shmem.c`).
-pub fn tmpfs_bytes(members: impl IntoIterator<Item = (u32, u64)>) -> u64 {
-    const PAGE: u64 = 4096;
-    const SHORT_SYMLINK_LEN: u64 = 128;
-    members
-        .into_iter()
-        .map(|(mode, size)| match mode & libc::S_IFMT {
-            libc::S_IFREG => size.div_ceil(PAGE).saturating_mul(PAGE),
-            libc::S_IFLNK if size > SHORT_SYMLINK_LEN => PAGE,
-            _ => 0,
-        })
-        .fold(0u64, u64::saturating_add)
-}
-
-/// [`tmpfs_bytes`] of the members of a newc archive held in memory.
-pub fn tmpfs_bytes_of(bytes: &[u8]) -> io::Result<u64> {
-    let entries = index(io::Cursor::new(bytes), bytes.len() as u64)?;
-    Ok(tmpfs_bytes(entries.iter().map(|e| (e.mode, e.size))))
-}
-
 /// Indexes the members of `reader` (an archive file of `len` bytes),
 /// seeking over file data.
 fn index<R: BufRead + Seek>(mut reader: R, len: u64) -> io::Result<Vec<ArchiveEntry>> {
@@ -498,31 +467,6 @@ mod tests {
         assert_eq!(entries[2].size, 10);
         let init = entries[2].data_offset as usize;
         assert_eq!(&bytes[init..init + 10], b"#!/bin/sh\n");
-    }
-
-    #[test]
-    fn tmpfs_bytes_count_whole_pages_of_data_and_long_link_targets() {
-        const LONG: &[u8] = &[b'a'; 129];
-        let bytes = newc(&[
-            member(".", 0o40755, 1, 3, b""),
-            member("empty", 0o100644, 2, 1, b""),
-            member("one", 0o100644, 3, 1, b"x"),
-            member("page", 0o100644, 4, 1, &[7; 4096]),
-            member("page-and-a-byte", 0o100644, 5, 1, &[7; 4097]),
-            // A hard link: only the last name carries the data.
-            member("linked", 0o100644, 6, 2, b""),
-            member("linked2", 0o100644, 6, 2, b"y"),
-            member("short", 0o120777, 7, 1, &[b'a'; 128]),
-            member("long", 0o120777, 8, 1, LONG),
-            member("dir", 0o40755, 9, 2, b""),
-            member("fifo", 0o10644, 10, 1, b""),
-        ]);
-        // one 1, page 1, page-and-a-byte 2, linked2 1, long 1.
-        assert_eq!(tmpfs_bytes_of(&bytes).unwrap(), 6 * 4096);
-        let (_dir, path) = archive_file(&bytes);
-        assert_eq!(Archive::open(&path).unwrap().tmpfs_bytes(), 6 * 4096);
-        assert!(tmpfs_bytes_of(&bytes[..100]).is_err());
-        assert_eq!(tmpfs_bytes([(0o100644, u64::MAX)]), u64::MAX);
     }
 
     #[test]
