@@ -223,15 +223,21 @@ pub fn unpack_failed(sizing: &Sizing, kernel_said: &str) -> String {
         Some(u) => format!(", {:.1} MiB of files", mib(u)),
         None => String::new(),
     };
-    let fix = if sizing.needed > sizing.mem {
+    let fix = if sizing.needed > sizing.mem && sizing.unpacked.is_some() {
         format!("give --mem {}M", sizing.needed >> 20)
     } else {
-        // The estimate held, so something else took the memory (a
-        // compressed rootfs unpacks to more than its size): twice as much.
+        // A compressed rootfs unpacks to an unknown size, or the count
+        // held and something else took the memory: at least twice as much.
+        let more = round_up(sizing.mem.saturating_mul(2)).max(sizing.needed);
+        let why = if sizing.unpacked.is_none() {
+            " (the rootfs archive is compressed: only the kernel knows its unpacked size)"
+        } else {
+            ""
+        };
         format!(
-            "give more than --mem {}M (for example --mem {}M)",
+            "give more than --mem {}M, for example --mem {}M{why}",
             sizing.mem >> 20,
-            round_up(sizing.mem.saturating_mul(2)) >> 20
+            more >> 20
         )
     };
     format!(
