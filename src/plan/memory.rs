@@ -14,7 +14,7 @@
 //!   keeps for itself. Measured under QEMU (`stat -f /` in the guest, a
 //!   4 MiB initrd): that reserve was 62.4, 67.1 and 76.6 MiB at 300, 553
 //!   and 1100 MiB for Debian's 6.1 kernel (`kernel_end` 79.6 MiB), 19.3
-//!   and 32.1 MiB at 300 and 1100 MiB for the project kernel (29.7 MiB):
+//!   and 32.1 MiB at 300 and 1100 MiB for the project kernel (31.8 MiB):
 //!   under `kernel_end` + 1/32 of the memory (the page structures take
 //!   1/64) in every case. So a rootfs whose unpacked pages take U needs
 //!   `kernel_end` + the initrd + 2U + 8 MiB, plus 1/32 of the total.
