@@ -6,6 +6,7 @@
 
 pub mod binds;
 pub mod boot;
+pub mod console_watch;
 pub mod embedded;
 pub mod engine;
 pub mod guest_kernel;

@@ -34,9 +34,18 @@ pub fn run(plan: &Plan) -> anyhow::Result<RunOutcome> {
         Target::Chroot(root) => chroot::run(plan, root)?,
     };
     let guest_init = plan.vm().is_some_and(|vm| vm.initrd.init_archive.is_some());
-    if outcome.exit_code == 125 && outcome.times.init.is_none() && guest_init {
-        if let (Some(reason), Some(vm)) = (outcome.reason.as_mut(), plan.vm()) {
-            reason.push_str(&stopped_before_the_program(vm.mem_size, plan.verbosity));
+    if outcome.exit_code == 125 && outcome.times.init.is_none() {
+        if let (Some(said), Some(vm)) = (&outcome.unpack_failure, plan.vm()) {
+            // Whatever else ended the run, this is why.
+            let why = crate::plan::memory::unpack_failed(&vm.sizing, said);
+            outcome.reason = Some(match outcome.reason.take() {
+                Some(reason) => format!("{reason}\nmicrorun: {why}"),
+                None => why,
+            });
+        } else if guest_init {
+            if let (Some(reason), Some(vm)) = (outcome.reason.as_mut(), plan.vm()) {
+                reason.push_str(&stopped_before_the_program(vm.mem_size, plan.verbosity));
+            }
         }
     }
     Ok(outcome)

@@ -169,4 +169,8 @@ pub struct RunOutcome {
     pub reason: Option<String>,
     /// When each phase ended.
     pub times: PhaseTimes,
+    /// What the kernel said after "Initramfs unpacking failed: " on its
+    /// console, when it did (the VM engines watch it:
+    /// [`crate::console_watch`]).
+    pub unpack_failure: Option<String>,
 }

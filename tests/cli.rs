@@ -300,6 +300,30 @@ fn timeout_stops_a_spinning_guest_with_124() {
     assert!(took < Duration::from_millis(1500), "stopped late: {took:?}");
 }
 
+/// The kvm engine watches the console: a kernel that says it could not
+/// unpack the initrd ends the run 125 with the sizes and the default
+/// memory for this initrd (3 x initrd + 64 MiB) as the --mem to give.
+#[test]
+fn a_failed_initrd_unpack_names_the_memory_to_give() {
+    require_kvm!();
+    let f = Fixture::new();
+    let out = f.boot(&bz("unpack_failed"), &["--mem", "40M"]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), Some(125), "{err}");
+    let said = err.lines().last().unwrap_or_default();
+    let (sizes, give) = said.split_once("): give --mem ").expect(&err);
+    assert!(
+        sizes.contains("MiB of files) into 40 MiB of guest memory"),
+        "{said}"
+    );
+    assert!(
+        sizes.ends_with("(\"Initramfs unpacking failed: write error\""),
+        "{said}"
+    );
+    let (initrd, _) = memory_info(&f.boot(&bz("memory"), &[]));
+    assert_eq!(give, format!("{}M", default_memory(initrd) >> 20), "{said}");
+}
+
 #[test]
 fn reset_without_status_gives_125_with_a_reason() {
     require_kvm!();

@@ -42,6 +42,7 @@ mod pack;
 mod regular_file;
 pub mod rootfs;
 mod tree;
+pub mod unpacked;
 
 pub use cache::KEEP as CACHE_KEEP;
 

@@ -1,9 +1,12 @@
 //! The kvm engine: microrun's own VMM (the `vmm` crate), booting the plan
 //! as it is.
 
+use std::sync::{Arc, Mutex};
+
 use vmm::output::FdWriter;
 use vmm::{InitrdPart, IrqChip, KvmHost, VmConfig, VmEnd};
 
+use crate::console_watch::{ConsoleWatch, Watched};
 use crate::plan::{Plan, VmPlan};
 use crate::spec::{PhaseTimes, RunOutcome, SetupSteps, Verbosity, TIMEOUT_REASON};
 
@@ -27,6 +30,7 @@ pub fn run(
     if let Some(archive) = &vm.initrd.init_archive {
         initrd.push(InitrdPart::Bytes(archive.clone()));
     }
+    let console_watch = Arc::new(Mutex::new(ConsoleWatch::default()));
     let config = VmConfig {
         kernel: vm.kernel.clone(),
         initrd,
@@ -39,7 +43,10 @@ pub fn run(
         irqchip,
         // Unbuffered and past std's locks: the VMM writes them from threads
         // of its own, and nothing may be left in std's buffers at exit.
-        console: Box::new(FdWriter(2)),
+        console: Box::new(Watched {
+            inner: FdWriter(2),
+            watch: console_watch.clone(),
+        }),
         stdout: Box::new(FdWriter(1)),
         process_start: plan.started,
         seccomp,
@@ -69,6 +76,10 @@ pub fn run(
             end: t.exit,
             setup_steps: setup_steps(plan, vm, &t),
         },
+        unpack_failure: console_watch
+            .lock()
+            .ok()
+            .and_then(|watch| watch.unpack_failure()),
     })
 }
 

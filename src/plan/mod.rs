@@ -11,6 +11,7 @@
 
 pub mod cmdline;
 pub mod devices;
+pub mod memory;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,15 +27,7 @@ use crate::runconfig::{ModuleLoad, RunConfig};
 use crate::spec::{Engine, Request, Rootfs, Verbosity};
 use crate::user::{Ids, RootfsFiles, UserError};
 pub use cmdline::{KernelCmdline, Reboot};
-
-/// The least guest memory besides the initrd that microrun accepts: a
-/// minimal kernel boots in 32 MiB (kernels/README.md), of which the
-/// initrd's unpacked copy takes its share.
-const MIN_MEM_BESIDES_INITRD: u64 = 16 << 20;
-
-/// Room for the running system beside the kernel image and the initrd,
-/// the same 64 MiB the 3 × initrd rule gives it.
-const RUNNING_ROOM: u64 = 64 << 20;
+pub use memory::default_memory;
 
 /// The environment variable that picks the kvm engine's interrupt
 /// controllers.
@@ -229,6 +222,9 @@ pub struct VmPlan {
     pub initrd: BootInitrd,
     /// Guest memory in bytes.
     pub mem_size: u64,
+    /// What the memory was sized from, for the message when the kernel
+    /// could not unpack the initrd.
+    pub sizing: memory::Sizing,
     /// vCPUs.
     pub cpus: u8,
     /// The virtio devices, in slot order, and whether ACPI announces them.
@@ -532,7 +528,8 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         rootfs: init_started - rootfs_started,
         init_archive: init_started.elapsed(),
     };
-    let mem_size = memory(request, &kernel, &initrd)?;
+    let sizing = memory::memory(request, &kernel, &initrd)?;
+    let mem_size = sizing.mem;
     let cmdline = KernelCmdline {
         devices: if kernel_plan.cmdline_discovery {
             devices.cmdline_devices()
@@ -563,6 +560,7 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         kernel,
         initrd,
         mem_size,
+        sizing,
         cpus: request.cpus,
         devices,
         transport: kernel_plan.transport,
@@ -664,87 +662,6 @@ fn kernel_plan(
         );
     }
     plan
-}
-
-/// The guest memory: `--mem`, checked, or the default for this kernel and
-/// initrd ([`default_memory`]).
-fn memory(
-    request: &Request,
-    kernel: &std::path::Path,
-    initrd: &BootInitrd,
-) -> Result<u64, PlanError> {
-    // The initrd must lie below the 32-bit MMIO gap beside the kernel,
-    // however much memory there is above it.
-    let never_fits = initrd.len().saturating_add(MIN_MEM_BESIDES_INITRD);
-    if never_fits > vmm::layout::MMIO_GAP_START {
-        return Err(PlanError::InitrdTooLarge { len: initrd.len() });
-    }
-    // A kernel that cannot be inspected is reported by the engine that
-    // boots it (the kvm engine names the problem; QEMU has its own words).
-    let image = vmm::kernel::inspect(kernel).ok();
-    let (default, why) = default_memory(image.as_ref().map(|i| i.load_end), initrd.len());
-    let mem = match request.mem {
-        Some(mem) => mem,
-        None => {
-            log::info!("memory: {why}");
-            default
-        }
-    };
-    // Checked here so both VM engines refuse alike (QEMU alone would take
-    // `-m 0` as its default, or fail as a guest that never reported).
-    if mem < initrd.len() + MIN_MEM_BESIDES_INITRD {
-        return Err(PlanError::MemoryTooSmall {
-            mem,
-            initrd: initrd.len(),
-            default,
-        });
-    }
-    Ok(mem)
-}
-
-/// The default guest memory and how it was chosen: 3 × the initrd + 64
-/// MiB (`initrd_tools::guest_memory_for_initrd`), or, when the kernel needs
-/// more, the memory its image needs before it reads the memory map
-/// (`kernel_end`, see `vmm::kernel::KernelImage::load_end`) + the initrd +
-/// 64 MiB. A distribution kernel decompresses from 16 MiB and needs 64 MiB
-/// there (Debian 6.1: up to 79.6 MiB), so the 3 × rule alone leaves it none.
-pub fn default_memory(kernel_end: Option<u64>, initrd_len: u64) -> (u64, String) {
-    const MIB: f64 = (1 << 20) as f64;
-    let by_initrd = initrd_tools::guest_memory_for_initrd(initrd_len);
-    let rule = format!(
-        "3 x initrd ({:.1} MiB) + 64 MiB = {} MiB",
-        initrd_len as f64 / MIB,
-        by_initrd >> 20
-    );
-    let Some(kernel_end) = kernel_end else {
-        return (by_initrd, format!("{} MiB: {rule}", by_initrd >> 20));
-    };
-    let by_kernel = kernel_end
-        .saturating_add(initrd_len)
-        .saturating_add(RUNNING_ROOM)
-        .div_ceil(2 << 20)
-        .checked_mul(2 << 20)
-        .unwrap_or(!((2 << 20) - 1));
-    if by_kernel <= by_initrd {
-        return (
-            by_initrd,
-            format!(
-                "{} MiB: {rule} (the kernel needs memory up to {:.1} MiB)",
-                by_initrd >> 20,
-                kernel_end as f64 / MIB
-            ),
-        );
-    }
-    (
-        by_kernel,
-        format!(
-            "{} MiB: the kernel needs memory up to {:.1} MiB to decompress and start, then the \
-             initrd ({:.1} MiB) and 64 MiB to run ({rule} would be too little)",
-            by_kernel >> 20,
-            kernel_end as f64 / MIB,
-            initrd_len as f64 / MIB
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -292,22 +292,104 @@ fn irqchip_names() {
 fn default_memory_makes_room_for_the_kernel_when_the_initrd_rule_does_not() {
     const MIB: u64 = 1 << 20;
     // No kernel information: the 3 x initrd + 64 MiB rule.
-    assert_eq!(default_memory(None, 4 * MIB).0, 76 * MIB);
+    assert_eq!(default_memory(None, 4 * MIB, None).0, 76 * MIB);
     // The project kernel (16 MiB + 13.7 MiB) with the libs example.
-    let (mem, why) = default_memory(Some(0x100_0000 + 0xdb_8000), 4 * MIB);
+    let (mem, why) = default_memory(Some(0x100_0000 + 0xdb_8000), 4 * MIB, None);
     assert_eq!(mem, 98 * MIB, "{why}");
     // Debian's kernel: up to 79.6 MiB before it reads the memory map.
-    let (mem, why) = default_memory(Some(0x100_0000 + 0x3f9_8000), 4 * MIB);
+    let (mem, why) = default_memory(Some(0x100_0000 + 0x3f9_8000), 4 * MIB, None);
     assert_eq!(mem, 148 * MIB);
     assert!(
         why.contains("79.6 MiB") && why.contains("too little"),
         "{why}"
     );
     // A large initrd: the 3 x rule is the larger one and stays.
-    let (mem, why) = default_memory(Some(80 * MIB), 346 * MIB);
+    let (mem, why) = default_memory(Some(80 * MIB), 346 * MIB, None);
     assert_eq!(mem, (3 * 346 + 64) * MIB);
     assert!(why.starts_with("1102 MiB: 3 x initrd"), "{why}");
-    assert_eq!(default_memory(Some(u64::MAX), u64::MAX).0 % (2 * MIB), 0);
+    assert_eq!(
+        default_memory(Some(u64::MAX), u64::MAX, Some(u64::MAX)).0 % (2 * MIB),
+        0
+    );
+}
+
+#[test]
+fn default_memory_gives_the_tmpfs_twice_the_unpacked_files() {
+    use super::memory::{tmpfs_need, unpack_failed, Sizing};
+    const MIB: u64 = 1 << 20;
+    let debian = Some(0x100_0000 + 0x3f9_8000);
+    // The e2e case: Debian's kernel, a 60.5 MiB initrd whose files take
+    // 67.9 MiB of pages; the 3 x rule's 246 MiB failed ("write error").
+    let initrd = 63_483_916;
+    let unpacked = 17_393 * 4096;
+    assert_eq!(default_memory(debian, initrd, None).0, 246 * MIB);
+    let (mem, why) = default_memory(debian, initrd, Some(unpacked));
+    assert_eq!(mem, 294 * MIB, "{why}");
+    assert!(
+        why.contains("67.9 MiB") && why.contains("too little"),
+        "{why}"
+    );
+    // The measured reserve (MiB) is below the rule's at every size
+    // measured: Debian's kernel (kernel_end 79.6 MiB) and the project's
+    // (31.8 MiB) at the memory given.
+    for (kernel_end, mem, reserve) in [
+        (79.6, 300.0, 62.4),
+        (79.6, 553.0, 67.1),
+        (79.6, 1100.0, 76.6),
+        (31.8, 300.0, 19.3),
+        (31.8, 1100.0, 32.1),
+    ] {
+        let rule: f64 = kernel_end + mem / 32.0;
+        assert!(rule > reserve, "{rule} <= {reserve}");
+    }
+    // The mission's libs rootfs keeps the 3 x rule, with either kernel.
+    let libs = 4 * MIB;
+    let project = Some(0x100_0000 + 0xdb_8000);
+    assert_eq!(default_memory(project, libs, Some(libs + MIB)).0, 98 * MIB);
+    assert_eq!(default_memory(None, libs, Some(libs + MIB)).0, 76 * MIB);
+    assert_eq!(default_memory(debian, libs, Some(libs + MIB)).0, 148 * MIB);
+    // The rule itself: 2 MiB steps, 1/32 on top, saturating.
+    assert_eq!(tmpfs_need(0, 0, 0), 10 * MIB);
+    assert_eq!(tmpfs_need(0, 0, 31 * MIB), 74 * MIB);
+    assert_eq!(tmpfs_need(u64::MAX, 1, 1) % (2 * MIB), 0);
+
+    // The message names the sizes and a --mem that the rule says works.
+    let sizing = Sizing {
+        mem: 246 * MIB,
+        needed: 294 * MIB,
+        initrd,
+        unpacked: Some(unpacked),
+    };
+    let said = unpack_failed(&sizing, "write error");
+    assert!(
+        said.contains("(60.5 MiB initrd, 67.9 MiB of files) into 246 MiB")
+            && said.contains("write error")
+            && said.ends_with("give --mem 294M"),
+        "{said}"
+    );
+    // Given as much as the rule asks: twice as much.
+    let enough = Sizing {
+        mem: 300 * MIB,
+        ..sizing
+    };
+    let said = unpack_failed(&enough, "write error");
+    assert!(
+        said.ends_with("than --mem 300M, for example --mem 600M"),
+        "{said}"
+    );
+    // A compressed rootfs: its unpacked size is unknown, so never less
+    // than twice what failed, whatever the default.
+    let compressed = Sizing {
+        mem: 100 * MIB,
+        unpacked: None,
+        ..sizing
+    };
+    let said = unpack_failed(&compressed, "junk in compressed archive");
+    assert!(
+        said.contains("(60.5 MiB initrd) into 100 MiB")
+            && said.contains("for example --mem 294M (the rootfs archive is compressed"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -212,6 +212,7 @@ impl Supervisor {
             exit_code,
             reason,
             times: self.times,
+            unpack_failure: None,
         }
     }
 

@@ -205,6 +205,12 @@ mod tests {
                 init_archive: None,
             },
             mem_size: (100 << 20) + 1,
+            sizing: crate::plan::memory::Sizing {
+                mem: (100 << 20) + 1,
+                needed: 100 << 20,
+                initrd: 4,
+                unpacked: Some(0),
+            },
             cpus: 2,
             devices: VirtioOptions {
                 acpi: false,

@@ -48,6 +48,7 @@ use vmm::output::{self, FdWriter, OutputSink, Undelivered};
 use vmm::status::StatusParser;
 use vmm::{DeviceKind, GuestEvents, KvmHost};
 
+use crate::console_watch::ConsoleWatch;
 use crate::engine::confine::{ConfineError, Confinement, Writer};
 use crate::guest_kernel::KernelPlan;
 use crate::plan::{Plan, VmPlan};
@@ -264,6 +265,7 @@ pub fn run(
         parser: StatusParser::new(),
         qemu_stderr: Vec::new(),
         verbose: plan.verbosity == Verbosity::Verbose,
+        console_watch: ConsoleWatch::default(),
         stdin,
     };
     let mut end = pump.until_status(&mut times);
@@ -276,7 +278,9 @@ pub fn run(
         };
     }
     times.end = Some(Instant::now());
-    Ok(pump::outcome(end, wait, &pump.qemu_stderr, times))
+    let mut outcome = pump::outcome(end, wait, &pump.qemu_stderr, times);
+    outcome.unpack_failure = pump.console_watch.unpack_failure();
+    Ok(outcome)
 }
 
 #[cfg(test)]

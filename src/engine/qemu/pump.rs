@@ -13,6 +13,7 @@ use vmm::output::{self, OutputFailure, OutputSink, Undelivered};
 use vmm::status::StatusParser;
 use vmm::GuestEvents;
 
+use crate::console_watch::ConsoleWatch;
 use crate::spec::{PhaseTimes, RunOutcome, TIMEOUT_REASON};
 
 /// How the pump loop stopped.
@@ -68,6 +69,8 @@ pub(super) struct Pump {
     pub parser: StatusParser,
     pub qemu_stderr: Vec<u8>,
     pub verbose: bool,
+    /// The kernel's console, watched for a failed initrd unpack.
+    pub console_watch: ConsoleWatch,
     /// Where forwarded stdin may go.
     pub stdin: StdinFeeds,
 }
@@ -199,6 +202,10 @@ impl Pump {
                         }
                         continue;
                     }
+                    CONSOLE => {
+                        self.console_watch.feed(data);
+                        &self.to_stderr
+                    }
                     _ => self.sink(i),
                 };
                 match sink.write_until(data, self.deadline) {
@@ -329,6 +336,7 @@ pub(super) fn outcome(
         exit_code,
         reason,
         times,
+        unpack_failure: None,
     }
 }
 
