@@ -145,45 +145,65 @@ pub(super) fn store(dir: &Path, key: &Key, plan: &KernelPlan, sources: &[ModuleS
 }
 
 /// The kernel's release (`6.1.0-57-amd64`), looked up by the kernel's
-/// metadata (path, device, inode, size, mtime, ctime) in `dir`, else read
-/// from the kernel (for an ELF vmlinux that is a scan of the whole file,
-/// tens of milliseconds for the project's 17 MB one) and cached. An entry
-/// that is not the user's regular file is a miss with a warning, as every
-/// entry of the cache; a kernel changed since is a miss by its key.
+/// metadata in `dir` ([`by_metadata`]), else read from the kernel (for an
+/// ELF vmlinux that is a scan of the whole file, tens of milliseconds for
+/// the project's 17 MB one) and cached.
 pub(super) fn release(dir: &Path, kernel: &Path) -> Result<String, KernelInfoError> {
-    let stat = stat_line(kernel);
+    by_metadata(dir, kernel, "release", || {
+        kernel_info::kernel_release(kernel)
+    })
+}
+
+/// A fact about `file` alone (one word: a kernel's release, an archive's
+/// unpacked size), looked up by the file's metadata (path, device, inode,
+/// size, mtime, ctime) in `dir` (entries `<hash>.<suffix>`), else computed
+/// and stored, so that a file whose metadata has not changed is never
+/// read again for it. An entry that is not the user's regular file is a
+/// miss with a warning, as every entry of the cache; a file changed since
+/// is a miss by its key.
+pub(crate) fn by_metadata<E>(
+    dir: &Path,
+    file: &Path,
+    suffix: &str,
+    compute: impl FnOnce() -> Result<String, E>,
+) -> Result<String, E> {
+    let stat = stat_line(file);
     let mut hasher = DefaultHasher::new();
-    (FORMAT, &stat).hash(&mut hasher);
-    let path = dir.join(format!("{:016x}.release", hasher.finish()));
-    if let Some(release) = load_release(&path, &stat) {
-        return Ok(release);
+    (FORMAT, suffix, &stat).hash(&mut hasher);
+    let path = dir.join(format!("{:016x}.{suffix}", hasher.finish()));
+    if let Some(value) = load_value(&path, &stat) {
+        return Ok(value);
     }
-    let release = kernel_info::kernel_release(kernel)?;
-    // Read from the kernel as it was when its metadata was taken: a kernel
+    let value = compute()?;
+    if value.is_empty() || value.contains(char::is_whitespace) {
+        return Ok(value);
+    }
+    // Computed from the file as it was when its metadata was taken: a file
     // replaced meanwhile has other metadata, so the entry is never used.
     let write = || -> Result<(), InitrdError> {
         make_dir(dir)?;
-        initrd_tools::write_atomically_with(&path, dir, |mut file, _| {
-            file.write_all(format!("{stat}\n{release}\n").as_bytes())
+        initrd_tools::write_atomically_with(&path, dir, |mut out, _| {
+            out.write_all(format!("{stat}\n{value}\n").as_bytes())
                 .map_err(|source| InitrdError::Write {
                     path: path.clone(),
                     source,
                 })
         })
     };
+    let dot_suffix = format!(".{suffix}");
     match write() {
-        Ok(()) => initrd_tools::cache::evict_entries(dir, ".release", KEEP, Duration::ZERO),
-        Err(e) => log::debug!("virtio: cannot cache the kernel's release: {e}"),
+        Ok(()) => initrd_tools::cache::evict_entries(dir, &dot_suffix, KEEP, Duration::ZERO),
+        Err(e) => log::debug!("cannot cache {suffix} of {}: {e}", file.display()),
     }
-    Ok(release)
+    Ok(value)
 }
 
-/// The release in the entry at `path` if its key is `stat`.
-fn load_release(path: &Path, stat: &str) -> Option<String> {
+/// The value in the entry at `path` if its key is `stat`.
+fn load_value(path: &Path, stat: &str) -> Option<String> {
     let file = match initrd_tools::cache::open_entry(path) {
         Ok(file) => file?,
         Err(e) => {
-            log::warn!("{e}; reading the kernel's release from the kernel");
+            log::warn!("{e}; computing it again");
             return None;
         }
     };
@@ -191,9 +211,9 @@ fn load_release(path: &Path, stat: &str) -> Option<String> {
     file.take(MAX_RELEASE_ENTRY)
         .read_to_string(&mut text)
         .ok()?;
-    let (key, release) = text.strip_suffix('\n')?.rsplit_once('\n')?;
-    (key == stat && !release.is_empty() && !release.contains(char::is_whitespace))
-        .then(|| release.to_string())
+    let (key, value) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+    (key == stat && !value.is_empty() && !value.contains(char::is_whitespace))
+        .then(|| value.to_string())
 }
 
 /// Largest release entry read back (a path, its metadata and a release).
@@ -463,19 +483,19 @@ mod tests {
         let c_path = std::ffi::CString::new(entry.to_str().unwrap()).unwrap();
         // SAFETY: `c_path` is a NUL-terminated string the call only reads.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        assert_eq!(load_release(&entry, &stat_line(&kernel)), None);
+        assert_eq!(load_value(&entry, &stat_line(&kernel)), None);
         assert_eq!(release(&cache, &kernel).unwrap(), "6.1.22");
         // Another user's entry is not trusted (root can make one).
         fs::remove_file(&entry).unwrap();
         fs::write(&entry, format!("{}\n9.9.9\n", stat_line(&kernel))).unwrap();
         assert_eq!(
-            load_release(&entry, &stat_line(&kernel)).as_deref(),
+            load_value(&entry, &stat_line(&kernel)).as_deref(),
             Some("9.9.9")
         );
         // SAFETY: geteuid only returns the caller's id.
         if unsafe { libc::geteuid() } == 0 {
             std::os::unix::fs::chown(&entry, Some(4321), None).unwrap();
-            assert_eq!(load_release(&entry, &stat_line(&kernel)), None);
+            assert_eq!(load_value(&entry, &stat_line(&kernel)), None);
         }
     }
 

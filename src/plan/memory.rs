@@ -147,6 +147,13 @@ pub fn default_memory(
     )
 }
 
+/// The cache's directory for facts about files, looked up by their
+/// metadata.
+const FACTS_DIR: &str = "facts";
+
+/// What the cache keeps for an archive whose unpacked size is unknown.
+const COMPRESSED: &str = "compressed";
+
 /// The memory the initrd's files take once unpacked into a tmpfs, the
 /// rootfs archive's and guest-init's, counted from their headers
 /// (`initrd_tools::unpacked`); `None` when the rootfs archive is
@@ -154,9 +161,19 @@ pub fn default_memory(
 /// it).
 pub fn unpacked_size(initrd: &BootInitrd) -> Option<u64> {
     let started = std::time::Instant::now();
-    let rootfs = match initrd_tools::unpacked::tmpfs_bytes_of_archive(&initrd.rootfs) {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
+    // Counted once per archive: looked up by its metadata afterwards (a
+    // cached image's archive has thousands of headers).
+    let count = || {
+        initrd_tools::unpacked::tmpfs_bytes_of_archive(&initrd.rootfs)
+            .map(|bytes| bytes.map_or_else(|| COMPRESSED.to_string(), |b| b.to_string()))
+    };
+    let counted = match initrd_tools::cache::subdir(FACTS_DIR) {
+        Ok(dir) => crate::guest_kernel::by_metadata(&dir, &initrd.rootfs, "pages", count),
+        Err(_) => count(),
+    };
+    let rootfs = match counted.as_deref().map(str::parse::<u64>) {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
             log::debug!("memory: the rootfs archive is compressed: its unpacked size is unknown");
             return None;
         }
