@@ -350,15 +350,6 @@ fn idmap_namespace(caller: Ids, guest: Ids) -> Result<OwnedFd, ChrootError> {
     result
 }
 
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// A detached copy of the share `source` whose files owned by the caller
@@ -374,46 +365,35 @@ pub(super) fn idmapped_share(
 ) -> Result<OwnedFd, ChrootError> {
     let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(source.as_os_str()))
         .map_err(|e| ChrootError::Setup(e.to_string()))?;
-    let failed = |what: &str| {
+    let failed = |what: &str, error: io::Error| {
         ChrootError::Setup(format!(
-            "{what} for the share {} (shown as owned by {}:{}): {}",
+            "{what} for the share {} (shown as owned by {}:{}): {error}",
             source.display(),
             guest.uid,
             guest.gid,
-            io::Error::last_os_error()
         ))
     };
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
     // SAFETY: a NUL-terminated path; returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
     if fd < 0 {
-        return Err(failed("open_tree"));
+        return Err(failed("open_tree", io::Error::last_os_error()));
     }
     // SAFETY: the descriptor was just opened and nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: an open mount descriptor, an empty NUL-terminated path and a
-    // valid mount_attr of the size passed; the kernel only reads them.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(failed(
+    super::root::mount_setattr(
+        tree.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+        MOUNT_ATTR_IDMAP,
+        userns.as_raw_fd() as u64,
+    )
+    .map_err(|e| {
+        failed(
             "mount_setattr(MOUNT_ATTR_IDMAP) (its file system may not support idmapped mounts)",
-        ));
-    }
+            e,
+        )
+    })?;
     Ok(tree)
 }
 

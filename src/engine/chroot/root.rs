@@ -380,30 +380,51 @@ struct MountAttr {
 /// The `MOUNT_ATTR_RDONLY` flag of mount_setattr(2).
 const MOUNT_ATTR_RDONLY: u64 = 1;
 
-fn make_read_only_recursively(target: &str) -> Result<(), String> {
-    let path = CString::new(target).map_err(|e| e.to_string())?;
+/// mount_setattr(2): sets the attributes `attr_set` on the mount at `path`
+/// beneath `dirfd` (`AT_FDCWD`, or a mount descriptor with an empty path
+/// and `AT_EMPTY_PATH` in `flags`); `userns_fd` is the user namespace of
+/// `MOUNT_ATTR_IDMAP` (0 otherwise).
+pub(super) fn mount_setattr(
+    dirfd: RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    attr_set: u64,
+    userns_fd: u64,
+) -> io::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd,
     };
     // SAFETY: `path` is a NUL-terminated string and `attr` a valid
     // mount_attr of the size passed; the kernel only reads both.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
+            dirfd,
             path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
+            flags as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if r != 0 {
-        return Err(format!("mount_setattr: {}", io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn make_read_only_recursively(target: &str) -> Result<(), String> {
+    let path = CString::new(target).map_err(|e| e.to_string())?;
+    mount_setattr(
+        libc::AT_FDCWD,
+        &path,
+        libc::AT_RECURSIVE,
+        MOUNT_ATTR_RDONLY,
+        0,
+    )
+    .map_err(|e| format!("mount_setattr: {e}"))
 }
 
 /// Attaches the detached mount `tree` at `target` (move_mount(2)).
