@@ -350,24 +350,34 @@ pub fn libs_rootfs() -> Result<&'static Path, String> {
         .map_err(Clone::clone)
 }
 
-fn build_libs_rootfs() -> Result<PathBuf, String> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+/// The host's static busybox.
+pub fn host_busybox() -> Result<PathBuf, String> {
+    ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
-        .ok_or("no busybox (install busybox-static)")?;
-    // One directory per test binary: binaries of the same target dir may
-    // run at the same time.
+        .ok_or_else(|| "no busybox (install busybox-static)".to_string())
+}
+
+/// `<target tmp>/<prefix>-<test binary>`, emptied: one directory per test
+/// binary, since binaries of the same target dir may run at the same time.
+pub fn fresh_dir_of_this_binary(prefix: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let name = exe
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("libs-{name}"));
-    if base.exists() {
-        fs::remove_dir_all(&base).map_err(|e| format!("removing {}: {e}", base.display()))?;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
     }
+    Ok(dir)
+}
+
+fn build_libs_rootfs() -> Result<PathBuf, String> {
+    let busybox = host_busybox()?;
+    let base = fresh_dir_of_this_binary("libs")?;
     let build = base.join("build");
     let root = base.join("root");
     fs::create_dir_all(&build).map_err(|e| format!("creating {}: {e}", build.display()))?;

@@ -205,17 +205,8 @@ fn tty_rootfs() -> Result<&'static Path, String> {
     static ROOTFS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     ROOTFS
         .get_or_init(|| {
-            let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.exists())
-                .ok_or("no busybox (install busybox-static)")?;
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let name = exe.file_name().unwrap_or_default().to_string_lossy();
-            let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tty-{name}"));
-            if root.exists() {
-                fs::remove_dir_all(&root).map_err(|e| e.to_string())?;
-            }
+            let busybox = super::host_busybox()?;
+            let root = super::fresh_dir_of_this_binary("tty")?;
             let bin = root.join("bin");
             fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
             fs::copy(&busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
