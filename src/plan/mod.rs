@@ -288,7 +288,11 @@ impl Plan {
 /// command, environment and directory the request leaves unset
 /// ([`crate::image::apply_image_defaults`], `docker run`'s rules).
 pub fn make(mut request: Request) -> Result<Plan, PlanError> {
-    let (engine, engine_note) = choose_engine(request.engine, vmm::kvm_host, qemu::installed)?;
+    // The KVM probe, made at most once: the engine choice and the qemu
+    // engine's accelerator both ask.
+    let kvm_probe = std::cell::OnceCell::new();
+    let kvm_host = || kvm_probe.get_or_init(vmm::kvm_host).clone();
+    let (engine, engine_note) = choose_engine(request.engine, kvm_host, qemu::installed)?;
     request.engine = engine;
     let workdir_given = request.workdir.is_some();
     crate::image::apply_image_defaults(&mut request)?;
@@ -316,7 +320,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
         }
         Engine::Qemu => {
             let (run_config, vm) = vm(request)?;
-            let (accel, accel_why) = qemu::resolve_accel(request.accel);
+            let (accel, accel_why) = qemu::resolve_accel(request.accel, kvm_host);
             (
                 run_config,
                 Target::Qemu {

@@ -108,14 +108,15 @@ pub enum QemuEngineError {
     Confine(#[from] ConfineError),
 }
 
-/// Picks the concrete accelerator for `Auto`, with the reason.
-pub fn resolve_accel(accel: Accel) -> (Accel, String) {
-    match (accel, vmm::kvm_host()) {
-        (Accel::Auto, KvmHost::Hardware) => (Accel::Kvm, "hardware KVM found".into()),
-        (Accel::Auto, KvmHost::Emulated(why)) | (Accel::Auto, KvmHost::Unavailable(why)) => {
-            (Accel::Tcg, why)
-        }
-        (other, _) => (other, "as asked".into()),
+/// Picks the concrete accelerator for `Auto` from what `kvm_host` (the
+/// KVM probe, called only for `Auto`) finds, with the reason.
+pub fn resolve_accel(accel: Accel, kvm_host: impl FnOnce() -> KvmHost) -> (Accel, String) {
+    if accel != Accel::Auto {
+        return (accel, "as asked".into());
+    }
+    match kvm_host() {
+        KvmHost::Hardware => (Accel::Kvm, "hardware KVM found".into()),
+        KvmHost::Emulated(why) | KvmHost::Unavailable(why) => (Accel::Tcg, why),
     }
 }
 
@@ -291,9 +292,10 @@ mod tests {
 
     #[test]
     fn explicit_accelerators_are_kept() {
-        assert_eq!(resolve_accel(Accel::Tcg).0, Accel::Tcg);
-        assert_eq!(resolve_accel(Accel::Kvm).0, Accel::Kvm);
-        assert_ne!(resolve_accel(Accel::Auto).0, Accel::Auto);
+        let unprobed = || panic!("probed KVM for an accelerator given");
+        assert_eq!(resolve_accel(Accel::Tcg, unprobed).0, Accel::Tcg);
+        assert_eq!(resolve_accel(Accel::Kvm, unprobed).0, Accel::Kvm);
+        assert_ne!(resolve_accel(Accel::Auto, vmm::kvm_host).0, Accel::Auto);
     }
 
     #[test]
