@@ -179,6 +179,12 @@ impl<W: Write> Sink<W> {
     /// Writes the trailer and flushes everything to the output.
     pub(crate) fn finish(&mut self) -> Result<(), InitrdError> {
         self.entry_header(&trailer_header(), TRAILER_NAME)?;
+        self.flush()
+    }
+
+    /// Flushes everything written so far to the output (the EROFS writer
+    /// ends this way: its format has no trailer).
+    pub(crate) fn flush(&mut self) -> Result<(), InitrdError> {
         self.flush_buf()?;
         self.out.flush().map_err(|e| self.write_error(e))
     }
