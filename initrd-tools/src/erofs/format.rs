@@ -26,11 +26,13 @@ pub(crate) const COMPACT_LEN: u64 = 32;
 pub(crate) const EXTENDED_LEN: u64 = 64;
 
 /// Data layouts (`i_format` bits 1-3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum DataLayout {
     /// Whole blocks from `raw_blkaddr` (none for an empty file).
+    #[default]
     FlatPlain = 0,
-    /// The data right after the inode and its xattrs, in the same block.
+    /// Whole blocks from `raw_blkaddr`, then the last partial block's
+    /// bytes right after the inode and its xattrs, in the same block.
     FlatInline = 2,
     /// A block map after the inode: one block address per chunk, or
     /// [`NULL_ADDR`] for a chunk that is a hole.

@@ -223,7 +223,7 @@ fn write_tree(
     let mut source = DirSource {
         tree,
         path: Vec::new(),
-        file: None,
+        open: HashMap::new(),
     };
     let mut sink = crate::pack::Sink::new(file, Some(file.as_raw_fd()), temp);
     write_fs(&fs, &mut source, &mut sink)
@@ -236,6 +236,7 @@ fn from_tree(tree: &Tree, opts: &PackOptions) -> Result<Fs, ErofsError> {
     // The directories above the entry being added: (entry index, inode).
     let mut stack: Vec<(usize, u32)> = Vec::new();
     let mut linked: HashMap<u32, u32> = HashMap::new();
+    let mut scratch = XattrScratch::default();
     for (index, entry) in tree.entries.iter().enumerate() {
         let name = tree.name(entry);
         let (parent_name, base) = match name.iter().rposition(|&b| b == b'/') {
@@ -267,7 +268,7 @@ fn from_tree(tree: &Tree, opts: &PackOptions) -> Result<Fs, ErofsError> {
         let real = entry.src_ino != 0;
         source_path(tree, entry, &mut path);
         let xattrs = if real {
-            read_xattrs(Path::new(OsStr::from_bytes(&path)))?
+            read_xattrs(&mut path, &mut scratch)?
         } else {
             Vec::new()
         };
@@ -331,92 +332,126 @@ fn source_path(tree: &Tree, entry: &crate::tree::Entry, path: &mut Vec<u8>) {
     }
 }
 
-/// The most bytes of names one file's attributes have (`XATTR_LIST_MAX`).
+/// The most bytes of names one file's attributes have (`XATTR_LIST_MAX`),
+/// and of one value (`XATTR_SIZE_MAX`).
 const XATTR_LIST_MAX: usize = 65536;
+const XATTR_SIZE_MAX: usize = 65536;
+
+/// Buffers for [`read_xattrs`], made once per tree.
+struct XattrScratch {
+    list: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Default for XattrScratch {
+    fn default() -> Self {
+        XattrScratch {
+            list: vec![0; XATTR_LIST_MAX],
+            value: vec![0; XATTR_SIZE_MAX],
+        }
+    }
+}
 
 /// The extended attributes of `path` (not following a symlink), in the
 /// order the file system lists them, sorted by name for reproducible
 /// bytes.
-fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, ErofsError> {
-    let error = |source| ErofsError::Xattrs {
-        path: path.to_path_buf(),
+fn read_xattrs(path: &mut Vec<u8>, scratch: &mut XattrScratch) -> Result<Vec<Xattr>, ErofsError> {
+    let error = |path: &[u8], source| ErofsError::Xattrs {
+        path: PathBuf::from(OsStr::from_bytes(path)),
         source,
     };
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    let mut list = vec![0u8; XATTR_LIST_MAX];
-    // SAFETY: `name` is NUL-terminated; `list` is writable for its length.
-    let len = unsafe { libc::llistxattr(name.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+    if path.contains(&0) {
+        return Err(error(path, io::ErrorKind::InvalidInput.into()));
+    }
+    // The path NUL-terminated in place, without an allocation per file.
+    path.push(0);
+    let XattrScratch { list, value } = scratch;
+    // SAFETY: `path` is NUL-terminated; `list` is writable for its length.
+    let len =
+        unsafe { libc::llistxattr(path.as_ptr().cast(), list.as_mut_ptr().cast(), list.len()) };
+    let mut result = Ok(Vec::new());
     if len < 0 {
         let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOTSUP) => Ok(Vec::new()),
-            _ => Err(error(e)),
-        };
+        if e.raw_os_error() != Some(libc::ENOTSUP) {
+            result = Err(e);
+        }
     }
-    list.truncate(len as usize);
-    let mut out = Vec::new();
-    let mut value = vec![0u8; 65536];
-    for attr in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    let mut start = 0;
+    while let (Ok(out), true) = (&mut result, start < len.max(0) as usize) {
+        // Each name in the list ends with a NUL.
+        let end = start
+            + list[start..len as usize]
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(0);
+        let attr = &list[start..end];
+        let name_start = start;
+        start = end + 1;
+        if attr.is_empty() {
+            continue;
+        }
         if format::xattr_index(attr).is_none() {
             log::warn!(
                 "{}: leaving out the extended attribute {}: EROFS stores only user., trusted., security. and POSIX ACLs",
-                path.display(),
+                String::from_utf8_lossy(&path[..path.len() - 1]),
                 quote(attr)
             );
             continue;
         }
-        let attr_name =
-            std::ffi::CString::new(attr).map_err(|_| error(io::ErrorKind::InvalidData.into()))?;
-        // SAFETY: both names are NUL-terminated; `value` is writable for
-        // its length.
+        // SAFETY: both names are NUL-terminated (the list's names end in
+        // one); `value` is writable for its length.
         let got = unsafe {
             libc::lgetxattr(
-                name.as_ptr(),
-                attr_name.as_ptr(),
+                path.as_ptr().cast(),
+                list[name_start..].as_ptr().cast(),
                 value.as_mut_ptr().cast(),
                 value.len(),
             )
         };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENODATA) {
-                continue;
-            }
-            return Err(error(e));
+        if got >= 0 {
+            out.push((attr.into(), value[..got as usize].into()));
+            continue;
         }
-        out.push((attr.into(), value[..got as usize].into()));
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENODATA) {
+            result = Err(e);
+        }
     }
+    path.pop();
+    let mut out = result.map_err(|e| error(path, e))?;
     out.sort();
     Ok(out)
 }
 
-/// File data from the scanned directory.
+/// File data from the scanned directory: each file opened once, kept
+/// open from its first piece to its last.
 struct DirSource<'t> {
     tree: &'t Tree,
     path: Vec<u8>,
-    file: Option<File>,
-}
-
-impl DirSource<'_> {
-    fn open_entry(&mut self, key: u64) -> Result<(&mut File, PathBuf), ErofsError> {
-        let entry = &self.tree.entries[key as usize];
-        source_path(self.tree, entry, &mut self.path);
-        let path = PathBuf::from(OsStr::from_bytes(&self.path));
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| InitrdError::read(&path, e))?;
-        Ok((self.file.insert(file), path))
-    }
+    open: HashMap<u64, File>,
 }
 
 impl Source for DirSource<'_> {
     type Error = ErofsError;
 
-    fn open(&mut self, key: u64) -> Result<(&mut File, PathBuf), ErofsError> {
-        self.open_entry(key)
+    fn open(&mut self, key: u64) -> Result<(&File, u64, &Path), ErofsError> {
+        source_path(self.tree, &self.tree.entries[key as usize], &mut self.path);
+        let path = Path::new(OsStr::from_bytes(&self.path));
+        let file = match self.open.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+                    .map_err(|e| InitrdError::read(path, e))?,
+            ),
+        };
+        Ok((file, 0, path))
+    }
+
+    fn close(&mut self, key: u64) {
+        self.open.remove(&key);
     }
 
     fn data_map(
@@ -425,31 +460,41 @@ impl Source for DirSource<'_> {
         size: u64,
         chunk_bits: u8,
     ) -> Result<Option<Vec<bool>>, ErofsError> {
-        let (file, path) = self.open_entry(key)?;
-        let chunk = 1u64 << chunk_bits;
-        let mut map = vec![false; size.div_ceil(chunk) as usize];
-        let mut offset = 0u64;
-        while offset < size {
-            // SAFETY: lseek on a descriptor this function owns.
-            let found = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, libc::SEEK_DATA) };
-            if found < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    // No data after `offset`.
-                    Some(libc::ENXIO) => Ok(Some(map)),
-                    // A file system that cannot tell: store everything.
-                    Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(None),
-                    _ => Err(InitrdError::read(&path, e).into()),
-                };
-            }
-            let found = found as u64;
-            if found >= size {
-                break;
-            }
-            let index = found / chunk;
-            map[index as usize] = true;
-            offset = (index + 1) * chunk;
-        }
-        Ok(Some(map))
+        let (file, _, path) = self.open(key)?;
+        let map = map_data(file, size, chunk_bits).map_err(|e| InitrdError::read(path, e));
+        // Opened again when its data is written: a tree of many sparse
+        // files never holds them all open.
+        self.close(key);
+        Ok(map?)
     }
+}
+
+/// Which of the `1 << chunk_bits` chunks of `file` (of `size` bytes) hold
+/// data, by `SEEK_DATA`; `None` where the file system cannot tell.
+fn map_data(file: &File, size: u64, chunk_bits: u8) -> io::Result<Option<Vec<bool>>> {
+    let chunk = 1u64 << chunk_bits;
+    let mut map = vec![false; size.div_ceil(chunk) as usize];
+    let mut offset = 0u64;
+    while offset < size {
+        // SAFETY: lseek on an open descriptor; the writer reads by offset,
+        // so moving its position is harmless.
+        let found = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, libc::SEEK_DATA) };
+        if found < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // No data after `offset`.
+                Some(libc::ENXIO) => Ok(Some(map)),
+                Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let found = found as u64;
+        if found >= size {
+            break;
+        }
+        let index = found / chunk;
+        map[index as usize] = true;
+        offset = (index + 1) * chunk;
+    }
+    Ok(Some(map))
 }

@@ -2,21 +2,23 @@
 //! pass through the packer's [`Sink`] (so large files are copied by the
 //! kernel with `copy_file_range` when the output is a file).
 //!
-//! The image is block 0 (1024 zero bytes, the superblock), then the
-//! metadata area, then the data area:
+//! The image is block 0 (1024 zero bytes, the superblock), then runs of
+//! metadata blocks, each followed by the data blocks of the inodes it
+//! holds (as erofs-utils interleaves them), so that every file is read
+//! once, in inode order:
 //!
 //! - **metadata**: the inodes in the model's order (depth first, root
 //!   first: its nid is 36), each 32-byte aligned: its header (compact, or
 //!   extended where the size, owner, link count or mtime do not fit a
-//!   compact one), its inline xattrs, then either its inline data (a
-//!   directory, symlink or file shorter than a block, "tail packing") or a
-//!   chunk-based file's block map. An inode whose header, xattrs and
-//!   inline data do not fit in what is left of the current block starts
-//!   the next block (inline data may not cross a block), unless storing
-//!   the data in a block of its own wastes less;
-//! - **data**: whole blocks, in inode order: directories and symlinks of a
-//!   block or more, files of a block or more (their last block padded
-//!   with zeros), chunks of sparse files that hold data.
+//!   compact one), its inline xattrs, then either the inline tail of its
+//!   data (the last partial block of a directory, symlink or file: "tail
+//!   packing") or a chunk-based file's block map. An inode whose header,
+//!   xattrs and tail do not fit in what is left of the current block
+//!   starts the next run (a tail may not cross a block), unless storing
+//!   the tail in a block of its own wastes less;
+//! - **data**: the whole blocks of the run's inodes, in inode order (a
+//!   file's tail that is not inline is padded to a block), and the chunks
+//!   of sparse files that hold data.
 //!
 //! Holes: a directory's regular file whose allocated size is below its
 //! size is mapped with `SEEK_DATA`; when a whole chunk is a hole it is
@@ -26,11 +28,11 @@
 //! zeros). Other files are stored flat.
 //!
 //! The same model gives the same bytes: nothing depends on time or on the
-//! order of system calls; the uuid is a hash of the inode headers.
+//! order of system calls; the uuid is a hash of the superblock and the root inode.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -50,9 +52,13 @@ pub(crate) trait Source {
     /// The error of this source, which the writer's own errors become.
     type Error: From<ErofsError> + From<InitrdError>;
 
-    /// The file holding the data of the file with `key`, positioned at the
-    /// data's first byte, and its name for messages.
-    fn open(&mut self, key: u64) -> Result<(&mut File, PathBuf), Self::Error>;
+    /// The file holding the data of the file with `key`, where the data
+    /// starts in it, and its name for messages. Called for each piece of
+    /// the data the writer copies (its inline tail, its blocks).
+    fn open(&mut self, key: u64) -> Result<(&File, u64, &Path), Self::Error>;
+
+    /// The writer is done with the data of `key` (its file may be closed).
+    fn close(&mut self, _key: u64) {}
 
     /// For a file that may have holes: which of its `size >> chunk_bits`
     /// (rounded up) chunks hold data; `None` when that is not known (all
@@ -72,10 +78,12 @@ pub(crate) trait Source {
 struct Placed {
     /// Byte offset of its header (a multiple of 32; the nid × 32).
     offset: u64,
+    /// Its `i_size`.
+    size: u64,
     extended: bool,
     /// Its inline xattr body, encoded.
     xattrs: Vec<u8>,
-    layout: Option<DataLayout>,
+    layout: DataLayout,
     /// Bytes of inline data after the xattrs.
     inline_len: u64,
     /// Blocks in the data area.
@@ -231,14 +239,28 @@ fn block_align(pos: u64) -> u64 {
     pos.next_multiple_of(BLOCK)
 }
 
-/// Lays out every inode: metadata offsets, layouts, data blocks.
+/// Lays out every inode: metadata offsets, layouts, data blocks (see the
+/// module comment). Returns the placements and the image's block count.
 fn lay_out<S: Source>(
     fs: &Fs,
     source: &mut S,
     build: (u64, u32),
 ) -> Result<(Vec<Placed>, u64), S::Error> {
-    let mut placed = Vec::with_capacity(fs.inodes.len());
+    let mut placed: Vec<Placed> = Vec::with_capacity(fs.inodes.len());
     let mut pos = (SUPER_OFFSET + SUPER_LEN) as u64;
+    // Inodes whose data blocks follow the current metadata run.
+    let mut pending: Vec<usize> = Vec::new();
+    // Ends the metadata run: the pending inodes' data blocks come next,
+    // and the next run starts after them.
+    let flush = |pos: u64, pending: &mut Vec<usize>, placed: &mut [Placed]| -> u64 {
+        let mut next = block_align(pos) / BLOCK;
+        for &i in pending.iter() {
+            placed[i].blkaddr = next;
+            next += placed[i].blocks;
+        }
+        pending.clear();
+        next * BLOCK
+    };
     for (index, inode) in fs.inodes.iter().enumerate() {
         if let Kind::Dir { entries, .. } = &inode.kind {
             for (name, _) in entries {
@@ -247,35 +269,17 @@ fn lay_out<S: Source>(
         }
         let size = data_size(fs, index);
         let mut p = Placed {
+            size,
             extended: size > u64::from(u32::MAX)
                 || inode.uid > u32::from(u16::MAX)
                 || inode.gid > u32::from(u16::MAX)
                 || inode.nlink > u32::from(u16::MAX)
                 || (inode.mtime, inode.mtime_nsec) != build,
             xattrs: xattr_body(fs, index)?,
+            layout: DataLayout::FlatPlain,
             ..Placed::default()
         };
         let head = p.header_len() + p.xattrs.len() as u64;
-        let room = BLOCK - pos % BLOCK;
-        let has_data = !matches!(inode.kind, Kind::Special);
-        if has_data && size > 0 && size < BLOCK {
-            // Inline, when it fits here or in a fresh block and that wastes
-            // less than a block of its own would.
-            let footprint = head + size;
-            if footprint <= room {
-                p.layout = Some(DataLayout::FlatInline);
-            } else if footprint <= BLOCK && room <= BLOCK - size {
-                pos = block_align(pos);
-                p.layout = Some(DataLayout::FlatInline);
-            }
-            if p.layout.is_some() {
-                p.inline_len = size;
-                p.offset = pos;
-                pos = (pos + footprint).next_multiple_of(SLOT);
-                placed.push(p);
-                continue;
-            }
-        }
         let mut map_len = 0;
         if let Kind::File {
             key,
@@ -283,49 +287,76 @@ fn lay_out<S: Source>(
             ..
         } = inode.kind
         {
-            if size >= BLOCK {
-                let mut bits = format::BLOCK_BITS;
-                while size.div_ceil(1 << bits) > MAX_CHUNKS {
-                    bits += 1;
-                }
-                if let Some(map) = source.data_map(key, size, bits)? {
-                    if map.iter().any(|has| !has) {
-                        p.blocks = map
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, has)| **has)
-                            .map(|(c, _)| chunk_len(size, bits, c).div_ceil(BLOCK))
-                            .sum();
-                        map_len = 4 * map.len() as u64;
-                        p.layout = Some(DataLayout::ChunkBased);
-                        p.chunks = Some((bits, map));
-                    }
-                }
+            if let Some((bits, map)) = hole_map(source, key, size)? {
+                p.blocks = map
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, has)| **has)
+                    .map(|(c, _)| chunk_len(size, bits, c).div_ceil(BLOCK))
+                    .sum();
+                map_len = 4 * map.len() as u64;
+                p.layout = DataLayout::ChunkBased;
+                p.chunks = Some((bits, map));
             }
         }
-        if p.layout.is_none() {
-            p.layout = Some(DataLayout::FlatPlain);
-            p.blocks = size.div_ceil(BLOCK);
+        let has_data = !matches!(inode.kind, Kind::Special);
+        let tail = size % BLOCK;
+        let room = BLOCK - pos % BLOCK;
+        if p.layout == DataLayout::FlatPlain && has_data && tail > 0 {
+            // The tail inline, where it fits here or in a fresh block and
+            // that wastes less than a block of its own would.
+            let footprint = head + tail;
+            if footprint > room && footprint <= BLOCK && room <= BLOCK - tail {
+                pos = flush(pos, &mut pending, &mut placed);
+            }
+            if footprint <= BLOCK - pos % BLOCK {
+                p.layout = DataLayout::FlatInline;
+                p.inline_len = tail;
+                map_len = tail;
+            }
         }
-        if head > room && head <= BLOCK {
-            pos = block_align(pos);
+        if p.layout == DataLayout::FlatPlain {
+            p.blocks = size.div_ceil(BLOCK);
+        } else if p.layout == DataLayout::FlatInline {
+            p.blocks = size / BLOCK;
+        }
+        let footprint = head + map_len;
+        if footprint > BLOCK - pos % BLOCK {
+            pos = flush(pos, &mut pending, &mut placed);
         }
         p.offset = pos;
-        pos = (pos + head + map_len).next_multiple_of(SLOT);
+        pos = (pos + footprint).next_multiple_of(SLOT);
+        if p.blocks > 0 {
+            pending.push(index);
+        }
         placed.push(p);
     }
-    // The data area, in inode order.
-    let mut next = block_align(pos) / BLOCK;
-    for p in &mut placed {
-        if p.blocks > 0 {
-            p.blkaddr = next;
-            next += p.blocks;
-        }
+    let end = flush(pos, &mut pending, &mut placed);
+    let blocks = end / BLOCK;
+    if blocks > u64::from(u32::MAX) {
+        return Err(ErofsError::TooLarge { blocks }.into());
     }
-    if next > u64::from(u32::MAX) {
-        return Err(ErofsError::TooLarge { blocks: next }.into());
+    Ok((placed, blocks))
+}
+
+/// For a file that may have holes: its chunk size (bits) and which chunks
+/// hold data, when some chunk is a hole.
+fn hole_map<S: Source>(
+    source: &mut S,
+    key: u64,
+    size: u64,
+) -> Result<Option<(u8, Vec<bool>)>, S::Error> {
+    if size < BLOCK {
+        return Ok(None);
     }
-    Ok((placed, pos))
+    let mut bits = format::BLOCK_BITS;
+    while size.div_ceil(1 << bits) > MAX_CHUNKS {
+        bits += 1;
+    }
+    Ok(source
+        .data_map(key, size, bits)?
+        .filter(|map| map.iter().any(|has| !has))
+        .map(|map| (bits, map)))
 }
 
 /// Bytes of chunk `chunk` of a file of `size` with chunks of `1 << bits`.
@@ -335,26 +366,21 @@ fn chunk_len(size: u64, bits: u8, chunk: usize) -> u64 {
 }
 
 /// The header of inode `index`.
-fn header(fs: &Fs, placed: &[Placed], index: usize, ino: u32) -> InodeHeader {
+fn header(fs: &Fs, p: &Placed, index: usize, ino: u32) -> InodeHeader {
     let inode = &fs.inodes[index];
-    let p = &placed[index];
-    let layout = p.layout.unwrap_or(DataLayout::FlatPlain);
-    let i_u = match (&inode.kind, layout) {
+    let i_u = match (&inode.kind, &p.chunks) {
         (Kind::Special, _) => format::encode_dev(inode.rdev.0, inode.rdev.1),
-        (_, DataLayout::ChunkBased) => {
-            let bits = p.chunks.as_ref().map_or(format::BLOCK_BITS, |c| c.0);
-            u32::from(bits - format::BLOCK_BITS)
-        }
-        (_, _) if p.blocks > 0 => p.blkaddr as u32,
+        (_, Some((bits, _))) => u32::from(bits - format::BLOCK_BITS),
+        _ if p.blocks > 0 => p.blkaddr as u32,
         _ => 0,
     };
     InodeHeader {
         extended: p.extended,
-        layout: layout as u16,
+        layout: p.layout as u16,
         xattr_icount: format::xattr_icount(p.xattrs.len()),
         mode: inode.mode as u16,
         nlink: inode.nlink,
-        size: data_size(fs, index),
+        size: p.size,
         i_u,
         ino,
         uid: inode.uid,
@@ -382,6 +408,15 @@ fn bytes<W: Write>(sink: &mut Sink<W>, bytes: &[u8]) -> Result<(), InitrdError> 
     Ok(())
 }
 
+/// One piece of the image, by where it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// An inode: header, xattrs, inline data or block map.
+    Meta(usize),
+    /// An inode's data blocks.
+    Data(usize),
+}
+
 /// Writes `fs` as an EROFS image to `sink`, file data from `source`.
 pub(crate) fn write_fs<S: Source, W: Write>(
     fs: &Fs,
@@ -389,103 +424,108 @@ pub(crate) fn write_fs<S: Source, W: Write>(
     sink: &mut Sink<W>,
 ) -> Result<PackStats, S::Error> {
     let build = build_time(fs);
-    let (placed, meta_end) = lay_out(fs, source, build)?;
-    let nid = |child: u32| placed[child as usize].nid();
-    let headers: Vec<InodeHeader> = (0..fs.inodes.len())
-        .map(|i| header(fs, &placed, i, i as u32 + 1))
-        .collect();
-    let mut hasher = Sha256::new();
-    let mut encoded = [0u8; EXTENDED_LEN as usize];
-    for h in &headers {
-        encoded.fill(0);
-        format::put_inode(&mut encoded, h);
-        hasher.update(encoded);
-    }
-    let digest = hasher.finalize();
-    let blocks = placed
+    let (placed, blocks) = lay_out(fs, source, build)?;
+    let headers: Vec<InodeHeader> = placed
         .iter()
-        .map(|p| p.blkaddr + p.blocks)
-        .max()
-        .unwrap_or(0)
-        .max(block_align(meta_end) / BLOCK);
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[..16]);
-    let sb = Super {
+        .enumerate()
+        .map(|(i, p)| header(fs, p, i, i as u32 + 1))
+        .collect();
+    let mut sb = Super {
         root_nid: placed[0].nid() as u16,
         inos: fs.inodes.len() as u64,
         build_time: build.0,
         build_time_nsec: build.1,
         blocks: blocks as u32,
-        uuid,
+        uuid: [0; 16],
         feature_incompat: if placed.iter().any(|p| p.chunks.is_some()) {
             format::INCOMPAT_CHUNKED_FILE
         } else {
             0
         },
     };
+    // The uuid: a hash of the superblock's other fields and of the root
+    // directory's inode (hashing every inode cost more than the rest of
+    // the metadata).
+    let mut hasher = Sha256::new();
+    let mut encoded = [0u8; SUPER_LEN + EXTENDED_LEN as usize];
+    format::put_super(&mut encoded, &sb);
+    format::put_inode(&mut encoded[SUPER_LEN..], &headers[0]);
+    hasher.update(encoded);
+    sb.uuid.copy_from_slice(&hasher.finalize()[..16]);
     zeros(sink, SUPER_OFFSET as u64)?;
     format::put_super(sink.space(SUPER_LEN)?, &sb);
-    let mut pos = (SUPER_OFFSET + SUPER_LEN) as u64;
 
-    // Metadata.
-    for (index, p) in placed.iter().enumerate() {
-        zeros(sink, p.offset - pos)?;
-        let dst = sink.space(p.header_len() as usize)?;
-        dst.fill(0);
-        format::put_inode(dst, &headers[index]);
-        bytes(sink, &p.xattrs)?;
-        let mut len = p.header_len() + p.xattrs.len() as u64;
-        if p.inline_len > 0 {
-            write_data(fs, index, source, sink, &nid)?;
-            len += p.inline_len;
+    // Metadata offsets and data blocks both grow in inode order: the
+    // pieces in image order are a merge of the two.
+    let mut with_data = (0..placed.len())
+        .filter(|&i| placed[i].blocks > 0)
+        .peekable();
+    let mut metas = 0..placed.len();
+    let pieces = std::iter::from_fn(|| {
+        let data_at = with_data.peek().map(|&i| placed[i].blkaddr * BLOCK);
+        let meta_at = (metas.start < metas.end).then(|| placed[metas.start].offset);
+        match (meta_at, data_at) {
+            (Some(m), Some(d)) if d < m => with_data.next().map(|i| (d, Piece::Data(i))),
+            (Some(m), _) => metas.next().map(|i| (m, Piece::Meta(i))),
+            (None, Some(d)) => with_data.next().map(|i| (d, Piece::Data(i))),
+            (None, None) => None,
         }
-        if let Some((bits, map)) = &p.chunks {
-            let mut addr = p.blkaddr;
-            for (c, has) in map.iter().enumerate() {
-                let value = if *has {
-                    let this = addr as u32;
-                    addr += chunk_len(headers[index].size, *bits, c).div_ceil(BLOCK);
-                    this
-                } else {
-                    NULL_ADDR
-                };
-                sink.space(4)?.copy_from_slice(&value.to_le_bytes());
-            }
-            len += 4 * map.len() as u64;
-        }
-        pos = p.offset + len;
-    }
-    zeros(sink, block_align(pos) - pos)?;
-
-    // Data.
-    for (index, p) in placed.iter().enumerate() {
-        if p.blocks == 0 {
-            continue;
-        }
-        debug_assert_eq!(sink.total(), p.blkaddr * BLOCK);
-        match &p.chunks {
-            None => {
-                let size = write_data(fs, index, source, sink, &nid)?;
-                zeros(sink, block_align(size) - size)?;
-            }
-            Some((bits, map)) => {
-                let Kind::File { key, size, .. } = fs.inodes[index].kind else {
-                    continue;
-                };
-                let (file, path) = source.open(key)?;
-                let base = file
-                    .stream_position()
-                    .map_err(|e| InitrdError::read(&path, e))?;
-                for (c, _) in map.iter().enumerate().filter(|(_, has)| **has) {
-                    let len = chunk_len(size, *bits, c);
-                    file.seek(SeekFrom::Start(base + ((c as u64) << bits)))
-                        .map_err(|e| InitrdError::read(&path, e))?;
-                    sink.file_data(file, len, &path)?;
-                    zeros(sink, block_align(len) - len)?;
+    });
+    let nid = |child: u32| placed[child as usize].nid();
+    // Directory contents between their inline tail and their blocks.
+    let mut dirs: std::collections::HashMap<usize, Vec<u8>> = Default::default();
+    for (at, piece) in pieces {
+        zeros(sink, at - sink.total())?;
+        match piece {
+            Piece::Meta(i) => {
+                let p = &placed[i];
+                let dst = sink.space(p.header_len() as usize)?;
+                dst.fill(0);
+                format::put_inode(dst, &headers[i]);
+                bytes(sink, &p.xattrs)?;
+                if p.inline_len > 0 {
+                    let from = p.size - p.inline_len;
+                    write_data(fs, i, source, sink, &nid, &mut dirs, from..p.size)?;
+                }
+                if let Some((bits, map)) = &p.chunks {
+                    let mut addr = p.blkaddr;
+                    for (c, has) in map.iter().enumerate() {
+                        let value = if *has {
+                            let this = addr as u32;
+                            addr += chunk_len(p.size, *bits, c).div_ceil(BLOCK);
+                            this
+                        } else {
+                            NULL_ADDR
+                        };
+                        sink.space(4)?.copy_from_slice(&value.to_le_bytes());
+                    }
+                }
+                if p.blocks == 0 {
+                    close(fs, i, source);
                 }
             }
+            Piece::Data(i) => {
+                let p = &placed[i];
+                match &p.chunks {
+                    None => {
+                        let end = p.size - p.inline_len;
+                        write_data(fs, i, source, sink, &nid, &mut dirs, 0..end)?;
+                        zeros(sink, block_align(end) - end)?;
+                    }
+                    Some((bits, map)) => {
+                        for (c, _) in map.iter().enumerate().filter(|(_, has)| **has) {
+                            let start = (c as u64) << bits;
+                            let len = chunk_len(p.size, *bits, c);
+                            write_data(fs, i, source, sink, &nid, &mut dirs, start..start + len)?;
+                            zeros(sink, block_align(len) - len)?;
+                        }
+                    }
+                }
+                close(fs, i, source);
+            }
         }
     }
+    zeros(sink, blocks * BLOCK - sink.total())?;
     sink.flush()?;
     Ok(PackStats {
         entries: fs.inodes.len() as u64,
@@ -493,34 +533,45 @@ pub(crate) fn write_fs<S: Source, W: Write>(
     })
 }
 
-/// Writes the whole data of inode `index` (inline or flat); returns its
-/// length.
+/// Tells the source that inode `index`'s data is written.
+fn close<S: Source>(fs: &Fs, index: usize, source: &mut S) {
+    if let Kind::File { key, .. } = fs.inodes[index].kind {
+        source.close(key);
+    }
+}
+
+/// Writes the bytes `range` of inode `index`'s data.
 fn write_data<S: Source, W: Write>(
     fs: &Fs,
     index: usize,
     source: &mut S,
     sink: &mut Sink<W>,
     nid: &dyn Fn(u32) -> u64,
-) -> Result<u64, S::Error> {
+    dirs: &mut std::collections::HashMap<usize, Vec<u8>>,
+    range: std::ops::Range<u64>,
+) -> Result<(), S::Error> {
+    let (start, end) = (range.start as usize, range.end as usize);
     match &fs.inodes[index].kind {
         Kind::Dir { .. } => {
-            let content = dir_content(fs, index, nid);
-            bytes(sink, &content)?;
-            Ok(content.len() as u64)
-        }
-        Kind::Symlink(target) => {
-            bytes(sink, target)?;
-            Ok(target.len() as u64)
-        }
-        Kind::File { key, size, .. } => {
-            if *size > 0 {
-                let (file, path) = source.open(*key)?;
-                sink.file_data(file, *size, &path)?;
+            // A directory's tail comes first (its inode), then its blocks.
+            let content = dirs
+                .remove(&index)
+                .unwrap_or_else(|| dir_content(fs, index, nid));
+            bytes(sink, &content[start..end])?;
+            if start > 0 && end == content.len() {
+                dirs.insert(index, content);
             }
-            Ok(*size)
         }
-        Kind::Special => Ok(0),
+        Kind::Symlink(target) => bytes(sink, &target[start..end])?,
+        Kind::File { key, .. } => {
+            if end > start {
+                let (file, base, path) = source.open(*key)?;
+                sink.file_data(file, base + range.start, range.end - range.start, path)?;
+            }
+        }
+        Kind::Special => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -580,5 +631,56 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         check_name(&[b'n'; 255]).unwrap();
+    }
+
+    /// A source with no files.
+    struct NoFiles;
+
+    impl Source for NoFiles {
+        type Error = ErofsError;
+
+        fn open(&mut self, _key: u64) -> Result<(&File, u64, &Path), ErofsError> {
+            unreachable!("no file data in these trees")
+        }
+    }
+
+    fn write_to_vec(fs: &Fs) -> Result<Vec<u8>, ErofsError> {
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, None, Path::new("test"));
+        write_fs(fs, &mut NoFiles, &mut sink)?;
+        drop(sink);
+        Ok(out)
+    }
+
+    #[test]
+    fn hostile_trees_are_refused_with_the_name() {
+        let mut fs = Fs {
+            inodes: vec![dir(vec![], 0)],
+        };
+        let long = "n".repeat(256);
+        fs.inodes[0] = dir(vec![(long.as_str(), 0)], 0);
+        let err = write_to_vec(&fs).unwrap_err();
+        assert!(matches!(err, ErofsError::BadName { .. }), "{err}");
+        fs.inodes[0] = dir(vec![], 0);
+        fs.inodes[0].xattrs = vec![(b"user.big"[..].into(), vec![0u8; 70_000].into_boxed_slice())];
+        let err = write_to_vec(&fs).unwrap_err();
+        assert!(err.to_string().contains("user.big"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_root_is_one_block_with_the_root_at_nid_36() {
+        let image = write_to_vec(&Fs {
+            inodes: vec![dir(vec![], 0)],
+        })
+        .unwrap();
+        assert_eq!(image.len(), 4096);
+        let sb = &image[SUPER_OFFSET..SUPER_OFFSET + SUPER_LEN];
+        assert_eq!(format::read_super(sb).map(|s| s.blocks), Some(1));
+        assert_eq!(u16::from_le_bytes([sb[14], sb[15]]), 36);
+        // The root: compact, inline, its two dirents right after it.
+        let root = &image[36 * 32..];
+        assert_eq!(u16::from_le_bytes([root[0], root[1]]), 2 << 1);
+        assert_eq!(u32::from_le_bytes(root[8..12].try_into().unwrap()), 27);
+        assert_eq!(&root[32 + 24..32 + 27], b"...");
     }
 }

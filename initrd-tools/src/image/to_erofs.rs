@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::entry::Leaf;
 use super::merge::{Kind, MergedTree, NodeId, ROOT};
@@ -125,8 +125,9 @@ struct LayerData<'a> {
 impl Source for LayerData<'_> {
     type Error = ImageError;
 
-    fn open(&mut self, key: u64) -> Result<(&mut File, PathBuf), ImageError> {
+    fn open(&mut self, key: u64) -> Result<(&File, u64, &Path), ImageError> {
         let data = self.tree.inodes[key as usize];
-        self.sources.open(&data)
+        let (file, name) = self.sources.open(&data)?;
+        Ok((file, data.offset, name))
     }
 }

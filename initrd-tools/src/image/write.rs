@@ -168,7 +168,7 @@ impl TreeWriter<'_> {
         }
         if let Some(data) = data {
             let (file, source_name) = sources.open(&data)?;
-            sink.file_data(file, data.len, &source_name)?;
+            sink.file_data(file, data.offset, data.len, source_name)?;
         }
         sink.padding(u64::from(header.filesize))?;
         self.entries += 1;
