@@ -4,6 +4,7 @@
 //! list, each registered in its slot), the vCPUs, and the memory slots.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -99,6 +100,7 @@ pub(crate) fn set_up_guest(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
+    net_backend: Option<OwnedFd>,
 ) -> Result<(VmDevices, Vec<VcpuFd>, SetupSteps), VmmError> {
     let (images, vcpus) = std::thread::scope(|scope| {
         let vcpus = std::thread::Builder::new()
@@ -120,7 +122,7 @@ pub(crate) fn set_up_guest(
     for (id, fd) in vcpu_fds.iter().enumerate() {
         vcpu::set_boot_registers(fd, id as u8, kernel.entry, kernel.protocol)?;
     }
-    let devices = create_devices(vm, mem, spec, uarts, console_ports)?;
+    let devices = create_devices(vm, mem, spec, uarts, console_ports, net_backend)?;
     // Last, because of how long KVM takes here: see `map_guest_memory`.
     map_guest_memory(vm, mem)?;
     Ok((devices, vcpu_fds, steps))
@@ -297,6 +299,7 @@ fn create_devices(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
+    net_backend: Option<OwnedFd>,
 ) -> Result<VmDevices, VmmError> {
     let Outputs { console, stdout } = uarts;
     let ioapic = (spec.irqchip == IrqChip::Split).then(|| {
@@ -353,6 +356,7 @@ fn create_devices(
         mmio: &mut mmio,
     };
     let mut console_ports = console_ports;
+    let mut net_backend = net_backend;
     let mut console_input = None;
     for (slot, device) in spec.virtio.assigned()? {
         match device {
@@ -384,6 +388,18 @@ fn create_devices(
                     spec.filters.map(|f| f.fs.clone()),
                 )?;
                 virtio.register(slot, device)?;
+            }
+            DeviceSpec::Net(_) => {
+                // `run` checked there is one interface and its backend.
+                let Some(_backend) = net_backend.take() else {
+                    return Err(VmmError::NetBackendMissing);
+                };
+                return Err(VmmError::Host {
+                    what: "build the virtio-net device",
+                    source: std::io::Error::other(
+                        "virtio-net not built yet: this build of the VMM has no network device",
+                    ),
+                });
             }
         }
     }
