@@ -16,6 +16,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::ioapic::IoApic;
 use crate::devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
 use crate::devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{p9, MmioTransport, VirtioDevice};
 use crate::devices::{bus::lock, Bus, Devices};
 use crate::irqchip::KvmMsiSink;
@@ -389,17 +390,12 @@ fn create_devices(
                 )?;
                 virtio.register(slot, device)?;
             }
-            DeviceSpec::Net(_) => {
+            DeviceSpec::Net(spec_net) => {
                 // `run` checked there is one interface and its backend.
-                let Some(_backend) = net_backend.take() else {
-                    return Err(VmmError::NetBackendMissing);
-                };
-                return Err(VmmError::Host {
-                    what: "build the virtio-net device",
-                    source: std::io::Error::other(
-                        "virtio-net not built yet: this build of the VMM has no network device",
-                    ),
-                });
+                let backend = net_backend.take().ok_or(VmmError::NetBackendMissing)?;
+                let filter = spec.filters.map(|f| f.net.clone());
+                let device = Net::new(spec_net.clone(), backend, filter)?;
+                virtio.register(slot, device)?;
             }
         }
     }

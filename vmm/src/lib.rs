@@ -1,6 +1,7 @@
 //! A purpose-built KVM microVM: boots a Linux kernel (bzImage, ELF vmlinux
 //! or PVH) with three 16550A UARTs (console, stdout, status), an i8042
-//! reset port and the virtio devices it is given (a console, 9p shares),
+//! reset port and the virtio devices it is given (a console, 9p shares,
+//! a network interface),
 //! and returns how the VM ended.
 //!
 //! ```no_run
@@ -162,7 +163,7 @@ pub enum DeviceSpec {
     /// A host directory served over virtio-9p ([`devices::virtio::p9`]).
     Share(SharedDir),
     /// A virtio-net interface whose frames go to and come from
-    /// [`VmConfig::net_backend`]; at most one.
+    /// [`VmConfig::net_backend`] ([`devices::virtio::net`]); at most one.
     Net(NetSpec),
 }
 
@@ -403,6 +404,9 @@ pub enum VmmError {
     /// A share cannot be served.
     #[error(transparent)]
     Share(#[from] p9::P9Error),
+    /// The network interface cannot be made.
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
     /// The devices hold a network interface but no backend was given.
     #[error(
         "the VM has a virtio-net device but no network backend: set VmConfig::net_backend \
