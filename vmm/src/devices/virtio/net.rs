@@ -485,5 +485,78 @@ impl VirtioDevice for Net {
     }
 }
 
+/// The device's handling of its queues and of the backend's bytes, on
+/// the caller's thread, without threads or a socket: what the fuzz target
+/// (`fuzz/fuzz_targets/net_queues.rs`) drives, with the code the threads
+/// run.
+#[doc(hidden)]
+pub struct Harness {
+    rx: rx::RxState,
+    frames: rx::Frames,
+    tx: Active,
+    out: Vec<u8>,
+    max_frame: usize,
+}
+
+impl Harness {
+    /// Both queues active in `mem`, as after DRIVER_OK with `mergeable`
+    /// (`VIRTIO_NET_F_MRG_RXBUF`) negotiated or not.
+    pub fn new(
+        spec: &NetSpec,
+        mem: GuestMemory,
+        interrupt: Interrupt,
+        [rx_queue, tx_queue]: [Queue; 2],
+        mergeable: bool,
+    ) -> Self {
+        let mut rx = rx::RxState::default();
+        let rx_active = Active {
+            mem: mem.clone(),
+            interrupt: interrupt.clone(),
+            queue: rx_queue,
+        };
+        rx.activate(rx_active, mergeable);
+        Self {
+            rx,
+            frames: rx::Frames::new(spec.max_frame()),
+            tx: Active {
+                mem,
+                interrupt,
+                queue: tx_queue,
+            },
+            out: Vec::with_capacity(TX_BUFFER),
+            max_frame: spec.max_frame(),
+        }
+    }
+
+    /// Bytes from the backend: takes what the receive thread would read
+    /// (nothing while it holds a complete frame; at most its buffer's
+    /// room) and returns how many, after delivering the frames the ring
+    /// has buffers for. An error where the thread would stop.
+    pub fn from_backend(&mut self, bytes: &[u8]) -> Result<usize, NetError> {
+        let taken = match self.frames.next()? {
+            Some(_) => 0,
+            None => {
+                let space = self.frames.space();
+                let n = space.len().min(bytes.len());
+                space[..n].copy_from_slice(&bytes[..n]);
+                self.frames.filled(n);
+                n
+            }
+        };
+        rx::deliver_ready(&mut self.rx, &mut self.frames);
+        self.frames.next()?;
+        Ok(taken)
+    }
+
+    /// One transmit round: what it writes to the backend.
+    pub fn from_guest(&mut self) -> &[u8] {
+        self.out.clear();
+        if tx::take(&mut self.tx, &mut self.out, self.max_frame, true) > 0 {
+            self.tx.notify();
+        }
+        &self.out
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -169,7 +169,7 @@ impl Frames {
 
     /// The next complete frame in the buffer, skipping oversized ones;
     /// `None` until one is complete.
-    fn next(&mut self) -> Result<Option<Range<usize>>, NetError> {
+    pub(super) fn next(&mut self) -> Result<Option<Range<usize>>, NetError> {
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(self.end - self.start);
@@ -215,7 +215,7 @@ impl Frames {
     }
 
     /// Room to read into, after moving a partial frame to the front.
-    fn space(&mut self) -> &mut [u8] {
+    pub(super) fn space(&mut self) -> &mut [u8] {
         if self.start > 0 && self.buf.len() - self.end < PREFIX_LEN + self.max_frame {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -224,7 +224,7 @@ impl Frames {
         &mut self.buf[self.end..]
     }
 
-    fn filled(&mut self, n: usize) {
+    pub(super) fn filled(&mut self, n: usize) {
         self.end += n;
     }
 }
@@ -269,33 +269,53 @@ fn deliver(shared: &Shared, frames: &mut Frames) -> bool {
             return false;
         }
         state.kicked = false;
-        let mut used = false;
-        let mut starved = false;
-        while let Ok(Some(frame)) = frames.next() {
-            let (placed, any) = place(&mut state, &frames.buf[frame.clone()]);
-            used |= any;
-            if placed == Placed::Starved {
-                starved = true;
-                break;
+        match deliver_ready(&mut state, frames) {
+            Delivered::All => return true,
+            // Buffers added meanwhile are served before waiting.
+            Delivered::Starved if state.active.as_mut().is_some_and(Active::ask_for_kicks) => {
+                continue
             }
-            frames.consume(frame);
+            // Not active (yet, or after a reset), or no buffers: wait
+            // for the driver.
+            _ => state = shared.rx.wait_until(state, |s| s.kicked || s.stop),
         }
-        let Some(active) = state.active.as_mut() else {
-            // Not active (yet, or after a reset): wait for the driver.
-            state = shared.rx.wait_until(state, |s| s.kicked || s.stop);
-            continue;
-        };
-        if used {
-            active.notify();
-        }
-        if !starved {
-            let _ = active.queue.disable_notification(&active.mem);
-            return true;
-        }
-        // Buffers added meanwhile are served before waiting.
-        if active.ask_for_kicks() {
-            continue;
-        }
-        state = shared.rx.wait_until(state, |s| s.kicked || s.stop);
     }
+}
+
+/// How far [`deliver_ready`] got.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Delivered {
+    /// Every complete frame is in the guest (or dropped).
+    All,
+    /// A frame waits for buffers.
+    Starved,
+    /// The device is not active.
+    Inactive,
+}
+
+/// Puts the complete frames into the ring while it has buffers, and
+/// interrupts for what it used.
+pub(super) fn deliver_ready(state: &mut RxState, frames: &mut Frames) -> Delivered {
+    let mut used = false;
+    let mut starved = false;
+    while let Ok(Some(frame)) = frames.next() {
+        let (placed, any) = place(state, &frames.buf[frame.clone()]);
+        used |= any;
+        if placed == Placed::Starved {
+            starved = true;
+            break;
+        }
+        frames.consume(frame);
+    }
+    let Some(active) = state.active.as_mut() else {
+        return Delivered::Inactive;
+    };
+    if used {
+        active.notify();
+    }
+    if starved {
+        return Delivered::Starved;
+    }
+    let _ = active.queue.disable_notification(&active.mem);
+    Delivered::All
 }

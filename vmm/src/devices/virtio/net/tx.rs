@@ -32,7 +32,7 @@ pub(super) struct TxState {
 /// Takes chains into `out` while it has room for a frame of
 /// `max_frame`, and returns them; `send` false drops the frames. Returns
 /// how many it took.
-fn take(active: &mut Active, out: &mut Vec<u8>, max_frame: usize, send: bool) -> usize {
+pub(super) fn take(active: &mut Active, out: &mut Vec<u8>, max_frame: usize, send: bool) -> usize {
     let mut chains = 0;
     while chains < CHAINS_PER_ROUND && TX_BUFFER - out.len() >= PREFIX_LEN + max_frame {
         let Some((head, chain)) = pop_chain(&mut active.queue, &active.mem) else {
