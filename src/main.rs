@@ -115,6 +115,11 @@ struct RunArgs {
     /// The qemu engine's accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
+    /// How a VM gets the rootfs: an initrd unpacked into its memory, or a
+    /// read-only disk under a throw-away overlay [default: the disk for
+    /// images above 256 MiB unpacked, else the initrd].
+    #[arg(long, value_enum, value_name = "initrd|disk")]
+    root: Option<microrun::spec::RootChoice>,
     /// Print how long each phase took, on stderr.
     #[arg(long)]
     timings: bool,
@@ -227,6 +232,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
             .as_deref()
             .map(|spec| microrun::user::UserSpec::parse(spec, "-u"))
             .transpose()?,
+        root: args.root,
     };
     let plan = microrun::plan::make(request)?;
     let outcome = run::run(&plan)?;

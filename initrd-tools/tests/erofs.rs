@@ -493,6 +493,9 @@ fn an_image_converts_to_erofs_with_its_owners_links_and_devices() {
     let Detected::Image(image) = detect(&tar_path).unwrap() else {
         panic!("not an image");
     };
+    // A plain tar: its own length estimates its files.
+    let tar_len = fs::metadata(&tar_path).unwrap().len();
+    assert_eq!(image.unpacked_estimate().unwrap(), tar_len);
     let out = dir.path().join("image.erofs");
     image.convert_to_erofs(&out).unwrap();
     let again = dir.path().join("again.erofs");
@@ -532,4 +535,18 @@ fn an_image_converts_to_erofs_with_its_owners_links_and_devices() {
     assert_eq!(m("usr/bin/prog").nlink(), 2);
     assert_eq!(m("etc/passwd").mtime(), 1_600_000_000);
     assert_eq!((m("etc/shadow").uid(), m("etc/shadow").gid()), (70000, 42));
+}
+
+#[test]
+fn a_compressed_layer_is_estimated_at_three_times_its_length() {
+    use images::*;
+    let tar = layer_tar(&[file("big", &vec![0u8; 100_000])]);
+    let gz = compress(&tar, Compression::Gzip);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rootfs.tar.gz");
+    fs::write(&path, &gz).unwrap();
+    let Detected::Image(image) = detect(&path).unwrap() else {
+        panic!("not an image");
+    };
+    assert_eq!(image.unpacked_estimate().unwrap(), 3 * gz.len() as u64);
 }

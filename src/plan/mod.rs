@@ -12,6 +12,7 @@
 pub mod cmdline;
 pub mod devices;
 pub mod memory;
+pub mod root;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -122,6 +123,15 @@ pub enum PlanError {
         /// How to get a kernel that can.
         fix: &'static str,
     },
+    /// `--root disk` where the disk root cannot work.
+    #[error("--root disk: {0}")]
+    RootDisk(&'static str),
+    /// The disk root is not wired to a device in this build yet.
+    #[error(
+        "--root disk: this build of microrun has no virtio-blk disk to boot the rootfs from yet; \
+         use --root initrd (the default)"
+    )]
+    DiskRootUnavailable,
     /// The rootfs could not be packed, converted or read for a VM.
     #[error("cannot prepare the initrd: {0}")]
     Initrd(BootError),
@@ -301,6 +311,26 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     }
     if request.tty && request.stdin_terminal.is_none() {
         return Err(PlanError::TtyWithoutTerminal);
+    }
+    let vm_engine = request.engine != Engine::Chroot;
+    let root = root::choose(
+        request.root,
+        &request.rootfs,
+        vm_engine,
+        request.no_init,
+        || root::unpacked_estimate(&request.rootfs),
+    )?;
+    if root == root::RootKind::Disk {
+        // The virtio-blk disk and guest-init's `root=` record come with
+        // the VMM's block device; until then every run boots an initrd.
+        if request.root == Some(crate::spec::RootChoice::Disk) {
+            return Err(PlanError::DiskRootUnavailable);
+        }
+        log::info!(
+            "the image's files take more than {} MiB: it would boot from a disk, which this \
+             build cannot yet; booting it as an initrd",
+            root::DISK_THRESHOLD >> 20
+        );
     }
     let request = &request;
     let (run_config, target) = match request.engine {

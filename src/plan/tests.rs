@@ -55,6 +55,7 @@ impl Scratch {
             cmdline: Some("  foo=1 ".into()),
             accel: Accel::Tcg,
             user: None,
+            root: None,
         }
     }
 
@@ -156,6 +157,17 @@ fn refusals_are_made_before_anything_runs() {
         ..scratch.request(Engine::Kvm)
     };
     assert!(error(small).contains("is too small"));
+    // --root disk of a cpio ROOTFS; --root initrd is today's plan.
+    let disk = Request {
+        root: Some(crate::spec::RootChoice::Disk),
+        ..scratch.request(Engine::Qemu)
+    };
+    assert!(error(disk).contains("a cpio ROOTFS is booted as the initrd it is"));
+    let initrd = Request {
+        root: Some(crate::spec::RootChoice::Initrd),
+        ..scratch.request(Engine::Qemu)
+    };
+    make(initrd).unwrap();
     // A kernel without 9p: a share has nothing to fall back to.
     let no_9p = Scratch::new(&BUILT_IN.replace("CONFIG_9P_FS=y", "# CONFIG_9P_FS is not set"));
     let message = error(no_9p.with_share(Engine::Kvm));
