@@ -385,6 +385,11 @@ fn create_devices(
                 )?;
                 virtio.register(slot, device)?;
             }
+            DeviceSpec::Block(block) => {
+                return Err(VmmError::BlockNotBuilt {
+                    path: block.path.clone(),
+                });
+            }
         }
     }
     Ok(VmDevices {

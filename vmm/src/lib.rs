@@ -153,6 +153,9 @@ pub enum DeviceSpec {
     Console,
     /// A host directory served over virtio-9p ([`devices::virtio::p9`]).
     Share(SharedDir),
+    /// A disk image served over virtio-blk (the root of a run that boots
+    /// from a disk).
+    Block(BlockSpec),
 }
 
 /// What kind of device a [`DeviceSpec`] is, without its settings: what a
@@ -163,6 +166,8 @@ pub enum DeviceKind {
     Console,
     /// [`DeviceSpec::Share`].
     Share,
+    /// [`DeviceSpec::Block`].
+    Block,
 }
 
 impl DeviceSpec {
@@ -171,6 +176,7 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Console => DeviceKind::Console,
             DeviceSpec::Share(_) => DeviceKind::Share,
+            DeviceSpec::Block(_) => DeviceKind::Block,
         }
     }
 }
@@ -191,6 +197,17 @@ pub struct SharedDir {
     pub guest_uid: u32,
     /// The group the guest sees the invoking user's group as.
     pub guest_gid: u32,
+}
+
+/// One disk image the guest sees as a virtio-blk disk (`/dev/vda` for the
+/// first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// The image: a regular file, opened once when the VM is built.
+    pub path: PathBuf,
+    /// Offer the disk read-only (`VIRTIO_BLK_F_RO`) and refuse every
+    /// write; the image is then opened read-only too.
+    pub read_only: bool,
 }
 
 impl VirtioOptions {
@@ -379,6 +396,16 @@ pub enum VmmError {
     /// A share cannot be served.
     #[error(transparent)]
     Share(#[from] p9::P9Error),
+    /// A virtio-blk disk was asked for, and this VMM has none yet.
+    #[error(
+        "cannot serve {} as a virtio-blk disk: virtio-blk is not built yet in this VMM; \
+         boot the rootfs as an initrd (--root initrd) or use --engine qemu",
+        path.display()
+    )]
+    BlockNotBuilt {
+        /// The image asked for.
+        path: PathBuf,
+    },
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {
