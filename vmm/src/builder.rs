@@ -14,6 +14,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::devices::i8042::I8042;
 use crate::devices::ioapic::IoApic;
 use crate::devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
 use crate::devices::virtio::{p9, MmioTransport, VirtioDevice};
 use crate::devices::{bus::lock, Bus, Devices};
@@ -354,6 +355,7 @@ fn create_devices(
     };
     let mut console_ports = console_ports;
     let mut console_input = None;
+    let mut disks = 0;
     for (slot, device) in spec.virtio.assigned()? {
         match device {
             DeviceSpec::Console => {
@@ -386,9 +388,10 @@ fn create_devices(
                 virtio.register(slot, device)?;
             }
             DeviceSpec::Block(block) => {
-                return Err(VmmError::BlockNotBuilt {
-                    path: block.path.clone(),
-                });
+                let serial = format!("microrun{disks}");
+                disks += 1;
+                let device = Block::open(&block.path, block.read_only, &serial)?;
+                virtio.register(slot, device)?;
             }
         }
     }

@@ -396,16 +396,9 @@ pub enum VmmError {
     /// A share cannot be served.
     #[error(transparent)]
     Share(#[from] p9::P9Error),
-    /// A virtio-blk disk was asked for, and this VMM has none yet.
-    #[error(
-        "cannot serve {} as a virtio-blk disk: virtio-blk is not built yet in this VMM; \
-         boot the rootfs as an initrd (--root initrd) or use --engine qemu",
-        path.display()
-    )]
-    BlockNotBuilt {
-        /// The image asked for.
-        path: PathBuf,
-    },
+    /// A disk cannot be served.
+    #[error(transparent)]
+    Block(#[from] devices::virtio::block::BlockError),
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {
