@@ -550,3 +550,63 @@ fn a_compressed_layer_is_estimated_at_three_times_its_length() {
     };
     assert_eq!(image.unpacked_estimate().unwrap(), 3 * gz.len() as u64);
 }
+
+/// One PAX record: `LEN KEY=VALUE\n`, LEN counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    assert_eq!(record.len(), len);
+    record
+}
+
+#[test]
+fn an_images_xattrs_reach_the_erofs_image() {
+    let cap = capability();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut pax = tar::Header::new_ustar();
+    let records = [
+        pax_record("SCHILY.xattr.security.capability", &cap),
+        pax_record("SCHILY.xattr.user.note", b"kept"),
+    ]
+    .concat();
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_size(records.len() as u64);
+    pax.set_uid(0);
+    pax.set_gid(0);
+    pax.set_mtime(0);
+    pax.set_mode(0o644);
+    pax.set_cksum();
+    builder.append(&pax, &records[..]).unwrap();
+    let mut file = tar::Header::new_ustar();
+    file.set_size(4);
+    file.set_mode(0o755);
+    file.set_uid(0);
+    file.set_gid(0);
+    file.set_mtime(0);
+    file.set_cksum();
+    builder
+        .append_data(&mut file, "bin/ping", &b"ping"[..])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("rootfs.tar");
+    fs::write(&tar_path, builder.into_inner().unwrap()).unwrap();
+    let Detected::Image(image) = detect(&tar_path).unwrap() else {
+        panic!("not an image");
+    };
+    let out = dir.path().join("image.erofs");
+    image.convert_to_erofs(&out).unwrap();
+    let Some(mounted) = mount(&out, dir.path()) else {
+        return;
+    };
+    let ping = mounted.0.join("bin/ping");
+    assert_eq!(fs::read(&ping).unwrap(), b"ping");
+    assert_eq!(get_xattr(&ping, "security.capability"), Some(cap));
+    assert_eq!(get_xattr(&ping, "user.note"), Some(b"kept".to_vec()));
+    assert_eq!(get_xattr(&mounted.0.join("bin"), "user.note"), None);
+}

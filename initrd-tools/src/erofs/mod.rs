@@ -13,7 +13,8 @@
 //! (root unless [`PackOptions::keep_owner`]; an image's own owners), the
 //! extended attributes the source has in the `user.`, `trusted.`,
 //! `security.` (so `security.capability`) and POSIX ACL namespaces (a
-//! directory's read with `llistxattr`; an image's layers carry none here),
+//! directory's read with `llistxattr`, an image's from its layers' PAX
+//! `SCHILY.xattr.*` records),
 //! mtimes (a directory's entries all get [`PackOptions::mtime`], an
 //! image's keep their tar mtimes), and `dev/console`, `dev/null` added
 //! when missing. The same tree gives the same bytes.

@@ -140,6 +140,9 @@ pub(crate) struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub mtime: u32,
+    /// Its extended attributes (PAX `SCHILY.xattr.*` records), kept by
+    /// [`Sources`](super::spool::Sources): 0 for none.
+    pub xattrs: u32,
 }
 
 impl Meta {

@@ -19,6 +19,10 @@ use crate::newc::{S_IFBLK, S_IFCHR};
 /// The longest symlink target Linux accepts (`PATH_MAX` - 1).
 const MAX_SYMLINK_TARGET: usize = 4095;
 
+/// The PAX records that carry an extended attribute (GNU tar's and
+/// bsdtar's `--xattrs`, buildah's): `SCHILY.xattr.NAME`.
+const XATTR_RECORD: &[u8] = b"SCHILY.xattr.";
+
 /// Reads `layer` (a byte range of `file`) into entries; file data of a
 /// compressed layer goes into `sources`' spool, and data references name
 /// `file` by the id it gets next in `sources`.
@@ -140,8 +144,12 @@ impl EntryReader<'_> {
         };
         let size = entry.size;
         let position = entry.data_pos;
+        let mut xattrs = Vec::new();
         for (key, value) in &entry.pax {
             match &key[..] {
+                key if key.starts_with(XATTR_RECORD) => {
+                    xattrs.push((key[XATTR_RECORD.len()..].into(), value[..].into()));
+                }
                 b"mtime" => {
                     let value = std::str::from_utf8(value).unwrap_or("");
                     let seconds = value.split('.').next().unwrap_or("");
@@ -164,6 +172,7 @@ impl EntryReader<'_> {
             uid,
             gid,
             mtime: u32::try_from(mtime).unwrap_or(u32::MAX),
+            xattrs: self.sources.add_xattrs(xattrs),
         };
         let mut path =
             normalise(raw_path).ok_or_else(|| LayerError::PathEscapes { entry: name() })?;

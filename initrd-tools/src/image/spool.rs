@@ -23,7 +23,14 @@ pub(crate) struct Sources {
     spool: Option<BufWriter<File>>,
     spool_len: u64,
     spool_file: Option<File>,
+    /// The layers' extended attribute sets, by [`Meta::xattrs`] - 1.
+    ///
+    /// [`Meta::xattrs`]: super::entry::Meta
+    xattr_sets: Vec<Vec<Xattr>>,
 }
+
+/// An extended attribute: its full name and its value.
+pub(crate) type Xattr = (Box<[u8]>, Box<[u8]>);
 
 impl Sources {
     /// Sources whose spool, when needed, is made in `spool_dir`.
@@ -35,6 +42,28 @@ impl Sources {
             spool: None,
             spool_len: 0,
             spool_file: None,
+            xattr_sets: Vec::new(),
+        }
+    }
+
+    /// Keeps an entry's extended attributes; returns their id for
+    /// [`Sources::xattrs`] (0, and nothing kept, for none).
+    pub(crate) fn add_xattrs(&mut self, xattrs: Vec<Xattr>) -> u32 {
+        if xattrs.is_empty() {
+            return 0;
+        }
+        self.xattr_sets.push(xattrs);
+        self.xattr_sets.len() as u32
+    }
+
+    /// The extended attributes with `id` (none for 0).
+    pub(crate) fn xattrs(&self, id: u32) -> &[Xattr] {
+        match id.checked_sub(1) {
+            Some(index) => self
+                .xattr_sets
+                .get(index as usize)
+                .map_or(&[], Vec::as_slice),
+            None => &[],
         }
     }
 

@@ -1,7 +1,8 @@
 //! The merged tree as the EROFS writer's model ([`crate::erofs::Fs`]):
 //! depth first from the root, names sorted bytewise, one inode per
 //! regular file however many names it has (its link count), owners, modes
-//! and mtimes from the tar headers, file data read from the layers (or
+//! and mtimes from the tar headers, extended attributes from their PAX
+//! `SCHILY.xattr.*` records, file data read from the layers (or
 //! the spool) where the newc writer reads it.
 
 use std::fs::File;
@@ -25,19 +26,19 @@ pub(crate) fn write(
     file: &File,
     temp: &Path,
 ) -> Result<PackStats, ImageError> {
-    let fs = model(tree);
+    let fs = model(tree, sources);
     let mut source = LayerData { tree, sources };
     let mut sink = Sink::new(file, Some(file.as_raw_fd()), temp);
     erofs::write_fs(&fs, &mut source, &mut sink)
 }
 
-fn model(tree: &MergedTree) -> Fs {
+fn model(tree: &MergedTree, sources: &Sources) -> Fs {
     let names = names_per_inode(tree);
     let mut fs = Fs::default();
     // The inode of each regular file's data, once made.
     let mut made: Vec<Option<u32>> = vec![None; tree.inodes.len()];
     let mut stack: Vec<(NodeId, u32)> = Vec::new();
-    let root = new_inode(tree, ROOT, 0, &names, &mut fs);
+    let root = new_inode(tree, sources, ROOT, 0, &names, &mut fs);
     stack.push((ROOT, root));
     while let Some((dir, dir_inode)) = stack.pop() {
         let Kind::Dir(children) = &tree.node(dir).kind else {
@@ -49,12 +50,12 @@ fn model(tree: &MergedTree) -> Fs {
                 Kind::File(data) => match made[data as usize] {
                     Some(inode) => inode,
                     None => {
-                        let inode = new_inode(tree, child, dir_inode, &names, &mut fs);
+                        let inode = new_inode(tree, sources, child, dir_inode, &names, &mut fs);
                         made[data as usize] = Some(inode);
                         inode
                     }
                 },
-                _ => new_inode(tree, child, dir_inode, &names, &mut fs),
+                _ => new_inode(tree, sources, child, dir_inode, &names, &mut fs),
             };
             if let erofs::Kind::Dir { entries, .. } = &mut fs.inodes[dir_inode as usize].kind {
                 entries.push((name.clone(), inode));
@@ -69,7 +70,14 @@ fn model(tree: &MergedTree) -> Fs {
     fs
 }
 
-fn new_inode(tree: &MergedTree, id: NodeId, parent: u32, names: &[u32], fs: &mut Fs) -> u32 {
+fn new_inode(
+    tree: &MergedTree,
+    sources: &Sources,
+    id: NodeId,
+    parent: u32,
+    names: &[u32],
+    fs: &mut Fs,
+) -> u32 {
     let node = tree.node(id);
     let index = fs.inodes.len() as u32;
     let mut inode = Inode {
@@ -78,6 +86,7 @@ fn new_inode(tree: &MergedTree, id: NodeId, parent: u32, names: &[u32], fs: &mut
         gid: node.meta.gid,
         mtime: u64::from(node.meta.mtime),
         nlink: 1,
+        xattrs: sources.xattrs(node.meta.xattrs).to_vec(),
         ..Inode::default()
     };
     match &node.kind {
