@@ -69,7 +69,8 @@ struct RunArgs {
     /// The kernel to boot [default: the host's kernel, then the project's].
     #[arg(long, env = "MICRORUN_KERNEL", value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Guest memory, e.g. 256M [default: 3 × initrd + 64 MiB].
+    /// Guest memory, e.g. 256M [default: 3 × initrd + 64 MiB; with --root
+    /// disk, the kernel + guest-init + 128 MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     mem: Option<u64>,
     /// Number of vCPUs, 1 to 32.
