@@ -3,7 +3,8 @@
 //! from ELF binaries and the libraries they need; read a kernel image's
 //! release and configuration ([`kernel_info`]) and find the modules of the
 //! host's kernel that a guest needs, decompressed ([`modules`]); index and
-//! extract a newc archive into a directory ([`extract`]).
+//! extract a newc archive into a directory ([`extract`]); write a tree as
+//! an uncompressed EROFS image for the disk root ([`erofs`]).
 //!
 //! The archive holds the whole tree: regular files, directories, symlinks,
 //! hard links (data stored once), device nodes and FIFOs (sockets are

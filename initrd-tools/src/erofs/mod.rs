@@ -410,6 +410,15 @@ fn read_xattrs(path: &mut Vec<u8>, scratch: &mut XattrScratch) -> Result<Vec<Xat
             )
         };
         if got >= 0 {
+            let (_, suffix) = format::xattr_index(attr).unwrap_or((0, attr));
+            if got as usize > usize::from(u16::MAX) || suffix.len() > usize::from(u8::MAX) {
+                let file = String::from_utf8_lossy(&path[..path.len() - 1]).into_owned();
+                path.pop();
+                return Err(ErofsError::XattrTooLarge {
+                    name: format!("{} of {file}", quote(attr)),
+                    size: got as usize,
+                });
+            }
             out.push((attr.into(), value[..got as usize].into()));
             continue;
         }
