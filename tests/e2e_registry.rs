@@ -384,6 +384,86 @@ fn a_shared_base_layer_is_downloaded_once() {
     assert_eq!(stdout(&output), "two\n");
 }
 
+/// A cached blob is never trusted: one that no longer matches its digest
+/// is removed and fetched again when the image is next converted.
+#[test]
+fn a_corrupt_cached_blob_is_fetched_again() {
+    need_registry!();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let registry = Registry::start(false);
+    registry.push(
+        &layout(work.path(), "c", &spec("intact", "amd64")),
+        "c",
+        "c:1",
+        false,
+    );
+    let reference = format!("{}/c:1", registry.host());
+    assert_code(&microrun(&cache, &["pull", &reference], &[]), 0);
+    let before = registry.blob_gets(&base_digest());
+    let cached = cache
+        .join("microrun/oci/blobs/sha256")
+        .join(&base_digest()[7..]);
+    let mut data = std::fs::read(&cached).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&cached, &data).unwrap();
+    // Without the converted archive, the image is converted again from
+    // its blobs.
+    std::fs::remove_dir_all(cache.join("microrun/initrd")).unwrap();
+    let output = run_chroot(&cache, &reference, &[], &[]);
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "intact\n");
+    assert_eq!(
+        registry.blob_gets(&base_digest()) - before,
+        1,
+        "{}",
+        registry.log()
+    );
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        compress(&image_cases::base_layer(), Compression::Gzip)
+    );
+}
+
+/// Two runs pulling the same image at once both succeed, and the store
+/// holds one good copy of each blob.
+#[test]
+fn concurrent_pulls_of_one_image_are_safe() {
+    need_registry!();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let registry = Registry::start(false);
+    registry.push(
+        &layout(work.path(), "p", &spec("both", "amd64")),
+        "p",
+        "p:1",
+        false,
+    );
+    let reference = format!("{}/p:1", registry.host());
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_microrun"))
+            .env("XDG_CACHE_HOME", &cache)
+            .args(["pull", &reference])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = [spawn(), spawn(), spawn()];
+    for child in children {
+        assert_code(&child.wait_with_output().unwrap(), 0);
+    }
+    let output = run_chroot(&cache, &reference, &["--pull", "never"], &[]);
+    assert_eq!(stdout(&output), "both\n");
+    let blobs = cache.join("microrun/oci/blobs/sha256");
+    for entry in std::fs::read_dir(&blobs).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "a partial file is left: {name}");
+        assert_eq!(sha256_hex(&std::fs::read(entry.path()).unwrap()), name);
+    }
+}
+
 #[test]
 fn a_multi_platform_index_gives_linux_amd64_or_names_the_others() {
     need_registry!();

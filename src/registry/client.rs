@@ -553,6 +553,138 @@ impl Challenge {
 mod tests {
     use super::*;
 
+    use std::io::BufRead as _;
+    use std::net::TcpListener;
+
+    /// What the fake registry answers: status, extra headers, body.
+    type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+    /// A registry on 127.0.0.1 that answers each request (its first line
+    /// and headers) with `handler`, one connection at a time, and closes
+    /// anything that is not plain HTTP (the client's TLS try).
+    fn fake_registry(
+        handler: impl Fn(&str, &[String], u16) -> Answer + Send + 'static,
+    ) -> Reference {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() || !first.starts_with("GET ") {
+                    continue;
+                }
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    headers.push(line.trim_end().to_ascii_lowercase());
+                }
+                let (status, extra, body) = handler(first.trim_end(), &headers, port);
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in extra {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                let mut out = &stream;
+                let _ = out.write_all(head.as_bytes());
+                let _ = out.write_all(&body);
+            }
+        });
+        Reference::parse(&format!("127.0.0.1:{port}/app:1")).unwrap()
+    }
+
+    #[test]
+    fn the_anonymous_bearer_token_flow_is_followed() {
+        let reference = fake_registry(|line, headers, port| {
+            if line.starts_with("GET /token?") {
+                assert!(line.contains("scope=repository%3Aapp%3Apull"), "{line}");
+                assert!(line.contains("service=fake"), "{line}");
+                assert!(!headers.iter().any(|h| h.starts_with("authorization")));
+                return (200, vec![], br#"{"token": "t0k3n"}"#.to_vec());
+            }
+            if headers.iter().any(|h| h == "authorization: bearer t0k3n") {
+                return (200, vec![], br#"{"schemaVersion": 2}"#.to_vec());
+            }
+            let challenge = format!(
+                "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\",\
+                 scope=\"repository:app:pull\""
+            );
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        let manifest = client.manifest("1").unwrap();
+        assert_eq!(manifest.bytes, br#"{"schemaVersion": 2}"#);
+        assert_eq!(client.authorization.as_deref(), Some("Bearer t0k3n"));
+    }
+
+    #[test]
+    fn a_registry_that_keeps_refusing_ends_in_one_auth_error() {
+        let reference = fake_registry(|_, _, _| {
+            let challenge = "Basic realm=\"r\"".to_string();
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        client.search = Some(auth::Search::default());
+        let err = client.manifest("1").unwrap_err().to_string();
+        assert!(err.contains("requires a login (401)"), "{err}");
+    }
+
+    #[test]
+    fn whatever_a_registry_sends_memory_stays_bounded() {
+        let reference = fake_registry(|line, _, _| {
+            if line.contains("/manifests/huge") {
+                return (200, vec![], vec![b' '; (MAX_MANIFEST + 10) as usize]);
+            }
+            if line.contains("/manifests/limited") {
+                return (429, vec![("Retry-After".into(), "60".into())], vec![]);
+            }
+            if line.contains("/manifests/gone") {
+                return (500, vec![], vec![b'e'; 1 << 20]);
+            }
+            if line.contains("/blobs/") {
+                return (200, vec![], b"0123456789".to_vec());
+            }
+            (404, vec![], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        let err = client.manifest("huge").unwrap_err();
+        assert!(matches!(err, RegistryError::TooLarge { .. }), "{err}");
+        let err = client.manifest("limited").unwrap_err().to_string();
+        assert!(
+            err.contains("429") && err.contains("retry after 60"),
+            "{err}"
+        );
+        let err = client.manifest("gone").unwrap_err().to_string();
+        assert!(
+            err.contains("answered 500") && err.len() < 2000,
+            "{}",
+            err.len()
+        );
+        let err = client.manifest("missing").unwrap_err().to_string();
+        assert!(err.contains("404"), "{err}");
+
+        let digest = format!("sha256:{}", hex(&Sha256::digest(b"01234")));
+        let mut out = Vec::new();
+        let err = client.blob(&digest, 5, &mut out, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("more than 5"), "{err}");
+        assert!(out.len() <= 5, "nothing past the descriptor's size is kept");
+        let ten = format!("sha256:{}", hex(&Sha256::digest(b"0123456789")));
+        let mut out = Vec::new();
+        client.blob(&ten, 10, &mut out, &mut |_| {}).unwrap();
+        assert_eq!(out, b"0123456789");
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = client
+            .blob(&wrong, 10, &mut Vec::new(), &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::WrongDigest { .. }), "{err}");
+    }
+
     #[test]
     fn bearer_challenges_are_parsed_with_quoted_commas_and_escapes() {
         let c = Challenge::parse(
