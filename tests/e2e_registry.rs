@@ -157,6 +157,14 @@ impl Registry {
         );
     }
 
+    /// Builds the image that says `word` (see [`spec`]) and pushes it as
+    /// `name` (`repo:tag`); returns its full reference.
+    fn push_image(&self, work: &Path, name: &str, word: &str) -> String {
+        let tag = name.replace([':', '/'], "-");
+        self.push(&layout(work, &tag, &spec(word, "amd64")), &tag, name, false);
+        format!("{}/{name}", self.host())
+    }
+
     /// How many times the registry served `GET` for the blob `digest`.
     fn blob_gets(&self, digest: &str) -> usize {
         self.log()
@@ -205,6 +213,13 @@ fn run_chroot(cache: &Path, image: &str, extra: &[&str], cmd: &[&str]) -> Output
     args.push("--");
     args.extend_from_slice(cmd);
     microrun(cache, &args, &[])
+}
+
+/// A temporary directory, and the cache inside it.
+fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    (work, cache)
 }
 
 /// An image: the base layer (busybox) and a layer that says `word` in
@@ -263,16 +278,10 @@ macro_rules! need_registry {
 #[test]
 fn a_tag_and_a_digest_are_pulled_run_listed_and_run_offline() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let mut registry = Registry::start(false);
     let app = format!("{}/app:v1", registry.host());
-    registry.push(
-        &layout(work.path(), "v1", &spec("first", "amd64")),
-        "v1",
-        "app:v1",
-        false,
-    );
+    registry.push_image(work.path(), "app:v1", "first");
 
     // Pulled on first use, with a line per layer (stderr is not a terminal).
     let output = run_chroot(&cache, &app, &["--timings"], &["cat", "/etc/word"]);
@@ -305,12 +314,7 @@ fn a_tag_and_a_digest_are_pulled_run_listed_and_run_offline() {
     assert_eq!(list.lines().count(), 3, "{list}");
 
     // The tag moves in the registry; the cached tag stays until asked.
-    registry.push(
-        &layout(work.path(), "v2", &spec("second", "amd64")),
-        "v2",
-        "app:v1",
-        false,
-    );
+    registry.push_image(work.path(), "app:v1", "second");
     let output = run_chroot(&cache, &app, &[], &["cat", "/etc/word"]);
     assert_eq!(stdout(&output), "first\n");
     let output = run_chroot(&cache, &app, &["--pull", "always"], &["cat", "/etc/word"]);
@@ -353,21 +357,10 @@ fn a_tag_and_a_digest_are_pulled_run_listed_and_run_offline() {
 #[test]
 fn a_shared_base_layer_is_downloaded_once() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
-    registry.push(
-        &layout(work.path(), "one", &spec("one", "amd64")),
-        "one",
-        "one:1",
-        false,
-    );
-    registry.push(
-        &layout(work.path(), "two", &spec("two", "amd64")),
-        "two",
-        "two:1",
-        false,
-    );
+    registry.push_image(work.path(), "one:1", "one");
+    registry.push_image(work.path(), "two:1", "two");
     let before = registry.blob_gets(&base_digest());
     for name in ["one:1", "two:1", "one:1"] {
         let reference = format!("{}/{name}", registry.host());
@@ -389,16 +382,9 @@ fn a_shared_base_layer_is_downloaded_once() {
 #[test]
 fn a_corrupt_cached_blob_is_fetched_again() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
-    registry.push(
-        &layout(work.path(), "c", &spec("intact", "amd64")),
-        "c",
-        "c:1",
-        false,
-    );
-    let reference = format!("{}/c:1", registry.host());
+    let reference = registry.push_image(work.path(), "c:1", "intact");
     assert_code(&microrun(&cache, &["pull", &reference], &[]), 0);
     let before = registry.blob_gets(&base_digest());
     let cached = cache
@@ -431,16 +417,9 @@ fn a_corrupt_cached_blob_is_fetched_again() {
 #[test]
 fn concurrent_pulls_of_one_image_are_safe() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
-    registry.push(
-        &layout(work.path(), "p", &spec("both", "amd64")),
-        "p",
-        "p:1",
-        false,
-    );
-    let reference = format!("{}/p:1", registry.host());
+    let reference = registry.push_image(work.path(), "p:1", "both");
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_microrun"))
             .env("XDG_CACHE_HOME", &cache)
@@ -467,8 +446,7 @@ fn concurrent_pulls_of_one_image_are_safe() {
 #[test]
 fn a_multi_platform_index_gives_linux_amd64_or_names_the_others() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
     let index_layout = |name: &str, specs: &[(&ImageSpec, &str)]| {
         let mut files = Files::default();
@@ -523,15 +501,9 @@ fn a_multi_platform_index_gives_linux_amd64_or_names_the_others() {
 #[test]
 fn a_blob_tampered_with_in_the_registry_is_rejected_and_not_kept() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
-    registry.push(
-        &layout(work.path(), "t", &spec("t", "amd64")),
-        "t",
-        "tampered:1",
-        false,
-    );
+    registry.push_image(work.path(), "tampered:1", "t");
     let blob = registry.stored_blob(&base_digest());
     let mut data = std::fs::read(&blob).unwrap();
     let middle = data.len() / 2;
@@ -572,16 +544,9 @@ fn a_blob_tampered_with_in_the_registry_is_rejected_and_not_kept() {
 #[test]
 fn a_registry_with_htpasswd_auth_takes_the_users_credential_file() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(true);
-    registry.push(
-        &layout(work.path(), "s", &spec("secret", "amd64")),
-        "s",
-        "private:1",
-        false,
-    );
-    let reference = format!("{}/private:1", registry.host());
+    let reference = registry.push_image(work.path(), "private:1", "secret");
 
     let output = microrun(&cache, &["pull", &reference], &[]);
     assert_code(&output, 125);
@@ -623,15 +588,9 @@ fn a_registry_with_htpasswd_auth_takes_the_users_credential_file() {
 #[test]
 fn registry_errors_name_the_fix() {
     need_registry!();
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
-    registry.push(
-        &layout(work.path(), "e", &spec("e", "amd64")),
-        "e",
-        "known:1",
-        false,
-    );
+    registry.push_image(work.path(), "known:1", "e");
     let cases: Vec<(String, Vec<&str>, &str)> = vec![
         (
             format!("{}/known:nope", registry.host()),
@@ -688,15 +647,9 @@ fn qemu_runs_a_pulled_image() {
         skip_unavailable!("qemu engine: {why}");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    let (work, cache) = workspace();
     let registry = Registry::start(false);
-    registry.push(
-        &layout(work.path(), "q", &spec("booted", "amd64")),
-        "q",
-        "vm:1",
-        false,
-    );
+    registry.push_image(work.path(), "vm:1", "booted");
     let kernel = common::project_kernel().unwrap();
     let output = microrun(
         &cache,
