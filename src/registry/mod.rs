@@ -389,7 +389,11 @@ fn open_stored(
     record: &Record,
     reference: &Reference,
 ) -> Result<Box<Image>, RegistryError> {
-    let name = format!("{reference} ({})", record.digest);
+    let name = if record.digest == record.manifest {
+        reference.to_string()
+    } else {
+        format!("{reference} (index {})", record.digest)
+    };
     let image = initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, &name)?;
     if let Err(e) = image.cached_convert() {
         if matches!(
