@@ -261,18 +261,31 @@ pub fn resolve_rootfs(
 }
 
 /// The image `reference` names, from the store or pulled as `options`
-/// say. `path_text` is the ROOTFS text when it could have been a path.
+/// say, and its archive converted (or found) in the cache. `path_text` is
+/// the ROOTFS text when it could have been a path.
 pub fn image(
     reference: &Reference,
     options: &PullOptions,
     path_text: Option<&str>,
+) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
+    fetch(reference, options, path_text, true)
+}
+
+/// [`image`], converting only when `convert` (a run needs the archive, a
+/// `microrun pull` does not: every blob it fetched was checked as it
+/// streamed).
+fn fetch(
+    reference: &Reference,
+    options: &PullOptions,
+    path_text: Option<&str>,
+    convert: bool,
 ) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
     let store = BlobStore::open(&initrd_tools::cache_dir()?)?;
     let _lock = store.lock(false)?;
     let name = record_name(reference);
     if options.policy != PullPolicy::Always {
         if let Some(record) = store.record(&name) {
-            match open_stored(&store, &record, reference) {
+            match open_stored(&store, &record, reference, convert) {
                 Ok(image) => {
                     log::info!("{reference}: from the cache, {}", record.digest);
                     store.touch(&name);
@@ -298,7 +311,7 @@ pub fn image(
         },
         other => other,
     })?;
-    let image = open_stored(&store, &record, reference)?;
+    let image = open_stored(&store, &record, reference, convert)?;
     Ok((image, Some(started.elapsed())))
 }
 
@@ -310,7 +323,7 @@ pub fn pull(text: &str, options: &PullOptions) -> Result<(), RegistryError> {
     if options.policy == PullPolicy::Missing {
         options.policy = PullPolicy::Always;
     }
-    let (image, took) = image(&reference, &options, None)?;
+    let (image, took) = fetch(&reference, &options, None, false)?;
     if options.verbosity != Verbosity::Quiet {
         let took = took.map(|t| format!(" in {:.1} s", t.as_secs_f64()));
         crate::say(format_args!(
@@ -381,13 +394,14 @@ fn record_name(reference: &Reference) -> String {
     }
 }
 
-/// The stored image of `record`, opened, and its archive converted (or
-/// found) in the cache. A blob that does not match its digest is removed,
-/// so the next pull fetches it again.
+/// The stored image of `record`, opened, and with `convert` its archive
+/// converted (or found) in the cache. A blob that does not match its
+/// digest is removed, so the next pull fetches it again.
 fn open_stored(
     store: &BlobStore,
     record: &Record,
     reference: &Reference,
+    convert: bool,
 ) -> Result<Box<Image>, RegistryError> {
     let name = if record.digest == record.manifest {
         reference.to_string()
@@ -395,6 +409,9 @@ fn open_stored(
         format!("{reference} (index {})", record.digest)
     };
     let image = initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, &name)?;
+    if !convert {
+        return Ok(Box::new(image));
+    }
     if let Err(e) = image.cached_convert() {
         if matches!(
             e,
