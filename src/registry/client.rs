@@ -237,10 +237,18 @@ impl Client {
                 }
             };
             self.authorization = Some(match challenge.scheme.as_str() {
-                "bearer" => {
-                    let token = self.token(&challenge, credentials.as_ref())?;
-                    format!("Bearer {token}")
-                }
+                "bearer" => match self.token(&challenge, credentials.as_ref()) {
+                    Ok(token) => format!("Bearer {token}"),
+                    // A realm that gives no anonymous token: the login.
+                    Err(RegistryError::AuthRequired { .. }) if !tried_credentials => {
+                        tried_credentials = true;
+                        let Some(found) = self.credentials() else {
+                            break;
+                        };
+                        format!("Bearer {}", self.token(&challenge, Some(&found))?)
+                    }
+                    Err(e) => return Err(e),
+                },
                 "basic" => match &credentials {
                     Some(c) => basic(c),
                     None => break,
@@ -621,6 +629,38 @@ mod tests {
         let manifest = client.manifest("1").unwrap();
         assert_eq!(manifest.bytes, br#"{"schemaVersion": 2}"#);
         assert_eq!(client.authorization.as_deref(), Some("Bearer t0k3n"));
+    }
+
+    #[test]
+    fn a_realm_without_anonymous_tokens_gets_the_users_credentials() {
+        let reference = fake_registry(|line, headers, port| {
+            // base64("u:p")
+            let basic = headers.iter().any(|h| h == "authorization: basic dtpw");
+            if line.starts_with("GET /token?") {
+                return match basic {
+                    true => (200, vec![], br#"{"access_token": "fromlogin"}"#.to_vec()),
+                    false => (401, vec![], vec![]),
+                };
+            }
+            if headers
+                .iter()
+                .any(|h| h == "authorization: bearer fromlogin")
+            {
+                return (200, vec![], b"{}".to_vec());
+            }
+            let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        client.search = Some(auth::Search {
+            found: Some(Credentials {
+                user: "u".into(),
+                password: "p".into(),
+                source: "/test/auth.json".into(),
+            }),
+            ..auth::Search::default()
+        });
+        assert_eq!(client.manifest("1").unwrap().bytes, b"{}");
     }
 
     #[test]

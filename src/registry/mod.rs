@@ -202,6 +202,12 @@ pub enum RegistryError {
         /// Why.
         source: io::Error,
     },
+    /// `images --prune` while a pull or a run uses the store.
+    #[error("{}: a pull or a run is using the image store; run `microrun images --prune` again when it has finished", store.display())]
+    Busy {
+        /// The store.
+        store: std::path::PathBuf,
+    },
     /// The image, pulled, does not open or convert.
     #[error(transparent)]
     Image(#[from] ImageError),

@@ -85,17 +85,25 @@ impl BlobStore {
                 what: path.display().to_string(),
                 source,
             })?;
+        // A prune does not wait for pulls (which may take minutes): it
+        // fails at once. A pull waits only for a prune, which is short.
         let op = if exclusive {
-            libc::LOCK_EX
+            libc::LOCK_EX | libc::LOCK_NB
         } else {
             libc::LOCK_SH
         };
         // SAFETY: flock on a descriptor this function owns; no memory is
         // passed.
         if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            let source = io::Error::last_os_error();
+            if source.kind() == io::ErrorKind::WouldBlock {
+                return Err(RegistryError::Busy {
+                    store: self.root.clone(),
+                });
+            }
             return Err(RegistryError::Store {
                 what: format!("the lock {}", path.display()),
-                source: io::Error::last_os_error(),
+                source,
             });
         }
         Ok(StoreLock(file))
@@ -391,6 +399,17 @@ mod tests {
             .unwrap()
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_prune_does_not_wait_for_a_pull() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(cache.path()).unwrap();
+        let pulling = store.lock(false).unwrap();
+        let err = store.prune().unwrap_err();
+        assert!(matches!(err, RegistryError::Busy { .. }), "{err}");
+        drop(pulling);
+        assert_eq!(store.prune().unwrap(), (0, 0));
     }
 
     #[test]
