@@ -623,6 +623,13 @@ fn registry_errors_name_the_fix() {
         assert_code(&output, 125);
         let err = stderr(&output);
         assert!(err.contains(want), "{reference}: {err}");
+        // A name that could have been a path says it is none.
+        let taken = reference.starts_with("127.0.0.1");
+        assert_eq!(
+            err.contains("is no file or directory here, so it was taken as an image reference"),
+            taken,
+            "{reference}: {err}"
+        );
     }
     // A registry that is not there: the network error, with the way out.
     let closed = {

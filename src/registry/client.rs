@@ -101,7 +101,6 @@ impl Client {
             return Err(RegistryError::NotFound {
                 reference: self.reference.to_string(),
                 name: self.reference.name(),
-                path_hint: None,
             });
         }
         self.check_status(&mut response, "the manifest")?;

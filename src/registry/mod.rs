@@ -63,16 +63,24 @@ pub enum RegistryError {
     /// 404 on the manifest.
     #[error(
         "{reference}: the registry has no such image or tag (404): check the name and the tag \
-         (`skopeo list-tags docker://{name}` lists the tags){}",
-        path_hint.as_ref().map(|p| format!("; nor is there a file or directory named {p}")).unwrap_or_default()
+         (`skopeo list-tags docker://{name}` lists the tags)"
     )]
     NotFound {
         /// The reference.
         reference: String,
         /// The name without tag.
         name: String,
-        /// The ROOTFS text, when it could have been a path.
-        path_hint: Option<String>,
+    },
+    /// ROOTFS named no file or directory, was taken for an image
+    /// reference, and the pull failed: both readings in one message.
+    #[error(
+        "{text} is no file or directory here, so it was taken as an image reference: {source}"
+    )]
+    NotAPath {
+        /// The ROOTFS text, quoted.
+        text: String,
+        /// Why the pull failed.
+        source: Box<RegistryError>,
     },
     /// 404 on a blob the manifest names.
     #[error("{reference}: the registry lacks the blob {digest} its manifest names (404): the image is incomplete in the registry; push it again")]
@@ -301,24 +309,30 @@ fn fetch(
             }
         }
         if options.policy == PullPolicy::Never {
-            return Err(RegistryError::NotCached {
-                reference: reference.to_string(),
-            });
+            return Err(not_a_path(
+                path_text,
+                RegistryError::NotCached {
+                    reference: reference.to_string(),
+                },
+            ));
         }
     }
     let started = Instant::now();
-    let record = pull_into(&store, reference, options).map_err(|e| match e {
-        RegistryError::NotFound {
-            reference, name, ..
-        } => RegistryError::NotFound {
-            reference,
-            name,
-            path_hint: path_text.map(shown),
-        },
-        other => other,
-    })?;
+    let record = pull_into(&store, reference, options).map_err(|e| not_a_path(path_text, e))?;
     let image = open_stored(&store, &record, reference, convert)?;
     Ok((image, Some(started.elapsed())))
+}
+
+/// `error`, saying first that `path_text` (ROOTFS, when it could have
+/// been a path) is none.
+fn not_a_path(path_text: Option<&str>, error: RegistryError) -> RegistryError {
+    match path_text {
+        Some(text) => RegistryError::NotAPath {
+            text: shown(text),
+            source: Box::new(error),
+        },
+        None => error,
+    }
 }
 
 /// `microrun pull REF`: pulls (as `--pull always` would, unless `policy`
