@@ -15,6 +15,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -50,15 +51,26 @@ pub struct StoreLock(#[allow(dead_code)] File);
 
 impl BlobStore {
     /// The store under `cache` (`<cache>/oci`).
+    ///
+    /// Its directories are the user's own, 0700, as the rest of the cache
+    /// (`initrd_tools::cache`); files are written 0600.
     pub fn open(cache: &Path) -> Result<BlobStore, RegistryError> {
-        let root = cache.join("oci");
+        let root =
+            initrd_tools::cache::prepare(cache, "oci").map_err(initrd_tools::InitrdError::from)?;
         let store = |what: &str, source| RegistryError::Store {
             what: format!("{what} in {}", root.display()),
             source,
         };
-        fs::create_dir_all(root.join("blobs/sha256"))
-            .map_err(|e| store("the blob directory", e))?;
-        fs::create_dir_all(root.join("refs")).map_err(|e| store("the name records", e))?;
+        for dir in ["blobs", "blobs/sha256", "refs"] {
+            let path = root.join(dir);
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(store(dir, e));
+                }
+                _ => {}
+            }
+            initrd_tools::cache::check_dir(&path).map_err(initrd_tools::InitrdError::from)?;
+        }
         let layout = root.join("oci-layout");
         if !layout.exists() {
             write_atomically(&root, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
