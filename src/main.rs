@@ -1,6 +1,6 @@
 //! `microrun`: the command line. Everything real happens in the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -55,7 +55,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         init: Option<PathBuf>,
     },
-    /// Pull an image from a registry into the cache (alpine:3.20, HOST:PORT/NAME:TAG, NAME@sha256:...).
+    /// Pull an image from a registry into the cache (alpine:3.20, HOST:PORT/NAME:TAG,
+    /// NAME@sha256:...); prints NAME:TAG@DIGEST, the reference pinned to what was pulled.
     Pull {
         /// The image reference (docker's spelling; docker:// allowed).
         reference: String,
@@ -219,7 +220,8 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
                 insecure: cli.run.insecure_registries,
                 verbosity,
             };
-            microrun::registry::pull(&reference, &options)?;
+            let pinned = microrun::registry::pull(&reference, &options)?;
+            let _ = writeln!(std::io::stdout().lock(), "{pinned}");
             Ok(0)
         }
         Some(Command::Images { prune }) => {
@@ -228,7 +230,6 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
             } else {
                 microrun::registry::list()?
             };
-            use std::io::Write as _;
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             Ok(0)
         }

@@ -304,6 +304,18 @@ fn a_tag_and_a_digest_are_pulled_run_listed_and_run_offline() {
     let pinned = format!("{}/app@{}", registry.host(), remote_digest(&app));
     let output = microrun(&cache, &["pull", &pinned], &[]);
     assert_code(&output, 0);
+    assert_eq!(
+        stdout(&output),
+        format!("{pinned}\n"),
+        "pull prints what it pinned"
+    );
+    let output = microrun(&cache, &["pull", "-q", &app], &[]);
+    assert_eq!(
+        stdout(&output),
+        format!("{app}@{}\n", remote_digest(&app)),
+        "a tag, with the digest it resolved to"
+    );
+    assert_eq!(stderr(&output), "", "-q");
     let listed = microrun(&cache, &["images"], &[]);
     assert_code(&listed, 0);
     let list = stdout(&listed);

@@ -336,23 +336,33 @@ fn not_a_path(path_text: Option<&str>, error: RegistryError) -> RegistryError {
 }
 
 /// `microrun pull REF`: pulls (as `--pull always` would, unless `policy`
-/// says otherwise) and prints the digest.
-pub fn pull(text: &str, options: &PullOptions) -> Result<(), RegistryError> {
+/// says otherwise) and returns the reference pinned to the digest it
+/// resolved to (`NAME[:TAG]@sha256:...`, which docker and microrun accept),
+/// for a CI step to pin the image by.
+pub fn pull(text: &str, options: &PullOptions) -> Result<String, RegistryError> {
     let reference = Reference::parse(text)?;
     let mut options = options.clone();
     if options.policy == PullPolicy::Missing {
         options.policy = PullPolicy::Always;
     }
     let (image, took) = fetch(&reference, &options, None, false)?;
-    if options.verbosity != Verbosity::Quiet {
-        let took = took.map(|t| format!(" in {:.1} s", t.as_secs_f64()));
-        crate::say(format_args!(
-            "{reference}: {}{}",
-            image.description(),
-            took.unwrap_or_default()
-        ));
+    log::info!(
+        "{reference}: {}{}",
+        image.description(),
+        took.map(|t| format!(", pulled in {:.1} s", t.as_secs_f64()))
+            .unwrap_or_default()
+    );
+    let store = BlobStore::open(&initrd_tools::cache_dir()?)?;
+    let digest = match store.record(&record_name(&reference)) {
+        Some(record) => record.digest,
+        None => reference.digest.clone().unwrap_or_default(),
+    };
+    let mut pinned = reference.name();
+    if let Some(tag) = &reference.tag {
+        pinned.push(':');
+        pinned.push_str(tag);
     }
-    Ok(())
+    Ok(format!("{pinned}@{digest}"))
 }
 
 /// `microrun images`: one line per name (name, digest, size, last used),
