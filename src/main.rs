@@ -138,6 +138,11 @@ struct RunArgs {
     /// 127.0.0.0/8); repeatable; also MICRORUN_INSECURE_REGISTRIES=H1,H2.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// How a VM gets the rootfs: an initrd unpacked into its memory, or a
+    /// read-only disk under a throw-away overlay [default: the disk for
+    /// images above 256 MiB unpacked, else the initrd].
+    #[arg(long, value_enum, value_name = "initrd|disk")]
+    root: Option<microrun::spec::RootChoice>,
     /// Print how long each phase took, on stderr.
     #[arg(long)]
     timings: bool,
@@ -275,6 +280,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
             .as_deref()
             .map(|spec| microrun::user::UserSpec::parse(spec, "-u"))
             .transpose()?,
+        root: args.root,
     };
     let plan = microrun::plan::make(request)?;
     let outcome = run::run(&plan)?;
