@@ -706,3 +706,28 @@ fn both_directions_run_under_the_net_filter() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("both directions done"), "{stderr}");
 }
+
+#[test]
+fn no_interrupt_while_the_driver_polls() {
+    let mut rig = rig();
+    // VRING_AVAIL_F_NO_INTERRUPT, as Linux's NAPI sets it while it polls.
+    rig.driver
+        .mem
+        .write_obj(1u16, GuestAddress(avail_ring(RX)))
+        .unwrap();
+    rig.driver.post(4096);
+    rig.kick(RX);
+    let edges = rig.irqs.edges();
+    rig.peer.write_all(&prefixed(&frame(60, 19))).unwrap();
+    rig.driver.wait_used(RX, 1);
+    assert_eq!(rig.irqs.edges(), edges);
+    rig.driver
+        .mem
+        .write_obj(0u16, GuestAddress(avail_ring(RX)))
+        .unwrap();
+    rig.driver.post(4096);
+    rig.kick(RX);
+    rig.peer.write_all(&prefixed(&frame(60, 20))).unwrap();
+    rig.driver.wait_used(RX, 1);
+    assert_eq!(rig.irqs.edges(), edges + 1);
+}
