@@ -99,6 +99,7 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
         Transport::Pci => format!("{device}-pci"),
     };
     let mut shares = 0;
+    let mut disks = 0;
     for device in &vm.devices.devices {
         match device {
             DeviceSpec::Console => {
@@ -136,12 +137,11 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
             DeviceSpec::Share(share) => {
                 let index = shares;
                 shares += 1;
-                let mut fsdev = OsString::from(format!(
+                let head = format!(
                     "local,id=share{index},security_model=none,{}path=",
-                    if share.read_only { "readonly=on," } else { "" }
-                ));
-                fsdev.push(option_value(&share.source));
-                a.push(["-fsdev".into(), fsdev]);
+                    readonly(share.read_only)
+                );
+                a.push(["-fsdev".into(), with_path(head, &share.source)]);
                 a.push([
                     "-device".into(),
                     format!(
@@ -154,6 +154,18 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
             // QEMU's side of --net (`-netdev stream` to passt) comes with
             // the engine's networking; the plan makes no Net spec before.
             DeviceSpec::Net(_) => {}
+            DeviceSpec::Block(block) => {
+                let head = format!(
+                    "if=none,id=disk{disks},format=raw,{}file=",
+                    readonly(block.read_only)
+                );
+                a.push(["-drive".into(), with_path(head, &block.path)]);
+                a.push([
+                    "-device".into(),
+                    format!("{},drive=disk{disks}", bus_device("virtio-blk")),
+                ]);
+                disks += 1;
+            }
         }
     }
     a.0
@@ -179,6 +191,22 @@ fn file_chardev(id: &str, fd: RawFd) -> String {
     format!("file,id={id},path=/proc/self/fd/{fd}")
 }
 
+/// QEMU's read-only option, as the head of a list of options takes it.
+fn readonly(read_only: bool) -> &'static str {
+    if read_only {
+        "readonly=on,"
+    } else {
+        ""
+    }
+}
+
+/// `head` followed by `path` as a QEMU option value.
+fn with_path(head: String, path: &std::path::Path) -> OsString {
+    let mut option = OsString::from(head);
+    option.push(option_value(path));
+    option
+}
+
 /// `path` as a QEMU option value: a comma is written twice.
 fn option_value(path: &std::path::Path) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -196,7 +224,7 @@ fn option_value(path: &std::path::Path) -> OsString {
 mod tests {
     use super::*;
     use crate::boot::BootInitrd;
-    use vmm::{SharedDir, VirtioOptions};
+    use vmm::{BlockSpec, SharedDir, VirtioOptions};
 
     fn vm(devices: Vec<DeviceSpec>, transport: Transport) -> VmPlan {
         VmPlan {
@@ -313,5 +341,29 @@ mod tests {
             "-fsdev local,id=share0,security_model=none,path=/s \
              -device virtio-9p-pci,fsdev=share0,mount_tag=microrun0"
         ));
+    }
+
+    #[test]
+    fn a_disk_is_a_raw_drive_read_only_unless_asked() {
+        let disk = |path: &str, read_only| {
+            DeviceSpec::Block(BlockSpec {
+                path: path.into(),
+                read_only,
+            })
+        };
+        let plan = vm(
+            vec![disk("/c/a,b.erofs", true), disk("/w.img", false)],
+            Transport::Mmio,
+        );
+        let args = text(&args(&plan, Accel::Tcg, FDS, false));
+        assert!(
+            args.contains(
+                "-drive if=none,id=disk0,format=raw,readonly=on,file=/c/a,,b.erofs \
+                 -device virtio-blk-device,drive=disk0 \
+                 -drive if=none,id=disk1,format=raw,file=/w.img \
+                 -device virtio-blk-device,drive=disk1"
+            ),
+            "{args}"
+        );
     }
 }
