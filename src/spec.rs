@@ -110,6 +110,9 @@ pub struct Request {
     /// `-u/--user`, or the image's `User`: who the program runs as (root
     /// when `None`).
     pub user: Option<crate::user::UserSpec>,
+    /// `--net` (with `--net-host` and `-p`): the guest's network; `None`:
+    /// loopback only.
+    pub net: Option<crate::net::Network>,
 }
 
 /// Points in time of a run, each `None` when the run never got there.

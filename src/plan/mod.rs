@@ -108,6 +108,12 @@ pub enum PlanError {
     /// This host cannot run the chroot engine.
     #[error(transparent)]
     Chroot(#[from] crate::engine::chroot::ChrootError),
+    /// `--net` in a VM engine, whose network device is not there yet.
+    #[error("--net is not available in the VM engines yet: use --engine chroot for now")]
+    NetNeedsChroot,
+    /// `--net` cannot be set up as asked.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// `-u` (or the image's `User`) is malformed, or names no user or
     /// group of the rootfs.
     #[error(transparent)]
@@ -258,6 +264,33 @@ pub struct ChrootPlan {
     /// this user's. `None`: the program runs as root, only the caller's
     /// ids are mapped.
     pub user: Option<Ids>,
+    /// `--net`: pasta connects the namespace.
+    pub net: Option<NetPlan>,
+}
+
+/// `--net`, as an engine carries it out: what the guest gets, and the
+/// program (passt for a VM, pasta for the chroot engine) that connects it.
+#[derive(Debug, Clone)]
+pub struct NetPlan {
+    /// What the request asks of the network.
+    pub network: crate::net::Network,
+    /// passt or pasta, found on `PATH`.
+    pub program: PathBuf,
+}
+
+/// The network plan of `request` for an engine that connects it with
+/// `program`: `None` without `--net`; an error when the program is missing
+/// or a published host port cannot be listened on.
+fn net_plan(request: &Request, program: &'static str) -> Result<Option<NetPlan>, PlanError> {
+    let Some(network) = &request.net else {
+        return Ok(None);
+    };
+    let program = crate::net::find_program(program)?;
+    network.check_ports()?;
+    Ok(Some(NetPlan {
+        network: network.clone(),
+        program,
+    }))
 }
 
 impl Plan {
@@ -431,11 +464,14 @@ fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
             Some(spec.resolve_in(&RootfsFiles::Archive(path))?)
         }
     };
+    let net = net_plan(request, "pasta")?;
+    let network = net.as_ref().map(|n| &n.network);
     let plan = ChrootPlan {
         rootfs,
-        init_archive: init_archive(&run_config, &[]).map_err(PlanError::Rootfs)?,
+        init_archive: init_archive(&run_config, &[], network).map_err(PlanError::Rootfs)?,
         binds: request.binds.clone(),
         user,
+        net,
     };
     Ok((run_config, Target::Chroot(plan)))
 }
@@ -444,6 +480,9 @@ fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
 fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     if request.cpus == 0 {
         return Err(PlanError::NoVcpus);
+    }
+    if request.net.is_some() {
+        return Err(PlanError::NetNeedsChroot);
     }
     if request.no_init && !request.binds.is_empty() {
         return Err(PlanError::SharesNeedInit);
@@ -524,7 +563,7 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         rootfs,
         rootfs_len,
         init_archive: (!request.no_init)
-            .then(|| init_archive(&run_config, &kernel_plan.modules))
+            .then(|| init_archive(&run_config, &kernel_plan.modules, None))
             .transpose()
             .map_err(PlanError::Initrd)?,
     };

@@ -55,6 +55,7 @@ impl Scratch {
             cmdline: Some("  foo=1 ".into()),
             accel: Accel::Tcg,
             user: None,
+            net: None,
         }
     }
 
