@@ -4,6 +4,7 @@
 //! list, each registered in its slot), the vCPUs, and the memory slots.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::ioapic::IoApic;
 use crate::devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
 use crate::devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{p9, MmioTransport, VirtioDevice};
 use crate::devices::{bus::lock, Bus, Devices};
 use crate::irqchip::KvmMsiSink;
@@ -99,6 +101,7 @@ pub(crate) fn set_up_guest(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
+    net_backend: Option<OwnedFd>,
 ) -> Result<(VmDevices, Vec<VcpuFd>, SetupSteps), VmmError> {
     let (images, vcpus) = std::thread::scope(|scope| {
         let vcpus = std::thread::Builder::new()
@@ -120,7 +123,7 @@ pub(crate) fn set_up_guest(
     for (id, fd) in vcpu_fds.iter().enumerate() {
         vcpu::set_boot_registers(fd, id as u8, kernel.entry, kernel.protocol)?;
     }
-    let devices = create_devices(vm, mem, spec, uarts, console_ports)?;
+    let devices = create_devices(vm, mem, spec, uarts, console_ports, net_backend)?;
     // Last, because of how long KVM takes here: see `map_guest_memory`.
     map_guest_memory(vm, mem)?;
     Ok((devices, vcpu_fds, steps))
@@ -297,6 +300,7 @@ fn create_devices(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
+    net_backend: Option<OwnedFd>,
 ) -> Result<VmDevices, VmmError> {
     let Outputs { console, stdout } = uarts;
     let ioapic = (spec.irqchip == IrqChip::Split).then(|| {
@@ -353,6 +357,7 @@ fn create_devices(
         mmio: &mut mmio,
     };
     let mut console_ports = console_ports;
+    let mut net_backend = net_backend;
     let mut console_input = None;
     for (slot, device) in spec.virtio.assigned()? {
         match device {
@@ -383,6 +388,13 @@ fn create_devices(
                     policy,
                     spec.filters.map(|f| f.fs.clone()),
                 )?;
+                virtio.register(slot, device)?;
+            }
+            DeviceSpec::Net(spec_net) => {
+                // `run` checked there is one interface and its backend.
+                let backend = net_backend.take().ok_or(VmmError::NetBackendMissing)?;
+                let filter = spec.filters.map(|f| f.net.clone());
+                let device = Net::new(spec_net.clone(), backend, filter)?;
                 virtio.register(slot, device)?;
             }
         }

@@ -13,6 +13,7 @@
 
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod p9;
 
 use std::collections::VecDeque;
