@@ -59,6 +59,7 @@ mod frames;
 mod kernel_fs;
 mod knobs;
 mod modules;
+mod network;
 mod passwd;
 mod ports;
 mod relay;
@@ -82,6 +83,9 @@ pub fn main(envp: *const *const u8) -> ! {
     channels::open_stdout_and_status(knobs.stdout, knobs.status);
     let mut config = configure::read(knobs.config);
     modules::load_all(config.modules);
+    if network::configure(config.net).is_err() {
+        finish(MICRORUN_FAILED);
+    }
     if shares::mount_all(config.mounts).is_err() {
         finish(MICRORUN_FAILED);
     }

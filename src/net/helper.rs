@@ -70,18 +70,21 @@ impl Helper {
     /// Starts `program` with `args` (which name `ready`, from
     /// [`Helper::ready_path`], as the pid file), inheriting `inherit`
     /// besides its standard streams, and waits until it is ready.
+    /// `becomes_nobody`: run as root, it changes to `nobody` before it
+    /// opens its pid file (passt does; pasta gets `--runas 0:0`).
     pub fn start(
         program: &Path,
         args: Vec<OsString>,
         inherit: Option<RawFd>,
         dir: PrivateDir,
+        becomes_nobody: bool,
     ) -> Result<Helper, NetError> {
         let name = program.file_name().map_or_else(
             || program.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
         let ready_path = Self::ready_path(&dir);
-        make_fifo(&ready_path)?;
+        make_fifo(&ready_path, becomes_nobody)?;
         // Opened before the child so that its open for writing never waits
         // for a reader.
         let ready = open_nonblocking(&ready_path)?;
@@ -224,6 +227,33 @@ impl Drop for Helper {
     }
 }
 
+/// Starts passt for a VM engine on one end of a new stream socket pair
+/// (`--fd`) and returns it with the other end, the device's backend.
+pub fn start_passt(net: &crate::plan::NetPlan) -> Result<(Helper, OwnedFd), NetError> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
+    let made = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if made != 0 {
+        return Err(sys("socketpair"));
+    }
+    // SAFETY: socketpair succeeded: both descriptors are new and ours.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let dir = PrivateDir::new()?;
+    let ready = Helper::ready_path(&dir);
+    let args = super::passt_args(&net.network, theirs.as_raw_fd(), super::MTU, &ready);
+    let passt = Helper::start(&net.program, args, Some(theirs.as_raw_fd()), dir, true)?;
+    // Only passt holds its end now: its death is the device's end of file.
+    drop(theirs);
+    Ok((passt, ours))
+}
+
 /// Logs each line of the helper's stderr at `-v` and keeps the last few.
 fn relay_messages(name: &str, stderr: impl Read, said: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stderr);
@@ -257,14 +287,40 @@ fn relay_messages(name: &str, stderr: impl Read, said: &Mutex<Vec<String>>) {
     }
 }
 
-fn make_fifo(path: &Path) -> Result<(), NetError> {
+/// Makes the readiness FIFO. With `for_nobody`, as root, it belongs to
+/// `nobody`, whom passt becomes before it opens its pid file (and the
+/// directory lets it through, without letting anyone list it).
+fn make_fifo(path: &Path, for_nobody: bool) -> Result<(), NetError> {
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| sys("mkfifo"))?;
     // SAFETY: `c` is a NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
         return Err(sys("mkfifo"));
     }
-    Ok(())
+    // SAFETY: geteuid only returns the caller's id.
+    if !for_nobody || unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    // SAFETY: getpwnam returns null or a pointer to an entry that stays
+    // valid until the next lookup; the two ids are copied out at once.
+    let nobody = unsafe {
+        let entry = libc::getpwnam(c"nobody".as_ptr());
+        (!entry.is_null()).then(|| ((*entry).pw_uid, (*entry).pw_gid))
+    };
+    let Some((uid, gid)) = nobody else {
+        return Ok(());
+    };
+    // SAFETY: `c` is a NUL-terminated path.
+    if unsafe { libc::chown(c.as_ptr(), uid, gid) } != 0 {
+        return Err(sys("chown"));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).map_err(
+        |source| NetError::Sys {
+            call: "chmod",
+            source,
+        },
+    )
 }
 
 fn open_nonblocking(path: &Path) -> Result<OwnedFd, NetError> {

@@ -39,9 +39,10 @@ pub const HOST_NAME: &str = "host.microrun.internal";
 pub const GUEST_NAME: &str = "microrun";
 /// The VM's interface MAC address (locally administered).
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x6d, 0x72, 0x00, 0x00, 0x01];
-/// The interface's MTU in a VM: an Ethernet frame, which every device
-/// model and passt carry without segmentation offloads.
-pub const VM_MTU: u16 = 1500;
+/// The interface's MTU, in every engine: passt's and pasta's default, the
+/// largest a tap takes; the virtio-net devices (microrun's, QEMU's) carry
+/// such frames in merged receive buffers.
+pub const MTU: u16 = 65520;
 /// The interface's name, in every engine.
 pub const INTERFACE: &str = "eth0";
 /// The Debian package with passt and pasta.
@@ -383,14 +384,10 @@ pub fn pasta_args(net: &Network, pid: i32, ready: &Path, as_root: bool) -> Vec<O
     // pasta forwards the namespace's ports to the host's loopback unless
     // told not to (-T/-U default to auto).
     args.extend(["-T", "none", "-U", "none"].map(OsString::from));
-    args.extend(net.common_args(NS_MTU).into_iter().map(OsString::from));
+    args.extend(net.common_args(MTU).into_iter().map(OsString::from));
     args.push(pid.to_string().into());
     args
 }
-
-/// The tap interface's MTU under pasta: its default, the largest a tap
-/// takes.
-pub const NS_MTU: u16 = 65520;
 
 /// The guest's `/etc/resolv.conf`: the forwarded resolver, as docker
 /// writes it for a network with its own DNS.

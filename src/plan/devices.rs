@@ -1,9 +1,9 @@
 //! The virtio devices a run asks for, each with the record guest-init
 //! needs to use it: the one place a request becomes devices.
 
-use vmm::{DeviceKind, DeviceSpec, SharedDir};
+use vmm::{DeviceKind, DeviceSpec, NetSpec, SharedDir};
 
-use crate::runconfig::{RunConfig, ShareMount};
+use crate::runconfig::{NetRecord, RunConfig, ShareMount};
 use crate::spec::Request;
 use crate::user::Ids;
 
@@ -24,11 +24,14 @@ pub enum Record {
     Ports,
     /// `mount=TAG rw|ro DEST`: mount the share.
     Mount(ShareMount),
+    /// `net=ADDR/PREFIX GATEWAY MTU`: configure the interface.
+    Net(NetRecord),
 }
 
 /// The devices `request` asks for, in the VM's order: the console (when
 /// `console`: guest-init is there to open its ports and `MICRORUN_VIRTIO`
-/// is not `off`), then one share per `--bind`/`--bind-ro`;
+/// is not `off`), then one share per `--bind`/`--bind-ro`, then the
+/// network interface with `--net`;
 /// `owner`: the guest's ids the shares show the invoking user's files as
 /// owned by (the kvm engine's server).
 pub fn wanted(request: &Request, console: bool, owner: Ids) -> Vec<Wanted> {
@@ -53,7 +56,19 @@ pub fn wanted(request: &Request, console: bool, owner: Ids) -> Vec<Wanted> {
             }),
         }
     });
-    console.into_iter().chain(shares).collect()
+    let net = request.net.as_ref().map(|_| Wanted {
+        spec: DeviceSpec::Net(NetSpec {
+            mac: crate::net::GUEST_MAC,
+            mtu: crate::net::MTU,
+        }),
+        record: Record::Net(NetRecord {
+            address: crate::net::GUEST_ADDR,
+            prefix: crate::net::GUEST_PREFIX,
+            gateway: crate::net::GATEWAY,
+            mtu: crate::net::MTU,
+        }),
+    });
+    console.into_iter().chain(shares).chain(net).collect()
 }
 
 /// The kinds of `wanted`, one per device, in order.
@@ -66,6 +81,7 @@ pub fn record(config: &mut RunConfig, record: Record) {
     match record {
         Record::Ports => config.virtio_ports = true,
         Record::Mount(mount) => config.mounts.push(mount),
+        Record::Net(net) => config.net = Some(net),
     }
 }
 

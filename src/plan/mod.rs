@@ -108,9 +108,9 @@ pub enum PlanError {
     /// This host cannot run the chroot engine.
     #[error(transparent)]
     Chroot(#[from] crate::engine::chroot::ChrootError),
-    /// `--net` in a VM engine, whose network device is not there yet.
-    #[error("--net is not available in the VM engines yet: use --engine chroot for now")]
-    NetNeedsChroot,
+    /// `--net` without guest-init, which configures the interface.
+    #[error("--net needs guest-init, which configures the network interface: drop --no-init")]
+    NetNeedsInit,
     /// `--net` cannot be set up as asked.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
@@ -239,6 +239,8 @@ pub struct VmPlan {
     pub transport: Transport,
     /// The kernel command line.
     pub cmdline: KernelCmdline,
+    /// `--net`: passt, connected to the virtio-net device.
+    pub net: Option<NetPlan>,
 }
 
 /// How long two of the plan's steps took, for `--timings`.
@@ -481,9 +483,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     if request.cpus == 0 {
         return Err(PlanError::NoVcpus);
     }
-    if request.net.is_some() {
-        return Err(PlanError::NetNeedsChroot);
+    if request.no_init && request.net.is_some() {
+        return Err(PlanError::NetNeedsInit);
     }
+    let net = net_plan(request, "passt")?;
     if request.no_init && !request.binds.is_empty() {
         return Err(PlanError::SharesNeedInit);
     }
@@ -563,7 +566,10 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         rootfs,
         rootfs_len,
         init_archive: (!request.no_init)
-            .then(|| init_archive(&run_config, &kernel_plan.modules, None))
+            .then(|| {
+                let network = net.as_ref().map(|n| &n.network);
+                init_archive(&run_config, &kernel_plan.modules, network)
+            })
             .transpose()
             .map_err(PlanError::Initrd)?,
     };
@@ -608,6 +614,7 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         devices,
         transport: kernel_plan.transport,
         cmdline,
+        net,
     };
     Ok((run_config, plan))
 }
