@@ -70,21 +70,21 @@ impl Helper {
     /// Starts `program` with `args` (which name `ready`, from
     /// [`Helper::ready_path`], as the pid file), inheriting `inherit`
     /// besides its standard streams, and waits until it is ready.
-    /// `becomes_nobody`: run as root, it changes to `nobody` before it
-    /// opens its pid file (passt does; pasta gets `--runas 0:0`).
+    /// `fifo_owner`: the ids it has changed to when it opens its pid file
+    /// (passt run as root; pasta gets `--runas 0:0`).
     pub fn start(
         program: &Path,
         args: Vec<OsString>,
         inherit: Option<RawFd>,
         dir: PrivateDir,
-        becomes_nobody: bool,
+        fifo_owner: Option<(u32, u32)>,
     ) -> Result<Helper, NetError> {
         let name = program.file_name().map_or_else(
             || program.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
         let ready_path = Self::ready_path(&dir);
-        make_fifo(&ready_path, becomes_nobody)?;
+        make_fifo(&ready_path, fifo_owner)?;
         // Opened before the child so that its open for writing never waits
         // for a reader.
         let ready = open_nonblocking(&ready_path)?;
@@ -247,8 +247,9 @@ pub fn start_passt(net: &crate::plan::NetPlan) -> Result<(Helper, OwnedFd), NetE
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let dir = PrivateDir::new()?;
     let ready = Helper::ready_path(&dir);
-    let args = super::passt_args(&net.network, theirs.as_raw_fd(), super::MTU, &ready);
-    let passt = Helper::start(&net.program, args, Some(theirs.as_raw_fd()), dir, true)?;
+    let runas = nobody_when_root();
+    let args = super::passt_args(&net.network, theirs.as_raw_fd(), super::MTU, &ready, runas);
+    let passt = Helper::start(&net.program, args, Some(theirs.as_raw_fd()), dir, runas)?;
     // Only passt holds its end now: its death is the device's end of file.
     drop(theirs);
     Ok((passt, ours))
@@ -287,27 +288,17 @@ fn relay_messages(name: &str, stderr: impl Read, said: &Mutex<Vec<String>>) {
     }
 }
 
-/// Makes the readiness FIFO. With `for_nobody`, as root, it belongs to
-/// `nobody`, whom passt becomes before it opens its pid file (and the
-/// directory lets it through, without letting anyone list it).
-fn make_fifo(path: &Path, for_nobody: bool) -> Result<(), NetError> {
+/// Makes the readiness FIFO, owned by `owner` when given (passt as root
+/// opens its pid file after changing to it), in a directory that then lets
+/// it through without letting anyone list it.
+fn make_fifo(path: &Path, owner: Option<(u32, u32)>) -> Result<(), NetError> {
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| sys("mkfifo"))?;
     // SAFETY: `c` is a NUL-terminated path.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
         return Err(sys("mkfifo"));
     }
-    // SAFETY: geteuid only returns the caller's id.
-    if !for_nobody || unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    // SAFETY: getpwnam returns null or a pointer to an entry that stays
-    // valid until the next lookup; the two ids are copied out at once.
-    let nobody = unsafe {
-        let entry = libc::getpwnam(c"nobody".as_ptr());
-        (!entry.is_null()).then(|| ((*entry).pw_uid, (*entry).pw_gid))
-    };
-    let Some((uid, gid)) = nobody else {
+    let Some((uid, gid)) = owner else {
         return Ok(());
     };
     // SAFETY: `c` is a NUL-terminated path.
@@ -321,6 +312,23 @@ fn make_fifo(path: &Path, for_nobody: bool) -> Result<(), NetError> {
             source,
         },
     )
+}
+
+/// As root: the ids passt changes to, `nobody`'s (65534 where the
+/// system has no entry for it); `None` for an ordinary user, whom passt
+/// stays.
+fn nobody_when_root() -> Option<(u32, u32)> {
+    // SAFETY: geteuid only returns the caller's id.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    // SAFETY: getpwnam returns null or a pointer to an entry that stays
+    // valid until the next lookup; the two ids are copied out at once.
+    let found = unsafe {
+        let entry = libc::getpwnam(c"nobody".as_ptr());
+        (!entry.is_null()).then(|| ((*entry).pw_uid, (*entry).pw_gid))
+    };
+    Some(found.unwrap_or((65534, 65534)))
 }
 
 fn open_nonblocking(path: &Path) -> Result<OwnedFd, NetError> {

@@ -349,9 +349,17 @@ impl Network {
 
 /// passt's command line for a VM: in the foreground, on the connected
 /// stream socket `fd` (one client, `--fd` implies `-1`), announcing `mtu`,
-/// writing its pid to `ready` once it is set up. As root, passt changes to
-/// `nobody` by itself, which `--fd` allows.
-pub fn passt_args(net: &Network, fd: i32, mtu: u16, ready: &Path) -> Vec<OsString> {
+/// writing its pid to `ready` once it is set up. `runas`: as root, the
+/// ids passt changes to (`nobody`'s, which passt would look up itself,
+/// given as numbers so that a system without a passwd entry for it, such
+/// as the nested lane's outer VM, works too).
+pub fn passt_args(
+    net: &Network,
+    fd: i32,
+    mtu: u16,
+    ready: &Path,
+    runas: Option<(u32, u32)>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = ["-f", "-e", "-q", "--fd"]
         .into_iter()
         .map(OsString::from)
@@ -359,6 +367,10 @@ pub fn passt_args(net: &Network, fd: i32, mtu: u16, ready: &Path) -> Vec<OsStrin
     args.push(fd.to_string().into());
     args.push("-P".into());
     args.push(ready.into());
+    if let Some((uid, gid)) = runas {
+        args.push("--runas".into());
+        args.push(format!("{uid}:{gid}").into());
+    }
     args.extend(net.common_args(mtu).into_iter().map(OsString::from));
     args
 }

@@ -107,7 +107,7 @@ fn strings(args: &[OsString]) -> Vec<&str> {
 #[test]
 fn passt_gets_the_addresses_the_guest_configures() {
     let net = Network::default();
-    let args = passt_args(&net, 7, 1500, Path::new("/run/x/ready"));
+    let args = passt_args(&net, 7, 1500, Path::new("/run/x/ready"), None);
     assert_eq!(
         strings(&args),
         [
@@ -150,9 +150,10 @@ fn net_host_maps_the_gateway_and_publish_forwards_ports() {
     )
     .unwrap()
     .unwrap();
-    let args = passt_args(&net, 3, 1500, Path::new("r"));
+    let args = passt_args(&net, 3, 1500, Path::new("r"), Some((65534, 65534)));
     let args = strings(&args);
     assert!(!args.contains(&"--no-map-gw"));
+    assert!(args.windows(2).any(|w| w == ["--runas", "65534:65534"]));
     let tail = &args[args.len() - 6..];
     assert_eq!(
         tail,

@@ -270,7 +270,7 @@ fn connect_network(
     let started = crate::net::helper::PrivateDir::new().and_then(|dir| {
         let ready = crate::net::helper::Helper::ready_path(&dir);
         let args = crate::net::pasta_args(&net.network, helper, &ready, as_root);
-        crate::net::helper::Helper::start(&net.program, args, None, dir, false)
+        crate::net::helper::Helper::start(&net.program, args, None, dir, None)
     });
     match started {
         Ok(pasta) => {
