@@ -361,3 +361,40 @@ fn shell_words(args: &[OsString]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts `sh -c script` as a helper, with the FIFO's path as `$1`.
+    fn start_sh(script: &str) -> Result<Helper, NetError> {
+        let dir = PrivateDir::new().unwrap();
+        let ready = Helper::ready_path(&dir);
+        let args = vec!["-c".into(), script.into(), "sh".into(), ready.into()];
+        Helper::start(Path::new("/bin/sh"), args, None, dir, None)
+    }
+
+    #[test]
+    fn a_helper_is_ready_when_it_writes_its_pid_and_is_reaped_when_dropped() {
+        let helper = start_sh("echo $$ > \"$1\"; exec sleep 100").unwrap();
+        let pid = helper.pid();
+        let dir = helper._dir.path().to_path_buf();
+        drop(helper);
+        // Killed and reaped: no such process any more, not even a zombie.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!dir.exists(), "the private directory is removed");
+    }
+
+    #[test]
+    fn a_helper_that_exits_early_is_an_error_with_its_last_words() {
+        let err = start_sh("echo first >&2; echo 'no tap device' >&2; exit 3")
+            .err()
+            .expect("not ready");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("--net: sh exited (exit status: 3)"),
+            "{text}"
+        );
+        assert!(text.ends_with(": first; no tap device"), "{text}");
+    }
+}
