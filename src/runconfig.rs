@@ -11,13 +11,14 @@
 //! | `stdin` | `1`: the command reads ttyS1; otherwise it reads `/dev/null` |
 //! | `ports` | `virtio`: the program's streams go over the virtio-console's ports when they appear (after a bounded wait, the UARTs); `virtio-relay`: the same, through pipes guest-init copies to the ports, with `@sent OUT ERR` (the bytes each port took) before the status line |
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
+//! | `root` | `erofs <absolute device path> <tmpfs bytes>`: after the modules, mount that device read-only as EROFS under a tmpfs overlay of that size, and switch the root to it before the shares and the program (at most once) |
 //! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
 //! | `net` | `ADDR/PREFIX GATEWAY MTU` (`--net`, IPv4, decimal): guest-init sets the first network interface (`eth0`) up with that MTU and address and a default route through the gateway, and moves the guest's `resolv.conf` and `hosts` from `/.microrun/etc/` into `/etc` (at most once) |
 //! | `user` | `USER[:GROUP]` (`-u`): names looked up in the rootfs's `/etc/passwd` and `/etc/group`, numbers taken as they are; the program runs as that user, with its supplementary groups, `HOME`, `USER` and `LOGNAME`, and no capabilities (at most once) |
 //! | `tty` | `<rows> <cols>`: the program gets a pseudo-terminal of that size as stdin, stdout and stderr (`-t`); the stdin stream then carries control frames (docs/guest-init.md) |
 //!
 //! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
-//! `module`, `mount`, `net`, `user`, `tty`.
+//! `module`, `root`, `mount`, `net`, `user`, `tty`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -79,6 +80,19 @@ pub enum RunConfigError {
         /// The offending path.
         path: String,
     },
+    /// The root disk's device path is not absolute or contains a space or
+    /// NUL, or its overlay has no room.
+    #[error(
+        "the root disk {device:?} with a {tmpfs_bytes}-byte overlay cannot be passed to \
+         guest-init: its device path must be absolute, without spaces or NUL bytes, and the \
+         overlay at least one byte"
+    )]
+    RootDisk {
+        /// The device path.
+        device: String,
+        /// The overlay's size.
+        tmpfs_bytes: u64,
+    },
     /// An environment variable name is empty or contains `=`.
     #[error(
         "invalid environment variable name {name:?}: a name must be non-empty and contain no '='"
@@ -111,6 +125,8 @@ pub struct RunConfig {
     pub relay_output: bool,
     /// Kernel modules to load before the program, in load order.
     pub modules: Vec<ModuleLoad>,
+    /// The root to switch to after the modules, before the shares.
+    pub root: Option<RootDisk>,
     /// Shares to mount before the program, in order.
     pub mounts: Vec<ShareMount>,
     /// `--net`: the interface guest-init configures.
@@ -133,6 +149,17 @@ pub struct NetRecord {
     pub gateway: std::net::Ipv4Addr,
     /// The interface's MTU.
     pub mtu: u16,
+}
+
+/// The disk guest-init makes the root (`root=erofs DEVICE BYTES`): the
+/// EROFS image on `device`, read-only, under an overlay whose writable
+/// layer is a tmpfs of `tmpfs_bytes`, so every write vanishes with the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDisk {
+    /// The guest's device node, such as `/dev/vda`.
+    pub device: String,
+    /// The size of the tmpfs that takes the writes, in bytes.
+    pub tmpfs_bytes: u64,
 }
 
 /// One share guest-init mounts (9P2000.L over virtio).
@@ -195,6 +222,22 @@ impl RunConfig {
                     "module parameters",
                 )?;
             }
+        }
+        if let Some(root) = &self.root {
+            let device = &root.device;
+            if !device.starts_with('/') || device.contains([' ', '\0']) || root.tmpfs_bytes == 0 {
+                return Err(RunConfigError::RootDisk {
+                    device: device.clone(),
+                    tmpfs_bytes: root.tmpfs_bytes,
+                });
+            }
+            let size = root.tmpfs_bytes.to_string();
+            push_record(
+                &mut out,
+                "root",
+                &["erofs ", device, " ", &size],
+                "root disk",
+            )?;
         }
         for mount in &self.mounts {
             let plain = |text: &str| !text.is_empty() && !text.contains([' ', '\0']);
@@ -445,6 +488,45 @@ mod tests {
             config.encode().unwrap(),
             b"mount=microrun0 ro /out\0net=10.0.2.15/24 10.0.2.2 65520\0user=1000\0"
         );
+    }
+
+    #[test]
+    fn the_root_disk_comes_after_the_modules_and_before_the_shares() {
+        let config = RunConfig {
+            modules: vec![ModuleLoad {
+                path: "/.microrun/modules/00-erofs.ko".into(),
+                params: String::new(),
+            }],
+            root: Some(RootDisk {
+                device: "/dev/vda".into(),
+                tmpfs_bytes: 256 << 20,
+            }),
+            mounts: vec![ShareMount {
+                tag: "microrun0".into(),
+                dest: "/out".into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"module=/.microrun/modules/00-erofs.ko\0\
+              root=erofs /dev/vda 268435456\0\
+              mount=microrun0 ro /out\0"
+        );
+        for (device, tmpfs_bytes) in [("vda", 1), ("/dev/v da", 1), ("/dev/vda", 0)] {
+            let bad = RunConfig {
+                root: Some(RootDisk {
+                    device: device.into(),
+                    tmpfs_bytes,
+                }),
+                ..Default::default()
+            };
+            assert!(
+                matches!(bad.encode(), Err(RunConfigError::RootDisk { .. })),
+                "{device} {tmpfs_bytes}"
+            );
+        }
     }
 
     #[test]

@@ -607,7 +607,15 @@ fn missing_or_malformed_configuration_is_126() {
         (
             &b"arg=true\0bogus=1\0"[..],
             "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports, module, \
-             mount, user or tty)",
+             root, mount, net, user or tty)",
+        ),
+        (
+            b"arg=true\0net=10.0.2.15 10.0.2.2 1500\0",
+            "record 2 is not net=ADDR/PREFIX GATEWAY MTU",
+        ),
+        (
+            b"arg=true\0root=ext4 /dev/vda 1\0",
+            "record 2 is not root=erofs /DEV BYTES",
         ),
         (b"user=\0", "record 1 is not user=USER or user=USER:GROUP"),
         (b"user=a\0user=b\0", "record 2 repeats the key 'user'"),
@@ -1275,4 +1283,218 @@ fn modules_that_cannot_be_loaded_are_reported_and_the_command_runs() {
         "microrun: guest-init: cannot load module /.microrun/modules/01-missing.ko: \
          no such file or directory"
     );
+}
+
+/// Busybox applets in the disk-root tests' image.
+const IMAGE_APPLETS: &[&str] = &[
+    "sh", "cat", "touch", "ls", "stat", "head", "grep", "rm", "mkdir",
+];
+
+/// An EROFS image made by `mkfs.erofs`, attached read-only to a loop
+/// device for as long as the value lives.
+struct LoopImage {
+    device: String,
+    image: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LoopImage {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// What the disk-root tests need beyond [`tools`]: `mkfs.erofs`,
+/// `losetup`, and a host kernel with EROFS and overlayfs.
+fn erofs_tools() -> Result<(), String> {
+    find_in_path("mkfs.erofs")
+        .ok_or("mkfs.erofs not found (install erofs-utils; scripts/install-deps)")?;
+    find_in_path("losetup").ok_or("losetup not found (install util-linux)")?;
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    for fs in ["erofs", "overlay"] {
+        if !filesystems.split_whitespace().any(|name| name == fs) {
+            return Err(format!(
+                "the host kernel has no {fs} file system (modprobe {fs})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Attaches `file` read-only to a free loop device.
+fn attach(file: &std::path::Path) -> Result<String, String> {
+    let out = with_fork_lock(|| {
+        Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(file)
+            .output()
+    })
+    .map_err(|e| format!("cannot run losetup: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "losetup cannot attach a loop device here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The image: busybox and [`IMAGE_APPLETS`] in `/bin`, `/etc/greeting`,
+/// no `/tmp`, the root directory mode 0751 owned by 123:45.
+fn loop_image(tools: &Tools) -> Result<LoopImage, String> {
+    erofs_tools()?;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    with_fork_lock(|| {
+        fs::create_dir_all(tree.join("bin")).unwrap();
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::copy(&tools.busybox, tree.join("bin/busybox")).unwrap();
+        for applet in IMAGE_APPLETS {
+            symlink("busybox", tree.join("bin").join(applet)).unwrap();
+        }
+        fs::write(tree.join("etc/greeting"), b"from the image\n").unwrap();
+        fs::set_permissions(&tree, fs::Permissions::from_mode(0o751)).unwrap();
+        std::os::unix::fs::chown(&tree, Some(123), Some(45)).unwrap();
+    });
+    let image = dir.path().join("root.erofs");
+    let out = with_fork_lock(|| Command::new("mkfs.erofs").arg(&image).arg(&tree).output())
+        .map_err(|e| format!("cannot run mkfs.erofs: {e}"))?;
+    assert!(
+        out.status.success(),
+        "mkfs.erofs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let device = attach(&image)?;
+    Ok(LoopImage {
+        device,
+        image,
+        _dir: dir,
+    })
+}
+
+macro_rules! image_or_skip {
+    ($tools:expr) => {
+        match loop_image($tools) {
+            Ok(image) => image,
+            Err(reason) => {
+                test_support::skip_unavailable!("{reason}");
+                return;
+            }
+        }
+    };
+}
+
+/// A rootfs that holds only guest-init and its files (as guest-init's own
+/// archive does when the root is a disk), configured to run `script` on
+/// the root disk `device` with an overlay of `tmpfs_bytes`.
+fn initramfs_for(tools: &Tools, device: &str, tmpfs_bytes: u64, script: &str) -> Rootfs {
+    let rootfs = Rootfs::new(tools);
+    with_fork_lock(|| fs::remove_dir_all(rootfs.path("bin")).unwrap());
+    rootfs.configure(&RunConfig {
+        root: Some(microrun::runconfig::RootDisk {
+            device: device.into(),
+            tmpfs_bytes,
+        }),
+        ..command(&["/bin/sh", "-c", script])
+    });
+    rootfs
+}
+
+/// guest-init mounts the image read-only under a tmpfs overlay and makes
+/// it the root: the program comes from the image, writes work (over the
+/// image's files too) up to the overlay's size, the kernel file systems
+/// moved along, and nothing of a run is left in the next or in the image.
+#[test]
+fn a_disk_root_is_the_image_under_an_overlay_that_vanishes() {
+    let tools = tools_or_skip!();
+    let image = image_or_skip!(&tools);
+    let before = fs::read(&image.image).unwrap();
+    let script = "cat /etc/greeting; echo changed > /etc/greeting && cat /etc/greeting; \
+                  touch /made && ls /made; stat -c '%a %u %g' /; \
+                  head -c 2097152 /dev/zero > /big 2>/dev/null || echo full; rm -f /big; \
+                  ls /.microrun 2>/dev/null || echo no-initramfs; \
+                  ls /proc/self/stat /sys/kernel/uevent_seqnum /dev/null /tmp; \
+                  grep -c '^overlay / overlay' /proc/mounts; \
+                  mkdir /tmp/x && echo tmp-writable";
+    let rootfs = initramfs_for(&tools, &image.device, 1 << 20, script);
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.stdout),
+        "from the image\nchanged\n/made\n751 123 45\nfull\nno-initramfs\n\
+         /dev/null\n/proc/self/stat\n/sys/kernel/uevent_seqnum\n\n/tmp:\n1\ntmp-writable\n",
+        "stderr: {}",
+        outcome.stderr
+    );
+
+    // The next run starts from the image again.
+    let rootfs = initramfs_for(
+        &tools,
+        &image.device,
+        1 << 20,
+        "cat /etc/greeting; ls /made 2>/dev/null || echo gone",
+    );
+    let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+    assert_eq!(outcome.status(), 0, "stderr: {}", outcome.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.stdout),
+        "from the image\ngone\n"
+    );
+    assert!(
+        fs::read(&image.image).unwrap() == before,
+        "the image changed"
+    );
+}
+
+/// A disk that is not EROFS, a device node that never appears, and a
+/// path that is no block device each end the run with 125 and one line
+/// naming the disk and the step, before the command runs.
+#[test]
+fn a_disk_root_that_cannot_be_mounted_is_125() {
+    let tools = tools_or_skip!();
+    if let Err(reason) = erofs_tools() {
+        test_support::skip_unavailable!("{reason}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = dir.path().join("zeros.img");
+    with_fork_lock(|| fs::write(&zeros, vec![0u8; 64 << 10]).unwrap());
+    let device = match attach(&zeros) {
+        Ok(device) => device,
+        Err(reason) => {
+            test_support::skip_unavailable!("{reason}");
+            return;
+        }
+    };
+    let detach = LoopImage {
+        device: device.clone(),
+        image: zeros,
+        _dir: dir,
+    };
+    for (device, step, at_least) in [
+        (
+            device.as_str(),
+            "mounting it read-only as EROFS: ",
+            Duration::ZERO,
+        ),
+        (
+            "/dev/microrun-no-such-disk",
+            "waiting 5 s for the device node: ",
+            Duration::from_secs(5),
+        ),
+        ("/dev/null", "it is not a block device: ", Duration::ZERO),
+    ] {
+        let rootfs = initramfs_for(&tools, device, 1 << 20, "echo ran");
+        let outcome = run(&tools, &rootfs, Wiring::Pipes, b"", &[]);
+        assert_eq!(outcome.status(), 125, "{device}: {}", outcome.stderr);
+        let line = format!("microrun: guest-init: cannot make the disk {device} the root: {step}");
+        assert!(outcome.stderr.starts_with(&line), "{}", outcome.stderr);
+        assert!(outcome.stdout.is_empty(), "the command ran: {device}");
+        assert!(
+            outcome.elapsed >= at_least,
+            "{device}: {:?}",
+            outcome.elapsed
+        );
+    }
+    drop(detach);
 }

@@ -9,12 +9,13 @@
 //! | `stdin` | `1`: the command reads its stdin channel (ttyS1, or the `microrun.stdin` port); anything else: `/dev/null` |
 //! | `ports` | `virtio`: the host offers a multiport virtio-console with the ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`; `virtio-relay`: the same, with the command's output relayed and counted (see `relay.rs`); anything else: the serial ports only |
 //! | `module` | `/PATH` or `/PATH PARAMS`: a kernel module in the initrd, loaded with `finit_module` and the parameter string `PARAMS` (empty when absent); any number, loaded in order |
+//! | `root` | `erofs /DEV BYTES`: after the modules, mount the block device `/DEV` read-only as EROFS under an overlay whose writable layer is a tmpfs of `BYTES` bytes, and make that the root (see `root.rs`) |
 //! | `mount` | `TAG rw /DEST` or `TAG ro /DEST`: a 9p share (virtio mount tag `TAG`) to mount at `/DEST`, created when missing; any number, after the modules |
 //! | `user` | `USER[:GROUP]`: who the command runs as, resolved in the rootfs's `/etc/passwd` and `/etc/group` (`user.rs`) |
 //! | `net` | `ADDR/PREFIX GATEWAY MTU` (IPv4 dotted quads, decimal prefix 0-32 and MTU 68-65535): the first network interface, `eth0`, is configured so (see `network.rs`) |
 //! | `tty` | `ROWS COLS` (decimal, 1-65535): the command gets a terminal of that size (see `tty.rs`), and the stdin stream carries control frames (see `frames.rs`) |
 //!
-//! `cwd`, `stdin`, `ports`, `net`, `user` and `tty` may appear once each.
+//! `cwd`, `stdin`, `ports`, `root`, `net`, `user` and `tty` may appear once each.
 //!
 //! Since every record ends with a NUL byte, the values are used in place as
 //! the C strings `execve` wants; only the pointer arrays are built here.
@@ -55,6 +56,8 @@ pub struct RunConfig {
     pub relay_output: bool,
     /// The `module` records, in order.
     pub modules: Modules,
+    /// The `root` record: the disk to make the root.
+    pub root: Option<Root>,
     /// The `mount` records, in order.
     pub mounts: Mounts,
     /// The `user` record: `USER[:GROUP]`, not empty.
@@ -117,6 +120,8 @@ pub enum ConfigError {
     BadModule(usize),
     /// Record `n` is a `mount` record that is not `TAG rw|ro /DEST`.
     BadMount(usize),
+    /// Record `n` is a `root` record that is not `erofs /DEV BYTES`.
+    BadRoot(usize),
     /// Record `n` is a `tty` record that is not `ROWS COLS`.
     BadTty(usize),
     /// Record `n` is a `net` record that is not `ADDR/PREFIX GATEWAY MTU`.
@@ -148,6 +153,7 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
     let mut user = None;
     let mut tty = None;
     let mut net = None;
+    let mut root = None;
     for (index, record) in records(data).enumerate() {
         let number = index + 1;
         let (key, value) = split_record(record).ok_or(ConfigError::NoEquals(number))?;
@@ -188,6 +194,12 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
             b"mount" => {
                 if split_mount(value).is_none() {
                     return Err(ConfigError::BadMount(number));
+                }
+            }
+            b"root" => {
+                let disk = split_root(value).ok_or(ConfigError::BadRoot(number))?;
+                if root.replace(disk).is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
                 }
             }
             b"user" => {
@@ -266,6 +278,7 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         virtio_ports: virtio_ports.is_some_and(|(ports, _)| ports),
         relay_output: virtio_ports.is_some_and(|(_, relay)| relay),
         modules: Modules { data },
+        root,
         mounts: Mounts { data },
         user,
         tty,
@@ -316,17 +329,24 @@ fn split_tty(value: &[u8]) -> Option<(u16, u16)> {
 
 /// A decimal number from 1 to 65535, digits only.
 fn decimal_u16(digits: &[u8]) -> Option<u16> {
-    if digits.is_empty() || digits.len() > 5 {
+    decimal(digits)
+        .and_then(|n| u16::try_from(n).ok())
+        .filter(|&n| n > 0)
+}
+
+/// A decimal number, digits only (at least one), that fits in a u64.
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
         return None;
     }
-    let mut n: u32 = 0;
+    let mut n: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        n = n * 10 + u32::from(d - b'0');
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
-    u16::try_from(n).ok().filter(|&n| n > 0)
+    Some(n)
 }
 
 impl RunConfig {
@@ -354,6 +374,33 @@ impl RunConfig {
         }
         false
     }
+}
+
+/// The `root` record: an EROFS disk under a tmpfs overlay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Root {
+    /// The block device's path, absolute, not NUL-terminated (the record
+    /// goes on after it).
+    pub device: &'static [u8],
+    /// The size of the tmpfs that takes the writes, in bytes (at least 1).
+    pub tmpfs_bytes: u64,
+}
+
+/// Splits a `root` value, `erofs /DEV BYTES`: EROFS is the only file
+/// system, DEV an absolute path other than `/`, BYTES a decimal number
+/// from 1 to 2^64 - 1. `None` for anything else.
+fn split_root(value: &'static [u8]) -> Option<Root> {
+    let rest = value.strip_prefix(b"erofs ")?;
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let (device, digits) = (&rest[..space], &rest[space + 1..]);
+    if !device.starts_with(b"/") || device.len() < 2 {
+        return None;
+    }
+    let tmpfs_bytes = decimal(digits).filter(|&n| n > 0)?;
+    Some(Root {
+        device,
+        tmpfs_bytes,
+    })
 }
 
 /// The `mount` records of a configuration, which [`parse`] has checked.
@@ -607,6 +654,44 @@ mod tests {
                 "{data:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_root_record_names_an_erofs_device_and_the_overlays_size() {
+        let config = parse_ok(b"arg=true\0root=erofs /dev/vda 268435456\0");
+        assert_eq!(
+            config.root,
+            Some(Root {
+                device: b"/dev/vda",
+                tmpfs_bytes: 256 << 20
+            })
+        );
+        let max = parse_ok(b"root=erofs /dev/vdb 18446744073709551615\0");
+        assert_eq!(max.root.map(|r| r.tmpfs_bytes), Some(u64::MAX));
+        assert_eq!(parse_ok(b"arg=true\0").root, None);
+        for data in [
+            &b"arg=true\0root=ext4 /dev/vda 1\0"[..],
+            b"arg=true\0root=erofs dev/vda 1\0",
+            b"arg=true\0root=erofs / 1\0",
+            b"arg=true\0root=erofs /dev/vda\0",
+            b"arg=true\0root=erofs /dev/vda 0\0",
+            b"arg=true\0root=erofs /dev/vda 1x\0",
+            b"arg=true\0root=erofs /dev/vda -1\0",
+            b"arg=true\0root=erofs /dev/vda 1 2\0",
+            b"arg=true\0root=erofs /dev/vda 18446744073709551616\0",
+            b"arg=true\0root=erofs  /dev/vda 1\0",
+            b"arg=true\0root=\0",
+        ] {
+            assert!(
+                matches!(parse(data), Err(ConfigError::BadRoot(2))),
+                "{data:?}"
+            );
+        }
+        let twice = b"root=erofs /dev/vda 1\0root=erofs /dev/vda 1\0";
+        assert!(matches!(
+            parse(twice),
+            Err(ConfigError::Duplicate(2, b"root"))
+        ));
     }
 
     #[test]

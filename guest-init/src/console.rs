@@ -54,6 +54,13 @@ impl Line {
         }
     }
 
+    /// The line so far as a C string (for a system call's argument, such
+    /// as mount options); it holds no NUL unless one was appended.
+    pub fn as_c_str(&mut self) -> &core::ffi::CStr {
+        self.buf[self.len] = 0;
+        core::ffi::CStr::from_bytes_until_nul(&self.buf[..=self.len]).unwrap_or(c"")
+    }
+
     /// Writes the line and a newline to `fd` (if any); errors are ignored,
     /// since there is nowhere left to report them.
     pub fn send(&mut self, fd: Option<BorrowedFd<'_>>) {

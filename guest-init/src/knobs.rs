@@ -95,19 +95,7 @@ impl Knobs {
 /// A decimal number of milliseconds, at most ten minutes; `None` for
 /// anything else.
 fn parse_ms(digits: &[u8]) -> Option<u32> {
-    const MAX_MS: u32 = 600_000;
-    if digits.is_empty() {
-        return None;
-    }
-    let mut ms: u32 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        ms = ms.checked_mul(10)?.checked_add(u32::from(d - b'0'))?;
-        if ms > MAX_MS {
-            return None;
-        }
-    }
-    Some(ms)
+    const MAX_MS: u64 = 600_000;
+    let ms = crate::config::decimal(digits).filter(|&ms| ms <= MAX_MS)?;
+    u32::try_from(ms).ok()
 }

@@ -3,7 +3,9 @@
 //! The kernel starts it with `rdinit=/.microrun/init`. It mounts `/dev`,
 //! `/proc`, `/sys` (and `/tmp` when the rootfs has none), opens the three
 //! serial ports, announces itself with `@init` on ttyS2, reads the run
-//! configuration `/.microrun/run`, loads the kernel modules it lists, and,
+//! configuration `/.microrun/run`, loads the kernel modules it lists,
+//! switches to a disk root when it names one (`root.rs`: EROFS under a
+//! tmpfs overlay), and,
 //! when it says `ports=virtio`, waits (up to 2 s) for the virtio-console's
 //! ports `microrun.stdout`, `microrun.stderr` and `microrun.stdin`. It runs
 //! the command with stdout and stderr on those ports (on ttyS1 and ttyS0
@@ -63,6 +65,7 @@ mod network;
 mod passwd;
 mod ports;
 mod relay;
+mod root;
 mod rt;
 mod shares;
 mod streams;
@@ -83,7 +86,12 @@ pub fn main(envp: *const *const u8) -> ! {
     channels::open_stdout_and_status(knobs.stdout, knobs.status);
     let mut config = configure::read(knobs.config);
     modules::load_all(config.modules);
-    if network::configure(config.net).is_err() {
+    // Read before a disk root hides the initramfs that holds them.
+    let net_files = network::NetFiles::load(config.net.is_some());
+    if root::switch(config.root).is_err() {
+        finish(MICRORUN_FAILED);
+    }
+    if network::configure(config.net, &net_files).is_err() {
         finish(MICRORUN_FAILED);
     }
     if shares::mount_all(config.mounts).is_err() {

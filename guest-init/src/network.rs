@@ -1,9 +1,10 @@
 //! The guest's network, over rtnetlink (no tool of the rootfs: the `libs`
 //! rootfs has none): `lo` up in every run, and with a `net` record the
 //! interface `eth0` up with its MTU, address and default route, and the
-//! guest's `/etc/resolv.conf` and `/etc/hosts` moved into place from
-//! `/.microrun/etc/` (the root is the initramfs's tmpfs: nothing of the
-//! image's cache is changed).
+//! guest's `/etc/resolv.conf` and `/etc/hosts` written from
+//! `/.microrun/etc/` (read before a disk root's switch, written after it:
+//! the root is the initramfs's tmpfs, or a disk root's tmpfs overlay, so
+//! nothing of the image or its cache is changed).
 //!
 //! Each request is one message with `NLM_F_ACK`; the kernel answers it
 //! before `write` returns, and the answer is read after a bounded wait.
@@ -89,9 +90,93 @@ impl Message {
     }
 }
 
-/// Sets `lo` up, then configures the interface when `net` says so; the
-/// interface failing ends the run (the program asked for a network).
-pub fn configure(net: Option<NetConfig>) -> Result<(), Errno> {
+/// The largest network file taken (microrun writes a few hundred bytes).
+const FILE_CAPACITY: usize = 4096;
+/// The files, where microrun puts them, and where they go.
+const FILES: [(&CStr, &CStr); 2] = [
+    (c"/.microrun/etc/resolv.conf", c"/etc/resolv.conf"),
+    (c"/.microrun/etc/hosts", c"/etc/hosts"),
+];
+
+/// The guest's network files, read from guest-init's archive.
+pub struct NetFiles {
+    contents: [([u8; FILE_CAPACITY], usize); 2],
+    read: Result<(), (&'static [u8], Errno)>,
+}
+
+impl NetFiles {
+    /// Reads them when `wanted` (a `net` record): a failure is reported by
+    /// [`configure`].
+    pub fn load(wanted: bool) -> NetFiles {
+        let mut files = NetFiles {
+            contents: [([0; FILE_CAPACITY], 0); 2],
+            read: Ok(()),
+        };
+        if wanted {
+            for (slot, (from, _)) in files.contents.iter_mut().zip(FILES) {
+                if let Err(e) = read_small(from, slot) {
+                    files.read = Err((b"reading the network files from /.microrun/etc", e));
+                    break;
+                }
+            }
+        }
+        files
+    }
+
+    /// Writes them into `/etc` (made when missing), each replacing what is
+    /// there, a symlink included (never followed).
+    fn write(&self) -> Step {
+        self.read?;
+        match rustix::fs::mkdir(c"/etc", rustix::fs::Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err((b"creating /etc", e)),
+        }
+        for ((bytes, len), (_, to)) in self.contents.iter().zip(FILES) {
+            write_new(to, &bytes[..*len]).map_err(|e| (&b"writing /etc"[..], e))?;
+        }
+        Ok(())
+    }
+}
+
+fn read_small(path: &CStr, (buf, len): &mut ([u8; FILE_CAPACITY], usize)) -> Result<(), Errno> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    loop {
+        if *len == FILE_CAPACITY {
+            return Err(Errno::FBIG);
+        }
+        match rustix::io::read(&fd, &mut buf[*len..])? {
+            0 => return Ok(()),
+            n => *len += n,
+        }
+    }
+}
+
+fn write_new(path: &CStr, bytes: &[u8]) -> Result<(), Errno> {
+    match rustix::fs::unlink(path) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(e),
+    }
+    use rustix::fs::OFlags;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::write(&fd, &bytes[written..])?;
+    }
+    Ok(())
+}
+
+/// Sets `lo` up, then configures the interface when `net` says so and
+/// writes `files`; the interface failing ends the run (the program asked
+/// for a network).
+pub fn configure(net: Option<NetConfig>, files: &NetFiles) -> Result<(), Errno> {
     let socket = match open_socket() {
         Ok(socket) => socket,
         Err(e) => {
@@ -109,7 +194,7 @@ pub fn configure(net: Option<NetConfig>) -> Result<(), Errno> {
         return Ok(());
     };
     configure_interface(&socket, net)
-        .and_then(|()| move_net_files())
+        .and_then(|()| files.write())
         .map_err(|(what, e)| {
             warn(what, e);
             e
@@ -257,17 +342,4 @@ fn request(socket: &OwnedFd, m: &mut Message) -> Result<(), Errno> {
         0 => Ok(()),
         e => Err(Errno::from_raw_os_error(-e)),
     }
-}
-
-/// Moves the guest's network files into `/etc` (made when missing),
-/// replacing what is there, a symlink included.
-fn move_net_files() -> Step {
-    match rustix::fs::mkdir(c"/etc", rustix::fs::Mode::from_raw_mode(0o755)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err((b"creating /etc", e)),
-    }
-    rustix::fs::rename(c"/.microrun/etc/resolv.conf", c"/etc/resolv.conf")
-        .map_err(|e| (&b"writing /etc/resolv.conf"[..], e))?;
-    rustix::fs::rename(c"/.microrun/etc/hosts", c"/etc/hosts")
-        .map_err(|e| (&b"writing /etc/hosts"[..], e))
 }

@@ -17,7 +17,7 @@ use crate::config::{Mount, Mounts};
 use crate::console::Line;
 
 /// The longest tag or path taken, with its NUL (PATH_MAX).
-const PATH_CAPACITY: usize = 4096;
+pub(crate) const PATH_CAPACITY: usize = 4096;
 /// The mount options: the largest message microrun's server takes (64 KiB
 /// of payload and its header), permissions checked by the guest kernel
 /// against the modes and owners the server reports.
@@ -77,7 +77,7 @@ fn mount_one(mount: &Mount) -> Result<(), (&'static [u8], Errno)> {
 
 /// Creates `path` and its missing parents (mode 0755); an existing
 /// component must be a directory, not a symlink to one.
-fn make_dirs(path: &[u8]) -> Result<(), Errno> {
+pub(crate) fn make_dirs(path: &[u8]) -> Result<(), Errno> {
     let mut buf = [0u8; PATH_CAPACITY];
     if path.len() >= PATH_CAPACITY {
         return Err(Errno::NAMETOOLONG);
@@ -106,7 +106,7 @@ fn make_dir(buf: &mut [u8; PATH_CAPACITY], path: &[u8]) -> Result<(), Errno> {
 }
 
 /// `bytes` and a NUL in `buf`, as a C string.
-fn nul_terminated<'a>(
+pub(crate) fn nul_terminated<'a>(
     buf: &'a mut [u8; PATH_CAPACITY],
     bytes: &[u8],
 ) -> Result<&'a core::ffi::CStr, Errno> {

@@ -76,6 +76,21 @@ pub fn requirement(kind: DeviceKind) -> Requirement {
                       --engine (chroot needs no kernel)",
             },
         },
+        DeviceKind::Block => Requirement {
+            kind,
+            lacks: "cannot mount an EROFS root from a virtio disk",
+            options: &["VIRTIO_BLK", "EROFS_FS", "OVERLAY_FS"],
+            modules: &[
+                ("VIRTIO_BLK", "virtio_blk"),
+                ("EROFS_FS", "erofs"),
+                ("OVERLAY_FS", "overlay"),
+            ],
+            without: Without::Fail {
+                options: "--root disk",
+                fix: "boot a kernel with virtio-blk, EROFS and overlayfs (built in or as \
+                      modules), or boot the rootfs as an initrd (--root initrd)",
+            },
+        },
     }
 }
 

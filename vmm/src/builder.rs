@@ -15,6 +15,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::devices::i8042::I8042;
 use crate::devices::ioapic::IoApic;
 use crate::devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{p9, MmioTransport, VirtioDevice};
@@ -359,6 +360,7 @@ fn create_devices(
     let mut console_ports = console_ports;
     let mut net_backend = net_backend;
     let mut console_input = None;
+    let mut disks = 0;
     for (slot, device) in spec.virtio.assigned()? {
         match device {
             DeviceSpec::Console => {
@@ -395,6 +397,12 @@ fn create_devices(
                 let backend = net_backend.take().ok_or(VmmError::NetBackendMissing)?;
                 let filter = spec.filters.map(|f| f.net.clone());
                 let device = Net::new(spec_net.clone(), backend, filter)?;
+                virtio.register(slot, device)?;
+            }
+            DeviceSpec::Block(block) => {
+                let serial = format!("microrun{disks}");
+                disks += 1;
+                let device = Block::open(&block.path, block.read_only, &serial)?;
                 virtio.register(slot, device)?;
             }
         }

@@ -165,6 +165,9 @@ pub enum DeviceSpec {
     /// A virtio-net interface whose frames go to and come from
     /// [`VmConfig::net_backend`] ([`devices::virtio::net`]); at most one.
     Net(NetSpec),
+    /// A disk image served over virtio-blk (the root of a run that boots
+    /// from a disk).
+    Block(BlockSpec),
 }
 
 /// What kind of device a [`DeviceSpec`] is, without its settings: what a
@@ -177,6 +180,8 @@ pub enum DeviceKind {
     Share,
     /// [`DeviceSpec::Net`].
     Net,
+    /// [`DeviceSpec::Block`].
+    Block,
 }
 
 impl DeviceSpec {
@@ -186,6 +191,7 @@ impl DeviceSpec {
             DeviceSpec::Console => DeviceKind::Console,
             DeviceSpec::Share(_) => DeviceKind::Share,
             DeviceSpec::Net(_) => DeviceKind::Net,
+            DeviceSpec::Block(_) => DeviceKind::Block,
         }
     }
 }
@@ -216,6 +222,17 @@ pub struct SharedDir {
     pub guest_uid: u32,
     /// The group the guest sees the invoking user's group as.
     pub guest_gid: u32,
+}
+
+/// One disk image the guest sees as a virtio-blk disk (`/dev/vda` for the
+/// first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// The image: a regular file, opened once when the VM is built.
+    pub path: PathBuf,
+    /// Offer the disk read-only (`VIRTIO_BLK_F_RO`) and refuse every
+    /// write; the image is then opened read-only too.
+    pub read_only: bool,
 }
 
 impl VirtioOptions {
@@ -422,6 +439,9 @@ pub enum VmmError {
         /// Net devices asked for.
         count: usize,
     },
+    /// A disk cannot be served.
+    #[error(transparent)]
+    Block(#[from] devices::virtio::block::BlockError),
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {

@@ -56,8 +56,14 @@ pub fn not_regular_kind(error: &io::Error) -> Option<&'static str> {
 /// [`io::ErrorKind::InvalidInput`]) anything but a regular file, without
 /// blocking on a FIFO or a device.
 pub fn open(path: &Path) -> io::Result<File> {
+    open_for(path, false)
+}
+
+/// [`open`], for reading and writing when `write`.
+pub fn open_for(path: &Path, write: bool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
+        .write(write)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let file_type = file.metadata()?.file_type();

@@ -61,7 +61,8 @@ pub enum ThreadKind {
     /// The thread that runs [`crate::run`]: it supervises the vCPUs
     /// (deadline, kicks, events) and tears the VM down.
     Supervisor,
-    /// A vCPU: `KVM_RUN` and the device models it drives.
+    /// A vCPU: `KVM_RUN` and the device models it drives (a virtio-blk
+    /// disk's reads and writes among them).
     Vcpu,
     /// An output queue's writer ([`crate::output::OutputSink`]).
     Output,
@@ -234,6 +235,12 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
                     ],
                 )?,
             );
+            // A virtio-blk disk is served on the vCPU thread that notifies
+            // it: reads and writes at offsets of the image it holds open,
+            // and the flush of a writable one.
+            for call in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync] {
+                map.insert(call, Vec::new());
+            }
         }
         ThreadKind::Output => {
             map.insert(libc::SYS_write, Vec::new());

@@ -108,6 +108,40 @@ fn what_a_vcpu_thread_needs_is_allowed() {
     assert!(stderr.contains("still here"), "{stderr}");
 }
 
+/// The image a vCPU thread serves a virtio-blk disk from, opened before
+/// the filter (a filtered thread opens nothing).
+static DISK: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+#[test]
+fn a_vcpu_thread_may_serve_a_disk_it_holds_open() {
+    const NAME: &str = "a_vcpu_thread_may_serve_a_disk_it_holds_open";
+    if is_child(NAME) {
+        let image = tempfile::tempfile().expect("a scratch image");
+        image.set_len(4096).unwrap();
+        DISK.store(
+            std::os::fd::IntoRawFd::into_raw_fd(image),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
+        // What the device does: pread and pwrite at offsets, fdatasync.
+        let fd = DISK.load(std::sync::atomic::Ordering::Relaxed);
+        let mut buf = [7u8; 512];
+        // SAFETY: `fd` is the scratch image, open for this process; the
+        // buffer is ours and as long as the lengths given.
+        let (wrote, read, synced) = unsafe {
+            (
+                libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), 512),
+                libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
+                libc::fdatasync(fd),
+            )
+        };
+        eprintln!("served: {wrote} {read} {synced}");
+    });
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("served: 512 512 0"), "{stderr}");
+}
+
 #[test]
 fn no_thread_maps_executable_memory() {
     const NAME: &str = "no_thread_maps_executable_memory";

@@ -101,6 +101,7 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
         Transport::Pci => format!("{device}-pci"),
     };
     let mut shares = 0;
+    let mut disks = 0;
     for device in &vm.devices.devices {
         match device {
             DeviceSpec::Console => {
@@ -138,12 +139,11 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
             DeviceSpec::Share(share) => {
                 let index = shares;
                 shares += 1;
-                let mut fsdev = OsString::from(format!(
+                let head = format!(
                     "local,id=share{index},security_model=none,{}path=",
-                    if share.read_only { "readonly=on," } else { "" }
-                ));
-                fsdev.push(option_value(&share.source));
-                a.push(["-fsdev".into(), fsdev]);
+                    readonly(share.read_only)
+                );
+                a.push(["-fsdev".into(), with_path(head, &share.source)]);
                 a.push([
                     "-device".into(),
                     format!(
@@ -175,6 +175,18 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
                     ),
                 ]);
             }
+            DeviceSpec::Block(block) => {
+                let head = format!(
+                    "if=none,id=disk{disks},format=raw,{}file=",
+                    readonly(block.read_only)
+                );
+                a.push(["-drive".into(), with_path(head, &block.path)]);
+                a.push([
+                    "-device".into(),
+                    format!("{},drive=disk{disks}", bus_device("virtio-blk")),
+                ]);
+                disks += 1;
+            }
         }
     }
     a.0
@@ -200,6 +212,22 @@ fn file_chardev(id: &str, fd: RawFd) -> String {
     format!("file,id={id},path=/proc/self/fd/{fd}")
 }
 
+/// QEMU's read-only option, as the head of a list of options takes it.
+fn readonly(read_only: bool) -> &'static str {
+    if read_only {
+        "readonly=on,"
+    } else {
+        ""
+    }
+}
+
+/// `head` followed by `path` as a QEMU option value.
+fn with_path(head: String, path: &std::path::Path) -> OsString {
+    let mut option = OsString::from(head);
+    option.push(option_value(path));
+    option
+}
+
 /// `path` as a QEMU option value: a comma is written twice.
 fn option_value(path: &std::path::Path) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -217,7 +245,7 @@ fn option_value(path: &std::path::Path) -> OsString {
 mod tests {
     use super::*;
     use crate::boot::BootInitrd;
-    use vmm::{SharedDir, VirtioOptions};
+    use vmm::{BlockSpec, SharedDir, VirtioOptions};
 
     fn vm(devices: Vec<DeviceSpec>, transport: Transport) -> VmPlan {
         VmPlan {
@@ -367,6 +395,30 @@ mod tests {
         assert!(
             pci.contains("-device virtio-net-pci,netdev=net0,mac=02:6d:72:00:00:01,host_mtu=65520"),
             "{pci}"
+        );
+    }
+
+    #[test]
+    fn a_disk_is_a_raw_drive_read_only_unless_asked() {
+        let disk = |path: &str, read_only| {
+            DeviceSpec::Block(BlockSpec {
+                path: path.into(),
+                read_only,
+            })
+        };
+        let plan = vm(
+            vec![disk("/c/a,b.erofs", true), disk("/w.img", false)],
+            Transport::Mmio,
+        );
+        let args = text(&args(&plan, Accel::Tcg, FDS, false));
+        assert!(
+            args.contains(
+                "-drive if=none,id=disk0,format=raw,readonly=on,file=/c/a,,b.erofs \
+                 -device virtio-blk-device,drive=disk0 \
+                 -drive if=none,id=disk1,format=raw,file=/w.img \
+                 -device virtio-blk-device,drive=disk1"
+            ),
+            "{args}"
         );
     }
 }

@@ -11,6 +11,7 @@
 //! `virtio-queue`'s own chain iterator, which follows indirect tables even
 //! where they were not negotiated.
 
+pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, WriteVolatile};
 use vm_superio::Trigger;
 
 use crate::memory::GuestMemory;
@@ -445,6 +446,15 @@ impl ChainReader<'_> {
     pub fn available_bytes(&self) -> usize {
         self.0.available()
     }
+
+    /// Writes the next `len` bytes to `dst` straight from guest memory
+    /// (a short write is an error), and returns how many bytes there
+    /// were (fewer than `len` when the chain ends first).
+    pub fn write_to(&mut self, dst: &mut impl WriteVolatile, len: usize) -> io::Result<usize> {
+        let mem = self.0.mem;
+        self.0
+            .transfer(len, |_, n, addr| mem.write_all_volatile_to(addr, dst, n))
+    }
 }
 
 impl Read for ChainReader<'_> {
@@ -468,6 +478,22 @@ impl ChainWriter<'_> {
     /// Bytes written so far: the length for the used ring.
     pub fn bytes_written(&self) -> usize {
         self.0.used
+    }
+
+    /// Fills the next `len` bytes from `src` straight into guest memory
+    /// (a short read is an error), and returns how many bytes there were
+    /// room for (fewer than `len` when the chain ends first).
+    pub fn read_from(&mut self, src: &mut impl ReadVolatile, len: usize) -> io::Result<usize> {
+        let mem = self.0.mem;
+        self.0
+            .transfer(len, |_, n, addr| mem.read_exact_volatile_from(addr, src, n))
+    }
+
+    /// Passes over the next `len` bytes, leaving them as they are (they
+    /// count as written).
+    pub fn skip(&mut self, len: usize) -> usize {
+        // The copy does nothing, so it cannot fail.
+        self.0.transfer(len, |_, _, _| Ok(())).unwrap_or(0)
     }
 }
 
@@ -504,14 +530,160 @@ pub fn write_config_into(config: &mut [u8], offset: u64, data: &[u8]) {
     config[start..start + n].copy_from_slice(&data[..n]);
 }
 
-/// What the virtio tests share: an interrupt line that counts, and a
-/// seeded generator for their random drivers.
+/// What the virtio tests share: an interrupt line that counts, a seeded
+/// generator for their random drivers, and a minimal driver that lays out
+/// split rings in guest memory as Linux's would.
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::io;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Address, Bytes, GuestAddress};
     use vm_superio::Trigger;
+
+    use crate::memory::GuestMemory;
+
+    /// Each queue's rings live in pages of their own from here.
+    pub(crate) const RINGS: u64 = 0x1000;
+    /// The driver's buffers from here on.
+    pub(crate) const BUFFERS: u64 = 0x4_0000;
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+
+    /// Bytes between two queues' rings, for queues of `size` entries.
+    fn ring_stride(size: u16) -> u64 {
+        let size = u64::from(size);
+        (16 * size + (6 + 2 * size).next_multiple_of(512) + 6 + 8 * size).next_multiple_of(0x1000)
+    }
+
+    /// Queue `q`'s descriptor table.
+    pub(crate) fn desc_table(q: usize, size: u16) -> u64 {
+        RINGS + q as u64 * ring_stride(size)
+    }
+
+    /// Queue `q`'s available ring.
+    pub(crate) fn avail_ring(q: usize, size: u16) -> u64 {
+        desc_table(q, size) + 16 * u64::from(size)
+    }
+
+    /// Queue `q`'s used ring.
+    pub(crate) fn used_ring(q: usize, size: u16) -> u64 {
+        avail_ring(q, size) + (6 + 2 * u64::from(size)).next_multiple_of(512)
+    }
+
+    /// A minimal split-ring driver: descriptors, avail and used rings of
+    /// every queue in guest memory, buffers handed out front to back.
+    pub(crate) struct Driver {
+        pub(crate) mem: GuestMemory,
+        size: u16,
+        pub(crate) next_desc: Vec<u16>,
+        pub(crate) avail_idx: Vec<u16>,
+        used_seen: Vec<u16>,
+        next_buf: u64,
+    }
+
+    impl Driver {
+        /// `queues` queues of `size` entries in `mem_size` bytes of memory.
+        pub(crate) fn new(mem_size: u64, queues: usize, size: u16) -> Self {
+            assert!(
+                desc_table(queues, size) <= BUFFERS,
+                "the rings overlap the buffers"
+            );
+            Self {
+                mem: crate::memory::create_guest_memory(mem_size).unwrap(),
+                size,
+                next_desc: vec![0; queues],
+                avail_idx: vec![0; queues],
+                used_seen: vec![0; queues],
+                next_buf: BUFFERS,
+            }
+        }
+
+        /// The queues, ready, as the transport would hand them over.
+        pub(crate) fn queues(&self) -> Vec<Queue> {
+            (0..self.next_desc.len())
+                .map(|q| {
+                    let mut queue = Queue::new(self.size).unwrap();
+                    queue.set_size(self.size);
+                    queue.set_desc_table_address(Some(desc_table(q, self.size) as u32), Some(0));
+                    queue.set_avail_ring_address(Some(avail_ring(q, self.size) as u32), Some(0));
+                    queue.set_used_ring_address(Some(used_ring(q, self.size) as u32), Some(0));
+                    queue.set_ready(true);
+                    queue
+                })
+                .collect()
+        }
+
+        /// A buffer of `len` bytes that starts with `data`.
+        pub(crate) fn alloc(&mut self, data: &[u8], len: u32) -> u64 {
+            let addr = self.next_buf;
+            self.next_buf += u64::from(len).next_multiple_of(16);
+            self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+            addr
+        }
+
+        /// Makes a chain of `(addr, len, flags)` available on queue `q`;
+        /// returns its head.
+        pub(crate) fn add_raw(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
+            let size = self.size;
+            let head = self.next_desc[q];
+            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+                let index = (head + i as u16) % size;
+                let next = (index + 1) % size;
+                let flags = if i + 1 < descs.len() {
+                    flags | NEXT
+                } else {
+                    flags
+                };
+                let at = GuestAddress(desc_table(q, size) + 16 * u64::from(index));
+                self.mem.write_obj(addr, at).unwrap();
+                self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
+                self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+                self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+            }
+            self.next_desc[q] = (head + descs.len() as u16) % size;
+            let slot = u64::from(self.avail_idx[q] % size);
+            self.mem
+                .write_obj(head, GuestAddress(avail_ring(q, size) + 4 + 2 * slot))
+                .unwrap();
+            self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+            self.mem
+                .write_obj(self.avail_idx[q], GuestAddress(avail_ring(q, size) + 2))
+                .unwrap();
+            head
+        }
+
+        /// Makes `data` available on queue `q`, in one readable buffer.
+        pub(crate) fn send(&mut self, q: usize, data: &[u8]) {
+            let addr = self.alloc(data, data.len() as u32);
+            self.add_raw(q, &[(addr, data.len() as u32, 0)]);
+        }
+
+        /// Makes a writable buffer of `len` zeroes available on queue `q`.
+        pub(crate) fn post_buffer(&mut self, q: usize, len: u32) -> u64 {
+            let addr = self.alloc(&vec![0; len as usize], len);
+            self.add_raw(q, &[(addr, len, WRITE)]);
+            addr
+        }
+
+        /// The used entries of queue `q` since the last call: (descriptor
+        /// id, length).
+        pub(crate) fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
+            let ring = used_ring(q, self.size);
+            let idx: u16 = self.mem.read_obj(GuestAddress(ring + 2)).unwrap();
+            let mut out = Vec::new();
+            while self.used_seen[q] != idx {
+                let slot = u64::from(self.used_seen[q] % self.size);
+                let at = GuestAddress(ring + 4 + 8 * slot);
+                let id: u32 = self.mem.read_obj(at).unwrap();
+                let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
+                out.push((id, len));
+                self.used_seen[q] = self.used_seen[q].wrapping_add(1);
+            }
+            out
+        }
+    }
 
     /// An interrupt line that counts its edges.
     #[derive(Default)]

@@ -3,7 +3,7 @@
 //! end of file, hostile chains, and random rings.
 
 use super::*;
-use crate::devices::virtio::test_util::{Counter, XorShift};
+use crate::devices::virtio::test_util::{self, Counter, Driver, XorShift, BUFFERS};
 use crate::devices::virtio::DESCRIPTORS_READ;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -11,10 +11,6 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 const MEM: u64 = 0x40_0000;
-/// Each queue's rings live in a page of their own from here.
-const RINGS: u64 = 0x1000;
-/// Buffers from here.
-const BUFFERS: u64 = 0x4_0000;
 const WRITE: u16 = 2;
 const NEXT: u16 = 1;
 const INDIRECT: u16 = 4;
@@ -31,114 +27,17 @@ impl Write for Sink {
     }
 }
 
-/// A minimal split-ring driver: descriptors, avail and used rings of
-/// every queue in guest memory, as Linux's would be.
-struct Driver {
-    mem: GuestMemory,
-    next_desc: [u16; QUEUES],
-    avail_idx: [u16; QUEUES],
-    used_seen: [u16; QUEUES],
-    next_buf: u64,
-}
-
 fn desc_table(q: usize) -> u64 {
-    RINGS + q as u64 * 0x1000
+    test_util::desc_table(q, QUEUE_SIZE)
 }
 fn avail_ring(q: usize) -> u64 {
-    desc_table(q) + 0x400
+    test_util::avail_ring(q, QUEUE_SIZE)
 }
 fn used_ring(q: usize) -> u64 {
-    desc_table(q) + 0x600
+    test_util::used_ring(q, QUEUE_SIZE)
 }
 
 impl Driver {
-    fn new() -> Self {
-        let mem = crate::memory::create_guest_memory(MEM).unwrap();
-        Self {
-            mem,
-            next_desc: [0; QUEUES],
-            avail_idx: [0; QUEUES],
-            used_seen: [0; QUEUES],
-            next_buf: BUFFERS,
-        }
-    }
-
-    fn queues(&self) -> Vec<Queue> {
-        (0..QUEUES)
-            .map(|q| {
-                let mut queue = Queue::new(QUEUE_SIZE).unwrap();
-                queue.set_size(QUEUE_SIZE);
-                queue.set_desc_table_address(Some(desc_table(q) as u32), Some(0));
-                queue.set_avail_ring_address(Some(avail_ring(q) as u32), Some(0));
-                queue.set_used_ring_address(Some(used_ring(q) as u32), Some(0));
-                queue.set_ready(true);
-                queue
-            })
-            .collect()
-    }
-
-    fn alloc(&mut self, data: &[u8], len: u32) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf += u64::from(len).next_multiple_of(16);
-        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
-        addr
-    }
-
-    /// Makes a chain of `(addr, len, flags)` available on queue `q`.
-    fn add_raw(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc[q];
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % QUEUE_SIZE;
-            let next = (index + 1) % QUEUE_SIZE;
-            let flags = if i + 1 < descs.len() {
-                flags | NEXT
-            } else {
-                flags
-            };
-            let at = GuestAddress(desc_table(q) + 16 * u64::from(index));
-            self.mem.write_obj(addr, at).unwrap();
-            self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-            self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-            self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
-        }
-        self.next_desc[q] = (head + descs.len() as u16) % QUEUE_SIZE;
-        let slot = u64::from(self.avail_idx[q] % QUEUE_SIZE);
-        self.mem
-            .write_obj(head, GuestAddress(avail_ring(q) + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx[q], GuestAddress(avail_ring(q) + 2))
-            .unwrap();
-        head
-    }
-
-    fn send(&mut self, q: usize, data: &[u8]) {
-        let addr = self.alloc(data, data.len() as u32);
-        self.add_raw(q, &[(addr, data.len() as u32, 0)]);
-    }
-
-    fn post_buffer(&mut self, q: usize, len: u32) -> u64 {
-        let addr = self.alloc(&vec![0; len as usize], len);
-        self.add_raw(q, &[(addr, len, WRITE)]);
-        addr
-    }
-
-    /// The used entries since the last call: (descriptor id, length).
-    fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(used_ring(q) + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen[q] != idx {
-            let slot = u64::from(self.used_seen[q] % QUEUE_SIZE);
-            let at = GuestAddress(used_ring(q) + 4 + 8 * slot);
-            let id: u32 = self.mem.read_obj(at).unwrap();
-            let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
-            out.push((id, len));
-            self.used_seen[q] = self.used_seen[q].wrapping_add(1);
-        }
-        out
-    }
-
     /// The control messages the device put in `posted` buffers.
     fn control_messages(&mut self, posted: &[u64]) -> Vec<(u32, u16, u16, Vec<u8>)> {
         let used = self.used(CONTROL_RX);
@@ -172,7 +71,7 @@ fn rig() -> Rig {
         stdout: Box::new(stdout.clone()),
         stderr: Box::new(stderr.clone()),
     });
-    let driver = Driver::new();
+    let driver = Driver::new(MEM, QUEUES, QUEUE_SIZE);
     let irqs = Arc::new(Counter::default());
     console
         .activate(Activation {
