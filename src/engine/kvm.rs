@@ -42,8 +42,8 @@ pub fn run(
         initrd.push(InitrdPart::Bytes(archive.clone()));
     }
     // With --net: passt on one end of a socket pair, the device on the
-    // other; passt serves until it is dropped after the run.
-    let (_passt, net_backend) = match &vm.net {
+    // other.
+    let (passt, net_backend) = match &vm.net {
         Some(net) => {
             let (passt, backend) = crate::net::helper::start_passt(net)?;
             (Some(passt), Some(backend))
@@ -74,7 +74,14 @@ pub fn run(
         net_backend,
     };
     crate::start_messages();
-    let outcome = vmm::run(config)?;
+    let outcome = vmm::run(config);
+    // This thread may now be under the VMM's supervisor filter, which has
+    // no kill or wait4; the VM's end of passt's socket is closed, so passt
+    // ends by itself.
+    if let Some(passt) = passt {
+        passt.release();
+    }
+    let outcome = outcome?;
     if plan.verbosity == Verbosity::Verbose {
         log::info!("VM exits, by reason and address:\n{}", outcome.exits);
     }
