@@ -76,6 +76,17 @@ macro_rules! net_cases {
             );
         }
         #[test]
+        fn a_guest_flooding_the_network_stays_bounded() {
+            common::run_case(
+                &$engine,
+                concat!(
+                    module_path!(),
+                    "::a_guest_flooding_the_network_stays_bounded"
+                ),
+                common::net::flood,
+            );
+        }
+        #[test]
         fn bad_publish_specs_give_125_naming_the_spec() {
             common::run_case(
                 &$engine,
@@ -90,7 +101,8 @@ macro_rules! net_cases {
 }
 
 /// Busybox applets the network cases use, besides the libs rootfs's.
-const NET_APPLETS: [&str; 8] = [
+const NET_APPLETS: [&str; 9] = [
+    "dd",
     "wget",
     "nc",
     "httpd",
@@ -444,4 +456,62 @@ pub fn fetch_as_an_ordinary_user(engine: &Engine) {
     };
     assert_code(&output, 0);
     assert_eq!(stdout(&output).trim(), "10485760");
+}
+
+/// A guest that sends 16 MiB of UDP as fast as it can to a host socket
+/// that never reads (through `--net-host`, so every datagram reaches the
+/// host's loopback) ends normally and in time, and microrun's memory
+/// stays bounded meanwhile: below the guest's memory (which the kvm
+/// engine maps) plus 128 MiB, whatever the flood.
+pub fn flood(engine: &Engine) {
+    let Some(root) = net_prerequisites(engine) else {
+        return;
+    };
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let script = format!(
+        "dd if=/dev/zero bs=8192 count=2048 2>/dev/null | nc -u 10.0.2.2 {port}; echo survived"
+    );
+    let mem = "256M";
+    let mut command = microrun_command(
+        engine,
+        &["--net", "--net-host", "--mem", mem],
+        root,
+        &["sh", "-c", &script],
+    );
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn microrun");
+    let status_path = format!("/proc/{}/status", child.id());
+    let started = Instant::now();
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            let rss = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            peak_kib = peak_kib.max(rss);
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!("the flooding guest did not end within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(out, "survived\n", "{err}");
+    let bound_kib = (256 + 128) * 1024;
+    assert!(
+        peak_kib < bound_kib,
+        "microrun's RSS reached {peak_kib} KiB during the flood (bound {bound_kib} KiB)"
+    );
+    drop(sink);
 }
