@@ -121,7 +121,7 @@ pub fn subdir(name: &str) -> Result<PathBuf, InitrdError> {
 }
 
 /// `<cache>/<name>`, created and checked (see [`subdir`]).
-pub(crate) fn prepare(cache: &Path, name: &str) -> Result<PathBuf, CacheError> {
+pub fn prepare(cache: &Path, name: &str) -> Result<PathBuf, CacheError> {
     let error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CacheError::Io {

@@ -691,6 +691,23 @@ impl Image {
     }
 }
 
+/// Opens the image whose manifest is the blob `manifest_digest`
+/// (`sha256:<hex>`) of the OCI image layout directory `layout`, whatever
+/// its `index.json` lists: how a store shared by many images (microrun's
+/// registry pulls) names one. Blobs are read and checked as for any OCI
+/// layout; `name` says what the image is in `-v`'s description.
+pub fn open_layout_manifest(
+    layout: &Path,
+    manifest_digest: &str,
+    name: &str,
+) -> Result<Image, ImageError> {
+    oci::open_manifest(
+        &store::Store::Dir(layout.to_path_buf()),
+        manifest_digest,
+        name,
+    )
+}
+
 /// How many bytes of a name an error message shows.
 const SHOWN: usize = 200;
 
@@ -698,7 +715,7 @@ const SHOWN: usize = 200;
 /// with its length after it when longer, so that a name of megabytes
 /// never crowds out the reason. Every name from an image that an error
 /// holds is made with it (or with [`cut`]).
-pub(crate) fn quote(name: &[u8]) -> String {
+pub fn quote(name: &[u8]) -> String {
     if name.len() <= SHOWN {
         format!("{:?}", String::from_utf8_lossy(name))
     } else {
@@ -712,7 +729,7 @@ pub(crate) fn quote(name: &[u8]) -> String {
 
 /// `text` from an image (a list of tags or platforms) for an error
 /// message: its first 1000 bytes, with its length after it when longer.
-pub(crate) fn cut(text: &str) -> String {
+pub fn cut(text: &str) -> String {
     const LIMIT: usize = 1000;
     if text.len() <= LIMIT {
         return text.to_string();
