@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod disk_root;
 pub mod nested;
 pub mod net;
 pub mod tty;
