@@ -39,6 +39,8 @@ const BIG: u64 = 160 << 20;
 /// `THE-END`), made once per test binary.
 fn big_rootfs(libs: &Path) -> PathBuf {
     let root = super::libs_copy(libs, "disk-root", &["cat", "echo", "tail"]);
+    // The libs rootfs has no /etc.
+    fs::create_dir_all(root.join("etc")).unwrap();
     fs::write(root.join("etc/file"), b"original\n").unwrap();
     let mut big = std::io::BufWriter::new(fs::File::create(root.join("big")).unwrap());
     let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
