@@ -125,13 +125,15 @@ pub fn net_rootfs(engine: &Engine) -> Option<&'static Path> {
     Some(ROOTFS.get_or_init(|| super::libs_copy(libs, "net", &NET_APPLETS)))
 }
 
-/// A case's rootfs, or `None` after saying why it cannot run: passt
-/// missing here is a skip of its own (the refusal itself is a case).
+/// A case's rootfs, or `None` after saying why it cannot run: the
+/// engine's program (passt for a VM, pasta for the chroot engine) missing
+/// here is a skip of its own (the refusal itself is a case).
 fn net_prerequisites(engine: &Engine) -> Option<&'static Path> {
     let root = net_rootfs(engine)?;
-    if which("passt").is_none() || which("pasta").is_none() {
+    let program = if engine.is_vm { "passt" } else { "pasta" };
+    if which(program).is_none() {
         test_support::skip_unavailable!(
-            "passt or pasta is not installed: apt-get install passt (scripts/install-deps)"
+            "{program} is not installed: apt-get install passt (scripts/install-deps)"
         );
         return None;
     }
@@ -417,7 +419,8 @@ pub fn bad_publish(engine: &Engine) {
         ),
     ];
     for (options, want) in cases {
-        if options.contains(&"--net") && which("passt").is_none() {
+        let program = if engine.is_vm { "passt" } else { "pasta" };
+        if options.contains(&"--net") && which(program).is_none() {
             continue;
         }
         let output = microrun(engine, options, root, &["true"]);
