@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod logger;
 pub mod net;
 pub mod plan;
+pub mod registry;
 pub mod run;
 pub mod runconfig;
 pub mod spec;

@@ -252,7 +252,7 @@ mod tests {
             prepared: Default::default(),
             kernel: "/k/bzImage".into(),
             initrd: BootInitrd {
-                rootfs: "/r.cpio".into(),
+                rootfs: Some("/r.cpio".into()),
                 rootfs_len: 4,
                 init_archive: None,
             },
