@@ -26,30 +26,36 @@ const LINE_MAX: usize = 400;
 pub struct PrivateDir(PathBuf);
 
 impl PrivateDir {
-    /// A new directory, mode 0700, under `$XDG_RUNTIME_DIR` or `/tmp`.
+    /// A new directory, mode 0700, under `$XDG_RUNTIME_DIR`, or the
+    /// temporary directory where that is unset or not writable (a
+    /// variable inherited from another user).
     pub fn new() -> Result<PrivateDir, NetError> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let mut template = base.join("microrun-net-XXXXXX").into_os_string();
-        use std::os::unix::ffi::OsStringExt;
-        let mut bytes = std::mem::take(&mut template).into_vec();
-        bytes.push(0);
-        // SAFETY: `bytes` is a NUL-terminated, writable template that
-        // mkdtemp fills in place.
-        let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
-        if made.is_null() {
-            return Err(sys("mkdtemp"));
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        if let Some(dir) = runtime.and_then(|base| make_temp_dir(&base).ok()) {
+            return Ok(dir);
         }
-        bytes.pop();
-        Ok(PrivateDir(PathBuf::from(OsString::from_vec(bytes))))
+        make_temp_dir(&std::env::temp_dir())
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
     }
+}
+
+/// mkdtemp(3) of `base/microrun-net-XXXXXX`.
+fn make_temp_dir(base: &Path) -> Result<PrivateDir, NetError> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut bytes = base.join("microrun-net-XXXXXX").into_os_string().into_vec();
+    bytes.push(0);
+    // SAFETY: `bytes` is a NUL-terminated, writable template that mkdtemp
+    // fills in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(sys("mkdtemp"));
+    }
+    bytes.pop();
+    Ok(PrivateDir(PathBuf::from(OsString::from_vec(bytes))))
 }
 
 impl Drop for PrivateDir {

@@ -101,7 +101,8 @@ macro_rules! net_cases {
 }
 
 /// Busybox applets the network cases use, besides the libs rootfs's.
-const NET_APPLETS: [&str; 9] = [
+const NET_APPLETS: [&str; 10] = [
+    "grep",
     "dd",
     "wget",
     "nc",
@@ -124,12 +125,11 @@ pub fn net_rootfs(engine: &Engine) -> Option<&'static Path> {
     Some(ROOTFS.get_or_init(|| super::libs_copy(libs, "net", &NET_APPLETS)))
 }
 
-/// A case's rootfs, or `None` after saying why it cannot run: passt
-/// missing here is a skip of its own (the refusal itself is a case).
+/// A case's rootfs, or `None` after saying why it cannot run: the
+/// engine's program (passt for a VM, pasta for the chroot engine) missing
+/// here is a skip of its own (the refusal itself is a case).
 fn net_prerequisites(engine: &Engine) -> Option<&'static Path> {
     let root = net_rootfs(engine)?;
-    // The VM engines start passt, the chroot engine pasta (the nested
-    // lane carries passt alone).
     let program = if engine.is_vm { "passt" } else { "pasta" };
     if which(program).is_none() {
         test_support::skip_unavailable!(
@@ -337,15 +337,17 @@ pub fn publish_udp(engine: &Engine) {
     assert_eq!(status.code(), Some(0), "{err}");
 }
 
-/// Without `--net`: only `lo`, up (127.0.0.1 answers in the guest), and
-/// no route anywhere; the host's server gets no connection.
+/// Without `--net`: only `lo` is up (127.0.0.1 answers in the guest; a
+/// kernel's tunnel devices such as `sit0` stay down), and there is no
+/// route anywhere; the host's server gets no connection.
 pub fn only_loopback(engine: &Engine) {
     let Some(root) = net_rootfs(engine) else {
         return;
     };
     let server = HostServer::start(b"host secret\n".to_vec());
     let script = format!(
-        "ip -o link | while read n name rest; do echo $name; done; \
+        "ip -o link | grep -E '[<,]UP[,>]' | while read n name rest; do echo $name; done; \
+         ip route; \
          httpd -p 127.0.0.1:8080 -h / && (echo | nc 127.0.0.1 8080 >/dev/null && echo lo-answers); \
          nc 10.0.2.2 {port} </dev/null 2>&1; nc 192.0.2.1 {port} </dev/null 2>&1; true",
         port = server.port
@@ -417,7 +419,8 @@ pub fn bad_publish(engine: &Engine) {
         ),
     ];
     for (options, want) in cases {
-        if options.contains(&"--net") && which("passt").is_none() {
+        let program = if engine.is_vm { "passt" } else { "pasta" };
+        if options.contains(&"--net") && which(program).is_none() {
             continue;
         }
         let output = microrun(engine, options, root, &["true"]);
