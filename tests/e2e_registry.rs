@@ -713,4 +713,33 @@ fn qemu_runs_a_pulled_image() {
     );
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "booted\n");
+
+    // As a disk root (EROFS), from the cache; no newc archive is made for it.
+    let other = registry.push_image(work.path(), "disk:1", "from-disk");
+    let output = microrun(
+        &cache,
+        &[
+            "--engine",
+            "qemu",
+            "--timeout",
+            "120s",
+            "--root",
+            "disk",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            &other,
+        ],
+        &[],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "from-disk\n", "{}", stderr(&output));
+    let archives = std::fs::read_dir(cache.join("microrun/initrd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cpio"))
+        .count();
+    assert_eq!(
+        archives, 1,
+        "only the first run's image became a newc archive"
+    );
 }
