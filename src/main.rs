@@ -242,6 +242,7 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
                 policy: PullPolicy::Always,
                 insecure: cli.run.insecure_registries,
                 verbosity,
+                convert: false,
             };
             let pinned = microrun::registry::pull(&reference, &options)?;
             let _ = writeln!(std::io::stdout().lock(), "{pinned}");
@@ -268,6 +269,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         policy: args.pull,
         insecure: args.insecure_registries,
         verbosity,
+        convert: args.root != Some(microrun::spec::RootChoice::Disk),
     };
     let (rootfs, pulled) = microrun::registry::resolve_rootfs(&path, &pull_options)?;
     let request = Request {

@@ -329,8 +329,19 @@ fn a_tag_and_a_digest_are_pulled_run_listed_and_run_offline() {
     registry.push_image(work.path(), "app:v1", "second");
     let output = run_chroot(&cache, &app, &[], &["cat", "/etc/word"]);
     assert_eq!(stdout(&output), "first\n");
-    let output = run_chroot(&cache, &app, &["--pull", "always"], &["cat", "/etc/word"]);
+    let output = run_chroot(
+        &cache,
+        &app,
+        &["--pull", "always", "-v"],
+        &["cat", "/etc/word"],
+    );
     assert_eq!(stdout(&output), "second\n");
+    let moved = remote_digest(&app);
+    assert!(
+        stderr(&output).contains(&format!("resolved to {moved}")),
+        "-v shows the digest the tag resolved to: {}",
+        stderr(&output)
+    );
     let output = run_chroot(&cache, &pinned, &["-q"], &["cat", "/etc/word"]);
     assert_eq!(
         stdout(&output),
@@ -387,6 +398,24 @@ fn a_shared_base_layer_is_downloaded_once() {
     );
     let output = run_chroot(&cache, &format!("{}/two:1", registry.host()), &[], &[]);
     assert_eq!(stdout(&output), "two\n");
+
+    // The tag moves; pulled again, the old image's own blobs (manifest,
+    // config, top layer) are kept by no name, and a prune removes them
+    // and nothing else.
+    let one = registry.push_image(work.path(), "one:1", "uno");
+    assert_code(&microrun(&cache, &["pull", "-q", &one], &[]), 0);
+    let output = microrun(&cache, &["images", "--prune"], &[]);
+    assert_code(&output, 0);
+    assert!(
+        stdout(&output).starts_with("removed 3 blobs"),
+        "{}",
+        stdout(&output)
+    );
+    for (name, word) in [("one:1", "uno\n"), ("two:1", "two\n")] {
+        let reference = format!("{}/{name}", registry.host());
+        let output = run_chroot(&cache, &reference, &["--pull", "never"], &[]);
+        assert_eq!(stdout(&output), word, "{}", stderr(&output));
+    }
 }
 
 /// A cached blob is never trusted: one that no longer matches its digest
@@ -684,4 +713,33 @@ fn qemu_runs_a_pulled_image() {
     );
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "booted\n");
+
+    // As a disk root (EROFS), from the cache; no newc archive is made for it.
+    let other = registry.push_image(work.path(), "disk:1", "from-disk");
+    let output = microrun(
+        &cache,
+        &[
+            "--engine",
+            "qemu",
+            "--timeout",
+            "120s",
+            "--root",
+            "disk",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            &other,
+        ],
+        &[],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "from-disk\n", "{}", stderr(&output));
+    let archives = std::fs::read_dir(cache.join("microrun/initrd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cpio"))
+        .count();
+    assert_eq!(
+        archives, 1,
+        "only the first run's image became a newc archive"
+    );
 }

@@ -57,6 +57,9 @@ pub struct Client {
     authorization: Option<String>,
     /// The credential files' search, once made.
     search: Option<auth::Search>,
+    /// Whether tokens are asked for with the user's credentials (after
+    /// the registry refused anonymous access).
+    use_credentials: bool,
 }
 
 impl Client {
@@ -80,6 +83,7 @@ impl Client {
             insecure,
             authorization: None,
             search: None,
+            use_credentials: false,
         }
     }
 
@@ -211,11 +215,15 @@ impl Client {
     }
 
     /// A GET under `/v2/<name>/`, authenticating when the registry asks.
+    ///
+    /// On a 401 the first answer is a fresh token at the level already in
+    /// use (anonymous, or the user's credentials): a token expires (Docker
+    /// Hub's after 5 minutes, shorter than a big pull). A second 401 in
+    /// the same request, or a realm that gives no anonymous token, moves
+    /// to the user's credentials; a 401 after those is the error.
     fn get(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
         let mut response = self.send(path, accept)?;
-        let mut tried_credentials = false;
-        // At most: anonymous, then with the token or Basic credentials,
-        // then with the user's credentials at the token endpoint.
+        let mut refreshed = false;
         for _ in 0..3 {
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
@@ -224,26 +232,32 @@ impl Client {
                 break;
             };
             let challenge = Challenge::parse(&challenge);
-            let credentials = if self.authorization.is_none() && challenge.scheme == "bearer" {
-                None
-            } else if tried_credentials {
-                break;
-            } else {
-                tried_credentials = true;
-                match self.credentials() {
-                    Some(found) => Some(found),
-                    None => break,
+            let bearer = challenge.scheme == "bearer";
+            // Basic auth has no anonymous level: the credentials at once.
+            let escalate = refreshed || !bearer;
+            refreshed = true;
+            if escalate && !self.use_credentials {
+                if self.credentials().is_none() {
+                    break;
                 }
+                self.use_credentials = true;
+            } else if escalate {
+                break;
+            }
+            let credentials = if self.use_credentials {
+                self.credentials()
+            } else {
+                None
             };
             self.authorization = Some(match challenge.scheme.as_str() {
                 "bearer" => match self.token(&challenge, credentials.as_ref()) {
                     Ok(token) => format!("Bearer {token}"),
                     // A realm that gives no anonymous token: the login.
-                    Err(RegistryError::AuthRequired { .. }) if !tried_credentials => {
-                        tried_credentials = true;
+                    Err(RegistryError::AuthRequired { .. }) if !self.use_credentials => {
                         let Some(found) = self.credentials() else {
                             break;
                         };
+                        self.use_credentials = true;
                         format!("Bearer {}", self.token(&challenge, Some(&found))?)
                     }
                     Err(e) => return Err(e),
@@ -660,6 +674,36 @@ mod tests {
             ..auth::Search::default()
         });
         assert_eq!(client.manifest("1").unwrap().bytes, b"{}");
+    }
+
+    #[test]
+    fn an_expired_token_is_replaced_without_credentials() {
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = issued.clone();
+        let reference = fake_registry(move |line, headers, port| {
+            use std::sync::atomic::Ordering;
+            if line.starts_with("GET /token?") {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                return (200, vec![], format!(r#"{{"token": "t{n}"}}"#).into_bytes());
+            }
+            // Only the latest token is good: each earlier one has expired.
+            let latest = format!(
+                "authorization: bearer t{}",
+                counter.load(Ordering::SeqCst).saturating_sub(1)
+            );
+            if counter.load(Ordering::SeqCst) > 0 && headers.contains(&latest) {
+                return (200, vec![], b"{}".to_vec());
+            }
+            let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        client.search = Some(auth::Search::default());
+        client.manifest("1").unwrap();
+        // The token expires: the next request gets a new anonymous one.
+        issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        client.manifest("1").unwrap();
+        assert!(!client.use_credentials);
     }
 
     #[test]

@@ -245,6 +245,12 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     /// `-q`, `-v`.
     pub verbosity: Verbosity,
+    /// Convert a cached image into its initrd archive while the store is
+    /// at hand, so that a cached blob that no longer matches its digest
+    /// is fetched again rather than failing the run later. Off under
+    /// `--root disk` (the EROFS conversion checks every blob too, and a
+    /// newc archive would be made for nothing) and for `microrun pull`.
+    pub convert: bool,
 }
 
 /// What ROOTFS names: a path as [`Rootfs::detect`] reads it, or an image
@@ -275,19 +281,18 @@ pub fn resolve_rootfs(
 }
 
 /// The image `reference` names, from the store or pulled as `options`
-/// say, and its archive converted (or found) in the cache. `path_text` is
-/// the ROOTFS text when it could have been a path.
+/// say, and with `options.convert` its archive converted (or found) in the
+/// cache. `path_text` is the ROOTFS text when it could have been a path.
 pub fn image(
     reference: &Reference,
     options: &PullOptions,
     path_text: Option<&str>,
 ) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
-    fetch(reference, options, path_text, true)
+    fetch(reference, options, path_text, options.convert)
 }
 
-/// [`image`], converting only when `convert` (a run needs the archive, a
-/// `microrun pull` does not: every blob it fetched was checked as it
-/// streamed).
+/// [`image`], converting only when `convert` (a `microrun pull` does not:
+/// every blob it fetched was checked as it streamed).
 fn fetch(
     reference: &Reference,
     options: &PullOptions,

@@ -348,6 +348,27 @@ mod tests {
     }
 
     #[test]
+    fn a_parsed_reference_prints_as_text_that_parses_to_itself() {
+        let digest = format!("@sha256:{HEX}");
+        for text in [
+            "alpine",
+            "index.docker.io/alpine:3",
+            "localhost/a",
+            "[::1]:5000/x/y:z",
+            "ghcr.io/a/b",
+            &format!("a{digest}"),
+            &format!("h:1/a:t{digest}"),
+        ] {
+            let parsed = Reference::parse(text).unwrap();
+            assert_eq!(
+                Reference::parse(&parsed.to_string()).unwrap(),
+                parsed,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn malformed_references_are_refused_with_the_reason() {
         for (text, why) in [
             ("", "empty"),
