@@ -51,6 +51,7 @@ pub fn run(
         process_start: plan.started,
         seccomp,
         virtio: vm.devices.clone(),
+        net_backend: None,
     };
     crate::start_messages();
     let outcome = vmm::run(config)?;

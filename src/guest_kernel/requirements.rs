@@ -80,6 +80,17 @@ pub fn requirement(kind: DeviceKind) -> Requirement {
                       modules), or boot the rootfs as an initrd (--root initrd)",
             },
         },
+        DeviceKind::Net => Requirement {
+            kind,
+            lacks: "has no virtio network driver",
+            options: &["NET", "INET", "VIRTIO_NET"],
+            modules: &[("VIRTIO_NET", "virtio_net")],
+            without: Without::Fail {
+                options: "--net",
+                fix: "boot a kernel with virtio-net (CONFIG_VIRTIO_NET), or use another \
+                      --engine (chroot needs no kernel)",
+            },
+        },
     }
 }
 

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         process_start,
         seccomp: true,
         virtio: vmm::VirtioOptions::default(),
+        net_backend: None,
     };
     let mut timings = false;
     let mut cmdline_devices = false;

@@ -4,6 +4,7 @@
 //! list, each registered in its slot), the vCPUs, and the memory slots.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,7 @@ use crate::devices::ioapic::IoApic;
 use crate::devices::serial::{IrqTrigger, SerialDevice, StatusOutput};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::{Console, ConsoleInput, ConsoleOutputs};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{p9, MmioTransport, VirtioDevice};
 use crate::devices::{bus::lock, Bus, Devices};
 use crate::irqchip::KvmMsiSink;
@@ -100,6 +102,7 @@ pub(crate) fn set_up_guest(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
+    net_backend: Option<OwnedFd>,
 ) -> Result<(VmDevices, Vec<VcpuFd>, SetupSteps), VmmError> {
     let (images, vcpus) = std::thread::scope(|scope| {
         let vcpus = std::thread::Builder::new()
@@ -121,7 +124,7 @@ pub(crate) fn set_up_guest(
     for (id, fd) in vcpu_fds.iter().enumerate() {
         vcpu::set_boot_registers(fd, id as u8, kernel.entry, kernel.protocol)?;
     }
-    let devices = create_devices(vm, mem, spec, uarts, console_ports)?;
+    let devices = create_devices(vm, mem, spec, uarts, console_ports, net_backend)?;
     // Last, because of how long KVM takes here: see `map_guest_memory`.
     map_guest_memory(vm, mem)?;
     Ok((devices, vcpu_fds, steps))
@@ -298,6 +301,7 @@ fn create_devices(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
+    net_backend: Option<OwnedFd>,
 ) -> Result<VmDevices, VmmError> {
     let Outputs { console, stdout } = uarts;
     let ioapic = (spec.irqchip == IrqChip::Split).then(|| {
@@ -354,6 +358,7 @@ fn create_devices(
         mmio: &mut mmio,
     };
     let mut console_ports = console_ports;
+    let mut net_backend = net_backend;
     let mut console_input = None;
     let mut disks = 0;
     for (slot, device) in spec.virtio.assigned()? {
@@ -391,6 +396,13 @@ fn create_devices(
                 let serial = format!("microrun{disks}");
                 disks += 1;
                 let device = Block::open(&block.path, block.read_only, &serial)?;
+                virtio.register(slot, device)?;
+            }
+            DeviceSpec::Net(spec_net) => {
+                // `run` checked there is one interface and its backend.
+                let backend = net_backend.take().ok_or(VmmError::NetBackendMissing)?;
+                let filter = spec.filters.map(|f| f.net.clone());
+                let device = Net::new(spec_net.clone(), backend, filter)?;
                 virtio.register(slot, device)?;
             }
         }

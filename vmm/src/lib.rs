@@ -1,6 +1,7 @@
 //! A purpose-built KVM microVM: boots a Linux kernel (bzImage, ELF vmlinux
 //! or PVH) with three 16550A UARTs (console, stdout, status), an i8042
-//! reset port and the virtio devices it is given (a console, 9p shares),
+//! reset port and the virtio devices it is given (a console, 9p shares,
+//! a network interface),
 //! and returns how the VM ended.
 //!
 //! ```no_run
@@ -28,6 +29,7 @@
 //!     process_start: Instant::now(),
 //!     seccomp: true,
 //!     virtio,
+//!     net_backend: None,
 //! })?;
 //! std::process::exit(outcome.end.exit_code().into());
 //! # Ok::<(), vmm::VmmError>(())
@@ -110,6 +112,13 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// The virtio devices, and how the kernel finds them.
     pub virtio: VirtioOptions,
+    /// The network backend of the [`DeviceSpec::Net`] device: a connected
+    /// `SOCK_STREAM` socket to passt (`passt -f -1 --fd N`), carrying
+    /// Ethernet frames each preceded by its length as 4 bytes, big-endian
+    /// (passt's `qemu` framing; no `virtio_net_hdr` on the wire). Required
+    /// when the devices hold a `Net` spec, and closed unused when they do
+    /// not.
+    pub net_backend: Option<std::os::fd::OwnedFd>,
 }
 
 /// Which virtio devices the VM has and how its kernel learns of them.
@@ -156,6 +165,9 @@ pub enum DeviceSpec {
     /// A disk image served over virtio-blk (the root of a run that boots
     /// from a disk).
     Block(BlockSpec),
+    /// A virtio-net interface whose frames go to and come from
+    /// [`VmConfig::net_backend`] ([`devices::virtio::net`]); at most one.
+    Net(NetSpec),
 }
 
 /// What kind of device a [`DeviceSpec`] is, without its settings: what a
@@ -168,6 +180,8 @@ pub enum DeviceKind {
     Share,
     /// [`DeviceSpec::Block`].
     Block,
+    /// [`DeviceSpec::Net`].
+    Net,
 }
 
 impl DeviceSpec {
@@ -177,8 +191,19 @@ impl DeviceSpec {
             DeviceSpec::Console => DeviceKind::Console,
             DeviceSpec::Share(_) => DeviceKind::Share,
             DeviceSpec::Block(_) => DeviceKind::Block,
+            DeviceSpec::Net(_) => DeviceKind::Net,
         }
     }
+}
+
+/// The guest's network interface, as the device reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The MAC address the device reports (`VIRTIO_NET_F_MAC`).
+    pub mac: [u8; 6],
+    /// The MTU the device pins (`VIRTIO_NET_F_MTU`): the largest frame
+    /// payload either way. The host side gives passt the same (`-m`).
+    pub mtu: u16,
 }
 
 /// One host directory the guest mounts over 9p.
@@ -399,6 +424,24 @@ pub enum VmmError {
     /// A disk cannot be served.
     #[error(transparent)]
     Block(#[from] devices::virtio::block::BlockError),
+    /// The network interface cannot be made.
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
+    /// The devices hold a network interface but no backend was given.
+    #[error(
+        "the VM has a virtio-net device but no network backend: set VmConfig::net_backend \
+         to a socket connected to passt, or leave DeviceSpec::Net out"
+    )]
+    NetBackendMissing,
+    /// More than one network interface.
+    #[error(
+        "the VM has {count} virtio-net devices, but it has one network backend: \
+         give DeviceSpec::Net once"
+    )]
+    TooManyNetDevices {
+        /// Net devices asked for.
+        count: usize,
+    },
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {
@@ -407,6 +450,21 @@ pub enum VmmError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// At most one network interface, and a backend for it.
+fn check_net(virtio: &VirtioOptions, has_backend: bool) -> Result<(), VmmError> {
+    let count = virtio
+        .devices
+        .iter()
+        .filter(|d| d.kind() == DeviceKind::Net)
+        .count();
+    match count {
+        0 => Ok(()),
+        1 if has_backend => Ok(()),
+        1 => Err(VmmError::NetBackendMissing),
+        count => Err(VmmError::TooManyNetDevices { count }),
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -438,7 +496,9 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         process_start,
         seccomp: seccomp_wanted,
         virtio,
+        net_backend,
     } = config;
+    check_net(&virtio, net_backend.is_some())?;
     let mut timings = Timings {
         process_start,
         vm_ready: None,
@@ -480,7 +540,15 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     // Started now, so that their start and filters overlap the set-up.
     let vcpu_threads = supervisor::VcpuThreads::spawn(vcpus, filters.as_ref())?;
     let (devices, vcpu_fds, steps) = builder::with_pit_switch(&kvm, &vm, model, || {
-        builder::set_up_guest(&kvm, &vm, &mem, &spec, sinks.outputs(), console_ports)
+        builder::set_up_guest(
+            &kvm,
+            &vm,
+            &mem,
+            &spec,
+            sinks.outputs(),
+            console_ports,
+            net_backend,
+        )
     })?;
     timings.vm_ready = Some(Instant::now());
     timings.kernel_load = Some(steps.kernel_load);
@@ -529,5 +597,28 @@ mod tests {
         assert_eq!(VmEnd::Reset.exit_code(), 125);
         assert_eq!(VmEnd::Shutdown.exit_code(), 125);
         assert_eq!(VmEnd::GuestError("x".into()).exit_code(), 125);
+    }
+
+    #[test]
+    fn a_network_interface_needs_its_backend_and_comes_once() {
+        let net = DeviceSpec::Net(NetSpec {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 65520,
+        });
+        let options = |devices: Vec<DeviceSpec>| VirtioOptions {
+            devices,
+            acpi: false,
+        };
+        assert_eq!(net.kind(), DeviceKind::Net);
+        assert!(check_net(&options(vec![DeviceSpec::Console]), false).is_ok());
+        assert!(check_net(&options(vec![net.clone()]), true).is_ok());
+        assert!(matches!(
+            check_net(&options(vec![net.clone()]), false),
+            Err(VmmError::NetBackendMissing)
+        ));
+        assert!(matches!(
+            check_net(&options(vec![net.clone(), net]), true),
+            Err(VmmError::TooManyNetDevices { count: 2 })
+        ));
     }
 }

@@ -73,6 +73,9 @@ pub enum ThreadKind {
     /// calls on the descriptors it holds (never from `AT_FDCWD`), and the
     /// device's interrupt.
     Fs,
+    /// A direction of the network device ([`crate::devices::virtio::net`]):
+    /// `read` and `send` on its socket, and the device's interrupt.
+    Net,
 }
 
 impl ThreadKind {
@@ -84,6 +87,7 @@ impl ThreadKind {
             ThreadKind::Output => "output",
             ThreadKind::Stdin => "stdin",
             ThreadKind::Fs => "9p",
+            ThreadKind::Net => "net",
         }
     }
 }
@@ -206,6 +210,9 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadKind::Supervisor => {
             map.insert(libc::SYS_write, Vec::new());
             map.insert(libc::SYS_tgkill, Vec::new());
+            // Dropping the network device shuts its socket down, which
+            // ends its threads' waits.
+            map.insert(libc::SYS_shutdown, vec![arg_is(1, libc::SHUT_RDWR as u64)?]);
             map.insert(
                 libc::SYS_ioctl,
                 any_of(1, &[KVM_GET_IRQCHIP, libc::TCGETS])?,
@@ -244,6 +251,26 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             map.insert(libc::SYS_read, vec![arg_is(0, 0)?]);
             // Filling the receive FIFO raises the UART's interrupt.
             map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
+        }
+        ThreadKind::Net => {
+            map.insert(libc::SYS_write, stderr_only);
+            // The used rings' and the link's interrupts.
+            map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
+            // Frames from and to the socket (the descriptor is the
+            // backend's; only these threads read and send).
+            map.insert(libc::SYS_read, Vec::new());
+            map.insert(
+                libc::SYS_sendto,
+                vec![SeccompRule::new(vec![
+                    SeccompCondition::new(
+                        3,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::Eq,
+                        libc::MSG_NOSIGNAL as u64,
+                    )?,
+                    SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)?,
+                ])?],
+            );
         }
         ThreadKind::Fs => {
             map.insert(libc::SYS_write, stderr_only);
@@ -317,6 +344,8 @@ pub struct Filters {
     pub stdin: BpfProgram,
     /// [`ThreadKind::Fs`]'s.
     pub fs: BpfProgram,
+    /// [`ThreadKind::Net`]'s.
+    pub net: BpfProgram,
 }
 
 impl Filters {
@@ -328,6 +357,7 @@ impl Filters {
             output: filter(ThreadKind::Output)?,
             stdin: filter(ThreadKind::Stdin)?,
             fs: filter(ThreadKind::Fs)?,
+            net: filter(ThreadKind::Net)?,
         })
     }
 }

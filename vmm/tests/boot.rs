@@ -42,6 +42,7 @@ fn config(kernel: &Path, cmdline: &str) -> VmConfig {
         // The filter would stay on the test's thread after the run.
         seccomp: false,
         virtio: vmm::VirtioOptions::default(),
+        net_backend: None,
     }
 }
 

@@ -235,3 +235,34 @@ fn a_filtered_thread_may_free_what_it_allocated() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("still here"), "{stderr}");
 }
+
+#[test]
+fn the_net_threads_send_only_on_their_connected_socket() {
+    const NAME: &str = "the_net_threads_send_only_on_their_connected_socket";
+    let (code, stderr) = case(NAME, ThreadKind::Net, || {
+        // A datagram to an address: sendto with a destination.
+        // SAFETY: a zeroed address of the right size; fd 2 is no socket,
+        // so the call would fail with ENOTSOCK if the filter let it by.
+        unsafe {
+            let addr: libc::sockaddr_un = std::mem::zeroed();
+            libc::sendto(
+                2,
+                [0u8].as_ptr().cast(),
+                1,
+                libc::MSG_NOSIGNAL,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+        }
+    });
+    assert_trapped(code, &stderr, "net", libc::SYS_sendto);
+}
+
+#[test]
+fn the_net_threads_open_nothing() {
+    const NAME: &str = "the_net_threads_open_nothing";
+    let (code, stderr) = case(NAME, ThreadKind::Net, || {
+        let _ = std::fs::File::open("/etc/passwd");
+    });
+    assert_trapped(code, &stderr, "net", libc::SYS_openat);
+}

@@ -163,6 +163,9 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
                 ]);
                 disks += 1;
             }
+            // QEMU's side of --net (`-netdev stream` to passt) comes with
+            // the engine's networking; the plan makes no Net spec before.
+            DeviceSpec::Net(_) => {}
         }
     }
     a.0

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod p9;
 
 use std::collections::VecDeque;
