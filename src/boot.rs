@@ -26,6 +26,9 @@ pub enum BootError {
     /// Converting the rootfs image failed.
     #[error(transparent)]
     Image(#[from] initrd_tools::image::ImageError),
+    /// Writing the rootfs directory as an EROFS image failed.
+    #[error(transparent)]
+    Erofs(#[from] initrd_tools::erofs::ErofsError),
     /// The run configuration cannot be encoded.
     #[error(transparent)]
     RunConfig(#[from] crate::runconfig::RunConfigError),
@@ -43,6 +46,12 @@ pub enum BootError {
         /// The ROOTFS path.
         path: PathBuf,
     },
+    /// A cpio ROOTFS asked to boot from a disk.
+    #[error("{path} is a cpio archive, which boots as the initrd it is: give the directory or image it was made from for --root disk")]
+    CpioOnDisk {
+        /// The ROOTFS path.
+        path: PathBuf,
+    },
     /// Building the guest-init archive in memory failed.
     #[error("cannot build the guest-init archive: {0}")]
     InitArchive(std::io::Error),
@@ -53,8 +62,9 @@ pub enum BootError {
 /// straight from the cache into guest memory.
 #[derive(Debug)]
 pub struct BootInitrd {
-    /// The rootfs archive (cached pack, or the user's file).
-    pub rootfs: PathBuf,
+    /// The rootfs archive (cached pack, or the user's file); `None` when
+    /// the rootfs boots from a disk.
+    pub rootfs: Option<PathBuf>,
     /// The rootfs archive's size in bytes.
     pub rootfs_len: u64,
     /// guest-init, its run configuration and their directory, as a newc
@@ -105,6 +115,18 @@ pub fn initrd_archive(rootfs: &Rootfs) -> Result<(PathBuf, u64), BootError> {
         })?
         .len();
     Ok((path, len))
+}
+
+/// The rootfs as an EROFS image for the disk root, in the cache beside
+/// its newc archive (`initrd_tools::erofs::cached_pack` for a directory,
+/// `Image::cached_convert_erofs` for an image: written once, checked on
+/// every use). A cpio ROOTFS has none (the plan refuses it before).
+pub fn disk_image(rootfs: &Rootfs) -> Result<PathBuf, BootError> {
+    Ok(match rootfs {
+        Rootfs::Dir(dir) => initrd_tools::erofs::cached_pack(dir, &PackOptions::from_env()?)?,
+        Rootfs::Image(image) => image.cached_convert_erofs()?,
+        Rootfs::Cpio(path) => return Err(BootError::CpioOnDisk { path: path.clone() }),
+    })
 }
 
 /// The rootfs for the chroot engine: a directory in place, an image

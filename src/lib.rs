@@ -14,6 +14,7 @@ pub mod image;
 pub mod kernel;
 pub mod logger;
 pub mod plan;
+pub mod registry;
 pub mod run;
 pub mod runconfig;
 pub mod spec;

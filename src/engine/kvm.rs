@@ -26,7 +26,14 @@ pub fn run(
             ));
         }
     }
-    let mut initrd = vec![InitrdPart::File(vm.initrd.rootfs.clone())];
+    // With the disk root the initrd is guest-init's archive alone.
+    let mut initrd: Vec<InitrdPart> = vm
+        .initrd
+        .rootfs
+        .iter()
+        .cloned()
+        .map(InitrdPart::File)
+        .collect();
     if let Some(archive) = &vm.initrd.init_archive {
         initrd.push(InitrdPart::Bytes(archive.clone()));
     }

@@ -65,6 +65,17 @@ pub fn requirement(kind: DeviceKind) -> Requirement {
                       needs no kernel)",
             },
         },
+        DeviceKind::Net => Requirement {
+            kind,
+            lacks: "has no virtio network driver",
+            options: &["NET", "INET", "VIRTIO_NET"],
+            modules: &[("VIRTIO_NET", "virtio_net")],
+            without: Without::Fail {
+                options: "--net",
+                fix: "boot a kernel with virtio-net (CONFIG_VIRTIO_NET), or use another \
+                      --engine (chroot needs no kernel)",
+            },
+        },
         DeviceKind::Block => Requirement {
             kind,
             lacks: "cannot mount an EROFS root from a virtio disk",
@@ -78,17 +89,6 @@ pub fn requirement(kind: DeviceKind) -> Requirement {
                 options: "--root disk",
                 fix: "boot a kernel with virtio-blk, EROFS and overlayfs (built in or as \
                       modules), or boot the rootfs as an initrd (--root initrd)",
-            },
-        },
-        DeviceKind::Net => Requirement {
-            kind,
-            lacks: "has no virtio network driver",
-            options: &["NET", "INET", "VIRTIO_NET"],
-            modules: &[("VIRTIO_NET", "virtio_net")],
-            without: Without::Fail {
-                options: "--net",
-                fix: "boot a kernel with virtio-net (CONFIG_VIRTIO_NET), or use another \
-                      --engine (chroot needs no kernel)",
             },
         },
     }

@@ -80,6 +80,27 @@ pub fn run_case(engine: &Engine, path: &str, case: fn(&Engine)) {
     case(engine)
 }
 
+/// Whether `qemu-system-x86_64` is on `PATH`.
+pub fn qemu_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("qemu-system-x86_64").is_file())
+    })
+}
+
+/// Debian's kernel for a case of the qemu engine; `None`, after the skip
+/// line, when QEMU or the kernel is missing.
+pub fn qemu_with_debian_kernel() -> Option<PathBuf> {
+    if !qemu_installed() {
+        skip_unavailable!("qemu-system-x86_64 is not installed (scripts/install-deps installs it)");
+        return None;
+    }
+    let kernel = nested::distribution_kernel();
+    if kernel.is_none() {
+        skip_unavailable!("{NO_DEBIAN_KERNEL}");
+    }
+    kernel
+}
+
 /// No `--kernel` option: the chroot engine, or discovery's choice.
 pub fn no_kernel() -> Option<PathBuf> {
     None

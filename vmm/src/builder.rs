@@ -392,17 +392,17 @@ fn create_devices(
                 )?;
                 virtio.register(slot, device)?;
             }
-            DeviceSpec::Block(block) => {
-                let serial = format!("microrun{disks}");
-                disks += 1;
-                let device = Block::open(&block.path, block.read_only, &serial)?;
-                virtio.register(slot, device)?;
-            }
             DeviceSpec::Net(spec_net) => {
                 // `run` checked there is one interface and its backend.
                 let backend = net_backend.take().ok_or(VmmError::NetBackendMissing)?;
                 let filter = spec.filters.map(|f| f.net.clone());
                 let device = Net::new(spec_net.clone(), backend, filter)?;
+                virtio.register(slot, device)?;
+            }
+            DeviceSpec::Block(block) => {
+                let serial = format!("microrun{disks}");
+                disks += 1;
+                let device = Block::open(&block.path, block.read_only, &serial)?;
                 virtio.register(slot, device)?;
             }
         }

@@ -162,12 +162,12 @@ pub enum DeviceSpec {
     Console,
     /// A host directory served over virtio-9p ([`devices::virtio::p9`]).
     Share(SharedDir),
-    /// A disk image served over virtio-blk (the root of a run that boots
-    /// from a disk).
-    Block(BlockSpec),
     /// A virtio-net interface whose frames go to and come from
     /// [`VmConfig::net_backend`] ([`devices::virtio::net`]); at most one.
     Net(NetSpec),
+    /// A disk image served over virtio-blk (the root of a run that boots
+    /// from a disk).
+    Block(BlockSpec),
 }
 
 /// What kind of device a [`DeviceSpec`] is, without its settings: what a
@@ -178,10 +178,10 @@ pub enum DeviceKind {
     Console,
     /// [`DeviceSpec::Share`].
     Share,
-    /// [`DeviceSpec::Block`].
-    Block,
     /// [`DeviceSpec::Net`].
     Net,
+    /// [`DeviceSpec::Block`].
+    Block,
 }
 
 impl DeviceSpec {
@@ -190,8 +190,8 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Console => DeviceKind::Console,
             DeviceSpec::Share(_) => DeviceKind::Share,
-            DeviceSpec::Block(_) => DeviceKind::Block,
             DeviceSpec::Net(_) => DeviceKind::Net,
+            DeviceSpec::Block(_) => DeviceKind::Block,
         }
     }
 }
@@ -421,9 +421,6 @@ pub enum VmmError {
     /// A share cannot be served.
     #[error(transparent)]
     Share(#[from] p9::P9Error),
-    /// A disk cannot be served.
-    #[error(transparent)]
-    Block(#[from] devices::virtio::block::BlockError),
     /// The network interface cannot be made.
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
@@ -442,6 +439,9 @@ pub enum VmmError {
         /// Net devices asked for.
         count: usize,
     },
+    /// A disk cannot be served.
+    #[error(transparent)]
+    Block(#[from] devices::virtio::block::BlockError),
     /// An event fd or thread could not be created.
     #[error("cannot {what}: {source}")]
     Host {

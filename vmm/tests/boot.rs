@@ -422,6 +422,69 @@ fn a_hostile_virtio_driver_cannot_break_the_vmm() {
 }
 
 #[test]
+fn a_hostile_net_driver_cannot_break_the_vmm_while_passt_floods_it() {
+    require_kvm!();
+    let kernel = build_guest("virtio_net_garbage", GuestFormat::Elf);
+    let (ours, passt) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cfg = config(&kernel, "");
+    let mtu = 1500;
+    cfg.virtio = vmm::VirtioOptions {
+        devices: vec![vmm::DeviceSpec::Net(vmm::NetSpec {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu,
+        })],
+        acpi: false,
+    };
+    cfg.net_backend = Some(ours.into());
+    cfg.cmdline = with_devices(&cfg);
+    // passt: frames of every size in, whatever comes out read and checked.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (passt, done) = (passt.try_clone().unwrap(), done.clone());
+        passt.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut wire = Vec::new();
+            for len in [14usize, 60, 1514, 1515, 9000] {
+                wire.extend((len as u32).to_be_bytes());
+                wire.extend(std::iter::repeat_n(0xa5, len));
+            }
+            let mut at = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match (&passt).write(&wire[at..]) {
+                    Ok(n) => at = (at + n) % wire.len(),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        })
+    };
+    let read = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut passt = passt;
+        let mut lengths = Vec::new();
+        let mut prefix = [0u8; 4];
+        while passt.read_exact(&mut prefix).is_ok() {
+            let len = u32::from_be_bytes(prefix) as usize;
+            lengths.push(len);
+            let mut frame = vec![0u8; len.min(1 << 20)];
+            if passt.read_exact(&mut frame).is_err() {
+                break;
+            }
+        }
+        lengths
+    });
+    survives_the_hostile_driver(cfg);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    // The device's end of the socket closed with the VM.
+    let lengths = read.join().unwrap();
+    let max = usize::from(mtu) + 14;
+    assert!(
+        lengths.iter().all(|len| (14..=max).contains(len)),
+        "frames out of range: {lengths:?}"
+    );
+}
+
+#[test]
 fn a_virtio_driver_breaking_the_queue_rules_is_refused() {
     require_kvm!();
     let run = boot(with_console("virtio_rules"));

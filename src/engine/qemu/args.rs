@@ -151,6 +151,9 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
                     ),
                 ]);
             }
+            // QEMU's side of --net (`-netdev stream` to passt) comes with
+            // the engine's networking; the plan makes no Net spec before.
+            DeviceSpec::Net(_) => {}
             DeviceSpec::Block(block) => {
                 let head = format!(
                     "if=none,id=disk{disks},format=raw,{}file=",
@@ -163,9 +166,6 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
                 ]);
                 disks += 1;
             }
-            // QEMU's side of --net (`-netdev stream` to passt) comes with
-            // the engine's networking; the plan makes no Net spec before.
-            DeviceSpec::Net(_) => {}
         }
     }
     a.0
@@ -231,7 +231,7 @@ mod tests {
             prepared: Default::default(),
             kernel: "/k/bzImage".into(),
             initrd: BootInitrd {
-                rootfs: "/r.cpio".into(),
+                rootfs: Some("/r.cpio".into()),
                 rootfs_len: 4,
                 init_archive: None,
             },

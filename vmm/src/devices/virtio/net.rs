@@ -41,7 +41,9 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
 use crate::devices::bus::lock;
@@ -187,9 +189,17 @@ impl Active {
     }
 
     /// Interrupts the driver for the chains just used, unless it asked
-    /// not to be.
+    /// not to be: `VRING_AVAIL_F_NO_INTERRUPT`, which Linux sets while
+    /// NAPI polls the ring (virtio-queue reads only the event index).
     fn notify(&mut self) {
-        if self.queue.needs_notification(&self.mem).unwrap_or(true) {
+        let wanted = self.queue.needs_notification(&self.mem).unwrap_or(true);
+        let flags: u16 = self
+            .mem
+            .read_obj(GuestAddress(self.queue.avail_ring()))
+            .unwrap_or(0);
+        let suppressed =
+            !self.queue.event_idx_enabled() && flags & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0;
+        if wanted && !suppressed {
             if let Err(e) = self.interrupt.signal_used_queue() {
                 log::debug!("virtio-net: interrupt not delivered: {e}");
             }

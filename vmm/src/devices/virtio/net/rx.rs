@@ -68,11 +68,14 @@ enum Placed {
     Dropped,
     /// The ring has no more buffers yet: the frame waits.
     Starved,
+    /// The round's chains are spent: the frame waits for the next round.
+    Spent,
 }
 
 /// Puts `frame` into the receive ring: see the module's documentation.
-/// Returns whether the ring got used entries too.
-fn place(state: &mut RxState, frame: &[u8]) -> (Placed, bool) {
+/// Pops at most `budget` chains (and takes them off it). Returns whether
+/// the ring got used entries too.
+fn place(state: &mut RxState, frame: &[u8], budget: &mut usize) -> (Placed, bool) {
     let RxState {
         active,
         mergeable,
@@ -86,16 +89,15 @@ fn place(state: &mut RxState, frame: &[u8]) -> (Placed, bool) {
     let size = usize::from(active.queue.size());
     let mut room: usize = held.iter().map(|&(_, _, room)| room).sum();
     let mut used = false;
-    let mut popped = 0;
     // Without MRG_RXBUF, a frame takes one chain.
     while room < need && (held.is_empty() || *mergeable) && held.len() < size {
-        if popped == CHAINS_PER_ROUND {
-            break;
+        if *budget == 0 {
+            return (Placed::Spent, used);
         }
         let Some((head, chain)) = pop_chain(&mut active.queue, &active.mem) else {
             return (Placed::Starved, used);
         };
-        popped += 1;
+        *budget -= 1;
         let chain_room = match &chain {
             Ok(chain) => chain.writer(&active.mem).available_bytes(),
             Err(e) => {
@@ -264,6 +266,10 @@ pub(super) fn run(shared: &Shared, socket: &OwnedFd, mut frames: Frames) {
 /// being dropped.
 fn deliver(shared: &Shared, frames: &mut Frames) -> bool {
     let mut state = shared.rx.lock();
+    // The ring is read once more after asking for kicks, not again: an
+    // avail index the driver moved past the ring's size says "more"
+    // while nothing can be taken.
+    let mut looked_again = false;
     loop {
         if state.stop {
             return false;
@@ -272,12 +278,26 @@ fn deliver(shared: &Shared, frames: &mut Frames) -> bool {
         match deliver_ready(&mut state, frames) {
             Delivered::All => return true,
             // Buffers added meanwhile are served before waiting.
-            Delivered::Starved if state.active.as_mut().is_some_and(Active::ask_for_kicks) => {
-                continue
+            Delivered::Starved
+                if !looked_again && state.active.as_mut().is_some_and(Active::ask_for_kicks) =>
+            {
+                looked_again = true;
+                continue;
+            }
+            // A driver that keeps the ring busy (from another vCPU, or
+            // through rings that overlap) does not keep the lock: a reset
+            // or a notification gets its turn.
+            Delivered::Spent => {
+                drop(state);
+                std::thread::yield_now();
+                state = shared.rx.lock();
             }
             // Not active (yet, or after a reset), or no buffers: wait
             // for the driver.
-            _ => state = shared.rx.wait_until(state, |s| s.kicked || s.stop),
+            Delivered::Starved | Delivered::Inactive => {
+                state = shared.rx.wait_until(state, |s| s.kicked || s.stop);
+                looked_again = false;
+            }
         }
     }
 }
@@ -289,23 +309,30 @@ pub(super) enum Delivered {
     All,
     /// A frame waits for buffers.
     Starved,
+    /// A frame waits: the round took [`CHAINS_PER_ROUND`] chains.
+    Spent,
     /// The device is not active.
     Inactive,
 }
 
-/// Puts the complete frames into the ring while it has buffers, and
-/// interrupts for what it used.
+/// Puts the complete frames into the ring while it has buffers, taking
+/// at most [`CHAINS_PER_ROUND`] chains, and interrupts for what it used.
 pub(super) fn deliver_ready(state: &mut RxState, frames: &mut Frames) -> Delivered {
     let mut used = false;
-    let mut starved = false;
+    let mut waiting = None;
+    let mut budget = CHAINS_PER_ROUND;
     while let Ok(Some(frame)) = frames.next() {
-        let (placed, any) = place(state, &frames.buf[frame.clone()]);
+        let (placed, any) = place(state, &frames.buf[frame.clone()], &mut budget);
         used |= any;
-        if placed == Placed::Starved {
-            starved = true;
-            break;
+        match placed {
+            Placed::Starved => waiting = Some(Delivered::Starved),
+            Placed::Spent => waiting = Some(Delivered::Spent),
+            Placed::Delivered | Placed::Dropped => {
+                frames.consume(frame);
+                continue;
+            }
         }
-        frames.consume(frame);
+        break;
     }
     let Some(active) = state.active.as_mut() else {
         return Delivered::Inactive;
@@ -313,8 +340,8 @@ pub(super) fn deliver_ready(state: &mut RxState, frames: &mut Frames) -> Deliver
     if used {
         active.notify();
     }
-    if starved {
-        return Delivered::Starved;
+    if let Some(waiting) = waiting {
+        return waiting;
     }
     let _ = active.queue.disable_notification(&active.mem);
     Delivered::All

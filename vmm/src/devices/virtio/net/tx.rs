@@ -82,6 +82,10 @@ pub(super) fn run(shared: &Shared, socket: &OwnedFd, max_frame: usize) {
         out.clear();
         {
             let mut state = shared.tx.lock();
+            // The ring is read once more after asking for kicks, not
+            // again: an avail index the driver moved past the ring's size
+            // says "more" while nothing can be taken.
+            let mut looked_again = false;
             loop {
                 if state.stop {
                     return;
@@ -96,11 +100,13 @@ pub(super) fn run(shared: &Shared, socket: &OwnedFd, max_frame: usize) {
                     }
                     // Empty: chains added meanwhile are served before
                     // waiting.
-                    if active.ask_for_kicks() {
+                    if !looked_again && active.ask_for_kicks() {
+                        looked_again = true;
                         continue;
                     }
                 }
                 state = shared.tx.wait_until(state, |s| s.kicked || s.stop);
+                looked_again = false;
             }
         }
         if backend_up && !out.is_empty() {
