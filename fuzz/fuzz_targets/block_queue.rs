@@ -9,8 +9,8 @@
 #![no_main]
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
@@ -33,24 +33,13 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-/// The scratch directory with `ro.img` and `rw.img`; removed when the
-/// fuzzer exits.
-fn scratch() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    extern "C" fn remove_scratch() {
-        if let Some(dir) = DIR.get() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    DIR.get_or_init(|| {
-        // SAFETY: registers a plain function to run at exit; it only
-        // removes the directory made here.
-        unsafe { libc::atexit(remove_scratch) };
-        let dir = std::env::temp_dir().join(format!("microrun-fuzz-blk-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ro.img"), pattern()).unwrap();
-        dir
+#[path = "scratch.rs"]
+mod scratch;
+
+/// The scratch directory with `ro.img` (and `rw.img`, written per input).
+fn scratch() -> &'static Path {
+    scratch::dir("blk", |dir| {
+        std::fs::write(dir.join("ro.img"), pattern()).unwrap()
     })
 }
 
