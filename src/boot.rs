@@ -16,6 +16,9 @@ use crate::spec::Rootfs;
 
 /// The directory of guest-init and its run configuration in the guest.
 const INIT_DIR: &str = ".microrun";
+/// Where the guest's network files (`resolv.conf`, `hosts`) are in
+/// guest-init's archive, with `--net`.
+pub const NET_FILES_DIR: &str = "/.microrun/etc";
 
 /// Why the boot material could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +150,15 @@ pub fn module_path(index: usize, module: &GuestModule) -> String {
 
 /// The second archive: `/.microrun/init`, `/.microrun/run` and, when there
 /// are `modules`, `/.microrun/modules/NN-<name>.ko` for each.
-pub fn init_archive(config: &RunConfig, modules: &[GuestModule]) -> Result<Vec<u8>, BootError> {
+///
+/// With `network` (`--net`), the guest's `/etc/resolv.conf` and
+/// `/etc/hosts` come along under [`NET_FILES_DIR`]: guest-init moves them
+/// into `/etc` in a VM, the chroot engine mounts them over the rootfs's.
+pub fn init_archive(
+    config: &RunConfig,
+    modules: &[GuestModule],
+    network: Option<&crate::net::Network>,
+) -> Result<Vec<u8>, BootError> {
     let encoded = config.encode()?;
     let modules_len: usize = modules.iter().map(|m| m.bytes.len() + 256).sum();
     let build = || -> std::io::Result<Vec<u8>> {
@@ -160,6 +171,21 @@ pub fn init_archive(config: &RunConfig, modules: &[GuestModule]) -> Result<Vec<u
         }
         for (index, module) in modules.iter().enumerate() {
             w.add_file(&module_path(index, module)[1..], 0o644, &module.bytes)?;
+        }
+        if let Some(network) = network {
+            w.add_dir(&NET_FILES_DIR[1..], 0o755)?;
+            let resolv = crate::net::resolv_conf();
+            let hosts = crate::net::hosts(network.host_loopback);
+            w.add_file(
+                &format!("{}/resolv.conf", &NET_FILES_DIR[1..]),
+                0o644,
+                resolv.as_bytes(),
+            )?;
+            w.add_file(
+                &format!("{}/hosts", &NET_FILES_DIR[1..]),
+                0o644,
+                hosts.as_bytes(),
+            )?;
         }
         w.finish()
     };
@@ -233,7 +259,7 @@ mod tests {
             argv: vec!["/bin/echo".into(), "hi".into()],
             ..RunConfig::default()
         };
-        let archive = init_archive(&config, &[]).unwrap();
+        let archive = init_archive(&config, &[], None).unwrap();
         assert_eq!(archive.len() % 4, 0);
         assert!(archive.starts_with(b"070701"));
         let find = |needle: &[u8]| archive.windows(needle.len()).any(|w| w == needle);
@@ -280,7 +306,7 @@ mod tests {
                 .collect(),
             ..RunConfig::default()
         };
-        let archive = init_archive(&config, &modules).unwrap();
+        let archive = init_archive(&config, &modules, None).unwrap();
         let entries = members(&archive);
         let names: Vec<&str> = entries.iter().map(|m| m.0.as_str()).collect();
         assert_eq!(
@@ -308,7 +334,7 @@ mod tests {
             argv: vec!["true".into()],
             ..RunConfig::default()
         };
-        let entries = members(&init_archive(&bare, &[]).unwrap());
+        let entries = members(&init_archive(&bare, &[], None).unwrap());
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].2, b"arg=true\0");
     }

@@ -13,6 +13,7 @@ pub mod guest_kernel;
 pub mod image;
 pub mod kernel;
 pub mod logger;
+pub mod net;
 pub mod plan;
 pub mod registry;
 pub mod run;

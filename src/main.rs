@@ -112,6 +112,23 @@ struct RunArgs {
     /// /etc/group, or numbers [default: the image's User, else root].
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Give the guest a network interface with outbound IPv4 (and IPv6) through
+    /// passt or pasta (Debian package passt), and DNS; without it the guest has
+    /// only loopback.
+    #[arg(long)]
+    net: bool,
+    /// With --net: make the host's loopback reachable from the guest as
+    /// host.microrun.internal (the gateway).
+    #[arg(long)]
+    net_host: bool,
+    /// With --net: forward a host port to a guest port, repeatable; HOSTIP
+    /// defaults to 127.0.0.1 (docker's is 0.0.0.0).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp]"
+    )]
+    publish: Vec<String>,
     /// Give the program a terminal (a pseudo-terminal as its stdin, stdout
     /// and stderr); with -i, microrun's terminal is in raw mode meanwhile
     /// (Ctrl-] three times within a second stops the VM).
@@ -281,6 +298,7 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
             .map(|spec| microrun::user::UserSpec::parse(spec, "-u"))
             .transpose()?,
         root: args.root,
+        net: microrun::net::Network::from_options(args.net, args.net_host, &args.publish)?,
     };
     let plan = microrun::plan::make(request)?;
     let outcome = run::run(&plan)?;

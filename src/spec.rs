@@ -123,6 +123,9 @@ pub struct Request {
     /// `--root`; `None` lets the plan choose by the rootfs's kind and size
     /// ([`crate::plan::root`]).
     pub root: Option<RootChoice>,
+    /// `--net` (with `--net-host` and `-p`): the guest's network; `None`:
+    /// loopback only.
+    pub net: Option<crate::net::Network>,
 }
 
 /// Points in time of a run, each `None` when the run never got there.

@@ -38,6 +38,8 @@ fn qemu_unavailable() -> Option<String> {
 e2e_cases!(ENGINE);
 user_cases!(ENGINE);
 tty_cases!(ENGINE);
+net_cases!(ENGINE);
+disk_root_cases!(ENGINE);
 
 /// The kernel's command line carries `--cmdline`, and microrun's own
 /// arguments come first.

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use vmm::{BlockSpec, DeviceKind, DeviceSpec, SharedDir};
+use vmm::{BlockSpec, DeviceKind, DeviceSpec, NetSpec, SharedDir};
 
-use crate::runconfig::{RootDisk, RunConfig, ShareMount};
+use crate::runconfig::{NetRecord, RootDisk, RunConfig, ShareMount};
 use crate::spec::Request;
 use crate::user::Ids;
 
@@ -29,6 +29,8 @@ pub enum Record {
     /// `root=erofs /dev/vda BYTES`: switch to the disk root (the overlay's
     /// size is set once the memory is known).
     Root(RootDisk),
+    /// `net=ADDR/PREFIX GATEWAY MTU`: configure the interface.
+    Net(NetRecord),
 }
 
 /// The guest's node of the root disk: the only virtio-blk disk.
@@ -37,7 +39,8 @@ pub const ROOT_DEVICE: &str = "/dev/vda";
 /// The devices `request` asks for, in the VM's order: the console (when
 /// `console`: guest-init is there to open its ports and `MICRORUN_VIRTIO`
 /// is not `off`), the root disk (when `disk`: the rootfs's EROFS image,
-/// read-only), then one share per `--bind`/`--bind-ro`;
+/// read-only), then one share per `--bind`/`--bind-ro`, then the network
+/// interface with `--net`;
 /// `owner`: the guest's ids the shares show the invoking user's files as
 /// owned by (the kvm engine's server).
 pub fn wanted(request: &Request, console: bool, disk: Option<&Path>, owner: Ids) -> Vec<Wanted> {
@@ -72,7 +75,24 @@ pub fn wanted(request: &Request, console: bool, disk: Option<&Path>, owner: Ids)
             }),
         }
     });
-    console.into_iter().chain(disk).chain(shares).collect()
+    let net = request.net.as_ref().map(|_| Wanted {
+        spec: DeviceSpec::Net(NetSpec {
+            mac: crate::net::GUEST_MAC,
+            mtu: crate::net::MTU,
+        }),
+        record: Record::Net(NetRecord {
+            address: crate::net::GUEST_ADDR,
+            prefix: crate::net::GUEST_PREFIX,
+            gateway: crate::net::GATEWAY,
+            mtu: crate::net::MTU,
+        }),
+    });
+    console
+        .into_iter()
+        .chain(disk)
+        .chain(shares)
+        .chain(net)
+        .collect()
 }
 
 /// The kinds of `wanted`, one per device, in order.
@@ -86,6 +106,7 @@ pub fn record(config: &mut RunConfig, record: Record) {
         Record::Ports => config.virtio_ports = true,
         Record::Mount(mount) => config.mounts.push(mount),
         Record::Root(root) => config.root = Some(root),
+        Record::Net(net) => config.net = Some(net),
     }
 }
 

@@ -109,6 +109,12 @@ pub enum PlanError {
     /// This host cannot run the chroot engine.
     #[error(transparent)]
     Chroot(#[from] crate::engine::chroot::ChrootError),
+    /// `--net` without guest-init, which configures the interface.
+    #[error("--net needs guest-init, which configures the network interface: drop --no-init")]
+    NetNeedsInit,
+    /// `--net` cannot be set up as asked.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// `-u` (or the image's `User`) is malformed, or names no user or
     /// group of the rootfs.
     #[error(transparent)]
@@ -237,6 +243,8 @@ pub struct VmPlan {
     pub transport: Transport,
     /// The kernel command line.
     pub cmdline: KernelCmdline,
+    /// `--net`: passt, connected to the virtio-net device.
+    pub net: Option<NetPlan>,
 }
 
 /// How long two of the plan's steps took, for `--timings`.
@@ -262,6 +270,33 @@ pub struct ChrootPlan {
     /// this user's. `None`: the program runs as root, only the caller's
     /// ids are mapped.
     pub user: Option<Ids>,
+    /// `--net`: pasta connects the namespace.
+    pub net: Option<NetPlan>,
+}
+
+/// `--net`, as an engine carries it out: what the guest gets, and the
+/// program (passt for a VM, pasta for the chroot engine) that connects it.
+#[derive(Debug, Clone)]
+pub struct NetPlan {
+    /// What the request asks of the network.
+    pub network: crate::net::Network,
+    /// passt or pasta, found on `PATH`.
+    pub program: PathBuf,
+}
+
+/// The network plan of `request` for an engine that connects it with
+/// `program`: `None` without `--net`; an error when the program is missing
+/// or a published host port cannot be listened on.
+fn net_plan(request: &Request, program: &'static str) -> Result<Option<NetPlan>, PlanError> {
+    let Some(network) = &request.net else {
+        return Ok(None);
+    };
+    let program = crate::net::find_program(program)?;
+    network.check_ports()?;
+    Ok(Some(NetPlan {
+        network: network.clone(),
+        program,
+    }))
 }
 
 impl Plan {
@@ -443,11 +478,14 @@ fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
             Some(spec.resolve_in(&RootfsFiles::Archive(path))?)
         }
     };
+    let net = net_plan(request, "pasta")?;
+    let network = net.as_ref().map(|n| &n.network);
     let plan = ChrootPlan {
         rootfs,
-        init_archive: init_archive(&run_config, &[]).map_err(PlanError::Rootfs)?,
+        init_archive: init_archive(&run_config, &[], network).map_err(PlanError::Rootfs)?,
         binds: request.binds.clone(),
         user,
+        net,
     };
     Ok((run_config, Target::Chroot(plan)))
 }
@@ -462,6 +500,10 @@ fn vm(request: &Request, root: root::RootKind) -> Result<(RunConfig, VmPlan), Pl
     if request.cpus == 0 {
         return Err(PlanError::NoVcpus);
     }
+    if request.no_init && request.net.is_some() {
+        return Err(PlanError::NetNeedsInit);
+    }
+    let net = net_plan(request, "passt")?;
     if request.no_init && !request.binds.is_empty() {
         return Err(PlanError::SharesNeedInit);
     }
@@ -571,7 +613,8 @@ fn vm(request: &Request, root: root::RootKind) -> Result<(RunConfig, VmPlan), Pl
             // The memory decides the overlay's size, which the archive
             // holds: sized with the longest number the record can have.
             root.tmpfs_bytes = u64::MAX;
-            let longest = init_archive(&run_config, &kernel_plan.modules)
+            let network = net.as_ref().map(|n| &n.network);
+            let longest = init_archive(&run_config, &kernel_plan.modules, network)
                 .map_err(PlanError::Initrd)?
                 .len() as u64;
             let sizing = memory::disk_root_memory(request, &kernel, longest)?;
@@ -586,7 +629,10 @@ fn vm(request: &Request, root: root::RootKind) -> Result<(RunConfig, VmPlan), Pl
         rootfs,
         rootfs_len,
         init_archive: (!request.no_init)
-            .then(|| init_archive(&run_config, &kernel_plan.modules))
+            .then(|| {
+                let network = net.as_ref().map(|n| &n.network);
+                init_archive(&run_config, &kernel_plan.modules, network)
+            })
             .transpose()
             .map_err(PlanError::Initrd)?,
     };
@@ -639,6 +685,7 @@ fn vm(request: &Request, root: root::RootKind) -> Result<(RunConfig, VmPlan), Pl
         devices,
         transport: kernel_plan.transport,
         cmdline,
+        net,
     };
     Ok((run_config, plan))
 }

@@ -56,6 +56,7 @@ impl Scratch {
             accel: Accel::Tcg,
             user: None,
             root: None,
+            net: None,
         }
     }
 
@@ -597,6 +598,102 @@ fn a_kernel_without_the_disk_drivers_refuses_root_disk() {
     let err = make(request).unwrap_err().to_string();
     assert!(
         err.contains("cannot mount an EROFS root") && err.contains("--root initrd"),
+        "{err}"
+    );
+}
+
+/// Whether passt is missing here, said as a skip: the plan looks for it.
+fn passt_missing() -> bool {
+    let missing = crate::net::find_program("passt").is_err();
+    if missing {
+        test_support::skip_unavailable!("passt is not installed (apt-get install passt)");
+    }
+    missing
+}
+
+/// A request with `--net` (and `-p specs`) for `engine`.
+fn with_net(scratch: &Scratch, engine: Engine, specs: &[String]) -> Request {
+    Request {
+        net: crate::net::Network::from_options(true, false, specs).unwrap(),
+        ..scratch.request(engine)
+    }
+}
+
+#[test]
+fn net_gives_a_vm_the_device_last_and_guest_init_its_record_and_files() {
+    if passt_missing() {
+        return;
+    }
+    let scratch = Scratch::new(&format!(
+        "{BUILT_IN}CONFIG_NET=y\nCONFIG_INET=y\nCONFIG_VIRTIO_NET=y\n"
+    ));
+    let plan = make(with_net(&scratch, Engine::Kvm, &[])).unwrap();
+    let vm = vm_of(&plan);
+    assert_eq!(
+        vm.devices.devices.last(),
+        Some(&vmm::DeviceSpec::Net(vmm::NetSpec {
+            mac: crate::net::GUEST_MAC,
+            mtu: crate::net::MTU,
+        }))
+    );
+    assert!(vm.net.as_ref().unwrap().program.ends_with("passt"));
+    let record = plan.run_config.net.as_ref().unwrap();
+    assert_eq!(
+        (record.address, record.prefix, record.gateway, record.mtu),
+        (
+            crate::net::GUEST_ADDR,
+            crate::net::GUEST_PREFIX,
+            crate::net::GATEWAY,
+            crate::net::MTU
+        )
+    );
+    let archive = vm.initrd.init_archive.as_ref().unwrap();
+    let resolv = crate::net::resolv_conf();
+    assert!(archive
+        .windows(resolv.len())
+        .any(|w| w == resolv.as_bytes()));
+}
+
+#[test]
+fn net_is_refused_by_a_kernel_without_virtio_net_and_without_guest_init() {
+    if passt_missing() {
+        return;
+    }
+    let scratch = Scratch::new(BUILT_IN);
+    let err = make(with_net(&scratch, Engine::Kvm, &[])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlanError::Refused {
+                options: "--net",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let no_init = Request {
+        no_init: true,
+        ..with_net(&scratch, Engine::Qemu, &[])
+    };
+    assert!(matches!(make(no_init), Err(PlanError::NetNeedsInit)));
+}
+
+#[test]
+fn a_published_port_in_use_is_refused_before_anything_starts() {
+    if passt_missing() {
+        return;
+    }
+    let scratch = Scratch::new(BUILT_IN);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!("{}:80", taken.local_addr().unwrap().port());
+    let err = make(with_net(
+        &scratch,
+        Engine::Qemu,
+        std::slice::from_ref(&spec),
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!("-p {spec}: ")),
         "{err}"
     );
 }

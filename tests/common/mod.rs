@@ -13,7 +13,9 @@
 
 #![allow(dead_code)]
 
+pub mod disk_root;
 pub mod nested;
+pub mod net;
 pub mod tty;
 pub mod user;
 
@@ -449,6 +451,36 @@ fn build_libs_rootfs() -> Result<PathBuf, String> {
     }
     fs::write(root.join("data.bin"), binary_data()).map_err(|e| e.to_string())?;
     Ok(root)
+}
+
+/// A copy of the `libs` rootfs for one test binary, `<prefix>-<binary>`
+/// (replaced by its next run; in the nested lane, which has no target
+/// directory, in /tmp), without its data file, with `applets` linked to
+/// busybox, and readable by anyone (the chroot engine's unprivileged
+/// cases run microrun as another user).
+pub fn libs_copy(libs: &Path, prefix: &str, applets: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap_or_default().to_string_lossy();
+    let base = match std::env::var_os(LIBS_VAR) {
+        Some(_) => std::env::temp_dir(),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    };
+    let root = base.join(format!("{prefix}-{name}"));
+    let _ = fs::remove_dir_all(&root);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(libs)
+        .arg(&root)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copying {} failed", libs.display());
+    let _ = fs::remove_file(root.join("data.bin"));
+    for applet in applets {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    root
 }
 
 /// 1 MiB in which every byte value occurs, in no simple pattern.
