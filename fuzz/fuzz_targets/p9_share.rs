@@ -7,33 +7,22 @@
 
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use vmm::devices::virtio::p9::policy::{t, Policy};
 use vmm::devices::virtio::p9::Handler;
 
-/// The scratch directory: `share/` (served) and `outside` (not); removed
-/// when the fuzzer exits.
-fn scratch() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    extern "C" fn remove_scratch() {
-        if let Some(dir) = DIR.get() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    DIR.get_or_init(|| {
-        // SAFETY: registers a plain function to run at exit; it only
-        // removes the directory made here.
-        unsafe { libc::atexit(remove_scratch) };
-        let dir = std::env::temp_dir().join(format!("microrun-fuzz-p9-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+#[path = "scratch.rs"]
+mod scratch;
+
+/// The scratch directory: `share/` (served) and `outside` (not).
+fn scratch() -> &'static Path {
+    scratch::dir("p9", |dir| {
         std::fs::create_dir_all(dir.join("share/sub")).unwrap();
         std::fs::write(dir.join("share/sub/file"), b"inside").unwrap();
         std::fs::write(dir.join("outside"), b"outside").unwrap();
         std::os::unix::fs::symlink("../outside", dir.join("share/link")).unwrap();
-        dir
     })
 }
 

@@ -447,7 +447,11 @@ fn a_damaged_cached_image_is_written_again() {
         path.display()
     );
     let good = fs::read(&path).unwrap();
+    // A whole image is used as it is, not written again (which would
+    // rename a new file into place).
+    let inode = fs::metadata(&path).unwrap().ino();
     assert_eq!(cached_pack(src.path(), &opts).unwrap(), path);
+    assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "rewritten");
     // Cut short: found by the size check.
     fs::write(&path, &good[..good.len() - 4096]).unwrap();
     assert_eq!(cached_pack(src.path(), &opts).unwrap(), path);

@@ -92,6 +92,8 @@ pub(crate) fn put_super(dst: &mut [u8], sb: &Super) {
     put32(dst, 36, sb.blocks);
     // meta_blkaddr (40) and xattr_blkaddr (44) are block 0.
     dst[48..64].copy_from_slice(&sb.uuid);
+    // The volume name marks the image as this writer's (the cache's check).
+    dst[64..80].copy_from_slice(super::VOLUME_NAME);
     put32(dst, 80, sb.feature_incompat);
 }
 
