@@ -16,6 +16,9 @@ use crate::spec::Rootfs;
 
 /// The directory of guest-init and its run configuration in the guest.
 const INIT_DIR: &str = ".microrun";
+/// Where the guest's network files (`resolv.conf`, `hosts`) are in
+/// guest-init's archive, with `--net`.
+pub const NET_FILES_DIR: &str = "/.microrun/etc";
 
 /// Why the boot material could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,9 @@ pub enum BootError {
     /// Converting the rootfs image failed.
     #[error(transparent)]
     Image(#[from] initrd_tools::image::ImageError),
+    /// Writing the rootfs directory as an EROFS image failed.
+    #[error(transparent)]
+    Erofs(#[from] initrd_tools::erofs::ErofsError),
     /// The run configuration cannot be encoded.
     #[error(transparent)]
     RunConfig(#[from] crate::runconfig::RunConfigError),
@@ -43,6 +49,12 @@ pub enum BootError {
         /// The ROOTFS path.
         path: PathBuf,
     },
+    /// A cpio ROOTFS asked to boot from a disk.
+    #[error("{path} is a cpio archive, which boots as the initrd it is: give the directory or image it was made from for --root disk")]
+    CpioOnDisk {
+        /// The ROOTFS path.
+        path: PathBuf,
+    },
     /// Building the guest-init archive in memory failed.
     #[error("cannot build the guest-init archive: {0}")]
     InitArchive(std::io::Error),
@@ -53,8 +65,9 @@ pub enum BootError {
 /// straight from the cache into guest memory.
 #[derive(Debug)]
 pub struct BootInitrd {
-    /// The rootfs archive (cached pack, or the user's file).
-    pub rootfs: PathBuf,
+    /// The rootfs archive (cached pack, or the user's file); `None` when
+    /// the rootfs boots from a disk.
+    pub rootfs: Option<PathBuf>,
     /// The rootfs archive's size in bytes.
     pub rootfs_len: u64,
     /// guest-init, its run configuration and their directory, as a newc
@@ -107,6 +120,18 @@ pub fn initrd_archive(rootfs: &Rootfs) -> Result<(PathBuf, u64), BootError> {
     Ok((path, len))
 }
 
+/// The rootfs as an EROFS image for the disk root, in the cache beside
+/// its newc archive (`initrd_tools::erofs::cached_pack` for a directory,
+/// `Image::cached_convert_erofs` for an image: written once, checked on
+/// every use). A cpio ROOTFS has none (the plan refuses it before).
+pub fn disk_image(rootfs: &Rootfs) -> Result<PathBuf, BootError> {
+    Ok(match rootfs {
+        Rootfs::Dir(dir) => initrd_tools::erofs::cached_pack(dir, &PackOptions::from_env()?)?,
+        Rootfs::Image(image) => image.cached_convert_erofs()?,
+        Rootfs::Cpio(path) => return Err(BootError::CpioOnDisk { path: path.clone() }),
+    })
+}
+
 /// The rootfs for the chroot engine: a directory in place, an image
 /// converted (as for a VM), a cpio file as given (the engine indexes it).
 pub fn chroot_rootfs(rootfs: &Rootfs) -> Result<PreparedRootfs, BootError> {
@@ -125,7 +150,15 @@ pub fn module_path(index: usize, module: &GuestModule) -> String {
 
 /// The second archive: `/.microrun/init`, `/.microrun/run` and, when there
 /// are `modules`, `/.microrun/modules/NN-<name>.ko` for each.
-pub fn init_archive(config: &RunConfig, modules: &[GuestModule]) -> Result<Vec<u8>, BootError> {
+///
+/// With `network` (`--net`), the guest's `/etc/resolv.conf` and
+/// `/etc/hosts` come along under [`NET_FILES_DIR`]: guest-init moves them
+/// into `/etc` in a VM, the chroot engine mounts them over the rootfs's.
+pub fn init_archive(
+    config: &RunConfig,
+    modules: &[GuestModule],
+    network: Option<&crate::net::Network>,
+) -> Result<Vec<u8>, BootError> {
     let encoded = config.encode()?;
     let modules_len: usize = modules.iter().map(|m| m.bytes.len() + 256).sum();
     let build = || -> std::io::Result<Vec<u8>> {
@@ -138,6 +171,21 @@ pub fn init_archive(config: &RunConfig, modules: &[GuestModule]) -> Result<Vec<u
         }
         for (index, module) in modules.iter().enumerate() {
             w.add_file(&module_path(index, module)[1..], 0o644, &module.bytes)?;
+        }
+        if let Some(network) = network {
+            w.add_dir(&NET_FILES_DIR[1..], 0o755)?;
+            let resolv = crate::net::resolv_conf();
+            let hosts = crate::net::hosts(network.host_loopback);
+            w.add_file(
+                &format!("{}/resolv.conf", &NET_FILES_DIR[1..]),
+                0o644,
+                resolv.as_bytes(),
+            )?;
+            w.add_file(
+                &format!("{}/hosts", &NET_FILES_DIR[1..]),
+                0o644,
+                hosts.as_bytes(),
+            )?;
         }
         w.finish()
     };
@@ -211,7 +259,7 @@ mod tests {
             argv: vec!["/bin/echo".into(), "hi".into()],
             ..RunConfig::default()
         };
-        let archive = init_archive(&config, &[]).unwrap();
+        let archive = init_archive(&config, &[], None).unwrap();
         assert_eq!(archive.len() % 4, 0);
         assert!(archive.starts_with(b"070701"));
         let find = |needle: &[u8]| archive.windows(needle.len()).any(|w| w == needle);
@@ -258,7 +306,7 @@ mod tests {
                 .collect(),
             ..RunConfig::default()
         };
-        let archive = init_archive(&config, &modules).unwrap();
+        let archive = init_archive(&config, &modules, None).unwrap();
         let entries = members(&archive);
         let names: Vec<&str> = entries.iter().map(|m| m.0.as_str()).collect();
         assert_eq!(
@@ -286,7 +334,7 @@ mod tests {
             argv: vec!["true".into()],
             ..RunConfig::default()
         };
-        let entries = members(&init_archive(&bare, &[]).unwrap());
+        let entries = members(&init_archive(&bare, &[], None).unwrap());
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].2, b"arg=true\0");
     }

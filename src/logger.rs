@@ -9,9 +9,14 @@ struct StderrLogger;
 /// virtio-queue reports what a broken or hostile guest driver does to its
 /// queues as errors; those are the guest's, not microrun's, and a guest
 /// could fill the user's stderr with them: they show at `-v` only.
+/// The registry client's HTTP and TLS crates log every request and
+/// handshake step: below what `-v` shows (the pull says what it does).
 fn level(metadata: &Metadata) -> Level {
-    if metadata.target().starts_with("virtio_queue") {
+    let target = metadata.target();
+    if target.starts_with("virtio_queue") {
         metadata.level().max(Level::Debug)
+    } else if target.starts_with("ureq") || target.starts_with("rustls") {
+        Level::Trace
     } else {
         metadata.level()
     }

@@ -1,6 +1,6 @@
 //! `microrun`: the command line. Everything real happens in the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,8 +9,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 use microrun::engine::qemu::Accel;
+use microrun::registry::{PullOptions, PullPolicy};
 use microrun::run;
-use microrun::spec::{Engine, Request, Rootfs, Verbosity};
+use microrun::spec::{Engine, Request, Verbosity};
 use microrun::units::{parse_size, parse_timeout, parse_vcpus};
 
 /// Run a program in a KVM microVM as easily as chroot runs it in a directory.
@@ -54,13 +55,27 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         init: Option<PathBuf>,
     },
+    /// Pull an image from a registry into the cache (alpine:3.20, HOST:PORT/NAME:TAG,
+    /// NAME@sha256:...); prints NAME:TAG@DIGEST, the reference pinned to what was pulled.
+    Pull {
+        /// The image reference (docker's spelling; docker:// allowed).
+        reference: String,
+    },
+    /// List the images pulled into the cache: name, digest, size, last used.
+    Images {
+        /// Remove the cached blobs no name points to.
+        #[arg(long)]
+        prune: bool,
+    },
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
     /// A rootfs directory, a cpio initrd, a rootfs tar (plain, gzip, zstd,
     /// xz, bzip2), a docker-archive, an OCI image (layout directory or
-    /// archive) or a skopeo dir: layout; PATH:TAG picks a tagged image.
+    /// archive) or a skopeo dir: layout; PATH:TAG picks a tagged image;
+    /// an image reference (alpine:3.20, HOST:PORT/NAME:TAG, NAME@sha256:...,
+    /// docker://REF) when no such path exists, pulled from its registry.
     #[arg(required = true)]
     rootfs: Option<PathBuf>,
     /// The command to run instead of /init, looked up in the guest's PATH.
@@ -97,6 +112,23 @@ struct RunArgs {
     /// /etc/group, or numbers [default: the image's User, else root].
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Give the guest a network interface with outbound IPv4 (and IPv6) through
+    /// passt or pasta (Debian package passt), and DNS; without it the guest has
+    /// only loopback.
+    #[arg(long)]
+    net: bool,
+    /// With --net: make the host's loopback reachable from the guest as
+    /// host.microrun.internal (the gateway).
+    #[arg(long)]
+    net_host: bool,
+    /// With --net: forward a host port to a guest port, repeatable; HOSTIP
+    /// defaults to 127.0.0.1 (docker's is 0.0.0.0).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp]"
+    )]
+    publish: Vec<String>,
     /// Give the program a terminal (a pseudo-terminal as its stdin, stdout
     /// and stderr); with -i, microrun's terminal is in raw mode meanwhile
     /// (Ctrl-] three times within a second stops the VM).
@@ -115,6 +147,19 @@ struct RunArgs {
     /// The qemu engine's accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
+    /// When to ask the registry for an image reference: missing (only when
+    /// not cached), always (resolve the tag again), never (offline).
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing, value_name = "WHEN")]
+    pull: PullPolicy,
+    /// A registry host reached over plain HTTP (besides localhost and
+    /// 127.0.0.0/8); repeatable; also MICRORUN_INSECURE_REGISTRIES=H1,H2.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    insecure_registries: Vec<String>,
+    /// How a VM gets the rootfs: an initrd unpacked into its memory, or a
+    /// read-only disk under a throw-away overlay [default: the disk for
+    /// images above 256 MiB unpacked, else the initrd].
+    #[arg(long, value_enum, value_name = "initrd|disk")]
+    root: Option<microrun::spec::RootChoice>,
     /// Print how long each phase took, on stderr.
     #[arg(long)]
     timings: bool,
@@ -191,6 +236,25 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
             }
             Ok(0)
         }
+        Some(Command::Pull { reference }) => {
+            let options = PullOptions {
+                policy: PullPolicy::Always,
+                insecure: cli.run.insecure_registries,
+                verbosity,
+            };
+            let pinned = microrun::registry::pull(&reference, &options)?;
+            let _ = writeln!(std::io::stdout().lock(), "{pinned}");
+            Ok(0)
+        }
+        Some(Command::Images { prune }) => {
+            let text = if prune {
+                microrun::registry::prune()? + "\n"
+            } else {
+                microrun::registry::list()?
+            };
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            Ok(0)
+        }
         None => run_guest(cli.run, verbosity, started),
     }
 }
@@ -199,8 +263,14 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
     let Some(path) = args.rootfs else {
         bail!("no ROOTFS given: pass a rootfs directory, a cpio initrd, a tar or an image");
     };
+    let pull_options = PullOptions {
+        policy: args.pull,
+        insecure: args.insecure_registries,
+        verbosity,
+    };
+    let (rootfs, pulled) = microrun::registry::resolve_rootfs(&path, &pull_options)?;
     let request = Request {
-        rootfs: Rootfs::detect(&path)?,
+        rootfs,
         command: args.cmd,
         env: args
             .env
@@ -227,6 +297,8 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
             .as_deref()
             .map(|spec| microrun::user::UserSpec::parse(spec, "-u"))
             .transpose()?,
+        root: args.root,
+        net: microrun::net::Network::from_options(args.net, args.net_host, &args.publish)?,
     };
     let plan = microrun::plan::make(request)?;
     let outcome = run::run(&plan)?;
@@ -235,6 +307,13 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
     }
     if args.timings {
         microrun::say_lines(&run::timings_report(plan.engine(), started, &outcome.times));
+        if let Some(pulled) = pulled {
+            microrun::say(format_args!(
+                "  {:<32}{:9.2} ms (within the set-up)",
+                "image pull",
+                pulled.as_secs_f64() * 1e3
+            ));
+        }
     }
     Ok(outcome.exit_code)
 }

@@ -13,11 +13,12 @@
 //! | `module` | `<absolute path in the initrd>`, then one space and the module's parameters when it has some; repeated in load order, loaded before the program |
 //! | `root` | `erofs <absolute device path> <tmpfs bytes>`: after the modules, mount that device read-only as EROFS under a tmpfs overlay of that size, and switch the root to it before the shares and the program (at most once) |
 //! | `mount` | `<9p tag> <rw or ro> <absolute guest path>`: a share to mount there (created when missing), after the modules and before the program |
+//! | `net` | `ADDR/PREFIX GATEWAY MTU` (`--net`, IPv4, decimal): guest-init sets the first network interface (`eth0`) up with that MTU and address and a default route through the gateway, and moves the guest's `resolv.conf` and `hosts` from `/.microrun/etc/` into `/etc` (at most once) |
 //! | `user` | `USER[:GROUP]` (`-u`): names looked up in the rootfs's `/etc/passwd` and `/etc/group`, numbers taken as they are; the program runs as that user, with its supplementary groups, `HOME`, `USER` and `LOGNAME`, and no capabilities (at most once) |
 //! | `tty` | `<rows> <cols>`: the program gets a pseudo-terminal of that size as stdin, stdout and stderr (`-t`); the stdin stream then carries control frames (docs/guest-init.md) |
 //!
 //! The records come in this order: `arg`, `env`, `cwd`, `stdin`, `ports`,
-//! `module`, `root`, `mount`, `user`, `tty`.
+//! `module`, `root`, `mount`, `net`, `user`, `tty`.
 //!
 //! guest-init rejects unknown keys, so both sides must agree on this list.
 //!
@@ -128,11 +129,26 @@ pub struct RunConfig {
     pub root: Option<RootDisk>,
     /// Shares to mount before the program, in order.
     pub mounts: Vec<ShareMount>,
+    /// `--net`: the interface guest-init configures.
+    pub net: Option<NetRecord>,
     /// Who the program runs as (`USER[:GROUP]`, checked by
     /// [`crate::user::UserSpec::parse`]); root when `None`.
     pub user: Option<String>,
     /// `-t`: the program's terminal, as (rows, columns), each at least 1.
     pub tty: Option<(u16, u16)>,
+}
+
+/// The guest's network interface, as guest-init configures it (`net=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetRecord {
+    /// Its IPv4 address.
+    pub address: std::net::Ipv4Addr,
+    /// The prefix length of its network.
+    pub prefix: u8,
+    /// The default gateway.
+    pub gateway: std::net::Ipv4Addr,
+    /// The interface's MTU.
+    pub mtu: u16,
 }
 
 /// The disk guest-init makes the root (`root=erofs DEVICE BYTES`): the
@@ -237,6 +253,10 @@ impl RunConfig {
                 &[&mount.tag, " ", access, " ", &mount.dest],
                 "share",
             )?;
+        }
+        if let Some(net) = &self.net {
+            let value = format!("{}/{} {} {}", net.address, net.prefix, net.gateway, net.mtu);
+            push_record(&mut out, "net", &[&value], "network")?;
         }
         if let Some(user) = &self.user {
             push_record(&mut out, "user", &[user], "user")?;
@@ -444,6 +464,29 @@ mod tests {
         assert_eq!(
             config.encode().unwrap(),
             b"arg=id\0mount=microrun0 rw /out\0user=builder:staff\0"
+        );
+    }
+
+    #[test]
+    fn the_network_comes_after_the_mounts() {
+        let config = RunConfig {
+            mounts: vec![ShareMount {
+                tag: "microrun0".into(),
+                dest: "/out".into(),
+                read_only: true,
+            }],
+            net: Some(NetRecord {
+                address: std::net::Ipv4Addr::new(10, 0, 2, 15),
+                prefix: 24,
+                gateway: std::net::Ipv4Addr::new(10, 0, 2, 2),
+                mtu: 65520,
+            }),
+            user: Some("1000".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            config.encode().unwrap(),
+            b"mount=microrun0 ro /out\0net=10.0.2.15/24 10.0.2.2 65520\0user=1000\0"
         );
     }
 

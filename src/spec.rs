@@ -28,6 +28,16 @@ pub enum Engine {
     Qemu,
 }
 
+/// `--root`: how a VM gets the rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RootChoice {
+    /// As an initrd the kernel unpacks into guest memory.
+    Initrd,
+    /// As a read-only EROFS image on a virtio-blk disk, under a tmpfs
+    /// overlay that vanishes with the VM.
+    Disk,
+}
+
 /// Where the guest's files come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rootfs {
@@ -110,6 +120,12 @@ pub struct Request {
     /// `-u/--user`, or the image's `User`: who the program runs as (root
     /// when `None`).
     pub user: Option<crate::user::UserSpec>,
+    /// `--root`; `None` lets the plan choose by the rootfs's kind and size
+    /// ([`crate::plan::root`]).
+    pub root: Option<RootChoice>,
+    /// `--net` (with `--net-host` and `-p`): the guest's network; `None`:
+    /// loopback only.
+    pub net: Option<crate::net::Network>,
 }
 
 /// Points in time of a run, each `None` when the run never got there.

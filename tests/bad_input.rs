@@ -276,3 +276,16 @@ fn tty_without_a_terminal_on_stdin_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("not a terminal"), "{err}");
 }
+
+#[test]
+fn root_disk_where_it_cannot_work_is_refused_before_any_engine_starts() {
+    let s = Scratch::new();
+    let root = s.path("root");
+    let root = root.to_str().unwrap();
+    let out = s.run(&["--engine", "chroot", "--root", "disk", root]);
+    assert_usage_error(&out, &["--root disk", "chroot engine"], &["panicked"]);
+    let out = s.run(&["--engine", "kvm", "--no-init", "--root", "disk", root]);
+    assert_usage_error(&out, &["--root disk", "drop --no-init"], &["panicked"]);
+    let out = s.run(&["--engine", "kvm", "--root", "floppy", root]);
+    assert_usage_error(&out, &["--root", "floppy", "initrd", "disk"], &["panicked"]);
+}

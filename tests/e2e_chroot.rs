@@ -52,6 +52,13 @@ fn user_as_an_ordinary_user_without_a_range() {
     common::user::unprivileged_without_a_range(&ENGINE);
 }
 tty_cases!(ENGINE);
+net_cases!(ENGINE);
+
+/// `--net --net-host` as an ordinary user: pasta runs as that user.
+#[test]
+fn net_as_an_ordinary_user() {
+    common::net::fetch_as_an_ordinary_user(&ENGINE);
+}
 
 /// The shared rootfs, or `None` after printing why the test is skipped.
 fn rootfs() -> Option<&'static Path> {

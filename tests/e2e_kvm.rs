@@ -46,6 +46,7 @@ fn kernel() -> Option<PathBuf> {
 e2e_cases!(ENGINE);
 user_cases!(ENGINE);
 tty_cases!(ENGINE);
+net_cases!(ENGINE);
 
 /// The same cases with KVM's in-kernel PIC, I/O APIC and PIT instead of the
 /// default split irqchip.

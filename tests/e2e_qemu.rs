@@ -24,10 +24,7 @@ const ENGINE: Engine = Engine {
 };
 
 fn qemu_unavailable() -> Option<String> {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("qemu-system-x86_64").is_file())
-    });
-    if !found {
+    if !common::qemu_installed() {
         return Some(
             "qemu-system-x86_64 is not installed (scripts/install-deps installs it)".into(),
         );
@@ -41,6 +38,7 @@ fn qemu_unavailable() -> Option<String> {
 e2e_cases!(ENGINE);
 user_cases!(ENGINE);
 tty_cases!(ENGINE);
+net_cases!(ENGINE);
 
 /// The kernel's command line carries `--cmdline`, and microrun's own
 /// arguments come first.
@@ -252,17 +250,7 @@ fn a_missing_init_is_a_panic_not_a_shell() {
 /// 125 saying how much to give (docs/initrd.md, "Guest memory").
 #[test]
 fn debian_kernel_unpacks_a_big_rootfs_at_the_default_memory() {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("qemu-system-x86_64").is_file())
-    });
-    if !found {
-        skip_unavailable!("qemu-system-x86_64 is not installed (scripts/install-deps installs it)");
-        return;
-    }
-    let Some(kernel) = common::nested::distribution_kernel() else {
-        skip_unavailable!(
-            "no Debian kernel in /boot (scripts/install-deps installs linux-image-amd64)"
-        );
+    let Some(kernel) = common::qemu_with_debian_kernel() else {
         return;
     };
     let libs = common::libs_rootfs().expect("libs rootfs");

@@ -214,6 +214,9 @@ enum Wiring {
     StatusOnStdout,
     /// stdout (and stdin) on a pseudo-terminal, status in `/status`.
     Pty,
+    /// As `Pipes`, in a network namespace of its own (a VM's: only `lo`,
+    /// down until guest-init sets it up).
+    PipesOwnNetwork,
 }
 
 struct Outcome {
@@ -318,8 +321,11 @@ fn run(
     extra_env: &[(&str, &str)],
 ) -> Outcome {
     let mut cmd = Command::new(&tools.unshare);
-    cmd.args(["--pid", "--fork", "--mount", "--kill-child"])
-        .arg(&tools.chroot)
+    cmd.args(["--pid", "--fork", "--mount", "--kill-child"]);
+    if wiring == Wiring::PipesOwnNetwork {
+        cmd.arg("--net");
+    }
+    cmd.arg(&tools.chroot)
         .arg(rootfs.dir.path())
         .arg(INIT_PATH)
         .env_clear()
@@ -592,6 +598,50 @@ fn a_share_that_cannot_be_mounted_is_125() {
     );
 }
 
+/// In every run, guest-init sets `lo` up (a new network namespace, like a
+/// VM, starts with it down): flags 0x9, IFF_UP | IFF_LOOPBACK.
+#[test]
+fn loopback_is_set_up() {
+    let tools = tools_or_skip!();
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&command(&["/bin/cat", "/sys/class/net/lo/flags"]));
+    let outcome = run(&tools, &rootfs, Wiring::PipesOwnNetwork, b"", &[]);
+    assert_eq!(outcome.status(), 0, "{}", outcome.stderr);
+    assert_eq!(String::from_utf8_lossy(&outcome.stdout), "0x9\n");
+}
+
+/// A `net` record without the interface (no virtio-net device here) ends
+/// the run with 125 before the command runs, after the bounded wait.
+#[test]
+fn a_network_without_its_interface_is_125() {
+    let tools = tools_or_skip!();
+    let config = RunConfig {
+        net: Some(microrun::runconfig::NetRecord {
+            address: std::net::Ipv4Addr::new(10, 0, 2, 15),
+            prefix: 24,
+            gateway: std::net::Ipv4Addr::new(10, 0, 2, 2),
+            mtu: 65520,
+        }),
+        ..command(&["/bin/sh", "-c", "echo ran"])
+    };
+    let rootfs = Rootfs::new(&tools);
+    rootfs.configure(&config);
+    fs::create_dir_all(rootfs.path(".microrun/etc")).unwrap();
+    for file in ["resolv.conf", "hosts"] {
+        rootfs.write(&format!(".microrun/etc/{file}"), b"# test\n");
+    }
+    let outcome = run(&tools, &rootfs, Wiring::PipesOwnNetwork, b"", &[]);
+    assert_eq!(outcome.status(), 125, "{}", outcome.stderr);
+    assert!(
+        outcome
+            .stderr
+            .starts_with("microrun: guest-init: network: no interface eth0"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stdout.is_empty(), "the command ran");
+}
+
 #[test]
 fn missing_or_malformed_configuration_is_126() {
     let tools = tools_or_skip!();
@@ -607,7 +657,11 @@ fn missing_or_malformed_configuration_is_126() {
         (
             &b"arg=true\0bogus=1\0"[..],
             "record 2 has the unknown key 'bogus' (expected arg, env, cwd, stdin, ports, module, \
-             root, mount, user or tty)",
+             root, mount, net, user or tty)",
+        ),
+        (
+            b"arg=true\0net=10.0.2.15 10.0.2.2 1500\0",
+            "record 2 is not net=ADDR/PREFIX GATEWAY MTU",
         ),
         (
             b"arg=true\0root=ext4 /dev/vda 1\0",

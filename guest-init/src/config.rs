@@ -12,9 +12,10 @@
 //! | `root` | `erofs /DEV BYTES`: after the modules, mount the block device `/DEV` read-only as EROFS under an overlay whose writable layer is a tmpfs of `BYTES` bytes, and make that the root (see `root.rs`) |
 //! | `mount` | `TAG rw /DEST` or `TAG ro /DEST`: a 9p share (virtio mount tag `TAG`) to mount at `/DEST`, created when missing; any number, after the modules |
 //! | `user` | `USER[:GROUP]`: who the command runs as, resolved in the rootfs's `/etc/passwd` and `/etc/group` (`user.rs`) |
+//! | `net` | `ADDR/PREFIX GATEWAY MTU` (IPv4 dotted quads, decimal prefix 0-32 and MTU 68-65535): the first network interface, `eth0`, is configured so (see `network.rs`) |
 //! | `tty` | `ROWS COLS` (decimal, 1-65535): the command gets a terminal of that size (see `tty.rs`), and the stdin stream carries control frames (see `frames.rs`) |
 //!
-//! `cwd`, `stdin`, `ports`, `root`, `user` and `tty` may appear once each.
+//! `cwd`, `stdin`, `ports`, `root`, `net`, `user` and `tty` may appear once each.
 //!
 //! Since every record ends with a NUL byte, the values are used in place as
 //! the C strings `execve` wants; only the pointer arrays are built here.
@@ -63,6 +64,22 @@ pub struct RunConfig {
     pub user: Option<&'static CStr>,
     /// `tty=ROWS COLS`: the command's terminal and its size.
     pub tty: Option<(u16, u16)>,
+    /// `net=ADDR/PREFIX GATEWAY MTU`: the network interface's settings.
+    pub net: Option<NetConfig>,
+}
+
+/// The `net` record: the interface's IPv4 address and prefix, the default
+/// gateway, the MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The address, in network order.
+    pub address: [u8; 4],
+    /// The prefix length, 0-32.
+    pub prefix: u8,
+    /// The gateway, in network order.
+    pub gateway: [u8; 4],
+    /// The MTU, 68-65535.
+    pub mtu: u16,
 }
 
 impl RunConfig {
@@ -107,6 +124,8 @@ pub enum ConfigError {
     BadRoot(usize),
     /// Record `n` is a `tty` record that is not `ROWS COLS`.
     BadTty(usize),
+    /// Record `n` is a `net` record that is not `ADDR/PREFIX GATEWAY MTU`.
+    BadNet(usize),
     /// Record `n` repeats a key that may appear only once.
     Duplicate(usize, &'static [u8]),
     /// Record `n` is a `user` record with an empty value.
@@ -133,6 +152,7 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
     let mut virtio_ports = None;
     let mut user = None;
     let mut tty = None;
+    let mut net = None;
     let mut root = None;
     for (index, record) in records(data).enumerate() {
         let number = index + 1;
@@ -187,6 +207,12 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
                     return Err(ConfigError::BadUser(number));
                 }
                 if user.replace(value_cstr(record)).is_some() {
+                    return Err(ConfigError::Duplicate(number, key));
+                }
+            }
+            b"net" => {
+                let settings = split_net(value).ok_or(ConfigError::BadNet(number))?;
+                if net.replace(settings).is_some() {
                     return Err(ConfigError::Duplicate(number, key));
                 }
             }
@@ -256,7 +282,40 @@ pub fn parse(data: &'static [u8]) -> Result<RunConfig, ConfigError> {
         mounts: Mounts { data },
         user,
         tty,
+        net,
     })
+}
+
+/// Splits a `net` value, `ADDR/PREFIX GATEWAY MTU`.
+fn split_net(value: &[u8]) -> Option<NetConfig> {
+    let mut parts = value.split(|&b| b == b' ');
+    let (address, gateway, mtu) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let slash = address.iter().position(|&b| b == b'/')?;
+    let prefix = decimal_u16(&address[slash + 1..])
+        .or_else(|| (&address[slash + 1..] == b"0").then_some(0))?;
+    Some(NetConfig {
+        address: ipv4(&address[..slash])?,
+        prefix: u8::try_from(prefix).ok().filter(|&p| p <= 32)?,
+        gateway: ipv4(gateway)?,
+        mtu: decimal_u16(mtu).filter(|&m| m >= 68)?,
+    })
+}
+
+/// A dotted-quad IPv4 address, each part 0-255 in decimal.
+fn ipv4(text: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for byte in out.iter_mut() {
+        let part = parts.next()?;
+        *byte = match part {
+            b"0" => 0,
+            _ => u8::try_from(decimal_u16(part)?).ok()?,
+        };
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// Splits a `tty` value, `ROWS COLS`, both decimal and 1-65535.
@@ -708,6 +767,48 @@ mod tests {
         assert!(given.set_env_default(c"USER=root"));
         assert!(!given.set_env_default(c"LOGNAME=root"));
         assert_eq!(env(&given).len(), 4);
+    }
+
+    #[test]
+    fn a_net_record_gives_the_interface_settings() {
+        assert_eq!(
+            parse_ok(b"net=10.0.2.15/24 10.0.2.2 65520\0").net,
+            Some(NetConfig {
+                address: [10, 0, 2, 15],
+                prefix: 24,
+                gateway: [10, 0, 2, 2],
+                mtu: 65520,
+            })
+        );
+        assert_eq!(
+            parse_ok(b"net=0.0.0.0/0 255.255.255.255 68\0")
+                .net
+                .map(|n| n.prefix),
+            Some(0)
+        );
+        assert_eq!(parse_ok(b"arg=sh\0").net, None);
+        for bad in [
+            &b"net=10.0.2.15 10.0.2.2 1500\0"[..],
+            b"net=10.0.2.15/33 10.0.2.2 1500\0",
+            b"net=10.0.2.15/24 10.0.2.2\0",
+            b"net=10.0.2.15/24 10.0.2.2 67\0",
+            b"net=10.0.2.15/24 10.0.2.2 65536\0",
+            b"net=10.0.2/24 10.0.2.2 1500\0",
+            b"net=10.0.2.256/24 10.0.2.2 1500\0",
+            b"net=10.0.2.15/24 10.0.2.2.1 1500\0",
+            b"net=10.0.2.15/24 10.0.2.2 1500 x\0",
+            b"net=\0",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ConfigError::BadNet(1))),
+                "{:?}",
+                core::str::from_utf8(bad)
+            );
+        }
+        assert!(matches!(
+            parse(b"net=10.0.2.15/24 10.0.2.2 1500\0net=10.0.2.15/24 10.0.2.2 1500\0"),
+            Err(ConfigError::Duplicate(2, b"net"))
+        ));
     }
 
     #[test]

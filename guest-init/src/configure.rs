@@ -45,7 +45,7 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .num(n as u64)
                     .text(b" has the unknown key '")
                     .text(key)
-                    .text(b"' (expected arg, env, cwd, stdin, ports, module, root, mount, user or tty)"),
+                    .text(b"' (expected arg, env, cwd, stdin, ports, module, root, mount, net, user or tty)"),
                 ConfigError::BadEnv(n) => line
                     .text(b"record ")
                     .num(n as u64)
@@ -58,6 +58,10 @@ fn report_config_error(path: &CStr, error: ConfigError) {
                     .text(b"record ")
                     .num(n as u64)
                     .text(b" is not mount=TAG rw /DEST or mount=TAG ro /DEST"),
+                ConfigError::BadNet(n) => line
+                    .text(b"record ")
+                    .num(n as u64)
+                    .text(b" is not net=ADDR/PREFIX GATEWAY MTU"),
                 ConfigError::BadRoot(n) => line
                     .text(b"record ")
                     .num(n as u64)

@@ -61,6 +61,7 @@ mod frames;
 mod kernel_fs;
 mod knobs;
 mod modules;
+mod network;
 mod passwd;
 mod ports;
 mod relay;
@@ -85,7 +86,12 @@ pub fn main(envp: *const *const u8) -> ! {
     channels::open_stdout_and_status(knobs.stdout, knobs.status);
     let mut config = configure::read(knobs.config);
     modules::load_all(config.modules);
+    // Read before a disk root hides the initramfs that holds them.
+    let net_files = network::NetFiles::load(config.net.is_some());
     if root::switch(config.root).is_err() {
+        finish(MICRORUN_FAILED);
+    }
+    if network::configure(config.net, &net_files).is_err() {
         finish(MICRORUN_FAILED);
     }
     if shares::mount_all(config.mounts).is_err() {

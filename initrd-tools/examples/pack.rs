@@ -1,17 +1,30 @@
-//! `pack <DIR> <FILE>`: packs a tree with `SOURCE_DATE_EPOCH` honoured, for
-//! `scripts/bench-pack` until `microrun pack` exists. Exit code 125 on error.
+//! `pack [--erofs] <DIR> <FILE>`: packs a tree with `SOURCE_DATE_EPOCH`
+//! honoured, as a newc archive or (with `--erofs`) an EROFS image, for
+//! `scripts/bench-pack`. Exit code 125 on error.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let [_, dir, out] = args.as_slice() else {
-        eprintln!("usage: pack <DIR> <FILE>");
-        return ExitCode::from(125);
+    let (erofs, dir, out) = match args.as_slice() {
+        [_, flag, dir, out] if flag == "--erofs" => (true, dir, out),
+        [_, dir, out] => (false, dir, out),
+        _ => {
+            eprintln!("usage: pack [--erofs] <DIR> <FILE>");
+            return ExitCode::from(125);
+        }
     };
+    let (dir, out) = (Path::new(dir), Path::new(out));
     let result = initrd_tools::PackOptions::from_env()
-        .and_then(|opts| initrd_tools::pack_dir(Path::new(dir), Path::new(out), &opts));
+        .map_err(initrd_tools::erofs::ErofsError::from)
+        .and_then(|opts| {
+            if erofs {
+                initrd_tools::erofs::pack_dir(dir, out, &opts)
+            } else {
+                Ok(initrd_tools::pack_dir(dir, out, &opts)?)
+            }
+        });
     match result {
         Ok(stats) => {
             eprintln!("{} entries, {} bytes", stats.entries, stats.bytes);

@@ -121,7 +121,7 @@ pub fn subdir(name: &str) -> Result<PathBuf, InitrdError> {
 }
 
 /// `<cache>/<name>`, created and checked (see [`subdir`]).
-pub(crate) fn prepare(cache: &Path, name: &str) -> Result<PathBuf, CacheError> {
+pub fn prepare(cache: &Path, name: &str) -> Result<PathBuf, CacheError> {
     let error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CacheError::Io {
@@ -258,11 +258,27 @@ pub(crate) enum Slot {
     Miss { path: PathBuf, dir: PathBuf },
 }
 
-/// Looks up the archive `key` of `source` (for the log) in the cache.
-pub(crate) fn slot(cache: &Path, key: &str, source: &Path) -> Result<Slot, InitrdError> {
+/// Looks up the archive `key` of `source` (for the log) in the cache:
+/// `<key><suffix>`, `.cpio` for newc archives, `.erofs` for EROFS images
+/// (which must also pass [`crate::erofs`]'s check of their superblock and
+/// length, else they are written again).
+pub(crate) fn slot(
+    cache: &Path,
+    key: &str,
+    source: &Path,
+    suffix: &str,
+) -> Result<Slot, InitrdError> {
     let dir = prepare(cache, "initrd")?;
-    let path = dir.join(format!("{key}.cpio"));
+    let path = dir.join(format!("{key}{suffix}"));
     if let Some(file) = open_entry(&path)? {
+        if suffix == crate::erofs::CACHE_SUFFIX && !crate::erofs::cached_image_ok(&file) {
+            log::warn!(
+                "{}: the cached image {} is damaged (short, or not this version's): writing it again",
+                source.display(),
+                path.display()
+            );
+            return Ok(Slot::Miss { path, dir });
+        }
         log::debug!("{}: cached as {}", source.display(), path.display());
         mark_used(&file, &path);
         return Ok(Slot::Hit(path));
@@ -292,11 +308,11 @@ fn mark_used(file: &File, path: &Path) {
 /// Removes all but the `keep` most recently used archives in `dir`, and
 /// stale temporary files. Failures are logged, never fatal: the cache is an
 /// optimisation.
-pub(crate) fn evict(dir: &Path, keep: usize) {
+pub(crate) fn evict(dir: &Path, suffix: &str, keep: usize) {
     // A run boots its archive a moment after looking it up: one used
     // within the last minute may be about to be opened by a parallel run,
     // so it waits for a later eviction.
-    evict_entries(dir, ".cpio", keep, IN_USE);
+    evict_entries(dir, suffix, keep, IN_USE);
 }
 
 /// Removes all but the `keep` most recently used (by mtime, see [`touch`])
@@ -461,7 +477,7 @@ mod tests {
         let cache = dir.path().join("cache");
         let initrd = prepare(&cache, "initrd").unwrap();
         mkfifo(&initrd.join("key.cpio"));
-        assert!(slot(&cache, "key", dir.path()).is_err());
+        assert!(slot(&cache, "key", dir.path(), ".cpio").is_err());
     }
 
     #[test]
@@ -507,7 +523,7 @@ mod tests {
         for i in 0..3 {
             fs::File::create(dir.path().join(format!("{i}.cpio"))).unwrap();
         }
-        evict(dir.path(), 1);
+        evict(dir.path(), ".cpio", 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
@@ -528,7 +544,7 @@ mod tests {
         let fresh_temp = dir.path().join(format!("{TEMP_PREFIX}new"));
         fs::File::create(&fresh_temp).unwrap();
         touch(&dir.path().join("0.cpio"));
-        evict(dir.path(), 2);
+        evict(dir.path(), ".cpio", 2);
         let mut left: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -33,6 +33,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub mod cache;
+pub mod erofs;
 pub mod extract;
 pub mod image;
 pub mod kernel_info;
@@ -460,7 +461,7 @@ pub fn cached_pack(dir: &Path, opts: &PackOptions) -> Result<PathBuf, InitrdErro
     let cache = cache_dir()?;
     cache::check_outside(&cache, dir)?;
     let tree = Tree::scan(dir)?;
-    let (path, initrd_dir) = match cache::slot(&cache, &tree.cache_key(opts), dir)? {
+    let (path, initrd_dir) = match cache::slot(&cache, &tree.cache_key(opts), dir, ".cpio")? {
         cache::Slot::Hit(path) => return Ok(path),
         cache::Slot::Miss { path, dir } => (path, dir),
     };
@@ -472,7 +473,7 @@ pub fn cached_pack(dir: &Path, opts: &PackOptions) -> Result<PathBuf, InitrdErro
         stats.bytes,
         path.display()
     );
-    cache::evict(&initrd_dir, cache::KEEP);
+    cache::evict(&initrd_dir, ".cpio", cache::KEEP);
     Ok(path)
 }
 

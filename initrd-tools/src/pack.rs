@@ -5,10 +5,10 @@
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::newc::{encode_header, header_and_name_len, pad4, trailer_header, Header, TRAILER_NAME};
@@ -98,11 +98,13 @@ impl<W: Write> Sink<W> {
         Ok(())
     }
 
-    /// Appends exactly `len` bytes of `file`, from its current position
-    /// (the file at `path`).
+    /// Appends exactly `len` bytes of `file` from byte `offset` (the file
+    /// at `path`); the file's own position is not used, so one file can
+    /// hold the data of many entries.
     pub(crate) fn file_data(
         &mut self,
-        file: &mut File,
+        file: &File,
+        offset: u64,
         len: u64,
         path: &Path,
     ) -> Result<(), InitrdError> {
@@ -116,20 +118,23 @@ impl<W: Write> Sink<W> {
         };
         if len <= SMALL_FILE {
             let dst = self.space(len as usize)?;
-            return file.read_exact(dst).map_err(read_error);
+            return file.read_exact_at(dst, offset).map_err(read_error);
         }
         let mut remaining = len;
+        let mut position = offset;
         if let Some(out_fd) = self.out_fd {
             self.flush_buf()?;
             while remaining > 0 {
                 let chunk = remaining.min(1 << 30) as usize;
+                let mut from = position as libc::loff_t;
                 // SAFETY: both descriptors belong to files that stay open for
-                // the whole call; null offsets make the kernel use and advance
-                // the file positions, as read and write would.
+                // the whole call; `from` is a valid offset for the kernel to
+                // read from (and advance), the null output offset makes it
+                // use and advance the output's position, as write would.
                 let copied = unsafe {
                     libc::copy_file_range(
                         file.as_raw_fd(),
-                        std::ptr::null_mut(),
+                        &mut from,
                         out_fd,
                         std::ptr::null_mut(),
                         chunk,
@@ -138,6 +143,7 @@ impl<W: Write> Sink<W> {
                 };
                 if copied > 0 {
                     remaining -= copied as u64;
+                    position += copied as u64;
                     self.total += copied as u64;
                     continue;
                 }
@@ -164,11 +170,12 @@ impl<W: Write> Sink<W> {
             }
             let room = (self.buf.len() - self.pos).min(remaining.min(usize::MAX as u64) as usize);
             let read = file
-                .read(&mut self.buf[self.pos..self.pos + room])
+                .read_at(&mut self.buf[self.pos..self.pos + room], position)
                 .map_err(read_error)?;
             if read == 0 {
                 return Err(changed());
             }
+            position += read as u64;
             self.pos += read;
             self.total += read as u64;
             remaining -= read as u64;
@@ -179,6 +186,12 @@ impl<W: Write> Sink<W> {
     /// Writes the trailer and flushes everything to the output.
     pub(crate) fn finish(&mut self) -> Result<(), InitrdError> {
         self.entry_header(&trailer_header(), TRAILER_NAME)?;
+        self.flush()
+    }
+
+    /// Flushes everything written so far to the output (the EROFS writer
+    /// ends this way: its format has no trailer).
+    pub(crate) fn flush(&mut self) -> Result<(), InitrdError> {
         self.flush_buf()?;
         self.out.flush().map_err(|e| self.write_error(e))
     }
@@ -231,12 +244,12 @@ pub(crate) fn write_tree<W: Write>(
             source.push(b'/');
             source.extend_from_slice(name);
             let path = Path::new(OsStr::from_bytes(&source));
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .map_err(|e| InitrdError::read(path, e))?;
-            sink.file_data(&mut file, data_len, path)?;
+            sink.file_data(&file, 0, data_len, path)?;
         }
         sink.padding(data_len)?;
     }

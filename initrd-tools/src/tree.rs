@@ -64,6 +64,8 @@ pub(crate) struct Entry {
     pub src_dev: u64,
     pub src_ino: u64,
     pub src_nlink: u64,
+    /// 512-byte blocks the source allocates (below its size: it has holes).
+    pub src_blocks: u64,
     pub mtime: (i64, i64),
     pub ctime: (i64, i64),
 }
@@ -87,6 +89,9 @@ pub(crate) struct Tree {
     /// Names and symlink targets of all entries, back to back.
     bytes: Vec<u8>,
     pub entries: Vec<Entry>,
+    /// Scanned for the EROFS writer: sockets kept and files of 4 GiB or
+    /// more allowed (newc archives can hold neither).
+    erofs: bool,
 }
 
 /// A child of a directory being scanned: a real directory entry, or a node
@@ -100,6 +105,16 @@ enum Child {
 impl Tree {
     /// Scans `root` (which must be a directory; a symlink to one is followed).
     pub(crate) fn scan(root: &Path) -> Result<Tree, InitrdError> {
+        Tree::scan_with(root, false)
+    }
+
+    /// [`Tree::scan`] for the EROFS writer: sockets kept, files of any
+    /// size.
+    pub(crate) fn scan_all(root: &Path) -> Result<Tree, InitrdError> {
+        Tree::scan_with(root, true)
+    }
+
+    fn scan_with(root: &Path, erofs: bool) -> Result<Tree, InitrdError> {
         let meta = fs::metadata(root).map_err(|e| InitrdError::read(root, e))?;
         if !meta.is_dir() {
             return Err(InitrdError::NotADirectory(root.to_path_buf()));
@@ -108,6 +123,7 @@ impl Tree {
             root: root.to_path_buf(),
             bytes: Vec::new(),
             entries: Vec::new(),
+            erofs,
         };
         tree.push_real(b".", &meta);
         let mut name = Vec::new();
@@ -151,6 +167,7 @@ impl Tree {
             src_dev: meta.dev(),
             src_ino: meta.ino(),
             src_nlink: meta.nlink(),
+            src_blocks: meta.blocks(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
         };
@@ -248,6 +265,11 @@ impl Tree {
             .metadata()
             .map_err(|e| InitrdError::read(&dir_entry.path(), e))?;
         match meta.mode() & S_IFMT {
+            S_IFSOCK if self.erofs => {
+                let index = self.push_real(name, &meta);
+                self.entries[index].size = 0;
+                Ok(false)
+            }
             S_IFSOCK => {
                 log::warn!(
                     "skipping socket {}: sockets cannot be archived",
@@ -273,7 +295,10 @@ impl Tree {
             }
             S_IFREG | S_IFCHR | S_IFBLK | S_IFIFO => {
                 let index = self.push_real(name, &meta);
-                if meta.mode() & S_IFMT == S_IFREG && meta.size() > u64::from(u32::MAX) {
+                if meta.mode() & S_IFMT == S_IFREG
+                    && meta.size() > u64::from(u32::MAX)
+                    && !self.erofs
+                {
                     return Err(InitrdError::FileTooLarge {
                         path: dir_entry.path(),
                         size: meta.size(),

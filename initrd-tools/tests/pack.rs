@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -32,15 +32,7 @@ fn run(cmd: &mut Command) {
 /// A tree with every kind of entry the packer handles (device nodes only as
 /// root).
 fn make_tree(root: &Path, with_devices: bool) {
-    fs::create_dir_all(root.join("bin")).unwrap();
-    fs::create_dir_all(root.join("empty/deeper/still-empty")).unwrap();
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::write(root.join("bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
-    fs::set_permissions(root.join("bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
-    fs::write(root.join("etc/secret"), b"s3cret").unwrap();
-    fs::set_permissions(root.join("etc/secret"), fs::Permissions::from_mode(0o600)).unwrap();
-    fs::write(root.join("etc/empty-file"), b"").unwrap();
-    fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o1777)).unwrap();
+    test_support::fixtures::modes_tree(root);
     // Larger than the in-buffer threshold, odd length to exercise padding.
     let big: Vec<u8> = (0..1_234_567u32)
         .map(|i| (i.wrapping_mul(7919) >> 3) as u8)

@@ -10,6 +10,17 @@ use crate::console_watch::{ConsoleWatch, Watched};
 use crate::plan::{Plan, VmPlan};
 use crate::spec::{PhaseTimes, RunOutcome, SetupSteps, Verbosity, TIMEOUT_REASON};
 
+/// Why the kvm engine could not run the plan.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmEngineError {
+    /// The VMM failed.
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+    /// passt could not be started (`--net`).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
 /// Boots `vm` with the interrupt controllers `irqchip` (and the threads'
 /// seccomp filters, unless `seccomp` is false) and reports how the run of
 /// `plan` ended.
@@ -18,7 +29,7 @@ pub fn run(
     vm: &VmPlan,
     irqchip: IrqChip,
     seccomp: bool,
-) -> Result<RunOutcome, vmm::VmmError> {
+) -> Result<RunOutcome, KvmEngineError> {
     if let KvmHost::Emulated(why) = vmm::kvm_host() {
         if plan.verbosity != Verbosity::Quiet {
             crate::say(format_args!(
@@ -26,10 +37,26 @@ pub fn run(
             ));
         }
     }
-    let mut initrd = vec![InitrdPart::File(vm.initrd.rootfs.clone())];
+    // With the disk root the initrd is guest-init's archive alone.
+    let mut initrd: Vec<InitrdPart> = vm
+        .initrd
+        .rootfs
+        .iter()
+        .cloned()
+        .map(InitrdPart::File)
+        .collect();
     if let Some(archive) = &vm.initrd.init_archive {
         initrd.push(InitrdPart::Bytes(archive.clone()));
     }
+    // With --net: passt on one end of a socket pair, the device on the
+    // other.
+    let (passt, net_backend) = match &vm.net {
+        Some(net) => {
+            let (passt, backend) = crate::net::helper::start_passt(net)?;
+            (Some(passt), Some(backend))
+        }
+        None => (None, None),
+    };
     let console_watch = Arc::new(Mutex::new(ConsoleWatch::default()));
     let config = VmConfig {
         kernel: vm.kernel.clone(),
@@ -51,10 +78,17 @@ pub fn run(
         process_start: plan.started,
         seccomp,
         virtio: vm.devices.clone(),
-        net_backend: None,
+        net_backend,
     };
     crate::start_messages();
-    let outcome = vmm::run(config)?;
+    let outcome = vmm::run(config);
+    // This thread may now be under the VMM's supervisor filter, which has
+    // no kill or wait4; the VM's end of passt's socket is closed, so passt
+    // ends by itself.
+    if let Some(passt) = passt {
+        passt.release();
+    }
+    let outcome = outcome?;
     if plan.verbosity == Verbosity::Verbose {
         log::info!("VM exits, by reason and address:\n{}", outcome.exits);
     }

@@ -161,14 +161,15 @@ const COMPRESSED: &str = "compressed";
 /// it).
 pub fn unpacked_size(initrd: &BootInitrd) -> Option<u64> {
     let started = std::time::Instant::now();
+    let rootfs = initrd.rootfs.as_deref()?;
     // Counted once per archive: looked up by its metadata afterwards (a
     // cached image's archive has thousands of headers).
     let count = || {
-        initrd_tools::unpacked::tmpfs_bytes_of_archive(&initrd.rootfs)
+        initrd_tools::unpacked::tmpfs_bytes_of_archive(rootfs)
             .map(|bytes| bytes.map_or_else(|| COMPRESSED.to_string(), |b| b.to_string()))
     };
     let counted = match initrd_tools::cache::subdir(FACTS_DIR) {
-        Ok(dir) => crate::guest_kernel::by_metadata(&dir, &initrd.rootfs, "pages", count),
+        Ok(dir) => crate::guest_kernel::by_metadata(&dir, rootfs, "pages", count),
         Err(_) => count(),
     };
     let rootfs = match counted.as_deref().map(str::parse::<u64>) {
@@ -228,6 +229,63 @@ pub fn memory(request: &Request, kernel: &Path, initrd: &BootInitrd) -> Result<S
         needed,
         initrd: initrd.len(),
         unpacked,
+    })
+}
+
+/// Beside the kernel and guest-init's archive, what a disk-root guest
+/// gets: the program, the page cache of the image's files, and the
+/// overlay's tmpfs, which takes half of the memory at most and only what
+/// is written.
+pub const DISK_ROOT_ROOM: u64 = 128 * MIB;
+
+/// The default memory with the disk root, which the image's size does not
+/// change: the kernel's image (`kernel_end`, or 64 MiB when unknown), the
+/// initrd (guest-init's archive and modules) and [`DISK_ROOT_ROOM`].
+pub fn disk_root_default(kernel_end: Option<u64>, initrd_len: u64) -> (u64, String) {
+    let kernel = kernel_end.unwrap_or(RUNNING_ROOM);
+    let mem = round_up(
+        kernel
+            .saturating_add(initrd_len)
+            .saturating_add(DISK_ROOT_ROOM),
+    );
+    let why = format!(
+        "{} MiB: the rootfs is on a disk; the kernel (up to {:.1} MiB), guest-init's archive \
+         ({:.1} MiB) and 128 MiB for the program, the page cache and the overlay",
+        mem >> 20,
+        kernel as f64 / MIB as f64,
+        initrd_len as f64 / MIB as f64
+    );
+    (mem, why)
+}
+
+/// The guest memory with the disk root: `--mem`, checked, or
+/// [`disk_root_default`]; `initrd_len` is guest-init's archive's.
+pub fn disk_root_memory(
+    request: &Request,
+    kernel: &Path,
+    initrd_len: u64,
+) -> Result<Sizing, PlanError> {
+    let image = vmm::kernel::inspect(kernel).ok();
+    let (needed, why) = disk_root_default(image.as_ref().map(|i| i.load_end), initrd_len);
+    let mem = match request.mem {
+        Some(mem) => mem,
+        None => {
+            log::info!("memory: {why}");
+            needed
+        }
+    };
+    if mem < initrd_len + MIN_MEM_BESIDES_INITRD {
+        return Err(PlanError::MemoryTooSmall {
+            mem,
+            initrd: initrd_len,
+            default: needed,
+        });
+    }
+    Ok(Sizing {
+        mem,
+        needed,
+        initrd: initrd_len,
+        unpacked: None,
     })
 }
 

@@ -12,6 +12,7 @@
 pub mod cmdline;
 pub mod devices;
 pub mod memory;
+pub mod root;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -108,6 +109,12 @@ pub enum PlanError {
     /// This host cannot run the chroot engine.
     #[error(transparent)]
     Chroot(#[from] crate::engine::chroot::ChrootError),
+    /// `--net` without guest-init, which configures the interface.
+    #[error("--net needs guest-init, which configures the network interface: drop --no-init")]
+    NetNeedsInit,
+    /// `--net` cannot be set up as asked.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// `-u` (or the image's `User`) is malformed, or names no user or
     /// group of the rootfs.
     #[error(transparent)]
@@ -122,6 +129,9 @@ pub enum PlanError {
         /// How to get a kernel that can.
         fix: &'static str,
     },
+    /// `--root disk` where the disk root cannot work.
+    #[error("--root disk: {0}")]
+    RootDisk(&'static str),
     /// The rootfs could not be packed, converted or read for a VM.
     #[error("cannot prepare the initrd: {0}")]
     Initrd(BootError),
@@ -233,6 +243,8 @@ pub struct VmPlan {
     pub transport: Transport,
     /// The kernel command line.
     pub cmdline: KernelCmdline,
+    /// `--net`: passt, connected to the virtio-net device.
+    pub net: Option<NetPlan>,
 }
 
 /// How long two of the plan's steps took, for `--timings`.
@@ -258,6 +270,33 @@ pub struct ChrootPlan {
     /// this user's. `None`: the program runs as root, only the caller's
     /// ids are mapped.
     pub user: Option<Ids>,
+    /// `--net`: pasta connects the namespace.
+    pub net: Option<NetPlan>,
+}
+
+/// `--net`, as an engine carries it out: what the guest gets, and the
+/// program (passt for a VM, pasta for the chroot engine) that connects it.
+#[derive(Debug, Clone)]
+pub struct NetPlan {
+    /// What the request asks of the network.
+    pub network: crate::net::Network,
+    /// passt or pasta, found on `PATH`.
+    pub program: PathBuf,
+}
+
+/// The network plan of `request` for an engine that connects it with
+/// `program`: `None` without `--net`; an error when the program is missing
+/// or a published host port cannot be listened on.
+fn net_plan(request: &Request, program: &'static str) -> Result<Option<NetPlan>, PlanError> {
+    let Some(network) = &request.net else {
+        return Ok(None);
+    };
+    let program = crate::net::find_program(program)?;
+    network.check_ports()?;
+    Ok(Some(NetPlan {
+        network: network.clone(),
+        program,
+    }))
 }
 
 impl Plan {
@@ -302,12 +341,20 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
     if request.tty && request.stdin_terminal.is_none() {
         return Err(PlanError::TtyWithoutTerminal);
     }
+    let vm_engine = request.engine != Engine::Chroot;
+    let root = root::choose(
+        request.root,
+        &request.rootfs,
+        vm_engine,
+        request.no_init,
+        || root::unpacked_estimate(&request.rootfs),
+    )?;
     let request = &request;
     let (run_config, target) = match request.engine {
         Engine::Chroot => chroot(request)?,
         Engine::Kvm | Engine::Auto => {
             let irqchip = parse_irqchip(std::env::var(IRQCHIP_VAR).ok().as_deref())?;
-            let (run_config, vm) = vm(request)?;
+            let (run_config, vm) = vm(request, root)?;
             let seccomp = vmm::seccomp::wanted();
             (
                 run_config,
@@ -319,7 +366,7 @@ pub fn make(mut request: Request) -> Result<Plan, PlanError> {
             )
         }
         Engine::Qemu => {
-            let (run_config, vm) = vm(request)?;
+            let (run_config, vm) = vm(request, root)?;
             let (accel, accel_why) = qemu::resolve_accel(request.accel, kvm_host);
             (
                 run_config,
@@ -431,20 +478,32 @@ fn chroot(request: &Request) -> Result<(RunConfig, Target), PlanError> {
             Some(spec.resolve_in(&RootfsFiles::Archive(path))?)
         }
     };
+    let net = net_plan(request, "pasta")?;
+    let network = net.as_ref().map(|n| &n.network);
     let plan = ChrootPlan {
         rootfs,
-        init_archive: init_archive(&run_config, &[]).map_err(PlanError::Rootfs)?,
+        init_archive: init_archive(&run_config, &[], network).map_err(PlanError::Rootfs)?,
         binds: request.binds.clone(),
         user,
+        net,
     };
     Ok((run_config, Target::Chroot(plan)))
 }
 
-/// The plan of a VM engine, and guest-init's run configuration.
-fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
+/// The disk root's overlay takes writes into a tmpfs of 1/this of the
+/// guest memory (the kernel's own default for a tmpfs is half).
+pub const OVERLAY_SHARE: u64 = 2;
+
+/// The plan of a VM engine booting the rootfs as `root`, and guest-init's
+/// run configuration.
+fn vm(request: &Request, root: root::RootKind) -> Result<(RunConfig, VmPlan), PlanError> {
     if request.cpus == 0 {
         return Err(PlanError::NoVcpus);
     }
+    if request.no_init && request.net.is_some() {
+        return Err(PlanError::NetNeedsInit);
+    }
+    let net = net_plan(request, "passt")?;
     if request.no_init && !request.binds.is_empty() {
         return Err(PlanError::SharesNeedInit);
     }
@@ -463,11 +522,34 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     // The devices asked for, and what this kernel (on the engine's bus)
     // makes of them. Without guest-init nothing opens the console's ports
     // or loads the modules: the UARTs.
+    let rootfs_started = Instant::now();
+    let disk = match root {
+        root::RootKind::Disk => {
+            Some(crate::boot::disk_image(&request.rootfs).map_err(PlanError::Initrd)?)
+        }
+        root::RootKind::Initrd => None,
+    };
+    let disk_prepared = rootfs_started.elapsed();
     let started = Instant::now();
     let console = !request.no_init && setting == VirtioSetting::On;
     let share_owner = share_owner(request)?;
-    let wanted = devices::wanted(request, console, share_owner);
-    let kernel_plan = kernel_plan(request, &kernel, &wanted, setting);
+    let wanted = devices::wanted(request, console, disk.as_deref(), share_owner);
+    let mut kernel_plan = kernel_plan(request, &kernel, &wanted, setting);
+    if request.root.is_none() && !kernel_plan.drives(DeviceKind::Block) && disk.is_some() {
+        // Chosen by size, not asked for: a kernel without the disk's
+        // drivers boots the initrd as before.
+        log::info!("root: this kernel cannot mount the disk root; booting an initrd");
+        return vm(request, root::RootKind::Initrd);
+    }
+    if disk.is_some() {
+        kernel_plan.notes.push(format!(
+            "root: the rootfs boots from a disk ({}): more than {} MiB unpacked, or --root disk",
+            disk.as_deref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            root::DISK_THRESHOLD >> 20
+        ));
+    }
     log::debug!(
         "virtio: planned in {:.2} ms",
         started.elapsed().as_secs_f64() * 1e3
@@ -517,22 +599,51 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         .collect();
 
     let rootfs_started = Instant::now();
-    let (rootfs, rootfs_len) =
-        crate::boot::initrd_archive(&request.rootfs).map_err(PlanError::Initrd)?;
+    let (rootfs, rootfs_len) = match disk {
+        Some(_) => (None, 0),
+        None => {
+            let (path, len) =
+                crate::boot::initrd_archive(&request.rootfs).map_err(PlanError::Initrd)?;
+            (Some(path), len)
+        }
+    };
     let init_started = Instant::now();
+    let disk_sizing = match &mut run_config.root {
+        Some(root) => {
+            // The memory decides the overlay's size, which the archive
+            // holds: sized with the longest number the record can have.
+            root.tmpfs_bytes = u64::MAX;
+            let network = net.as_ref().map(|n| &n.network);
+            let longest = init_archive(&run_config, &kernel_plan.modules, network)
+                .map_err(PlanError::Initrd)?
+                .len() as u64;
+            let sizing = memory::disk_root_memory(request, &kernel, longest)?;
+            if let Some(root) = &mut run_config.root {
+                root.tmpfs_bytes = sizing.mem / OVERLAY_SHARE;
+            }
+            Some(sizing)
+        }
+        None => None,
+    };
     let initrd = BootInitrd {
         rootfs,
         rootfs_len,
         init_archive: (!request.no_init)
-            .then(|| init_archive(&run_config, &kernel_plan.modules))
+            .then(|| {
+                let network = net.as_ref().map(|n| &n.network);
+                init_archive(&run_config, &kernel_plan.modules, network)
+            })
             .transpose()
             .map_err(PlanError::Initrd)?,
     };
     let prepared = Prepared {
-        rootfs: init_started - rootfs_started,
+        rootfs: init_started - rootfs_started + disk_prepared,
         init_archive: init_started.elapsed(),
     };
-    let sizing = memory::memory(request, &kernel, &initrd)?;
+    let sizing = match disk_sizing {
+        Some(sizing) => sizing,
+        None => memory::memory(request, &kernel, &initrd)?,
+    };
     let mem_size = sizing.mem;
     let cmdline = KernelCmdline {
         devices: if kernel_plan.cmdline_discovery {
@@ -554,7 +665,12 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
     };
     log::info!(
         "initrd: {} ({} bytes with guest-init), memory {} MiB, {} vCPU(s), cmdline: {cmdline}",
-        initrd.rootfs.display(),
+        initrd
+            .rootfs
+            .as_deref()
+            .or(disk.as_deref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         initrd.len(),
         mem_size >> 20,
         request.cpus
@@ -569,6 +685,7 @@ fn vm(request: &Request) -> Result<(RunConfig, VmPlan), PlanError> {
         devices,
         transport: kernel_plan.transport,
         cmdline,
+        net,
     };
     Ok((run_config, plan))
 }

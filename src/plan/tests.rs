@@ -55,6 +55,8 @@ impl Scratch {
             cmdline: Some("  foo=1 ".into()),
             accel: Accel::Tcg,
             user: None,
+            root: None,
+            net: None,
         }
     }
 
@@ -156,6 +158,17 @@ fn refusals_are_made_before_anything_runs() {
         ..scratch.request(Engine::Kvm)
     };
     assert!(error(small).contains("is too small"));
+    // --root disk of a cpio ROOTFS; --root initrd is today's plan.
+    let disk = Request {
+        root: Some(crate::spec::RootChoice::Disk),
+        ..scratch.request(Engine::Qemu)
+    };
+    assert!(error(disk).contains("a cpio ROOTFS is booted as the initrd it is"));
+    let initrd = Request {
+        root: Some(crate::spec::RootChoice::Initrd),
+        ..scratch.request(Engine::Qemu)
+    };
+    make(initrd).unwrap();
     // A kernel without 9p: a share has nothing to fall back to.
     let no_9p = Scratch::new(&BUILT_IN.replace("CONFIG_9P_FS=y", "# CONFIG_9P_FS is not set"));
     let message = error(no_9p.with_share(Engine::Kvm));
@@ -506,5 +519,181 @@ fn the_user_goes_to_guest_init_and_names_the_kvm_engines_share_owner() {
             uid: 1000,
             gid: 100
         })
+    );
+}
+
+/// The scratch kernel's configuration with the disk root's drivers.
+fn with_disk_drivers() -> String {
+    format!("{BUILT_IN}CONFIG_VIRTIO_BLK=y\nCONFIG_EROFS_FS=y\nCONFIG_OVERLAY_FS=y\n")
+}
+
+#[test]
+fn the_disk_root_gets_a_read_only_disk_the_root_record_and_fixed_memory() {
+    let scratch = Scratch::new(&with_disk_drivers());
+    let rootfs = scratch.path("tree");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::write(rootfs.join("big"), vec![1u8; 3 << 20]).unwrap();
+    let disk = |rootfs: &std::path::Path, engine| Request {
+        rootfs: Rootfs::Dir(rootfs.to_path_buf()),
+        root: Some(crate::spec::RootChoice::Disk),
+        ..scratch.request(engine)
+    };
+    for engine in [Engine::Kvm, Engine::Qemu] {
+        let plan = make(disk(&rootfs, engine)).unwrap();
+        let vm = vm_of(&plan);
+        // Console, then the disk: read-only, the tree's EROFS image.
+        let image = match &vm.devices.devices[..] {
+            [vmm::DeviceSpec::Console, vmm::DeviceSpec::Block(block)] => {
+                assert!(block.read_only);
+                block.path.clone()
+            }
+            other => panic!("devices {other:?}"),
+        };
+        assert!(image.to_string_lossy().ends_with(".erofs"), "{image:?}");
+        assert_eq!(std::fs::metadata(&image).unwrap().len() % 4096, 0);
+        // No rootfs archive: guest-init's alone, with the root record.
+        assert!(vm.initrd.rootfs.is_none());
+        let root = plan.run_config.root.as_ref().unwrap();
+        assert_eq!(root.device, "/dev/vda");
+        assert_eq!(root.tmpfs_bytes, vm.mem_size / 2);
+        // Not a kernel image: 64 MiB for it, the archive and 128 MiB.
+        let init = vm.initrd.len();
+        assert_eq!(
+            vm.mem_size,
+            (64 * MIB_T + init + 128 * MIB_T).next_multiple_of(2 * MIB_T)
+        );
+        let archive = vm.initrd.init_archive.as_ref().unwrap();
+        let record = format!("root=erofs /dev/vda {}", vm.mem_size / 2);
+        assert!(
+            archive
+                .windows(record.len())
+                .any(|w| w == record.as_bytes()),
+            "{record}"
+        );
+    }
+    // A bigger tree: the same memory, where the initrd would need more.
+    let small = vm_of(&make(disk(&rootfs, Engine::Kvm)).unwrap()).mem_size;
+    std::fs::write(rootfs.join("bigger"), vec![2u8; 80 << 20]).unwrap();
+    let first = vm_of(&make(disk(&rootfs, Engine::Kvm)).unwrap()).mem_size;
+    assert_eq!(first, small);
+    let initrd = Request {
+        root: Some(crate::spec::RootChoice::Initrd),
+        ..disk(&rootfs, Engine::Kvm)
+    };
+    assert!(vm_of(&make(initrd).unwrap()).mem_size > first);
+}
+
+const MIB_T: u64 = 1 << 20;
+
+#[test]
+fn a_kernel_without_the_disk_drivers_refuses_root_disk() {
+    let scratch = Scratch::new(BUILT_IN);
+    let rootfs = scratch.path("tree");
+    std::fs::create_dir(&rootfs).unwrap();
+    let request = Request {
+        rootfs: Rootfs::Dir(rootfs),
+        root: Some(crate::spec::RootChoice::Disk),
+        ..scratch.request(Engine::Kvm)
+    };
+    let err = make(request).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot mount an EROFS root") && err.contains("--root initrd"),
+        "{err}"
+    );
+}
+
+/// Whether passt is missing here, said as a skip: the plan looks for it.
+fn passt_missing() -> bool {
+    let missing = crate::net::find_program("passt").is_err();
+    if missing {
+        test_support::skip_unavailable!("passt is not installed (apt-get install passt)");
+    }
+    missing
+}
+
+/// A request with `--net` (and `-p specs`) for `engine`.
+fn with_net(scratch: &Scratch, engine: Engine, specs: &[String]) -> Request {
+    Request {
+        net: crate::net::Network::from_options(true, false, specs).unwrap(),
+        ..scratch.request(engine)
+    }
+}
+
+#[test]
+fn net_gives_a_vm_the_device_last_and_guest_init_its_record_and_files() {
+    if passt_missing() {
+        return;
+    }
+    let scratch = Scratch::new(&format!(
+        "{BUILT_IN}CONFIG_NET=y\nCONFIG_INET=y\nCONFIG_VIRTIO_NET=y\n"
+    ));
+    let plan = make(with_net(&scratch, Engine::Kvm, &[])).unwrap();
+    let vm = vm_of(&plan);
+    assert_eq!(
+        vm.devices.devices.last(),
+        Some(&vmm::DeviceSpec::Net(vmm::NetSpec {
+            mac: crate::net::GUEST_MAC,
+            mtu: crate::net::MTU,
+        }))
+    );
+    assert!(vm.net.as_ref().unwrap().program.ends_with("passt"));
+    let record = plan.run_config.net.as_ref().unwrap();
+    assert_eq!(
+        (record.address, record.prefix, record.gateway, record.mtu),
+        (
+            crate::net::GUEST_ADDR,
+            crate::net::GUEST_PREFIX,
+            crate::net::GATEWAY,
+            crate::net::MTU
+        )
+    );
+    let archive = vm.initrd.init_archive.as_ref().unwrap();
+    let resolv = crate::net::resolv_conf();
+    assert!(archive
+        .windows(resolv.len())
+        .any(|w| w == resolv.as_bytes()));
+}
+
+#[test]
+fn net_is_refused_by_a_kernel_without_virtio_net_and_without_guest_init() {
+    if passt_missing() {
+        return;
+    }
+    let scratch = Scratch::new(BUILT_IN);
+    let err = make(with_net(&scratch, Engine::Kvm, &[])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlanError::Refused {
+                options: "--net",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let no_init = Request {
+        no_init: true,
+        ..with_net(&scratch, Engine::Qemu, &[])
+    };
+    assert!(matches!(make(no_init), Err(PlanError::NetNeedsInit)));
+}
+
+#[test]
+fn a_published_port_in_use_is_refused_before_anything_starts() {
+    if passt_missing() {
+        return;
+    }
+    let scratch = Scratch::new(BUILT_IN);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!("{}:80", taken.local_addr().unwrap().port());
+    let err = make(with_net(
+        &scratch,
+        Engine::Qemu,
+        std::slice::from_ref(&spec),
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!("-p {spec}: ")),
+        "{err}"
     );
 }

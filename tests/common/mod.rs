@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod nested;
+pub mod net;
 pub mod tty;
 pub mod user;
 
@@ -78,6 +79,27 @@ pub fn run_case(engine: &Engine, path: &str, case: fn(&Engine)) {
         return;
     }
     case(engine)
+}
+
+/// Whether `qemu-system-x86_64` is on `PATH`.
+pub fn qemu_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("qemu-system-x86_64").is_file())
+    })
+}
+
+/// Debian's kernel for a case of the qemu engine; `None`, after the skip
+/// line, when QEMU or the kernel is missing.
+pub fn qemu_with_debian_kernel() -> Option<PathBuf> {
+    if !qemu_installed() {
+        skip_unavailable!("qemu-system-x86_64 is not installed (scripts/install-deps installs it)");
+        return None;
+    }
+    let kernel = nested::distribution_kernel();
+    if kernel.is_none() {
+        skip_unavailable!("{NO_DEBIAN_KERNEL}");
+    }
+    kernel
 }
 
 /// No `--kernel` option: the chroot engine, or discovery's choice.
@@ -428,6 +450,36 @@ fn build_libs_rootfs() -> Result<PathBuf, String> {
     }
     fs::write(root.join("data.bin"), binary_data()).map_err(|e| e.to_string())?;
     Ok(root)
+}
+
+/// A copy of the `libs` rootfs for one test binary, `<prefix>-<binary>`
+/// (replaced by its next run; in the nested lane, which has no target
+/// directory, in /tmp), without its data file, with `applets` linked to
+/// busybox, and readable by anyone (the chroot engine's unprivileged
+/// cases run microrun as another user).
+pub fn libs_copy(libs: &Path, prefix: &str, applets: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap_or_default().to_string_lossy();
+    let base = match std::env::var_os(LIBS_VAR) {
+        Some(_) => std::env::temp_dir(),
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    };
+    let root = base.join(format!("{prefix}-{name}"));
+    let _ = fs::remove_dir_all(&root);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(libs)
+        .arg(&root)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copying {} failed", libs.display());
+    let _ = fs::remove_file(root.join("data.bin"));
+    for applet in applets {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    root
 }
 
 /// 1 MiB in which every byte value occurs, in no simple pattern.

@@ -463,6 +463,11 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
             }
         }
     }
+    // The --net cases (net.rs): passt for the inner VMs, and a network
+    // for the outer one, where passt needs a routable interface.
+    if let Some(passt) = which("passt") {
+        command.arg("--bin").arg(passt).arg("--net");
+    }
     if let Some(kernel) = distribution_kernel() {
         // At the same path: inside, discovery finds it as
         // /boot/vmlinuz-$(uname -r), the outer kernel's own release.

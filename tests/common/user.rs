@@ -96,33 +96,10 @@ fn user_rootfs(engine: &Engine) -> Option<&'static Path> {
     let libs = prerequisites(engine)?;
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     Some(ROOTFS.get_or_init(|| {
-        // One per test binary, replaced by its next run, as the libs
-        // rootfs; in the nested lane (no target directory there) in /tmp.
-        let exe = std::env::current_exe().unwrap();
-        let name = exe.file_name().unwrap_or_default().to_string_lossy();
-        let base = match std::env::var_os(super::LIBS_VAR) {
-            Some(_) => std::env::temp_dir(),
-            None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-        };
-        let root = base.join(format!("user-{name}"));
-        let _ = fs::remove_dir_all(&root);
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(libs)
-            .arg(&root)
-            .status()
-            .expect("run cp");
-        assert!(copied.success(), "copying {} failed", libs.display());
-        let _ = fs::remove_file(root.join("data.bin"));
+        let root = super::libs_copy(libs, "user", &APPLETS);
         fs::create_dir_all(root.join("etc")).unwrap();
         fs::write(root.join("etc/passwd"), PASSWD).unwrap();
         fs::write(root.join("etc/group"), GROUP).unwrap();
-        for applet in APPLETS {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-        // Readable by anyone: the chroot engine's unprivileged case runs
-        // microrun as another user.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
         root
     }))
 }
@@ -265,7 +242,7 @@ pub fn share_files(engine: &Engine) {
 
 /// An ordinary user of this host with a range in `/etc/subuid` and
 /// `/etc/subgid`: (name, uid, gid).
-fn user_with_a_range() -> Option<(String, u32, u32)> {
+pub fn user_with_a_range() -> Option<(String, u32, u32)> {
     let subuid = fs::read_to_string("/etc/subuid").ok()?;
     let subgid = fs::read_to_string("/etc/subgid").ok()?;
     subuid.lines().find_map(|line| {
@@ -293,7 +270,7 @@ fn host_ids(name: &str) -> Option<(u32, u32)> {
 /// Runs microrun (chroot engine) as the host user `uid`:`gid`: through
 /// `setpriv` when this process is root, directly when it is that user;
 /// `None` otherwise.
-fn microrun_as(
+pub fn microrun_as(
     uid: u32,
     gid: u32,
     options: &[&str],

@@ -500,6 +500,43 @@ fn a_virtio_driver_breaking_the_queue_rules_is_refused() {
     assert_eq!(run.stdout.text(), "direct\n");
 }
 
+#[test]
+fn a_driver_reads_a_read_only_disk_and_cannot_write_it() {
+    require_kvm!();
+    let kernel = build_guest("virtio_blk", GuestFormat::Elf);
+    let mut image = vec![0u8; 64 * 512];
+    let line = b"sector two: hello from the disk\n";
+    image[1024..1024 + line.len()].copy_from_slice(line);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &image).unwrap();
+    let mut cfg = config(&kernel, "");
+    cfg.virtio = vmm::VirtioOptions {
+        devices: vec![vmm::DeviceSpec::Block(vmm::BlockSpec {
+            path: file.path().to_owned(),
+            read_only: true,
+        })],
+        acpi: false,
+    };
+    cfg.cmdline = with_devices(&cfg);
+    let run = boot(cfg);
+    // 0: the capacity, the read, the serial, and IOERR for the write and
+    // for the read past the end.
+    assert_eq!(
+        end(&run),
+        VmEnd::Status(0),
+        "console: {}",
+        run.console.text()
+    );
+    assert_eq!(
+        run.stdout.text(),
+        "sector two: hello from the disk\nmicrorun0"
+    );
+    assert!(
+        std::fs::read(file.path()).unwrap() == image,
+        "the image changed"
+    );
+}
+
 /// A configuration for the synthetic guest `name` with a virtio console, the VM's only
 /// virtio device (so in the first slot).
 fn with_console(name: &str) -> VmConfig {

@@ -61,6 +61,7 @@ mod oci;
 mod spool;
 mod store;
 mod tar_reader;
+mod to_erofs;
 mod write;
 
 pub use config::ImageConfig;
@@ -262,6 +263,9 @@ pub enum ImageError {
     /// Writing the archive or using the cache failed.
     #[error(transparent)]
     Initrd(#[from] InitrdError),
+    /// Writing the EROFS image failed.
+    #[error("cannot write the EROFS image: {0}")]
+    Erofs(#[from] crate::erofs::ErofsError),
 }
 
 /// How to pick one of several images in `path`.
@@ -499,6 +503,30 @@ impl Image {
         self.layers.len()
     }
 
+    /// What the image's files take unpacked, estimated without converting
+    /// it: an uncompressed layer's length (a tar is its files plus 512-byte
+    /// headers), a compressed layer's three times (gzip and zstd shrink a
+    /// distribution's files about 2.5-3.5 times), summed over the layers
+    /// (whiteouts and replaced files make it an upper bound). For the
+    /// choice between the initrd and the disk root.
+    pub fn unpacked_estimate(&self) -> Result<u64, ImageError> {
+        let mut total = 0u64;
+        for layer in &self.layers {
+            let file = regular_file::open(&layer.file, Links::Follow)
+                .map_err(|e| ImageError::read(&layer.file, e))?;
+            let mut head = [0u8; MAGIC_LEN];
+            let len = (layer.len.min(MAGIC_LEN as u64)) as usize;
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut head[..len], layer.offset)
+                .map_err(|e| ImageError::read(&layer.file, e))?;
+            let factor = match Compression::of(&head[..len]) {
+                Compression::None => 1,
+                _ => 3,
+            };
+            total = total.saturating_add(layer.len.saturating_mul(factor));
+        }
+        Ok(total)
+    }
+
     /// One line saying what the image is, for `-v`.
     pub fn description(&self) -> String {
         let layers = match self.layers.len() {
@@ -542,7 +570,7 @@ impl Image {
     /// (`<cache_dir>/initrd/<key>.cpio`), converting only when it is not
     /// there. The cache's eviction rules are those of directory packs.
     pub fn cached_convert(&self) -> Result<PathBuf, ImageError> {
-        let slot = cache::slot(&crate::cache_dir()?, &self.cache_key(), &self.path)?;
+        let slot = cache::slot(&crate::cache_dir()?, &self.cache_key(), &self.path, ".cpio")?;
         let (path, initrd_dir) = match slot {
             cache::Slot::Hit(path) => return Ok(path),
             cache::Slot::Miss { path, dir } => (path, dir),
@@ -555,7 +583,52 @@ impl Image {
             stats.bytes,
             path.display()
         );
-        cache::evict(&initrd_dir, cache::KEEP);
+        cache::evict(&initrd_dir, ".cpio", cache::KEEP);
+        Ok(path)
+    }
+
+    /// Converts the image into the EROFS image `out`, written to a
+    /// temporary file next to it and renamed at the end (see
+    /// [`crate::erofs`]).
+    pub fn convert_to_erofs(&self, out: &Path) -> Result<PackStats, ImageError> {
+        let out_dir = match out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        crate::write_replacing(out, &out_dir, crate::OUTPUT_MODE, |file, temp| {
+            let (tree, mut sources) = self.merge(&out_dir)?;
+            to_erofs::write(&tree, &mut sources, file, temp)
+        })
+    }
+
+    /// The path of the image converted into an EROFS image in the cache
+    /// (`<cache_dir>/initrd/<key>.erofs`, beside the newc archive under
+    /// the same key), converting only when no good one is there (see
+    /// [`crate::erofs`]).
+    pub fn cached_convert_erofs(&self) -> Result<PathBuf, ImageError> {
+        let cache_dir = crate::cache_dir()?;
+        let slot = cache::slot(
+            &cache_dir,
+            &self.cache_key(),
+            &self.path,
+            crate::erofs::CACHE_SUFFIX,
+        )?;
+        let (path, initrd_dir) = match slot {
+            cache::Slot::Hit(path) => return Ok(path),
+            cache::Slot::Miss { path, dir } => (path, dir),
+        };
+        let stats = crate::write_replacing(&path, &initrd_dir, cache::ENTRY_MODE, |file, temp| {
+            let (tree, mut sources) = self.merge(&initrd_dir)?;
+            to_erofs::write(&tree, &mut sources, file, temp)
+        })?;
+        log::info!(
+            "{}: converted {} inodes, {} bytes, into {}",
+            self.path.display(),
+            stats.entries,
+            stats.bytes,
+            path.display()
+        );
+        cache::evict(&initrd_dir, crate::erofs::CACHE_SUFFIX, cache::KEEP);
         Ok(path)
     }
 
@@ -579,6 +652,23 @@ impl Image {
         out_name: &Path,
         spool_dir: &Path,
     ) -> Result<PackStats, ImageError> {
+        let (tree, mut sources) = self.merge(spool_dir)?;
+        let mut sink = Sink::new(out, Some(out.as_raw_fd()), out_name);
+        let entries = write::write_tree(&tree, &mut sources, &mut sink, &self.path)?;
+        sink.finish()?;
+        Ok(PackStats {
+            entries,
+            bytes: sink.total(),
+        })
+    }
+
+    /// Reads every layer into the merged tree (with `dev/console`,
+    /// `dev/null` and the working directory added), and the files its
+    /// data is in.
+    pub(crate) fn merge(
+        &self,
+        spool_dir: &Path,
+    ) -> Result<(merge::MergedTree, spool::Sources), ImageError> {
         let mut tree = merge::MergedTree::new();
         let mut sources = spool::Sources::new(spool_dir);
         for (index, layer) in self.layers.iter().enumerate() {
@@ -597,14 +687,25 @@ impl Image {
         if let Some(dir) = &self.config.working_dir {
             tree.ensure_dir(dir);
         }
-        let mut sink = Sink::new(out, Some(out.as_raw_fd()), out_name);
-        let entries = write::write_tree(&tree, &mut sources, &mut sink, &self.path)?;
-        sink.finish()?;
-        Ok(PackStats {
-            entries,
-            bytes: sink.total(),
-        })
+        Ok((tree, sources))
     }
+}
+
+/// Opens the image whose manifest is the blob `manifest_digest`
+/// (`sha256:<hex>`) of the OCI image layout directory `layout`, whatever
+/// its `index.json` lists: how a store shared by many images (microrun's
+/// registry pulls) names one. Blobs are read and checked as for any OCI
+/// layout; `name` says what the image is in `-v`'s description.
+pub fn open_layout_manifest(
+    layout: &Path,
+    manifest_digest: &str,
+    name: &str,
+) -> Result<Image, ImageError> {
+    oci::open_manifest(
+        &store::Store::Dir(layout.to_path_buf()),
+        manifest_digest,
+        name,
+    )
 }
 
 /// How many bytes of a name an error message shows.
@@ -614,7 +715,7 @@ const SHOWN: usize = 200;
 /// with its length after it when longer, so that a name of megabytes
 /// never crowds out the reason. Every name from an image that an error
 /// holds is made with it (or with [`cut`]).
-pub(crate) fn quote(name: &[u8]) -> String {
+pub fn quote(name: &[u8]) -> String {
     if name.len() <= SHOWN {
         format!("{:?}", String::from_utf8_lossy(name))
     } else {
@@ -628,7 +729,7 @@ pub(crate) fn quote(name: &[u8]) -> String {
 
 /// `text` from an image (a list of tags or platforms) for an error
 /// message: its first 1000 bytes, with its length after it when longer.
-pub(crate) fn cut(text: &str) -> String {
+pub fn cut(text: &str) -> String {
     const LIMIT: usize = 1000;
     if text.len() <= LIMIT {
         return text.to_string();

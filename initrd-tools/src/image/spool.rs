@@ -4,7 +4,7 @@
 //! compressed layers. A [`DataRef`] names a range of one of them.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::entry::{DataRef, LayerError};
@@ -18,6 +18,8 @@ const SPOOL: u32 = u32::MAX;
 pub(crate) struct Sources {
     layers: Vec<(File, PathBuf)>,
     spool_dir: PathBuf,
+    /// The spool's name in messages.
+    spool_name: PathBuf,
     spool: Option<BufWriter<File>>,
     spool_len: u64,
     spool_file: Option<File>,
@@ -29,6 +31,7 @@ impl Sources {
         Sources {
             layers: Vec::new(),
             spool_dir: spool_dir.to_path_buf(),
+            spool_name: spool_dir.join("(temporary file)"),
             spool: None,
             spool_len: 0,
             spool_file: None,
@@ -80,10 +83,10 @@ impl Sources {
         })
     }
 
-    /// The file `data` is in, positioned at its start, and its name.
-    pub(crate) fn open(&mut self, data: &DataRef) -> Result<(&mut File, PathBuf), ImageError> {
-        let (file, name) = if data.source == SPOOL {
-            let name = self.spool_dir.join("(temporary file)");
+    /// The file `data` is in (its data at `data.offset`), and its name.
+    pub(crate) fn open(&mut self, data: &DataRef) -> Result<(&File, &Path), ImageError> {
+        if data.source == SPOOL {
+            let name = &self.spool_name;
             if let Some(spool) = self.spool.take() {
                 let file = spool.into_inner().map_err(|e| ImageError::Write {
                     path: name.clone(),
@@ -91,16 +94,13 @@ impl Sources {
                 })?;
                 self.spool_file = Some(file);
             }
-            let file = self.spool_file.as_mut().ok_or_else(|| {
-                ImageError::read(&name, io::Error::other("file data was never spooled"))
+            let file = self.spool_file.as_ref().ok_or_else(|| {
+                ImageError::read(name, io::Error::other("file data was never spooled"))
             })?;
-            (file, name)
+            Ok((file, name))
         } else {
-            let (file, path) = &mut self.layers[data.source as usize];
-            (file, path.clone())
-        };
-        file.seek(SeekFrom::Start(data.offset))
-            .map_err(|e| ImageError::read(&name, e))?;
-        Ok((file, name))
+            let (file, path) = &self.layers[data.source as usize];
+            Ok((file, path))
+        }
     }
 }

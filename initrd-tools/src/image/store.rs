@@ -144,6 +144,24 @@ impl Store {
         Ok(located)
     }
 
+    /// The size of the blob `digest`, which must be there and be metadata
+    /// (at most [`MAX_METADATA`] bytes).
+    pub(crate) fn locate_blob_size(&self, digest: &Digest) -> Result<u64, ImageError> {
+        let located = self
+            .locate(&self.blob_name(digest))?
+            .ok_or_else(|| self.missing(&digest.to_string()))?;
+        if located.len > MAX_METADATA {
+            return Err(ImageError::invalid(
+                self.image_path(),
+                format!(
+                    "{digest} is {} bytes, too large for a manifest",
+                    located.len
+                ),
+            ));
+        }
+        Ok(located.len)
+    }
+
     pub(crate) fn missing(&self, blob: &str) -> ImageError {
         ImageError::MissingBlob {
             path: self.image_path().to_path_buf(),

@@ -74,7 +74,7 @@ fn children(tree: &MergedTree, dir: NodeId) -> Children<'_> {
 }
 
 /// How many reachable names each inode has.
-fn names_per_inode(tree: &MergedTree) -> Vec<u32> {
+pub(crate) fn names_per_inode(tree: &MergedTree) -> Vec<u32> {
     let mut names = vec![0u32; tree.inodes.len()];
     let mut stack = vec![ROOT];
     while let Some(id) = stack.pop() {
@@ -168,7 +168,7 @@ impl TreeWriter<'_> {
         }
         if let Some(data) = data {
             let (file, source_name) = sources.open(&data)?;
-            sink.file_data(file, data.len, &source_name)?;
+            sink.file_data(file, data.offset, data.len, source_name)?;
         }
         sink.padding(u64::from(header.filesize))?;
         self.entries += 1;

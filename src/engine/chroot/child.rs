@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use super::netns::{allow_low_ports, bring_up_loopback};
 use super::root::build_root;
 use super::userns::{enter_user_namespace, lock_mounts, take_root, unshare_namespaces};
 use super::{pipe, Job};
@@ -36,11 +37,14 @@ pub(super) fn exit_child(code: i32) -> ! {
 }
 
 /// The pipes through which the helper and the supervisor agree on when
-/// the supervisor writes the id maps (`-u`).
+/// the supervisor writes the id maps (`-u`), and then when it has
+/// connected the network namespace (`--net`): one handshake each.
 pub(super) struct MapSync {
-    /// The helper writes a byte once it has made the namespace.
+    /// The helper writes a byte once it has made the namespace (and again
+    /// once it is ready for pasta).
     pub(super) unshared: OwnedFd,
-    /// The supervisor writes a byte once the maps are written.
+    /// The supervisor writes a byte once the maps are written (and again
+    /// once pasta is ready).
     pub(super) mapped: OwnedFd,
 }
 
@@ -58,9 +62,19 @@ pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd, sy
             .and_then(|()| wait_for_maps(&sync))
             .and_then(|()| take_root()),
     };
-    drop(sync);
     if let Err(message) = entered {
         report(report_fd, "userns", &message);
+        exit_child(125);
+    }
+    let connected = bring_up_loopback()
+        .and_then(|()| allow_low_ports())
+        .and_then(|()| match &job.net {
+            Some(_) => wait_for_network(&sync),
+            None => Ok(()),
+        });
+    drop(sync);
+    if let Err(message) = connected {
+        report(report_fd, "fail", &message);
         exit_child(125);
     }
     // Changing ids (take_root) clears the parent-death signal: armed
@@ -116,12 +130,24 @@ pub(super) fn namespace_helper(job: &Job, status_fd: RawFd, report_fd: RawFd, sy
 /// Tells the supervisor the namespace is there and waits until it has
 /// written the maps.
 fn wait_for_maps(sync: &MapSync) -> Result<(), String> {
+    handshake(sync, "the id maps were not written")
+}
+
+/// Tells the supervisor the namespaces are ready for pasta and waits
+/// until pasta has connected them.
+fn wait_for_network(sync: &MapSync) -> Result<(), String> {
+    handshake(sync, "pasta did not connect the network namespace")
+}
+
+/// One byte to the supervisor, then one back; `missing`: what it means
+/// when none comes back.
+fn handshake(sync: &MapSync, missing: &str) -> Result<(), String> {
     // SAFETY: a valid one-byte buffer.
-    unsafe { libc::write(sync.unshared.as_raw_fd(), b"u".as_ptr().cast(), 1) };
+    unsafe { libc::write(sync.unshared.as_raw_fd(), b"s".as_ptr().cast(), 1) };
     let mut byte = [0u8; 1];
     match crate::engine::read_retrying(sync.mapped.as_raw_fd(), &mut byte) {
         Ok(1) => Ok(()),
-        _ => Err("the id maps were not written (see the error above)".to_string()),
+        _ => Err(format!("{missing} (see the error above)")),
     }
 }
 

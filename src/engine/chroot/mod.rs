@@ -36,6 +36,7 @@
 
 mod child;
 mod idmap;
+mod netns;
 mod root;
 mod supervisor;
 mod userns;
@@ -52,7 +53,7 @@ use initrd_tools::extract::{Archive, ArchiveError};
 use crate::binds::Bind;
 use crate::boot::PreparedRootfs;
 use crate::engine::confine::{Confinement, Writer};
-use crate::plan::{ChrootPlan, Plan};
+use crate::plan::{ChrootPlan, NetPlan, Plan};
 use crate::spec::RunOutcome;
 use supervisor::Supervisor;
 
@@ -134,6 +135,9 @@ pub enum ChrootError {
         /// What it said.
         detail: String,
     },
+    /// pasta could not connect the network namespace (`--net`).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// A system call of the supervising process failed.
     #[error("chroot engine: {call} failed: {source}")]
     Sys {
@@ -221,6 +225,13 @@ pub fn run(plan: &Plan, root: &ChrootPlan) -> Result<RunOutcome, ChrootError> {
             unsafe { libc::write(mapped_write.as_raw_fd(), b"m".as_ptr().cast(), 1) };
         }
     }
+    // With --net: pasta joins the helper's namespaces once it has made
+    // them (and taken its ids), before PID 1 starts; it serves until the
+    // run has ended.
+    let _pasta = match &job.net {
+        Some(net) => Some(connect_network(net, helper, &unshared_read, &mapped_write)?),
+        None => None,
+    };
     drop(mapped_write);
 
     let mut supervisor = Supervisor::new(helper);
@@ -230,6 +241,49 @@ pub fn run(plan: &Plan, root: &ChrootPlan) -> Result<RunOutcome, ChrootError> {
     let mut outcome = result?;
     outcome.times.end = Some(Instant::now());
     Ok(outcome)
+}
+
+/// Waits until the helper is ready for pasta, starts pasta on its
+/// namespaces, and lets the helper go on once pasta is ready; on failure
+/// the helper is killed and reaped.
+fn connect_network(
+    net: &NetPlan,
+    helper: libc::pid_t,
+    ready_read: &OwnedFd,
+    go_write: &OwnedFd,
+) -> Result<Option<crate::net::helper::Helper>, ChrootError> {
+    let stop_helper = || {
+        // SAFETY: the helper is our unreaped child; killing it ends the run.
+        unsafe { libc::kill(helper, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: as above; `status` is a valid out-pointer.
+        unsafe { libc::waitpid(helper, &mut status, 0) };
+    };
+    let mut byte = [0u8; 1];
+    // EOF instead of the byte: the helper failed, and says why on the
+    // report pipe.
+    if read_fd(ready_read.as_raw_fd(), &mut byte)? != 1 {
+        return Ok(None);
+    }
+    // SAFETY: geteuid only returns the caller's id.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let started = crate::net::helper::PrivateDir::new().and_then(|dir| {
+        let ready = crate::net::helper::Helper::ready_path(&dir);
+        let args = crate::net::pasta_args(&net.network, helper, &ready, as_root);
+        crate::net::helper::Helper::start(&net.program, args, None, dir, None)
+    });
+    match started {
+        Ok(pasta) => {
+            // SAFETY: a valid one-byte buffer; a helper that died meanwhile
+            // is reported on the report pipe.
+            unsafe { libc::write(go_write.as_raw_fd(), b"p".as_ptr().cast(), 1) };
+            Ok(Some(pasta))
+        }
+        Err(e) => {
+            stop_helper();
+            Err(e.into())
+        }
+    }
 }
 
 /// Everything the children need, made before the fork so that the
@@ -252,6 +306,8 @@ struct Job {
     /// With `-u` as root: each share as an idmapped mount, in the order
     /// of `binds` (empty: plain bind mounts).
     idmapped: Vec<OwnedFd>,
+    /// `--net`: pasta connects the network namespace.
+    net: Option<NetPlan>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     supervisor_pid: libc::pid_t,
@@ -304,6 +360,7 @@ fn prepare(plan: &Plan, root: &ChrootPlan) -> Result<Job, ChrootError> {
         forward_stdin: plan.forward_stdin,
         maps,
         idmapped,
+        net: root.net.clone(),
         // SAFETY: these calls only return the caller's ids.
         uid: unsafe { libc::geteuid() },
         // SAFETY: as above.

@@ -75,7 +75,31 @@ pub(super) fn build_root(job: &Job, report_fd: RawFd) -> Result<(), String> {
     })?;
     mount_kernel_filesystems(&root, report_fd)?;
     mount_binds(&root, &binds, &job.idmapped)?;
+    if job.net.is_some() {
+        in_chroot(&root, mount_net_files)?;
+    }
     enter_root(&root)
+}
+
+/// With `--net`: the guest's `/etc/resolv.conf` and `/etc/hosts` (made by
+/// the plan, in guest-init's archive) mounted over the rootfs's, so that
+/// the rootfs's own files, which may be the user's directory, are never
+/// written. Run chrooted: the rootfs's symlinks resolve inside it. A file
+/// that is missing, or a symlink (often dangling, such as systemd's
+/// resolv.conf), is replaced by an empty file in the writable layer first.
+fn mount_net_files() -> Result<(), String> {
+    ensure_dir(Path::new("/etc"))?;
+    for name in ["resolv.conf", "hosts"] {
+        let target = format!("/etc/{name}");
+        let regular = fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_file());
+        if !regular {
+            let _ = fs::remove_file(&target);
+            fs::write(&target, b"").map_err(|e| format!("creating {target}: {e}"))?;
+        }
+        let source = format!("{}/{name}", crate::boot::NET_FILES_DIR);
+        mount(Some(&source), &target, None, libc::MS_BIND, None)?;
+    }
+    Ok(())
 }
 
 /// A share's host directory as an `O_PATH` descriptor.

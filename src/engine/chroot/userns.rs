@@ -186,25 +186,31 @@ fn map_root_to(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
     write("/proc/self/gid_map", format!("0 {gid} 1"))
 }
 
-/// unshare(user, mount, PID, IPC), then maps the caller's uid and gid to 0.
+/// unshare(user, mount, PID, IPC, network), then maps the caller's uid and gid to 0.
 pub(super) fn enter_user_namespace(job: &Job) -> Result<(), String> {
     unshare_namespaces()?;
     map_root_to(job.uid, job.gid)
 }
 
-/// unshare(user, mount, PID, IPC), without maps (the supervisor writes
-/// them, for `-u`). The IPC namespace: with a range mapped the program's
+/// unshare(user, mount, PID, IPC, network), without maps (the supervisor
+/// writes them, for `-u`). The network namespace: the program reaches
+/// nothing of the host's network, only its own loopback, and with `--net`
+/// what pasta connects. The IPC namespace: with a range mapped the program's
 /// ids are host ids (as root, the very ids `-u` names), which must not
 /// reach the host's SysV shared memory, semaphores and message queues of
 /// the user who has them.
 pub(super) fn unshare_namespaces() -> Result<(), String> {
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET;
     // SAFETY: unshare only changes this (single-threaded) process's
     // namespaces.
     if unsafe { libc::unshare(flags) } != 0 {
         let error = io::Error::last_os_error();
         return Err(format!(
-            "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC): {error}"
+            "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWIPC|CLONE_NEWNET): {error}"
         ));
     }
     Ok(())

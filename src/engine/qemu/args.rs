@@ -23,6 +23,8 @@ pub struct Fds {
     pub status: RawFd,
     /// The console's stdout and stderr ports' pipes (with a console).
     pub ports: Option<[RawFd; 2]>,
+    /// QEMU's end of the stream socket to passt (with `--net`).
+    pub net: Option<RawFd>,
 }
 
 /// Whether `vm` runs on `-M microvm`: it has virtio-mmio devices, which
@@ -151,9 +153,28 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
                     ),
                 ]);
             }
-            // QEMU's side of --net (`-netdev stream` to passt) comes with
-            // the engine's networking; the plan makes no Net spec before.
-            DeviceSpec::Net(_) => {}
+            // --net: the device's frames go to passt over a connected
+            // stream socket QEMU inherits (`-netdev stream`, QEMU 7.2,
+            // the framing passt's --fd speaks); the MTU pinned as passt
+            // is told (-m).
+            DeviceSpec::Net(net) => {
+                a.push([
+                    "-netdev".into(),
+                    format!(
+                        "stream,id=net0,server=off,addr.type=fd,addr.str={}",
+                        fds.net.unwrap_or(-1)
+                    ),
+                ]);
+                let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
+                a.push([
+                    "-device".into(),
+                    format!(
+                        "{},netdev=net0,mac={mac},host_mtu={}",
+                        bus_device("virtio-net"),
+                        net.mtu
+                    ),
+                ]);
+            }
             DeviceSpec::Block(block) => {
                 let head = format!(
                     "if=none,id=disk{disks},format=raw,{}file=",
@@ -231,7 +252,7 @@ mod tests {
             prepared: Default::default(),
             kernel: "/k/bzImage".into(),
             initrd: BootInitrd {
-                rootfs: "/r.cpio".into(),
+                rootfs: Some("/r.cpio".into()),
                 rootfs_len: 4,
                 init_archive: None,
             },
@@ -254,6 +275,7 @@ mod tests {
                 user: Some("foo=1".into()),
                 ..KernelCmdline::default()
             },
+            net: None,
         }
     }
 
@@ -263,6 +285,7 @@ mod tests {
         ttys1: 12,
         status: 13,
         ports: Some([14, 15]),
+        net: Some(16),
     };
 
     fn text(args: &[OsString]) -> String {
@@ -341,6 +364,38 @@ mod tests {
             "-fsdev local,id=share0,security_model=none,path=/s \
              -device virtio-9p-pci,fsdev=share0,mount_tag=microrun0"
         ));
+    }
+
+    #[test]
+    fn the_network_device_streams_to_passt_on_the_inherited_socket() {
+        let net = DeviceSpec::Net(vmm::NetSpec {
+            mac: [0x02, 0x6d, 0x72, 0, 0, 1],
+            mtu: 65520,
+        });
+        let mmio = text(&args(
+            &vm(vec![net.clone()], Transport::Mmio),
+            Accel::Tcg,
+            FDS,
+            false,
+        ));
+        assert!(mmio.contains("-M microvm,acpi=off"), "{mmio}");
+        assert!(
+            mmio.ends_with(
+                "-netdev stream,id=net0,server=off,addr.type=fd,addr.str=16 \
+                 -device virtio-net-device,netdev=net0,mac=02:6d:72:00:00:01,host_mtu=65520"
+            ),
+            "{mmio}"
+        );
+        let pci = text(&args(
+            &vm(vec![net], Transport::Pci),
+            Accel::Tcg,
+            FDS,
+            false,
+        ));
+        assert!(
+            pci.contains("-device virtio-net-pci,netdev=net0,mac=02:6d:72:00:00:01,host_mtu=65520"),
+            "{pci}"
+        );
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub enum QemuEngineError {
         /// The I/O error.
         source: io::Error,
     },
+    /// passt could not be started (`--net`).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// The filter for QEMU's share server cannot be built.
     #[error(transparent)]
     Confine(#[from] ConfineError),
@@ -182,6 +185,15 @@ pub fn run(
             args::cmdline(vm)
         );
     }
+    // With --net: passt on one end of a socket pair, QEMU on the other;
+    // passt serves until it is dropped after the run.
+    let (_passt, net_socket) = match &vm.net {
+        Some(net) => {
+            let (passt, socket) = crate::net::helper::start_passt(net)?;
+            (Some(passt), Some(socket))
+        }
+        None => (None, None),
+    };
     let fds = args::Fds {
         initrd: initrd.as_raw_fd(),
         console: console.write_fd(),
@@ -190,6 +202,7 @@ pub fn run(
         ports: ports
             .as_ref()
             .map(|[out, err]| [out.write_fd(), err.write_fd()]),
+        net: net_socket.as_ref().map(AsRawFd::as_raw_fd),
     };
     let stdin_port = plan.forward_stdin && has_console;
     let mut cmd = Command::new(QEMU);
@@ -217,6 +230,7 @@ pub fn run(
     cmd.stderr(Stdio::from(qemu_err.take_writer()?));
     let mut inherit = vec![fds.initrd, fds.console, fds.status, fds.ttys1];
     inherit.extend(fds.ports.iter().flatten());
+    inherit.extend(fds.net);
     let mut times = PhaseTimes {
         ready: Some(Instant::now()),
         ..PhaseTimes::default()
@@ -236,6 +250,7 @@ pub fn run(
     // Only QEMU may hold the write ends now, so its death closes them.
     drop(initrd);
     drop(ttys1_qemu);
+    drop(net_socket);
     let console = console.into_reader();
     let status = status.into_reader();
     let ttys1 = OwnedFd::from(ttys1);

@@ -91,15 +91,18 @@ impl Pipe {
 /// archive and the guest-init archive, so nothing is written to disk.
 pub(super) fn initrd_memfd(initrd: &BootInitrd) -> Result<OwnedFd, QemuEngineError> {
     let mut file = crate::engine::memfd(c"microrun-initrd").map_err(QemuEngineError::Setup)?;
-    let initrd_err = |source| QemuEngineError::Initrd {
-        path: initrd.rootfs.clone(),
-        source,
-    };
-    let mut rootfs = vmm::regular_file::open(&initrd.rootfs).map_err(initrd_err)?;
-    let copied = io::copy(&mut rootfs, &mut file).map_err(initrd_err)?;
-    let pad = copied.next_multiple_of(4) - copied;
-    file.write_all(&[0u8; 3][..pad as usize])
-        .map_err(QemuEngineError::Setup)?;
+    // With the disk root the initrd is guest-init's archive alone.
+    if let Some(path) = &initrd.rootfs {
+        let initrd_err = |source| QemuEngineError::Initrd {
+            path: path.clone(),
+            source,
+        };
+        let mut rootfs = vmm::regular_file::open(path).map_err(initrd_err)?;
+        let copied = io::copy(&mut rootfs, &mut file).map_err(initrd_err)?;
+        let pad = copied.next_multiple_of(4) - copied;
+        file.write_all(&[0u8; 3][..pad as usize])
+            .map_err(QemuEngineError::Setup)?;
+    }
     if let Some(archive) = &initrd.init_archive {
         file.write_all(archive).map_err(QemuEngineError::Setup)?;
     }

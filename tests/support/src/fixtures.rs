@@ -33,3 +33,20 @@ pub fn fake_module(vermagic: &str, filler: usize) -> Vec<u8> {
     b[0x3e] = 2;
     b
 }
+
+/// The start of the packers' test trees (newc and EROFS): `bin/tool`
+/// setuid 4755, `etc/secret` 0600, an empty file, and an empty directory
+/// chain under a sticky, world-writable `empty`.
+pub fn modes_tree(root: &std::path::Path) {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("empty/deeper/still-empty")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
+    fs::set_permissions(root.join("bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(root.join("etc/secret"), b"s3cret").unwrap();
+    fs::set_permissions(root.join("etc/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("etc/empty-file"), b"").unwrap();
+    fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o1777)).unwrap();
+}

@@ -1,0 +1,750 @@
+//! The OCI distribution spec's pull side over a small blocking HTTP client
+//! (`ureq` with rustls): `GET /v2/<name>/manifests/<ref>` and
+//! `GET /v2/<name>/blobs/<digest>`, with the token flow docker uses
+//! (a 401 with `WWW-Authenticate: Bearer realm=...,service=...,scope=...`
+//! sends microrun to the realm for a token, anonymously first, then with
+//! the user's credentials) and `Basic` auth. Every body is bounded: a
+//! manifest or a token by a cap, a blob by its descriptor's size.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use ureq::http::{Response, StatusCode};
+use ureq::Body;
+
+use super::auth::{self, Credentials};
+use super::reference::Reference;
+use super::{shown, RegistryError};
+
+/// The largest manifest or index accepted (containerd's limit).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// The largest token response accepted.
+const MAX_TOKEN: u64 = 1 << 20;
+/// How much of an error response's body a message may quote.
+const MAX_ERROR_BODY: u64 = 16 << 10;
+/// Connecting, and each read, may take this long before the pull fails.
+const NETWORK_WAIT: Duration = Duration::from_secs(30);
+
+/// The manifest media types microrun asks for and reads.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// A manifest or index as the registry served it.
+#[derive(Debug)]
+pub struct Manifest {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of its bytes (checked against the reference's digest
+    /// and the registry's `Docker-Content-Digest`).
+    pub digest: String,
+    /// The `Content-Type` it came with.
+    pub media_type: String,
+}
+
+/// One registry, one repository.
+pub struct Client {
+    agent: ureq::Agent,
+    reference: Reference,
+    /// `http` only for loopback and `--insecure-registry` hosts, after
+    /// `https` failed to connect (as docker does).
+    scheme: &'static str,
+    /// Whether plain HTTP may be tried.
+    insecure: bool,
+    /// The `Authorization` header value, once the registry asked for one.
+    authorization: Option<String>,
+    /// The credential files' search, once made.
+    search: Option<auth::Search>,
+}
+
+impl Client {
+    /// A client for `reference`'s repository; `insecure` lets it fall back
+    /// to plain HTTP.
+    pub fn new(reference: &Reference, insecure: bool) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(NETWORK_WAIT))
+            .timeout_recv_response(Some(NETWORK_WAIT))
+            .timeout_per_read(Some(NETWORK_WAIT))
+            .max_redirects(8)
+            .max_response_header_size(64 << 10)
+            .user_agent(concat!("microrun/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Client {
+            agent,
+            reference: reference.clone(),
+            scheme: "https",
+            insecure,
+            authorization: None,
+            search: None,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{path}",
+            self.scheme,
+            self.reference.api_host(),
+            self.reference.repository
+        )
+    }
+
+    /// The manifest or index `reference` (a tag or a digest) names, its
+    /// digest computed and checked.
+    pub fn manifest(&mut self, reference: &str) -> Result<Manifest, RegistryError> {
+        let mut response = self.get(&format!("manifests/{reference}"), Some(ACCEPT))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound {
+                reference: self.reference.to_string(),
+                name: self.reference.name(),
+            });
+        }
+        self.check_status(&mut response, "the manifest")?;
+        let media_type = header(&response, "content-type").unwrap_or_default();
+        let served = header(&response, "docker-content-digest");
+        let bytes = read_capped(
+            response.into_body().into_with_config().reader(),
+            MAX_MANIFEST,
+        )
+        .map_err(|e| match e {
+            Capped::TooLarge => RegistryError::TooLarge {
+                registry: self.reference.registry.clone(),
+                what: format!("the manifest of {}", self.reference),
+                limit: MAX_MANIFEST,
+            },
+            Capped::Io(e) => self.network(e),
+        })?;
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+        let expected = if reference.starts_with("sha256:") {
+            Some(reference.to_string())
+        } else {
+            served.filter(|d| d.starts_with("sha256:"))
+        };
+        if let Some(expected) = expected {
+            if expected != digest {
+                return Err(RegistryError::WrongDigest {
+                    registry: self.reference.registry.clone(),
+                    what: format!("the manifest of {}", self.reference),
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        Ok(Manifest {
+            bytes,
+            digest,
+            media_type,
+        })
+    }
+
+    /// Streams the blob `digest` (`sha256:<hex>`) of `size` bytes into
+    /// `out`, checking both while it streams; `progress` hears of every
+    /// chunk. Nothing past `size` bytes is read.
+    pub fn blob(
+        &mut self,
+        digest: &str,
+        size: u64,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), RegistryError> {
+        let mut response = self.get(&format!("blobs/{digest}"), None)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(RegistryError::BlobNotFound {
+                reference: self.reference.to_string(),
+                digest: digest.to_string(),
+            });
+        }
+        self.check_status(&mut response, "a blob")?;
+        let mut body = response
+            .into_body()
+            .into_with_config()
+            .reader()
+            .take(size.saturating_add(1));
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.network(e)),
+            };
+            total += n as u64;
+            if total > size {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|source| RegistryError::Store {
+                    what: format!("blob {digest}"),
+                    source,
+                })?;
+            progress(n as u64);
+        }
+        if total != size {
+            return Err(RegistryError::WrongSize {
+                registry: self.reference.registry.clone(),
+                digest: digest.to_string(),
+                expected: size,
+                actual: if total > size {
+                    format!("more than {size}")
+                } else {
+                    total.to_string()
+                },
+            });
+        }
+        let actual = format!("sha256:{}", hex(&hasher.finalize()));
+        if actual != digest {
+            return Err(RegistryError::WrongDigest {
+                registry: self.reference.registry.clone(),
+                what: format!("the blob {digest} of {}", self.reference),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// A GET under `/v2/<name>/`, authenticating when the registry asks.
+    fn get(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+        let mut response = self.send(path, accept)?;
+        let mut tried_credentials = false;
+        // At most: anonymous, then with the token or Basic credentials,
+        // then with the user's credentials at the token endpoint.
+        for _ in 0..3 {
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            let Some(challenge) = header(&response, "www-authenticate") else {
+                break;
+            };
+            let challenge = Challenge::parse(&challenge);
+            let credentials = if self.authorization.is_none() && challenge.scheme == "bearer" {
+                None
+            } else if tried_credentials {
+                break;
+            } else {
+                tried_credentials = true;
+                match self.credentials() {
+                    Some(found) => Some(found),
+                    None => break,
+                }
+            };
+            self.authorization = Some(match challenge.scheme.as_str() {
+                "bearer" => match self.token(&challenge, credentials.as_ref()) {
+                    Ok(token) => format!("Bearer {token}"),
+                    // A realm that gives no anonymous token: the login.
+                    Err(RegistryError::AuthRequired { .. }) if !tried_credentials => {
+                        tried_credentials = true;
+                        let Some(found) = self.credentials() else {
+                            break;
+                        };
+                        format!("Bearer {}", self.token(&challenge, Some(&found))?)
+                    }
+                    Err(e) => return Err(e),
+                },
+                "basic" => match &credentials {
+                    Some(c) => basic(c),
+                    None => break,
+                },
+                _ => break,
+            });
+            response = self.send(path, accept)?;
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(self.auth_required());
+        }
+        Ok(response)
+    }
+
+    fn credentials(&mut self) -> Option<Credentials> {
+        let reference = self.reference.clone();
+        self.search
+            .get_or_insert_with(|| auth::search(&reference, &auth::files()))
+            .found
+            .clone()
+    }
+
+    fn auth_required(&mut self) -> RegistryError {
+        let reference = self.reference.clone();
+        let search = self
+            .search
+            .get_or_insert_with(|| auth::search(&reference, &auth::files()));
+        let read = match (&search.found, search.read.is_empty()) {
+            (Some(found), _) => format!(
+                "the credentials for {} in {} were refused",
+                reference.registry,
+                found.source.display()
+            ),
+            (None, true) => format!(
+                "no credential file was found (looked for {})",
+                auth::files()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, false) => format!(
+                "{} has no entry for {}",
+                search
+                    .read
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reference.registry
+            ),
+        };
+        let mut notes = search.notes.join("; ");
+        if !notes.is_empty() {
+            notes.insert_str(0, " (");
+            notes.push(')');
+        }
+        RegistryError::AuthRequired {
+            reference: reference.to_string(),
+            registry: reference.registry.clone(),
+            read: format!("{read}{notes}"),
+        }
+    }
+
+    /// One GET with the current authorization; `https` first, plain HTTP
+    /// after a failed connection where allowed.
+    fn send(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+        loop {
+            let mut request = self.agent.get(&self.url(path));
+            if let Some(accept) = accept {
+                request = request.header("Accept", accept);
+            }
+            if let Some(auth) = &self.authorization {
+                request = request.header("Authorization", auth);
+            }
+            match request.call() {
+                Ok(response) => return Ok(response),
+                Err(e) if self.insecure && self.scheme == "https" && is_connection_error(&e) => {
+                    log::debug!(
+                        "{}: https failed ({e}); plain HTTP, as --insecure-registry allows",
+                        self.reference.registry
+                    );
+                    self.scheme = "http";
+                }
+                Err(e) => return Err(self.network(ureq_to_io(e))),
+            }
+        }
+    }
+
+    /// A token from the challenge's realm for pulling this repository.
+    fn token(
+        &mut self,
+        challenge: &Challenge,
+        credentials: Option<&Credentials>,
+    ) -> Result<String, RegistryError> {
+        let realm = challenge.param("realm").unwrap_or_default();
+        let realm_ok = realm.starts_with("https://")
+            || (realm.starts_with("http://") && (self.insecure || self.scheme == "http"));
+        if !realm_ok {
+            return Err(RegistryError::Protocol {
+                registry: self.reference.registry.clone(),
+                detail: format!("its token realm {} is not an https URL", shown(&realm)),
+            });
+        }
+        let scope = challenge
+            .param("scope")
+            .unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
+        let mut request = self.agent.get(&realm).query("scope", &scope);
+        if let Some(service) = challenge.param("service") {
+            request = request.query("service", &service);
+        }
+        if let Some(credentials) = credentials {
+            request = request
+                .query("account", &credentials.user)
+                .header("Authorization", &basic(credentials));
+        }
+        let mut response = request.call().map_err(|e| self.network(ureq_to_io(e)))?;
+        if response.status() == StatusCode::UNAUTHORIZED
+            || response.status() == StatusCode::FORBIDDEN
+        {
+            return Err(self.auth_required());
+        }
+        self.check_status(&mut response, "a token")?;
+        let body = read_capped(response.into_body().into_with_config().reader(), MAX_TOKEN)
+            .map_err(|e| match e {
+                Capped::TooLarge => RegistryError::TooLarge {
+                    registry: self.reference.registry.clone(),
+                    what: "the token response".into(),
+                    limit: MAX_TOKEN,
+                },
+                Capped::Io(e) => self.network(e),
+            })?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
+                registry: self.reference.registry.clone(),
+                detail: format!("its token response is not JSON: {e}"),
+            })?;
+        json.get("token")
+            .or_else(|| json.get("access_token"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::Protocol {
+                registry: self.reference.registry.clone(),
+                detail: "its token response has no usable \"token\"".into(),
+            })
+    }
+
+    /// Turns any status other than success into the error that names it.
+    fn check_status(&self, response: &mut Response<Body>, what: &str) -> Result<(), RegistryError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let registry = self.reference.registry.clone();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(RegistryError::RateLimited {
+                registry,
+                retry_after: header(response, "retry-after"),
+            });
+        }
+        if status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Denied {
+                reference: self.reference.to_string(),
+            });
+        }
+        let body = read_capped(response.body_mut().with_config().reader(), MAX_ERROR_BODY)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Err(RegistryError::Status {
+            registry,
+            what: what.to_string(),
+            status: status.as_u16(),
+            body: super::cut(body.trim()),
+        })
+    }
+
+    fn network(&self, source: std::io::Error) -> RegistryError {
+        RegistryError::Network {
+            registry: self.reference.registry.clone(),
+            source,
+        }
+    }
+}
+
+fn basic(credentials: &Credentials) -> String {
+    use base64::Engine as _;
+    let raw = format!("{}:{}", credentials.user, credentials.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn header(response: &Response<Body>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(4096).collect())
+}
+
+fn is_connection_error(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Tls(_)
+            | ureq::Error::Rustls(_)
+            | ureq::Error::Io(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Protocol(_)
+    )
+}
+
+fn ureq_to_io(e: ureq::Error) -> std::io::Error {
+    match e {
+        ureq::Error::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+enum Capped {
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// The whole body, refused past `limit` bytes without reading further.
+fn read_capped(body: impl Read, limit: u64) -> Result<Vec<u8>, Capped> {
+    let mut out = Vec::new();
+    body.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(Capped::Io)?;
+    if out.len() as u64 > limit {
+        return Err(Capped::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `WWW-Authenticate` challenge: its scheme, lowercased, and its
+/// parameters.
+#[derive(Debug, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// Parses `Scheme k="v", k2=v2` (RFC 7235; quoted strings may hold
+    /// commas and `\` escapes).
+    fn parse(text: &str) -> Challenge {
+        let text = text.trim();
+        let (scheme, mut rest) = match text.split_once(' ') {
+            Some((s, r)) => (s, r),
+            None => (text, ""),
+        };
+        let mut params = Vec::new();
+        loop {
+            rest = rest.trim_start_matches([' ', ',']);
+            let Some(eq) = rest.find('=') else { break };
+            let key = rest[..eq].trim().to_ascii_lowercase();
+            rest = &rest[eq + 1..];
+            let value;
+            if let Some(quoted) = rest.strip_prefix('"') {
+                let mut out = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some((_, next)) = chars.next() {
+                                out.push(next);
+                            }
+                        }
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => out.push(c),
+                    }
+                }
+                value = out;
+                rest = &quoted[end.min(quoted.len())..];
+            } else {
+                let end = rest.find(',').unwrap_or(rest.len());
+                value = rest[..end].trim().to_string();
+                rest = &rest[end..];
+            }
+            params.push((key, value));
+        }
+        Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params,
+        }
+    }
+
+    fn param(&self, key: &str) -> Option<String> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::BufRead as _;
+    use std::net::TcpListener;
+
+    /// What the fake registry answers: status, extra headers, body.
+    type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+    /// A registry on 127.0.0.1 that answers each request (its first line
+    /// and headers) with `handler`, one connection at a time, and closes
+    /// anything that is not plain HTTP (the client's TLS try).
+    fn fake_registry(
+        handler: impl Fn(&str, &[String], u16) -> Answer + Send + 'static,
+    ) -> Reference {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() || !first.starts_with("GET ") {
+                    continue;
+                }
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    headers.push(line.trim_end().to_ascii_lowercase());
+                }
+                let (status, extra, body) = handler(first.trim_end(), &headers, port);
+                let mut head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in extra {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                let mut out = &stream;
+                let _ = out.write_all(head.as_bytes());
+                let _ = out.write_all(&body);
+            }
+        });
+        Reference::parse(&format!("127.0.0.1:{port}/app:1")).unwrap()
+    }
+
+    #[test]
+    fn the_anonymous_bearer_token_flow_is_followed() {
+        let reference = fake_registry(|line, headers, port| {
+            if line.starts_with("GET /token?") {
+                assert!(line.contains("scope=repository%3Aapp%3Apull"), "{line}");
+                assert!(line.contains("service=fake"), "{line}");
+                assert!(!headers.iter().any(|h| h.starts_with("authorization")));
+                return (200, vec![], br#"{"token": "t0k3n"}"#.to_vec());
+            }
+            if headers.iter().any(|h| h == "authorization: bearer t0k3n") {
+                return (200, vec![], br#"{"schemaVersion": 2}"#.to_vec());
+            }
+            let challenge = format!(
+                "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\",\
+                 scope=\"repository:app:pull\""
+            );
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        let manifest = client.manifest("1").unwrap();
+        assert_eq!(manifest.bytes, br#"{"schemaVersion": 2}"#);
+        assert_eq!(client.authorization.as_deref(), Some("Bearer t0k3n"));
+    }
+
+    #[test]
+    fn a_realm_without_anonymous_tokens_gets_the_users_credentials() {
+        let reference = fake_registry(|line, headers, port| {
+            // base64("u:p")
+            let basic = headers.iter().any(|h| h == "authorization: basic dtpw");
+            if line.starts_with("GET /token?") {
+                return match basic {
+                    true => (200, vec![], br#"{"access_token": "fromlogin"}"#.to_vec()),
+                    false => (401, vec![], vec![]),
+                };
+            }
+            if headers
+                .iter()
+                .any(|h| h == "authorization: bearer fromlogin")
+            {
+                return (200, vec![], b"{}".to_vec());
+            }
+            let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        client.search = Some(auth::Search {
+            found: Some(Credentials {
+                user: "u".into(),
+                password: "p".into(),
+                source: "/test/auth.json".into(),
+            }),
+            ..auth::Search::default()
+        });
+        assert_eq!(client.manifest("1").unwrap().bytes, b"{}");
+    }
+
+    #[test]
+    fn a_registry_that_keeps_refusing_ends_in_one_auth_error() {
+        let reference = fake_registry(|_, _, _| {
+            let challenge = "Basic realm=\"r\"".to_string();
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        client.search = Some(auth::Search::default());
+        let err = client.manifest("1").unwrap_err().to_string();
+        assert!(err.contains("requires a login (401)"), "{err}");
+    }
+
+    #[test]
+    fn whatever_a_registry_sends_memory_stays_bounded() {
+        let reference = fake_registry(|line, _, _| {
+            if line.contains("/manifests/huge") {
+                return (200, vec![], vec![b' '; (MAX_MANIFEST + 10) as usize]);
+            }
+            if line.contains("/manifests/limited") {
+                return (429, vec![("Retry-After".into(), "60".into())], vec![]);
+            }
+            if line.contains("/manifests/gone") {
+                return (500, vec![], vec![b'e'; 1 << 20]);
+            }
+            if line.contains("/blobs/") {
+                return (200, vec![], b"0123456789".to_vec());
+            }
+            (404, vec![], vec![])
+        });
+        let mut client = Client::new(&reference, true);
+        let err = client.manifest("huge").unwrap_err();
+        assert!(matches!(err, RegistryError::TooLarge { .. }), "{err}");
+        let err = client.manifest("limited").unwrap_err().to_string();
+        assert!(
+            err.contains("429") && err.contains("retry after 60"),
+            "{err}"
+        );
+        let err = client.manifest("gone").unwrap_err().to_string();
+        assert!(
+            err.contains("answered 500") && err.len() < 2000,
+            "{}",
+            err.len()
+        );
+        let err = client.manifest("missing").unwrap_err().to_string();
+        assert!(err.contains("404"), "{err}");
+
+        let digest = format!("sha256:{}", hex(&Sha256::digest(b"01234")));
+        let mut out = Vec::new();
+        let err = client.blob(&digest, 5, &mut out, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("more than 5"), "{err}");
+        assert!(out.len() <= 5, "nothing past the descriptor's size is kept");
+        let ten = format!("sha256:{}", hex(&Sha256::digest(b"0123456789")));
+        let mut out = Vec::new();
+        client.blob(&ten, 10, &mut out, &mut |_| {}).unwrap();
+        assert_eq!(out, b"0123456789");
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = client
+            .blob(&wrong, 10, &mut Vec::new(), &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::WrongDigest { .. }), "{err}");
+    }
+
+    #[test]
+    fn bearer_challenges_are_parsed_with_quoted_commas_and_escapes() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull,push""#,
+        );
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(
+            c.param("realm").as_deref(),
+            Some("https://auth.docker.io/token")
+        );
+        assert_eq!(c.param("service").as_deref(), Some("registry.docker.io"));
+        assert_eq!(
+            c.param("scope").as_deref(),
+            Some("repository:library/alpine:pull,push")
+        );
+        let c = Challenge::parse(r#"Basic realm="a \"b\"", charset=UTF-8"#);
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.param("realm").as_deref(), Some("a \"b\""));
+        assert_eq!(c.param("charset").as_deref(), Some("UTF-8"));
+        let c = Challenge::parse(r#"Bearer realm="unterminated"#);
+        assert_eq!(c.param("realm").as_deref(), Some("unterminated"));
+        assert_eq!(Challenge::parse("").params, []);
+    }
+}
