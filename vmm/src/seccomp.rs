@@ -220,6 +220,10 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         }
         ThreadKind::Vcpu => {
             map.insert(libc::SYS_write, stderr_only);
+            // A vCPU left behind at the end (stuck in KVM_RUN, then
+            // back) may hold the devices last, and drop the network
+            // device: its socket is shut down then, as by the supervisor.
+            map.insert(libc::SYS_shutdown, vec![arg_is(1, libc::SHUT_RDWR as u64)?]);
             map.insert(
                 libc::SYS_ioctl,
                 any_of(

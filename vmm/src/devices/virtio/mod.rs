@@ -623,6 +623,30 @@ pub(crate) mod test_util {
             addr
         }
 
+        /// Writes descriptor `index` of queue `q` as given: (address,
+        /// length, flags, next).
+        pub(crate) fn write_desc(&self, q: usize, index: u16, desc: (u64, u32, u16, u16)) {
+            let (addr, len, flags, next) = desc;
+            let at = GuestAddress(desc_table(q, self.size) + 16 * u64::from(index));
+            self.mem.write_obj(addr, at).unwrap();
+            self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
+            self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+            self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+        }
+
+        /// Makes the chain at `head` available on queue `q`.
+        pub(crate) fn publish(&mut self, q: usize, head: u16) {
+            let size = self.size;
+            let slot = u64::from(self.avail_idx[q] % size);
+            self.mem
+                .write_obj(head, GuestAddress(avail_ring(q, size) + 4 + 2 * slot))
+                .unwrap();
+            self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+            self.mem
+                .write_obj(self.avail_idx[q], GuestAddress(avail_ring(q, size) + 2))
+                .unwrap();
+        }
+
         /// Makes a chain of `(addr, len, flags)` available on queue `q`;
         /// returns its head.
         pub(crate) fn add_raw(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
@@ -636,21 +660,10 @@ pub(crate) mod test_util {
                 } else {
                     flags
                 };
-                let at = GuestAddress(desc_table(q, size) + 16 * u64::from(index));
-                self.mem.write_obj(addr, at).unwrap();
-                self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-                self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-                self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+                self.write_desc(q, index, (addr, len, flags, next));
             }
             self.next_desc[q] = (head + descs.len() as u16) % size;
-            let slot = u64::from(self.avail_idx[q] % size);
-            self.mem
-                .write_obj(head, GuestAddress(avail_ring(q, size) + 4 + 2 * slot))
-                .unwrap();
-            self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-            self.mem
-                .write_obj(self.avail_idx[q], GuestAddress(avail_ring(q, size) + 2))
-                .unwrap();
+            self.publish(q, head);
             head
         }
 

@@ -4,18 +4,14 @@
 //! peer that goes away, the configuration space, reset and the end.
 
 use super::*;
-use crate::devices::virtio::test_util::{Counter, XorShift};
+use crate::devices::virtio::test_util::{self, Counter, Driver, XorShift, BUFFERS};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM: u64 = 64 << 20;
-/// Queue `q`'s descriptor table, then its avail and used rings, a page each.
-const RINGS: u64 = 0x1_0000;
-/// Buffers from here.
-const BUFFERS: u64 = 0x10_0000;
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 const SIZE: u16 = QUEUE_SIZE;
@@ -25,125 +21,28 @@ const MAC: [u8; 6] = [0x02, 0x6d, 0x72, 0x00, 0x00, 0x01];
 /// Long enough for a loaded machine, short enough for a hang to fail.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn desc_table(q: usize) -> u64 {
-    RINGS + q as u64 * 0x4000
-}
 fn avail_ring(q: usize) -> u64 {
-    desc_table(q) + 0x1000
-}
-fn used_ring(q: usize) -> u64 {
-    desc_table(q) + 0x2000
+    test_util::avail_ring(q, SIZE)
 }
 
-/// A minimal split-ring driver for both queues.
-struct Driver {
-    mem: GuestMemory,
-    next_desc: [u16; 2],
-    avail_idx: [u16; 2],
-    used_seen: [u16; 2],
-    next_buf: u64,
-}
-
+/// What the tests here ask of the shared split-ring driver besides.
 impl Driver {
-    fn new() -> Self {
-        Self {
-            mem: crate::memory::create_guest_memory(MEM).unwrap(),
-            next_desc: [0; 2],
-            avail_idx: [0; 2],
-            used_seen: [0; 2],
-            next_buf: BUFFERS,
-        }
-    }
-
-    fn queues(&self) -> Vec<Queue> {
-        (0..2)
-            .map(|q| {
-                let mut queue = Queue::new(SIZE).unwrap();
-                queue.set_desc_table_address(Some(desc_table(q) as u32), Some(0));
-                queue.set_avail_ring_address(Some(avail_ring(q) as u32), Some(0));
-                queue.set_used_ring_address(Some(used_ring(q) as u32), Some(0));
-                queue.set_ready(true);
-                queue
-            })
-            .collect()
-    }
-
-    fn alloc(&mut self, data: &[u8]) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf += (data.len() as u64).max(1).next_multiple_of(64);
-        assert!(self.next_buf < MEM, "the test ran out of guest memory");
-        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
-        addr
-    }
-
-    /// Writes descriptor `index` as given.
-    fn write_desc(&self, q: usize, index: u16, (addr, len, flags, next): (u64, u32, u16, u16)) {
-        let at = GuestAddress(desc_table(q) + 16 * u64::from(index));
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
-    }
-
-    /// Makes `head` available on queue `q`.
-    fn publish(&mut self, q: usize, head: u16) {
-        let slot = u64::from(self.avail_idx[q] % SIZE);
-        self.mem
-            .write_obj(head, GuestAddress(avail_ring(q) + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx[q], GuestAddress(avail_ring(q) + 2))
-            .unwrap();
-    }
-
-    /// Makes a chain of `(addr, len, flags)` available on queue `q`.
-    fn add(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc[q];
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let index = (head + i as u16) % SIZE;
-            let next = (index + 1) % SIZE;
-            let flags = if i + 1 < descs.len() {
-                flags | NEXT
-            } else {
-                flags
-            };
-            self.write_desc(q, index, (addr, len, flags, next));
-        }
-        self.next_desc[q] = (head + descs.len() as u16) % SIZE;
-        self.publish(q, head);
-        head
+    fn for_net() -> Self {
+        Driver::new(MEM, 2, SIZE)
     }
 
     /// A frame to send: the (zero) header and the frame, one descriptor.
     fn transmit(&mut self, frame: &[u8]) -> u16 {
         let mut bytes = vec![0u8; HEADER_LEN];
         bytes.extend_from_slice(frame);
-        let addr = self.alloc(&bytes);
-        self.add(TX, &[(addr, bytes.len() as u32, 0)])
+        let len = bytes.len() as u32;
+        let addr = self.alloc(&bytes, len);
+        self.add_raw(TX, &[(addr, len, 0)])
     }
 
     /// A receive buffer of `len` bytes; its address.
     fn post(&mut self, len: u32) -> u64 {
-        let addr = self.alloc(&vec![0; len as usize]);
-        self.add(RX, &[(addr, len, WRITE)]);
-        addr
-    }
-
-    /// The used entries of `q` since the last call: (id, length).
-    fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(used_ring(q) + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen[q] != idx {
-            let slot = u64::from(self.used_seen[q] % SIZE);
-            let at = GuestAddress(used_ring(q) + 4 + 8 * slot);
-            out.push((
-                self.mem.read_obj(at).unwrap(),
-                self.mem.read_obj(at.unchecked_add(4)).unwrap(),
-            ));
-            self.used_seen[q] = self.used_seen[q].wrapping_add(1);
-        }
-        out
+        self.post_buffer(RX, len)
     }
 
     /// Waits until `q` has `n` more used entries, and returns them.
@@ -184,7 +83,7 @@ fn spec(mtu: u16) -> NetSpec {
 fn rig_with(mtu: u16, features: u64) -> Rig {
     let (ours, peer) = UnixStream::pair().unwrap();
     let mut net = Net::new(spec(mtu), ours.into(), None).unwrap();
-    let driver = Driver::new();
+    let driver = Driver::for_net();
     let irqs = Arc::new(Counter::default());
     net.activate(Activation {
         mem: driver.mem.clone(),
@@ -262,10 +161,10 @@ fn a_transmitted_frame_reaches_the_socket_behind_its_length_without_the_header()
     let second = frame(60, 2);
     let mut bytes = vec![0u8; HEADER_LEN];
     bytes.extend_from_slice(&second);
-    let a = rig.driver.alloc(&bytes[..5]);
-    let b = rig.driver.alloc(&bytes[5..]);
+    let a = rig.driver.alloc(&bytes[..5], 5);
+    let b = rig.driver.alloc(&bytes[5..], (bytes.len() - 5) as u32);
     rig.driver
-        .add(TX, &[(a, 5, 0), (b, (bytes.len() - 5) as u32, 0)]);
+        .add_raw(TX, &[(a, 5, 0), (b, (bytes.len() - 5) as u32, 0)]);
     rig.kick(TX);
     assert_eq!(rig.wire_frame(), sent);
     assert_eq!(rig.wire_frame(), second);
@@ -433,7 +332,7 @@ fn a_socket_that_does_not_read_stops_the_device_taking_frames() {
 #[test]
 fn garbage_chains_come_back_empty_and_the_device_goes_on() {
     let mut rig = rig();
-    let good = rig.driver.alloc(&[0; 4096]);
+    let good = rig.driver.alloc(&[0; 4096], 4096);
     // Receive side: a loop, an index past the table, a buffer outside
     // memory, a read-only buffer, then a good one.
     rig.driver.write_desc(RX, 0, (good, 64, WRITE | NEXT, 0));
@@ -481,7 +380,7 @@ fn a_ring_flooded_with_garbage_costs_bounded_work() {
     rig.peer.write_all(&prefixed(&frame(60, 13))).unwrap();
     assert_eq!(rig.driver.wait_used(RX, usize::from(SIZE)).len(), 256);
     // The frame waits for a real buffer.
-    let addr = rig.driver.alloc(&[0; 256]);
+    let addr = rig.driver.alloc(&[0; 256], 256);
     rig.driver.write_desc(RX, 0, (addr, 256, WRITE, 0));
     rig.driver.publish(RX, 0);
     rig.kick(RX);
@@ -587,7 +486,7 @@ fn after_a_reset_the_device_leaves_guest_memory_alone_until_activated() {
     assert!(rig.driver.used(RX).is_empty());
     assert_eq!(rig.driver.read(addr, 16), [0; 16]);
     // A new driver: the frame that waited goes to its buffer.
-    let driver = Driver::new();
+    let driver = Driver::for_net();
     rig.net
         .activate(Activation {
             mem: driver.mem.clone(),
@@ -606,7 +505,7 @@ fn after_a_reset_the_device_leaves_guest_memory_alone_until_activated() {
 fn activation_needs_both_queues() {
     let (ours, _peer) = UnixStream::pair().unwrap();
     let mut net = Net::new(spec(1500), ours.into(), None).unwrap();
-    let driver = Driver::new();
+    let driver = Driver::for_net();
     let mut queues = driver.queues();
     queues[1].set_ready(false);
     let irq = Interrupt::new(Arc::new(Counter::default()));
@@ -652,7 +551,7 @@ fn both_directions_run_under_the_net_filter() {
         let filter = crate::seccomp::filter(ThreadKind::Net).unwrap();
         let (ours, peer) = UnixStream::pair().unwrap();
         let mut net = Net::new(spec(65520), ours.into(), Some(filter)).unwrap();
-        let driver = Driver::new();
+        let driver = Driver::for_net();
         net.activate(Activation {
             mem: driver.mem.clone(),
             interrupt: Interrupt::new(Arc::new(Counter::default())),
