@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, reference, "{text:?} -> {shown:?}");
             assert!(!reference.repository.is_empty() && !reference.registry.is_empty());
         }
-        Err(e) => assert!(e.to_string().len() <= 4096, "{text:?}: an unbounded message"),
+        Err(e) => assert!(
+            e.to_string().len() <= 4096,
+            "{text:?}: an unbounded message"
+        ),
     }
 });
