@@ -46,8 +46,10 @@ pub(crate) use write::{write_fs, Source};
 pub const CACHE_SUFFIX: &str = ".erofs";
 
 /// The volume name of every image this writer makes: the format's version,
-/// so a cached image of an older layout is written again.
-pub(crate) const VOLUME_NAME: &[u8; 16] = b"microrun-erofs-1";
+/// so a cached image of an older layout is written again. NUL-terminated
+/// within its 16 bytes: Linux (6.1's `erofs_read_superblock`) refuses a
+/// name without one ("bad volume name without NIL terminator").
+pub(crate) const VOLUME_NAME: &[u8; 16] = b"microrun-erofs2\0";
 
 /// Errors of writing an EROFS image.
 #[derive(Debug, thiserror::Error)]
