@@ -158,7 +158,7 @@ struct RunArgs {
     insecure_registries: Vec<String>,
     /// How a VM gets the rootfs: an initrd unpacked into its memory, or a
     /// read-only disk under a throw-away overlay [default: the disk for
-    /// images above 256 MiB unpacked, else the initrd].
+    /// images above 16 MiB unpacked, else the initrd].
     #[arg(long, value_enum, value_name = "initrd|disk")]
     root: Option<microrun::spec::RootChoice>,
     /// Print how long each phase took, on stderr.
