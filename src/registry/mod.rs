@@ -158,6 +158,18 @@ pub enum RegistryError {
         /// What came.
         actual: String,
     },
+    /// A manifest names a blob whose digest is right but whose size is not.
+    #[error("{image}: its manifest says the blob {digest} has {expected} bytes, but the blob with that digest has {actual}: the manifest is wrong (the cached blob is intact and was kept); push the image again with a correct manifest, or tell its owner")]
+    WrongDescriptorSize {
+        /// The image whose manifest gave the size.
+        image: String,
+        /// The blob.
+        digest: String,
+        /// The descriptor's size.
+        expected: u64,
+        /// The blob's size.
+        actual: u64,
+    },
     /// A response over its cap.
     #[error(
         "{registry} sent {what} larger than {limit} bytes: that is not image metadata; refused"
@@ -455,7 +467,7 @@ fn open_stored(
                 | ImageError::Layer { .. }
         ) {
             for (digest, size) in store.blobs_of(record) {
-                let _ = store.has_verified(&digest, size);
+                let _ = store.has_verified(&digest, size, &name);
             }
         }
         return Err(e.into());
@@ -543,7 +555,7 @@ fn pull_into(
             .map(|(d, s, _)| (d.clone(), *s, "layer".to_string())),
     );
     for (digest, size, kind) in blobs {
-        if store.has_verified(&digest, size)? {
+        if store.has_verified(&digest, size, &reference.to_string())? {
             log::info!("{reference}: {kind} {digest} is already in the cache");
             continue;
         }
