@@ -243,6 +243,7 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
                 insecure: cli.run.insecure_registries,
                 verbosity,
                 convert: false,
+                deadline: None,
             };
             let pinned = microrun::registry::pull(&reference, &options)?;
             let _ = writeln!(std::io::stdout().lock(), "{pinned}");
@@ -270,8 +271,16 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         insecure: args.insecure_registries,
         verbosity,
         convert: args.root != Some(microrun::spec::RootChoice::Disk),
+        deadline: vmm::deadline_after(started, args.timeout),
     };
-    let (rootfs, pulled) = microrun::registry::resolve_rootfs(&path, &pull_options)?;
+    let (rootfs, pulled) = match microrun::registry::resolve_rootfs(&path, &pull_options) {
+        // --timeout counts from microrun's start, the pull included: 124.
+        Err(err) if err.is_timeout() => {
+            microrun::say(format_args!("{err}"));
+            return Ok(124);
+        }
+        resolved => resolved?,
+    };
     let request = Request {
         rootfs,
         command: args.cmd,

@@ -212,6 +212,12 @@ pub enum RegistryError {
         /// What is read instead.
         accepted: &'static str,
     },
+    /// `--timeout` expired while pulling (microrun exits 124).
+    #[error("--timeout expired while pulling {reference}; nothing partial was kept (raise --timeout, or pull first with `microrun pull {reference}` so that the run starts from the cache)")]
+    TimedOut {
+        /// The reference.
+        reference: String,
+    },
     /// The store could not be written or read.
     #[error(
         "the image cache: cannot use {what}: {source} (set XDG_CACHE_HOME to a writable directory)"
@@ -234,6 +240,17 @@ pub enum RegistryError {
     /// The cache directory.
     #[error(transparent)]
     Initrd(#[from] initrd_tools::InitrdError),
+}
+
+impl RegistryError {
+    /// Whether `--timeout` ended the pull (the run then exits 124, not 125).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            RegistryError::TimedOut { .. } => true,
+            RegistryError::NotAPath { source, .. } => source.is_timeout(),
+            _ => false,
+        }
+    }
 }
 
 /// When the registry is asked (docker's `--pull`).
@@ -263,6 +280,22 @@ pub struct PullOptions {
     /// `--root disk` (the EROFS conversion checks every blob too, and a
     /// newc archive would be made for nothing) and for `microrun pull`.
     pub convert: bool,
+    /// When `--timeout` expires, counted from microrun's start
+    /// (`vmm::deadline_after`): every request ends by then, and the pull
+    /// stops between blobs and after the conversion.
+    pub deadline: Option<Instant>,
+}
+
+impl PullOptions {
+    /// The timeout error once the deadline has passed.
+    fn check_deadline(&self, reference: &Reference) -> Result<(), RegistryError> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(RegistryError::TimedOut {
+                reference: reference.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What ROOTFS names: a path as [`Rootfs::detect`] reads it, or an image
@@ -320,6 +353,7 @@ fn fetch(
                 Ok(image) => {
                     log::info!("{reference}: from the cache, {}", record.digest);
                     store.touch(&name);
+                    options.check_deadline(reference)?;
                     return Ok((image, None));
                 }
                 Err(e) => log::info!("{reference}: the cached image is incomplete ({e})"),
@@ -337,6 +371,7 @@ fn fetch(
     let started = Instant::now();
     let record = pull_into(&store, reference, options).map_err(|e| not_a_path(path_text, e))?;
     let image = open_stored(&store, &record, reference, convert)?;
+    options.check_deadline(reference)?;
     Ok((image, Some(started.elapsed())))
 }
 
@@ -481,8 +516,7 @@ fn pull_into(
     reference: &Reference,
     options: &PullOptions,
 ) -> Result<Record, RegistryError> {
-    let insecure = is_insecure(reference, &options.insecure);
-    let mut client = Client::new(reference, insecure);
+    let mut client = Client::new(reference, &options.insecure, options.deadline);
     let progress = Progress::new(options.verbosity);
     let top = client.manifest(reference.manifest_reference())?;
     log::info!("{reference}: resolved to {}", top.digest);
@@ -555,6 +589,7 @@ fn pull_into(
             .map(|(d, s, _)| (d.clone(), *s, "layer".to_string())),
     );
     for (digest, size, kind) in blobs {
+        options.check_deadline(reference)?;
         if store.has_verified(&digest, size, &reference.to_string())? {
             log::info!("{reference}: {kind} {digest} is already in the cache");
             continue;
@@ -590,7 +625,12 @@ fn pull_into(
 /// Whether `reference`'s registry may be reached over plain HTTP:
 /// `localhost`, `127.0.0.0/8`, `::1`, or a host the user named.
 pub fn is_insecure(reference: &Reference, named: &[String]) -> bool {
-    let host = reference.host_name();
+    host_is_insecure(reference.host_name(), &reference.registry, named)
+}
+
+/// [`is_insecure`] for any `host` (`authority` is `host[:port]`), such as
+/// a token realm's.
+pub fn host_is_insecure(host: &str, authority: &str, named: &[String]) -> bool {
     let loopback = host == "localhost"
         || host == "[::1]"
         || host
@@ -602,7 +642,7 @@ pub fn is_insecure(reference: &Reference, named: &[String]) -> bool {
         .map(String::as_str)
         .chain(from_env.split(',').map(str::trim))
         .filter(|h| !h.is_empty());
-    loopback || hosts.any(|h| h == host || h == reference.registry)
+    loopback || hosts.any(|h| h == host || h == authority)
 }
 
 fn parse_json(bytes: &[u8], reference: &Reference, what: &str) -> Result<Value, RegistryError> {
