@@ -243,6 +243,7 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
                 insecure: cli.run.insecure_registries,
                 verbosity,
                 convert: false,
+                root: None,
                 deadline: None,
             };
             let pinned = microrun::registry::pull(&reference, &options)?;
@@ -270,7 +271,8 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         policy: args.pull,
         insecure: args.insecure_registries,
         verbosity,
-        convert: args.root != Some(microrun::spec::RootChoice::Disk),
+        convert: true,
+        root: args.root,
         deadline: vmm::deadline_after(started, args.timeout),
     };
     let (rootfs, pulled) = match microrun::registry::resolve_rootfs(&path, &pull_options) {

@@ -770,15 +770,7 @@ mod tests {
             let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
             (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
         });
-        let mut client = Client::new(&reference, &[], None);
-        client.search = Some(auth::Search {
-            found: Some(Credentials {
-                user: "u".into(),
-                password: "p".into(),
-                source: "/test/auth.json".into(),
-            }),
-            ..auth::Search::default()
-        });
+        let mut client = logged_in(&reference);
         assert_eq!(client.manifest("1").unwrap().bytes, b"{}");
     }
 
@@ -874,6 +866,20 @@ mod tests {
         assert!(matches!(err, RegistryError::WrongDigest { .. }), "{err}");
     }
 
+    /// A client for `reference` that has found the credentials `u`:`p`.
+    fn logged_in(reference: &Reference) -> Client {
+        let mut client = Client::new(reference, &[], None);
+        client.search = Some(auth::Search {
+            found: Some(Credentials {
+                user: "u".into(),
+                password: "p".into(),
+                source: "/test/auth.json".into(),
+            }),
+            ..auth::Search::default()
+        });
+        client
+    }
+
     fn port_of(reference: &Reference) -> u16 {
         reference
             .registry
@@ -890,15 +896,7 @@ mod tests {
             let challenge = "Bearer realm=\"http://auth.example/token\"".to_string();
             (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
         });
-        let mut client = Client::new(&reference, &[], None);
-        client.search = Some(auth::Search {
-            found: Some(Credentials {
-                user: "u".into(),
-                password: "p".into(),
-                source: "/test/auth.json".into(),
-            }),
-            ..auth::Search::default()
-        });
+        let mut client = logged_in(&reference);
         let err = client.manifest("1").unwrap_err();
         assert!(
             matches!(&err, RegistryError::Protocol { detail, .. } if detail.contains("not an https URL")),

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use initrd_tools::image::{Image, ImageError};
 use serde_json::Value;
 
-use crate::spec::{Rootfs, Verbosity};
+use crate::plan::root::{self as plan_root, RootKind};
+use crate::spec::{RootChoice, Rootfs, Verbosity};
 use client::Client;
 use progress::{human_size, Progress};
 use reference::Reference;
@@ -276,10 +277,14 @@ pub struct PullOptions {
     pub verbosity: Verbosity,
     /// Convert a cached image into its initrd archive while the store is
     /// at hand, so that a cached blob that no longer matches its digest
-    /// is fetched again rather than failing the run later. Off under
-    /// `--root disk` (the EROFS conversion checks every blob too, and a
-    /// newc archive would be made for nothing) and for `microrun pull`.
+    /// is fetched again rather than failing the run later. Off for
+    /// `microrun pull`; skipped too where the plan boots the image from
+    /// the disk root (see `root`).
     pub convert: bool,
+    /// `--root`: with the disk root, given or chosen by size as
+    /// `plan::root::choose` does, no newc archive is made (the EROFS
+    /// conversion checks every blob too, and the archive would go unused).
+    pub root: Option<RootChoice>,
     /// When `--timeout` expires, counted from microrun's start
     /// (`vmm::deadline_after`): every request ends by then, and the pull
     /// stops between blobs and after the conversion.
@@ -333,16 +338,22 @@ pub fn image(
     options: &PullOptions,
     path_text: Option<&str>,
 ) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
-    fetch(reference, options, path_text, options.convert)
+    fetch(
+        reference,
+        options,
+        path_text,
+        options.convert.then_some(options.root),
+    )
 }
 
-/// [`image`], converting only when `convert` (a `microrun pull` does not:
-/// every blob it fetched was checked as it streamed).
+/// [`image`], converting only when `convert` is the run's `--root` (a
+/// `microrun pull` does not: every blob it fetched was checked as it
+/// streamed).
 fn fetch(
     reference: &Reference,
     options: &PullOptions,
     path_text: Option<&str>,
-    convert: bool,
+    convert: Option<Option<RootChoice>>,
 ) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
     let store = BlobStore::open(&initrd_tools::cache_dir()?)?;
     let _lock = store.lock(false)?;
@@ -397,7 +408,7 @@ pub fn pull(text: &str, options: &PullOptions) -> Result<String, RegistryError> 
     if options.policy == PullPolicy::Missing {
         options.policy = PullPolicy::Always;
     }
-    let (image, took) = fetch(&reference, &options, None, false)?;
+    let (image, took) = fetch(&reference, &options, None, None)?;
     log::info!(
         "{reference}: {}{}",
         image.description(),
@@ -476,14 +487,15 @@ fn record_name(reference: &Reference) -> String {
     }
 }
 
-/// The stored image of `record`, opened, and with `convert` its archive
-/// converted (or found) in the cache. A blob that does not match its
+/// The stored image of `record`, opened, and with `convert` (the run's
+/// `--root`) its archive converted (or found) in the cache, unless the
+/// plan boots it from the disk root. A blob that does not match its
 /// digest is removed, so the next pull fetches it again.
 fn open_stored(
     store: &BlobStore,
     record: &Record,
     reference: &Reference,
-    convert: bool,
+    convert: Option<Option<RootChoice>>,
 ) -> Result<Box<Image>, RegistryError> {
     let name = if record.digest == record.manifest {
         reference.to_string()
@@ -491,7 +503,11 @@ fn open_stored(
         format!("{reference} (index {})", record.digest)
     };
     let image = initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, &name)?;
-    if !convert {
+    let Some(root) = convert else {
+        return Ok(Box::new(image));
+    };
+    if boots_from_disk(&image, root) {
+        log::info!("{reference}: boots from the disk root; no initrd archive is made");
         return Ok(Box::new(image));
     }
     if let Err(e) = image.cached_convert() {
@@ -508,6 +524,19 @@ fn open_stored(
         return Err(e.into());
     }
     Ok(Box::new(image))
+}
+
+/// Whether a VM run with `root` (`--root`) boots `image` from the disk
+/// root: `plan::root::choose`'s answer, on the same estimate. The engine
+/// is not known yet; the chroot engine, which takes the initrd, converts
+/// the image itself when it needs the archive.
+fn boots_from_disk(image: &Image, root: Option<RootChoice>) -> bool {
+    let rootfs = Rootfs::Image(Box::new(image.clone()));
+    let estimate = || plan_root::unpacked_estimate(&rootfs);
+    matches!(
+        plan_root::choose(root, &rootfs, true, false, estimate),
+        Ok(RootKind::Disk)
+    )
 }
 
 /// Pulls `reference` into the store and records its name.
@@ -867,6 +896,68 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sha256"), "{err}");
+    }
+
+    /// A store holding one image whose single gzip layer is `len` bytes (a
+    /// sparse file: the magic, then zeros, so not a valid stream), and
+    /// that image's record.
+    fn stored_image(len: u64) -> (tempfile::TempDir, BlobStore, Record) {
+        use sha2::Digest as _;
+        let cache = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(cache.path()).unwrap();
+        let digest = |bytes: &[u8]| format!("sha256:{}", client::hex(&sha2::Sha256::digest(bytes)));
+        let layer = format!("sha256:{}", "a".repeat(64));
+        let file = std::fs::File::create(store.blob_path(&layer)).unwrap();
+        std::io::Write::write_all(&mut &file, &[0x1f, 0x8b, 8, 0]).unwrap();
+        file.set_len(len).unwrap();
+        let config = json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "b".repeat(64))]},
+        })
+        .to_string();
+        let config_digest = digest(config.as_bytes());
+        store.put(&config_digest, config.as_bytes()).unwrap();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": len}],
+        })
+        .to_string();
+        let manifest_digest = digest(manifest.as_bytes());
+        store.put(&manifest_digest, manifest.as_bytes()).unwrap();
+        let record = Record {
+            name: "127.0.0.1:5000/big:1".into(),
+            digest: manifest_digest.clone(),
+            manifest: manifest_digest,
+            used: None,
+        };
+        (cache, store, record)
+    }
+
+    #[test]
+    fn an_image_the_plan_boots_from_the_disk_is_not_converted_to_an_archive() {
+        let reference = Reference::parse("127.0.0.1:5000/big:1").unwrap();
+        // 100 MiB of gzip: estimated at 300 MiB unpacked, above the threshold.
+        let (_cache, store, record) = stored_image(100 << 20);
+        let image =
+            initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, "big")
+                .unwrap();
+        assert!(image.unpacked_estimate().unwrap() > plan_root::DISK_THRESHOLD);
+        assert!(boots_from_disk(&image, None));
+        assert!(boots_from_disk(&image, Some(RootChoice::Disk)));
+        assert!(!boots_from_disk(&image, Some(RootChoice::Initrd)));
+        // The layer is no valid gzip stream: any conversion would fail.
+        // Without --root the run's open makes no archive, and succeeds.
+        open_stored(&store, &record, &reference, Some(None)).unwrap();
+
+        let (_cache, store, record) = stored_image(1 << 20);
+        let small =
+            initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, "small")
+                .unwrap();
+        assert!(!boots_from_disk(&small, None));
+        assert!(boots_from_disk(&small, Some(RootChoice::Disk)));
     }
 
     #[test]
