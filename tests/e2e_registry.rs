@@ -743,3 +743,57 @@ fn qemu_runs_a_pulled_image() {
         "only the first run's image became a newc archive"
     );
 }
+
+/// `--timeout` counts from microrun's start, the pull included: a registry
+/// that sends its headers at once and then its manifest a byte a second
+/// ends the run at the timeout with 124 (it ran 18 s and exited 125).
+/// Needs no registry program: the trickling one is a thread here.
+#[test]
+fn a_trickling_registry_ends_the_run_at_its_timeout_with_124() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || trickle(stream));
+        }
+    });
+    let (_work, cache) = workspace();
+    let reference = format!("127.0.0.1:{port}/app:1");
+    let started = Instant::now();
+    let output = microrun(&cache, &["--timeout", "2s", &reference, "--", "true"], &[]);
+    let took = started.elapsed();
+    assert_code(&output, 124);
+    let err = stderr(&output);
+    assert!(err.contains("--timeout expired while pulling"), "{err}");
+    assert!(took < Duration::from_secs(6), "ran {took:?}");
+}
+
+/// Answers one plain-HTTP request with a manifest's headers at once, then
+/// its body a byte a second.
+fn trickle(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 65536 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+        // microrun's HTTPS try (a TLS hello) is closed at once, so that it
+        // goes on over plain HTTP, as a loopback registry allows.
+        if !b"GET ".starts_with(&request[..request.len().min(4)]) {
+            return;
+        }
+    }
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                Content-Length: 100\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_secs(1));
+        if stream.write_all(b" ").is_err() {
+            return;
+        }
+    }
+}

@@ -960,16 +960,32 @@ mod tests {
     fn a_trickling_registry_cannot_outlast_the_deadline() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickling = answered.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let mut reader = std::io::BufReader::new(&stream);
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.ends_with("\r\n\r\n") {}
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut input = &stream;
+                // The HTTPS try (a TLS hello) is closed at once: plain
+                // HTTP follows, and it is the body that trickles.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n")
+                    && b"GET ".starts_with(&request[..request.len().min(4)])
+                {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !request.starts_with(b"GET ") {
+                    continue;
+                }
                 let mut out = &stream;
                 let head = "HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n";
                 if out.write_all(head.as_bytes()).is_err() {
                     continue;
                 }
+                trickling.store(true, std::sync::atomic::Ordering::SeqCst);
                 // Headers at once, then the body a byte at a time.
                 for _ in 0..60 {
                     std::thread::sleep(Duration::from_millis(200));
@@ -984,6 +1000,10 @@ mod tests {
         let mut client = Client::new(&reference, &[], Some(started + Duration::from_millis(1500)));
         let err = client.manifest("1").unwrap_err();
         assert!(err.is_timeout(), "{err}");
+        assert!(
+            answered.load(std::sync::atomic::Ordering::SeqCst),
+            "the headers came and the body trickled"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(4),
             "{:?}",
