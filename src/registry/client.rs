@@ -418,19 +418,7 @@ impl Client {
         let realm = challenge.param("realm").unwrap_or_default();
         // Plain HTTP by the realm's own host: a loopback registry may name
         // a realm elsewhere, and the user's credentials go to the realm.
-        let realm_insecure = realm.starts_with("http://")
-            && realm
-                .parse::<Uri>()
-                .ok()
-                .and_then(|uri| uri.authority().cloned())
-                .filter(|authority| !authority.as_str().contains('@'))
-                .is_some_and(|authority| {
-                    super::host_is_insecure(
-                        authority.host(),
-                        authority.as_str(),
-                        &self.named_insecure,
-                    )
-                });
+        let realm_insecure = realm_is_insecure(&realm, &self.named_insecure);
         if !realm.starts_with("https://") && !realm_insecure {
             return Err(RegistryError::Protocol {
                 registry: self.reference.registry.clone(),
@@ -535,6 +523,21 @@ impl Client {
             source,
         }
     }
+}
+
+/// Whether the token realm `realm` may be asked over plain HTTP: an
+/// `http://` URL whose own host is loopback or named insecure (the rule
+/// of [`super::is_insecure`]), whatever the registry's host is.
+fn realm_is_insecure(realm: &str, named: &[String]) -> bool {
+    realm.starts_with("http://")
+        && realm
+            .parse::<Uri>()
+            .ok()
+            .and_then(|uri| uri.authority().cloned())
+            .filter(|authority| !authority.as_str().contains('@'))
+            .is_some_and(|authority| {
+                super::host_is_insecure(authority.host(), authority.as_str(), named)
+            })
 }
 
 /// A timer may fire this much before the deadline it was set for.
@@ -902,9 +905,17 @@ mod tests {
             matches!(&err, RegistryError::Protocol { detail, .. } if detail.contains("not an https URL")),
             "{err}"
         );
-        // Named with --insecure-registry, the realm's host may use plain HTTP.
-        let named = Client::new(&reference, &["auth.example".into()], None);
-        assert_eq!(named.named_insecure, ["auth.example"]);
+        // The realm's own host decides: loopback, or named.
+        assert!(!realm_is_insecure("http://auth.example/token", &[]));
+        assert!(realm_is_insecure(
+            "http://auth.example/token",
+            &["auth.example".into()]
+        ));
+        assert!(realm_is_insecure("http://localhost:5001/token", &[]));
+        assert!(realm_is_insecure("http://127.0.0.1:5001/token", &[]));
+        assert!(realm_is_insecure("http://[::1]:5001/token", &[]));
+        assert!(!realm_is_insecure("http://127.0.0.1@evil.example/t", &[]));
+        assert!(!realm_is_insecure("https://127.0.0.1/token", &[]));
     }
 
     #[test]
