@@ -204,6 +204,11 @@ impl Block {
         })
     }
 
+    /// Whether the disk is read-only (its image open for reading only).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// The disk's size in sectors.
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -410,6 +415,13 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+}
+
+/// The image's descriptor, which the vCPU threads' seccomp filter names.
+impl AsRawFd for Block {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 }
 

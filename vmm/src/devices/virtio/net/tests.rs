@@ -549,8 +549,12 @@ const FILTER_CHILD: &str = "VMM_NET_FILTER_CHILD";
 fn both_directions_run_under_the_net_filter() {
     const NAME: &str = "devices::virtio::net::tests::both_directions_run_under_the_net_filter";
     if std::env::var_os(FILTER_CHILD).is_some() {
-        let filter = crate::seccomp::filter(ThreadKind::Net).unwrap();
         let (ours, peer) = UnixStream::pair().unwrap();
+        let fds = crate::seccomp::Descriptors {
+            disks: Vec::new(),
+            net_socket: Some(ours.as_raw_fd()),
+        };
+        let filter = crate::seccomp::filter_for(ThreadKind::Net, &fds).unwrap();
         let mut net = Net::new(spec(65520), ours.into(), Some(filter)).unwrap();
         let driver = Driver::for_net();
         net.activate(Activation {
@@ -584,7 +588,7 @@ fn both_directions_run_under_the_net_filter() {
         rig.driver.transmit(&sent);
         rig.kick(TX);
         rig.driver.wait_used(TX, 2);
-        let supervisor = crate::seccomp::filter(ThreadKind::Supervisor).unwrap();
+        let supervisor = crate::seccomp::filter_for(ThreadKind::Supervisor, &fds).unwrap();
         let net = rig.net;
         let dropped = crate::seccomp::spawn(
             "supervisor".into(),
