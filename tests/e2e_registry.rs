@@ -817,18 +817,7 @@ mod kvm {
     use super::*;
     use common::Engine;
 
-    const ENGINE: Engine = Engine {
-        name: "kvm",
-        args: &["--engine", "kvm"],
-        env: &[],
-        is_vm: true,
-        unavailable: || image_cases::unavailable("kvm"),
-        kernel: common::project_kernel,
-        nested: true,
-        no_stdin_eof: None,
-        slow_stdout: None,
-        no_shares: None,
-    };
+    const ENGINE: Engine = image_cases::KVM;
 
     #[test]
     fn a_pulled_image_runs_and_runs_offline() {
