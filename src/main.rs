@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use microrun::engine::qemu::Accel;
 use microrun::registry::{PullOptions, PullPolicy};
@@ -19,8 +20,13 @@ use microrun::units::{parse_size, parse_timeout, parse_vcpus};
 #[command(
     name = "microrun",
     version,
-    args_conflicts_with_subcommands = true,
+    // Not `args_conflicts_with_subcommands`: it would take `pull` in
+    // `microrun -v pull REF` for a ROOTFS. The global options (-q, -v,
+    // --insecure-registry) go before or after a subcommand, as docker's
+    // do; `run_options_given` refuses a run's options with one.
     subcommand_negates_reqs = true,
+    override_usage = "microrun [OPTIONS] <ROOTFS> [-- <CMD>...]\n       \
+                      microrun [-q|-v] [--insecure-registry HOST] <COMMAND>",
     after_help = "Exit status: the program's (0-255; 128+N for signal N), 124 on --timeout, \
                   125 when microrun or the VM failed, 126/127 when the command cannot be run or found."
 )]
@@ -176,7 +182,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     // Usage errors are microrun failures too (125, as the contract's table
     // has it), not clap's default 2; --help and --version exit 0.
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli(std::env::args_os()) {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
             // `microrun: error: ...` like every other failure, clap's hint
@@ -207,6 +213,40 @@ fn main() -> ExitCode {
     // Bounded: a stderr nobody reads must not keep microrun from exiting.
     microrun::flush_messages(MESSAGE_GRACE);
     ExitCode::from(code)
+}
+
+/// The command line, with a run's options refused beside a subcommand
+/// (`microrun --mem 1G pull REF` would otherwise ignore `--mem`).
+fn parse_cli(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    if let Some((name, _)) = matches.subcommand() {
+        if let Some(given) = run_options_given(&command, &matches).first() {
+            return Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "{given} belongs to a run, not to `microrun {name}`: leave it out \
+                     (only -q, -v and --insecure-registry go with a subcommand)"
+                ),
+            ));
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))
+}
+
+/// The options and arguments of a run (every top-level one but the
+/// global ones) given on the command line, as the user spells them.
+fn run_options_given(command: &clap::Command, matches: &ArgMatches) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|arg| !arg.is_global_set())
+        .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|arg| match (arg.get_long(), arg.get_value_names()) {
+            (Some(long), _) => format!("--{long}"),
+            (None, Some([name, ..])) => format!("<{name}>"),
+            (None, _) => arg.get_id().to_string(),
+        })
+        .collect()
 }
 
 /// How long microrun waits at exit for its last messages to be written.
@@ -243,6 +283,8 @@ fn real_main(cli: Cli, verbosity: Verbosity, started: Instant) -> anyhow::Result
                 insecure: cli.run.insecure_registries,
                 verbosity,
                 convert: false,
+                root: None,
+                deadline: None,
             };
             let pinned = microrun::registry::pull(&reference, &options)?;
             let _ = writeln!(std::io::stdout().lock(), "{pinned}");
@@ -269,9 +311,18 @@ fn run_guest(args: RunArgs, verbosity: Verbosity, started: Instant) -> anyhow::R
         policy: args.pull,
         insecure: args.insecure_registries,
         verbosity,
-        convert: args.root != Some(microrun::spec::RootChoice::Disk),
+        convert: true,
+        root: args.root,
+        deadline: vmm::deadline_after(started, args.timeout),
     };
-    let (rootfs, pulled) = microrun::registry::resolve_rootfs(&path, &pull_options)?;
+    let (rootfs, pulled) = match microrun::registry::resolve_rootfs(&path, &pull_options) {
+        // --timeout counts from microrun's start, the pull included: 124.
+        Err(err) if err.is_timeout() => {
+            microrun::say(format_args!("{err}"));
+            return Ok(124);
+        }
+        resolved => resolved?,
+    };
     let request = Request {
         rootfs,
         command: args.cmd,

@@ -63,9 +63,19 @@ fn bz(name: &str) -> PathBuf {
 /// (auto) does not pick on a host whose KVM cannot run Linux.
 fn kvm_engine<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<std::ffi::OsString> {
     let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
-    let subcommand = args
-        .first()
-        .is_some_and(|a| ["pack", "rootfs", "pull", "images"].iter().any(|s| a == s));
+    // A subcommand may follow the global options.
+    let mut rest = args.iter();
+    let mut first = rest.next();
+    while let Some(global) =
+        first.filter(|a| ["-q", "-v", "--insecure-registry"].iter().any(|g| a == g))
+    {
+        if global == "--insecure-registry" {
+            rest.next();
+        }
+        first = rest.next();
+    }
+    let subcommand =
+        first.is_some_and(|a| ["pack", "rootfs", "pull", "images"].iter().any(|s| a == s));
     if subcommand || args.iter().any(|a| a == "--engine") {
         return args;
     }
@@ -647,6 +657,45 @@ fn bad_option_values_exit_125_and_name_the_value() {
     // An unknown option is a usage error: 125 too, not clap's 2.
     let out = f.boot(&kernel, &["--no-such-option"]);
     assert_eq!(code(&out), Some(125), "{}", stderr(&out));
+}
+
+/// The global options go before a subcommand too, as docker's do
+/// (`docker -D pull`), and a run's options beside one are refused, not
+/// ignored.
+#[test]
+fn global_options_go_before_a_subcommand() {
+    let f = Fixture::new();
+    let packed = f.path("packed.cpio");
+    let (out, _) = f.microrun(&[
+        "-v".as_ref(),
+        "pack".as_ref(),
+        f.root().as_os_str(),
+        "-o".as_ref(),
+        packed.as_os_str(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("info: packed"), "{}", stderr(&out));
+    assert!(packed.is_file());
+
+    // Nothing listens on this port: the pull fails after -v's first
+    // debug line, offline.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let reference = format!("127.0.0.1:{closed}/x:1");
+    let (out, _) = f.microrun(&["-v", "pull", &reference]);
+    assert_fails(&out, &["cannot reach 127.0.0.1", "debug: 127.0.0.1"]);
+    let (out, _) = f.microrun(&["-q", "pull", &reference]);
+    assert_fails(&out, &["cannot reach 127.0.0.1"]);
+    assert!(!stderr(&out).contains("debug"), "{}", stderr(&out));
+    let (out, _) = f.microrun(&["-q", "--insecure-registry", "elsewhere", "pull", &reference]);
+    assert_fails(&out, &["cannot reach 127.0.0.1"]);
+
+    let (out, _) = f.microrun(&["--mem", "1G", "pull", &reference]);
+    assert_fails(&out, &["--mem belongs to a run", "microrun pull"]);
+    let (out, _) = f.microrun(&[f.root().as_os_str(), "images".as_ref()]);
+    assert_fails(&out, &["<ROOTFS> belongs to a run", "microrun images"]);
 }
 
 #[test]

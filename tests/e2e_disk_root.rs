@@ -7,7 +7,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -27,14 +26,7 @@ fn rootfs(dir: &Path, busybox: &Path) -> PathBuf {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     fs::write(root.join("etc/file"), b"original\n").unwrap();
-    let mut big = std::io::BufWriter::new(fs::File::create(root.join("big")).unwrap());
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    for _ in 0..(BIG >> 20) - 1 {
-        big.write_all(&chunk).unwrap();
-    }
-    big.write_all(&chunk[..chunk.len() - 8]).unwrap();
-    big.write_all(b"THE-END\n").unwrap();
-    big.flush().unwrap();
+    common::disk_root::write_big(&root.join("big"), BIG);
     root
 }
 

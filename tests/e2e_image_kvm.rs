@@ -13,18 +13,7 @@ mod images;
 
 use common::Engine;
 
-const ENGINE: Engine = Engine {
-    name: "kvm",
-    args: &["--engine", "kvm"],
-    env: &[],
-    is_vm: true,
-    unavailable: || image_cases::unavailable("kvm"),
-    kernel: common::project_kernel,
-    nested: true,
-    no_stdin_eof: None,
-    slow_stdout: None,
-    no_shares: None,
-};
+const ENGINE: Engine = image_cases::KVM;
 
 #[test]
 fn every_format_runs_with_its_defaults() {

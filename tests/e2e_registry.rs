@@ -3,7 +3,8 @@
 //! 127.0.0.1 with a temporary storage directory and configuration, images
 //! built by hand as OCI layouts (as `e2e_image` builds them) and pushed
 //! with `skopeo copy`. Each pulled image runs in the chroot engine; one
-//! case runs under the qemu engine.
+//! case runs under the qemu engine, and one (`kvm::`) under the kvm
+//! engine, in the nested lane where this host's KVM cannot run Linux.
 
 #[macro_use]
 mod common;
@@ -28,22 +29,31 @@ const REGISTRY: &str = "/usr/bin/docker-registry";
 /// A bcrypt hash of `s3cret` (the registry's htpasswd takes only bcrypt).
 const HTPASSWD: &str = "tester:$2b$12$DrZCX5rTWJuJGhqAhpEctu6Yh4XJ/0BvqIBAWIr1Wn5hMlnRrbkQ.";
 
+/// skopeo's default trust policy, which `skopeo copy` reads.
+const SKOPEO_POLICY: &str = "/etc/containers/policy.json";
+
 /// Why these tests cannot run here, if they cannot.
 fn unavailable() -> Option<String> {
+    registry_unavailable().or_else(|| image_cases::unavailable("chroot"))
+}
+
+/// Why the registry and skopeo cannot run here, if they cannot.
+fn registry_unavailable() -> Option<String> {
     if !Path::new(REGISTRY).is_file() {
         return Some(
             "no /usr/bin/docker-registry (install docker-registry; scripts/install-deps)".into(),
         );
     }
-    if !on_path("skopeo") {
+    if which("skopeo").is_none() {
         return Some("skopeo is not installed (scripts/install-deps)".into());
     }
-    image_cases::unavailable("chroot")
+    None
 }
 
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|path| path.is_file())
 }
 
 /// A registry of its own: a storage directory, a configuration, a port.
@@ -742,4 +752,126 @@ fn qemu_runs_a_pulled_image() {
         archives, 1,
         "only the first run's image became a newc archive"
     );
+}
+
+/// `--timeout` counts from microrun's start, the pull included: a registry
+/// that sends its headers at once and then its manifest a byte a second
+/// ends the run at the timeout with 124 (it ran 18 s and exited 125).
+/// Needs no registry program: the trickling one is a thread here.
+#[test]
+fn a_trickling_registry_ends_the_run_at_its_timeout_with_124() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || trickle(stream));
+        }
+    });
+    let (_work, cache) = workspace();
+    let reference = format!("127.0.0.1:{port}/app:1");
+    let started = Instant::now();
+    let output = microrun(&cache, &["--timeout", "2s", &reference, "--", "true"], &[]);
+    let took = started.elapsed();
+    assert_code(&output, 124);
+    let err = stderr(&output);
+    assert!(err.contains("--timeout expired while pulling"), "{err}");
+    assert!(took < Duration::from_secs(6), "ran {took:?}");
+}
+
+/// Answers one plain-HTTP request with a manifest's headers at once, then
+/// its body a byte a second.
+fn trickle(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 65536 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+        // microrun's HTTPS try (a TLS hello) is closed at once, so that it
+        // goes on over plain HTTP, as a loopback registry allows.
+        if !b"GET ".starts_with(&request[..request.len().min(4)]) {
+            return;
+        }
+    }
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                Content-Length: 100\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_secs(1));
+        if stream.write_all(b" ").is_err() {
+            return;
+        }
+    }
+}
+
+/// The pulled image under the kvm engine: on hardware KVM here; where this
+/// host's KVM cannot run Linux (kvm_pvm), in the nested lane
+/// (`common::nested`), which carries the registry, skopeo and its policy
+/// for it, so the registry runs on the outer VM's 127.0.0.1 and the pull
+/// happens there. This binary's other cases run on the host.
+mod kvm {
+    use super::*;
+    use common::Engine;
+
+    const ENGINE: Engine = image_cases::KVM;
+
+    #[test]
+    fn a_pulled_image_runs_and_runs_offline() {
+        if let Some(why) = registry_unavailable() {
+            skip_unavailable!("{why}");
+            return;
+        }
+        common::nested::set_extras(common::nested::Extras {
+            bins: [PathBuf::from(REGISTRY)]
+                .into_iter()
+                .chain(which("skopeo"))
+                .collect(),
+            files: [PathBuf::from(SKOPEO_POLICY)]
+                .into_iter()
+                .filter(|policy| policy.is_file())
+                .collect(),
+            cases_under: Some("kvm::"),
+        });
+        common::run_case(
+            &ENGINE,
+            concat!(module_path!(), "::a_pulled_image_runs_and_runs_offline"),
+            pulled_image_runs,
+        );
+    }
+
+    fn pulled_image_runs(engine: &Engine) {
+        if let Some(why) = registry_unavailable().or_else(engine.unavailable) {
+            skip_unavailable!("{} engine: {why}", engine.name);
+            return;
+        }
+        let (work, cache) = workspace();
+        let mut registry = Registry::start(false);
+        let reference = registry.push_image(work.path(), "kvm:1", "booted");
+        let kernel = (engine.kernel)().expect("checked by unavailable");
+        let run = |extra: &[&str]| {
+            let mut args = engine.args.to_vec();
+            args.extend(["--timeout", "120s", "--kernel", kernel.to_str().unwrap()]);
+            args.extend_from_slice(extra);
+            args.push(&reference);
+            microrun(&cache, &args, &[])
+        };
+        let output = run(&[]);
+        assert_code(&output, 0);
+        assert_eq!(stdout(&output), "booted\n", "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("pulled layer"),
+            "{}",
+            stderr(&output)
+        );
+
+        // The registry gone: the cache serves the kvm engine too.
+        registry.stop();
+        let output = run(&["--pull", "never"]);
+        assert_code(&output, 0);
+        assert_eq!(stdout(&output), "booted\n", "{}", stderr(&output));
+    }
 }

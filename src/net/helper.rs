@@ -2,7 +2,8 @@
 //! (`PR_SET_PDEATHSIG`), its messages go to `-v` (and the last of them into
 //! the error when it ends before it is ready), and it is ready when it
 //! writes its pid into a FIFO given as its pid file (`-P`), which both
-//! write after setting up: a tap device made, a socket taken. Stopped and
+//! write after setting up: a tap device made, a socket taken. The FIFO's
+//! private directory is removed as soon as it is ready. Stopped and
 //! reaped when dropped.
 
 use std::ffi::OsString;
@@ -22,7 +23,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const KEPT_LINES: usize = 8;
 const LINE_MAX: usize = 400;
 
-/// A private directory for the readiness FIFO, removed when dropped.
+/// A private directory for the readiness FIFO, removed when dropped
+/// (by [`Helper::start`], once the helper is ready or has failed).
 pub struct PrivateDir(PathBuf);
 
 impl PrivateDir {
@@ -69,13 +71,15 @@ pub struct Helper {
     name: String,
     child: Child,
     said: Arc<Mutex<Vec<String>>>,
-    _dir: PrivateDir,
 }
 
 impl Helper {
     /// Starts `program` with `args` (which name `ready`, from
     /// [`Helper::ready_path`], as the pid file), inheriting `inherit`
-    /// besides its standard streams, and waits until it is ready.
+    /// besides its standard streams, and waits until it is ready. `dir`
+    /// is removed before this returns, ready or not: nothing reads the
+    /// FIFO again, and a helper let go by [`Helper::release`] would
+    /// otherwise leave it behind.
     /// `fifo_owner`: the ids it has changed to when it opens its pid file
     /// (passt run as root; pasta gets `--runas 0:0`).
     pub fn start(
@@ -134,14 +138,12 @@ impl Helper {
                 .name(format!("{name}-log"))
                 .spawn(move || relay_messages(&label, stderr, &said));
         }
-        let mut helper = Helper {
-            name,
-            child,
-            said,
-            _dir: dir,
-        };
-        helper.wait_ready(&ready)?;
-        Ok(helper)
+        let mut helper = Helper { name, child, said };
+        let ready = helper.wait_ready(&ready);
+        // Removed before anything else runs (the kvm engine's filters
+        // come later and allow no unlink); on an error too.
+        drop(dir);
+        ready.map(|()| helper)
     }
 
     /// Where the pid file (the readiness FIFO) goes in `dir`.
@@ -227,7 +229,8 @@ impl Helper {
     /// end of its socket is closed (it then ends by itself, `--fd`
     /// implying `-1`), on a thread whose seccomp filter (the kvm engine's
     /// supervisor) allows neither `kill` nor `wait4`. microrun exits right
-    /// after, and its zombie goes to init.
+    /// after, and its zombie goes to init. Its private directory is gone
+    /// already ([`Helper::start`]).
     pub fn release(self) {
         std::mem::forget(self);
     }
@@ -381,19 +384,22 @@ fn shell_words(args: &[OsString]) -> String {
 mod tests {
     use super::*;
 
-    /// Starts `sh -c script` as a helper, with the FIFO's path as `$1`.
-    fn start_sh(script: &str) -> Result<Helper, NetError> {
+    /// Starts `sh -c script` as a helper, with the FIFO's path as `$1`;
+    /// also returns the FIFO's private directory.
+    fn start_sh(script: &str) -> (Result<Helper, NetError>, PathBuf) {
         let dir = PrivateDir::new().unwrap();
+        let path = dir.path().to_path_buf();
         let ready = Helper::ready_path(&dir);
         let args = vec!["-c".into(), script.into(), "sh".into(), ready.into()];
-        Helper::start(Path::new("/bin/sh"), args, None, dir, None)
+        let started = Helper::start(Path::new("/bin/sh"), args, None, dir, None);
+        (started, path)
     }
 
     #[test]
     fn a_helper_is_ready_when_it_writes_its_pid_and_is_reaped_when_dropped() {
-        let helper = start_sh("echo $$ > \"$1\"; exec sleep 100").unwrap();
+        let (helper, dir) = start_sh("echo $$ > \"$1\"; exec sleep 100");
+        let helper = helper.unwrap();
         let pid = helper.pid();
-        let dir = helper._dir.path().to_path_buf();
         drop(helper);
         // Killed and reaped: no such process any more, not even a zombie.
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
@@ -401,8 +407,96 @@ mod tests {
     }
 
     #[test]
+    fn a_released_helper_leaves_no_private_directory() {
+        let (helper, dir) = start_sh("echo $$ > \"$1\"; exec sleep 100");
+        let helper = helper.unwrap();
+        // Gone once it is ready, before the engine lets it go.
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+        let pid = helper.pid();
+        helper.release();
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+        // Released, so ended here: no sleep outlives the test.
+        // SAFETY: kill and waitpid on our own child, by its pid.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+        // And a helper that never gets ready leaves none either.
+        let (failed, dir) = start_sh("exit 3");
+        assert!(failed.is_err());
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+    }
+
+    /// Set in the child of [`passt_ends_when_microrun_is_killed`].
+    const PASST_CHILD: &str = "MICRORUN_TEST_PASST_CHILD";
+
+    /// passt outlives no microrun killed with SIGKILL, also as root,
+    /// where `--runas nobody` clears its `PR_SET_PDEATHSIG`: the kernel
+    /// closes microrun's end of the socket, and passt (`--fd`, one
+    /// connection) ends with it.
+    #[test]
+    fn passt_ends_when_microrun_is_killed() {
+        const NAME: &str = "net::helper::tests::passt_ends_when_microrun_is_killed";
+        let Ok(program) = crate::net::find_program("passt") else {
+            test_support::skip_unavailable!("passt is not installed (apt-get install passt)");
+            return;
+        };
+        if std::env::var_os(PASST_CHILD).is_some() {
+            // As the kvm engine: passt on its socket, the VM's end held.
+            let plan = crate::plan::NetPlan {
+                network: crate::net::Network::default(),
+                program,
+            };
+            let (passt, _socket) = start_passt(&plan).expect("start passt");
+            println!("passt {}", passt.pid());
+            std::thread::sleep(Duration::from_secs(60));
+            std::process::exit(1);
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+            .env(PASST_CHILD, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The child prints passt's pid once it is ready (at most 10 s),
+        // after libtest's `test NAME ... ` on the same line.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let pid = lines
+            .find_map(|line| {
+                line.ok()?
+                    .rsplit_once("passt ")?
+                    .1
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            })
+            .expect("the child started passt");
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|s| !s.starts_with(" Z"))
+            })
+        };
+        assert!(running(), "passt (pid {pid}) ended before microrun");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let still = running();
+        if still {
+            // SAFETY: kill of the pid the child reported, to clean up.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        assert!(!still, "passt (pid {pid}) outlived microrun by 5 s");
+    }
+
+    #[test]
     fn a_helper_that_exits_early_is_an_error_with_its_last_words() {
         let err = start_sh("echo first >&2; echo 'no tap device' >&2; exit 3")
+            .0
             .err()
             .expect("not ready");
         let text = err.to_string();

@@ -7,10 +7,11 @@
 //! manifest or a token by a cap, a blob by its descriptor's size.
 
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use ureq::http::{Response, StatusCode};
+use ureq::config::RedirectAuthHeaders;
+use ureq::http::{Response, StatusCode, Uri};
 use ureq::Body;
 
 use super::auth::{self, Credentials};
@@ -25,6 +26,11 @@ const MAX_TOKEN: u64 = 1 << 20;
 const MAX_ERROR_BODY: u64 = 16 << 10;
 /// Connecting, and each read, may take this long before the pull fails.
 const NETWORK_WAIT: Duration = Duration::from_secs(30);
+/// A whole request may take [`NETWORK_WAIT`] twice and its body's length
+/// at this rate (bytes per second): a registry that answers at once and
+/// then trickles its body cannot hold a pull for ever, with or without
+/// `--timeout`.
+const MIN_RATE: u64 = 32 << 10;
 
 /// The manifest media types microrun asks for and reads.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -53,6 +59,11 @@ pub struct Client {
     scheme: &'static str,
     /// Whether plain HTTP may be tried.
     insecure: bool,
+    /// `--insecure-registry` hosts, for the token realm's own host.
+    named_insecure: Vec<String>,
+    /// When `--timeout` expires (counted from microrun's start): no
+    /// request outlives it.
+    deadline: Option<Instant>,
     /// The `Authorization` header value, once the registry asked for one.
     authorization: Option<String>,
     /// The credential files' search, once made.
@@ -63,11 +74,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `reference`'s repository; `insecure` lets it fall back
-    /// to plain HTTP.
-    pub fn new(reference: &Reference, insecure: bool) -> Client {
+    /// A client for `reference`'s repository. Plain HTTP is allowed only
+    /// where [`super::is_insecure`] says (loopback, or `named_insecure`);
+    /// everywhere else the agent is `https_only`, so a redirect to
+    /// `http://` is refused. `deadline` (`--timeout`'s end) bounds every
+    /// request.
+    pub fn new(
+        reference: &Reference,
+        named_insecure: &[String],
+        deadline: Option<Instant>,
+    ) -> Client {
+        let insecure = super::is_insecure(reference, named_insecure);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .https_only(!insecure)
+            // Blobs are commonly redirected to a CDN: the registry's token
+            // must not follow (ureq's default, stated here on purpose).
+            .redirect_auth_headers(RedirectAuthHeaders::Never)
             .timeout_connect(Some(NETWORK_WAIT))
             .timeout_recv_response(Some(NETWORK_WAIT))
             .timeout_per_read(Some(NETWORK_WAIT))
@@ -81,6 +104,8 @@ impl Client {
             reference: reference.clone(),
             scheme: "https",
             insecure,
+            named_insecure: named_insecure.to_vec(),
+            deadline,
             authorization: None,
             search: None,
             use_credentials: false,
@@ -99,7 +124,11 @@ impl Client {
     /// The manifest or index `reference` (a tag or a digest) names, its
     /// digest computed and checked.
     pub fn manifest(&mut self, reference: &str) -> Result<Manifest, RegistryError> {
-        let mut response = self.get(&format!("manifests/{reference}"), Some(ACCEPT))?;
+        let mut response = self.get(
+            &format!("manifests/{reference}"),
+            Some(ACCEPT),
+            MAX_MANIFEST,
+        )?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
@@ -155,7 +184,7 @@ impl Client {
         out: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), RegistryError> {
-        let mut response = self.get(&format!("blobs/{digest}"), None)?;
+        let mut response = self.get(&format!("blobs/{digest}"), None, size)?;
         if response.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::BlobNotFound {
                 reference: self.reference.to_string(),
@@ -221,8 +250,13 @@ impl Client {
     /// Hub's after 5 minutes, shorter than a big pull). A second 401 in
     /// the same request, or a realm that gives no anonymous token, moves
     /// to the user's credentials; a 401 after those is the error.
-    fn get(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
-        let mut response = self.send(path, accept)?;
+    fn get(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        size: u64,
+    ) -> Result<Response<Body>, RegistryError> {
+        let mut response = self.send(path, accept, size)?;
         let mut refreshed = false;
         for _ in 0..3 {
             if response.status() != StatusCode::UNAUTHORIZED {
@@ -268,7 +302,7 @@ impl Client {
                 },
                 _ => break,
             });
-            response = self.send(path, accept)?;
+            response = self.send(path, accept, size)?;
         }
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(self.auth_required());
@@ -326,11 +360,35 @@ impl Client {
         }
     }
 
+    /// How long a request whose body is at most `size` bytes may take in
+    /// all (body included): [`request_limit`] from now; the timeout
+    /// error when `--timeout` has already expired.
+    fn limit(&self, size: u64) -> Result<Duration, RegistryError> {
+        request_limit(size, self.deadline, Instant::now()).ok_or_else(|| self.timed_out())
+    }
+
+    fn timed_out(&self) -> RegistryError {
+        RegistryError::TimedOut {
+            reference: self.reference.to_string(),
+        }
+    }
+
     /// One GET with the current authorization; `https` first, plain HTTP
-    /// after a failed connection where allowed.
-    fn send(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+    /// after a failed connection where allowed. `size` bounds the time the
+    /// whole request may take.
+    fn send(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        size: u64,
+    ) -> Result<Response<Body>, RegistryError> {
         loop {
-            let mut request = self.agent.get(&self.url(path));
+            let mut request = self
+                .agent
+                .get(&self.url(path))
+                .config()
+                .timeout_global(Some(self.limit(size)?))
+                .build();
             if let Some(accept) = accept {
                 request = request.header("Accept", accept);
             }
@@ -358,18 +416,30 @@ impl Client {
         credentials: Option<&Credentials>,
     ) -> Result<String, RegistryError> {
         let realm = challenge.param("realm").unwrap_or_default();
-        let realm_ok = realm.starts_with("https://")
-            || (realm.starts_with("http://") && (self.insecure || self.scheme == "http"));
-        if !realm_ok {
+        // Plain HTTP by the realm's own host: a loopback registry may name
+        // a realm elsewhere, and the user's credentials go to the realm.
+        let realm_insecure = realm_is_insecure(&realm, &self.named_insecure);
+        if !realm.starts_with("https://") && !realm_insecure {
             return Err(RegistryError::Protocol {
                 registry: self.reference.registry.clone(),
-                detail: format!("its token realm {} is not an https URL", shown(&realm)),
+                detail: format!(
+                    "its token realm {} is not an https URL (plain HTTP only for localhost, \
+                     127.0.0.0/8, [::1] and --insecure-registry hosts)",
+                    shown(&realm)
+                ),
             });
         }
         let scope = challenge
             .param("scope")
             .unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
-        let mut request = self.agent.get(&realm).query("scope", &scope);
+        let mut request = self
+            .agent
+            .get(&realm)
+            .config()
+            .https_only(!realm_insecure)
+            .timeout_global(Some(self.limit(MAX_TOKEN)?))
+            .build()
+            .query("scope", &scope);
         if let Some(service) = challenge.param("service") {
             request = request.query("service", &service);
         }
@@ -440,11 +510,50 @@ impl Client {
         })
     }
 
+    /// A failed request or read: the timeout error when `--timeout` has
+    /// expired (each request's global limit ends with it), else the
+    /// network error.
     fn network(&self, source: std::io::Error) -> RegistryError {
+        let now = Instant::now() + DEADLINE_SLACK;
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            return self.timed_out();
+        }
         RegistryError::Network {
             registry: self.reference.registry.clone(),
             source,
         }
+    }
+}
+
+/// Whether the token realm `realm` may be asked over plain HTTP: an
+/// `http://` URL whose own host is loopback or named insecure (the rule
+/// of [`super::is_insecure`]), whatever the registry's host is.
+fn realm_is_insecure(realm: &str, named: &[String]) -> bool {
+    realm.starts_with("http://")
+        && realm
+            .parse::<Uri>()
+            .ok()
+            .and_then(|uri| uri.authority().cloned())
+            .filter(|authority| !authority.as_str().contains('@'))
+            .is_some_and(|authority| {
+                super::host_is_insecure(authority.host(), authority.as_str(), named)
+            })
+}
+
+/// A timer may fire this much before the deadline it was set for.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// How long a request whose body is at most `size` bytes may take in all:
+/// [`NETWORK_WAIT`] twice plus the body at [`MIN_RATE`], and no later
+/// than `deadline`; `None` when the deadline has passed.
+fn request_limit(size: u64, deadline: Option<Instant>, now: Instant) -> Option<Duration> {
+    let bound = (NETWORK_WAIT * 2).saturating_add(Duration::from_secs(size / MIN_RATE));
+    match deadline {
+        None => Some(bound),
+        Some(deadline) => deadline
+            .checked_duration_since(now)
+            .filter(|left| !left.is_zero())
+            .map(|left| left.min(bound)),
     }
 }
 
@@ -638,7 +747,7 @@ mod tests {
             );
             (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
         });
-        let mut client = Client::new(&reference, true);
+        let mut client = Client::new(&reference, &[], None);
         let manifest = client.manifest("1").unwrap();
         assert_eq!(manifest.bytes, br#"{"schemaVersion": 2}"#);
         assert_eq!(client.authorization.as_deref(), Some("Bearer t0k3n"));
@@ -664,15 +773,7 @@ mod tests {
             let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
             (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
         });
-        let mut client = Client::new(&reference, true);
-        client.search = Some(auth::Search {
-            found: Some(Credentials {
-                user: "u".into(),
-                password: "p".into(),
-                source: "/test/auth.json".into(),
-            }),
-            ..auth::Search::default()
-        });
+        let mut client = logged_in(&reference);
         assert_eq!(client.manifest("1").unwrap().bytes, b"{}");
     }
 
@@ -697,7 +798,7 @@ mod tests {
             let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
             (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
         });
-        let mut client = Client::new(&reference, true);
+        let mut client = Client::new(&reference, &[], None);
         client.search = Some(auth::Search::default());
         client.manifest("1").unwrap();
         // The token expires: the next request gets a new anonymous one.
@@ -712,7 +813,7 @@ mod tests {
             let challenge = "Basic realm=\"r\"".to_string();
             (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
         });
-        let mut client = Client::new(&reference, true);
+        let mut client = Client::new(&reference, &[], None);
         client.search = Some(auth::Search::default());
         let err = client.manifest("1").unwrap_err().to_string();
         assert!(err.contains("requires a login (401)"), "{err}");
@@ -735,7 +836,7 @@ mod tests {
             }
             (404, vec![], vec![])
         });
-        let mut client = Client::new(&reference, true);
+        let mut client = Client::new(&reference, &[], None);
         let err = client.manifest("huge").unwrap_err();
         assert!(matches!(err, RegistryError::TooLarge { .. }), "{err}");
         let err = client.manifest("limited").unwrap_err().to_string();
@@ -766,6 +867,180 @@ mod tests {
             .blob(&wrong, 10, &mut Vec::new(), &mut |_| {})
             .unwrap_err();
         assert!(matches!(err, RegistryError::WrongDigest { .. }), "{err}");
+    }
+
+    /// A client for `reference` that has found the credentials `u`:`p`.
+    fn logged_in(reference: &Reference) -> Client {
+        let mut client = Client::new(reference, &[], None);
+        client.search = Some(auth::Search {
+            found: Some(Credentials {
+                user: "u".into(),
+                password: "p".into(),
+                source: "/test/auth.json".into(),
+            }),
+            ..auth::Search::default()
+        });
+        client
+    }
+
+    fn port_of(reference: &Reference) -> u16 {
+        reference
+            .registry
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_loopback_registry_cannot_send_credentials_to_a_plain_http_realm_elsewhere() {
+        let reference = fake_registry(|_, _, _| {
+            let challenge = "Bearer realm=\"http://auth.example/token\"".to_string();
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = logged_in(&reference);
+        let err = client.manifest("1").unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Protocol { detail, .. } if detail.contains("not an https URL")),
+            "{err}"
+        );
+        // The realm's own host decides: loopback, or named.
+        assert!(!realm_is_insecure("http://auth.example/token", &[]));
+        assert!(realm_is_insecure(
+            "http://auth.example/token",
+            &["auth.example".into()]
+        ));
+        assert!(realm_is_insecure("http://localhost:5001/token", &[]));
+        assert!(realm_is_insecure("http://127.0.0.1:5001/token", &[]));
+        assert!(realm_is_insecure("http://[::1]:5001/token", &[]));
+        assert!(!realm_is_insecure("http://127.0.0.1@evil.example/t", &[]));
+        assert!(!realm_is_insecure("https://127.0.0.1/token", &[]));
+    }
+
+    #[test]
+    fn only_an_insecure_registry_gets_an_agent_that_speaks_plain_http() {
+        let reference = fake_registry(|_, _, _| (200, vec![], b"{}".to_vec()));
+        let port = port_of(&reference);
+        let url = format!("http://127.0.0.1:{port}/v2/");
+        let secure = Client::new(&Reference::parse("ghcr.io/a/b:1").unwrap(), &[], None);
+        let err = secure.agent.get(&url).call().unwrap_err();
+        assert!(matches!(err, ureq::Error::RequireHttpsOnly(_)), "{err}");
+        let loopback = Client::new(&reference, &[], None);
+        assert_eq!(loopback.agent.get(&url).call().unwrap().status(), 200);
+    }
+
+    #[test]
+    fn a_redirected_blob_does_not_carry_the_registrys_token() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cdn_seen = seen.clone();
+        let cdn = fake_registry(move |line, headers, _| {
+            cdn_seen
+                .lock()
+                .unwrap()
+                .push((line.to_string(), headers.to_vec()));
+            (200, vec![], b"blob".to_vec())
+        });
+        let cdn_port = port_of(&cdn);
+        let reference = fake_registry(move |line, headers, port| {
+            if line.starts_with("GET /token?") {
+                return (200, vec![], br#"{"token": "s3cret"}"#.to_vec());
+            }
+            if headers.iter().any(|h| h == "authorization: bearer s3cret") {
+                let location = format!("http://127.0.0.1:{cdn_port}/cdn/blob");
+                return (307, vec![("Location".into(), location)], vec![]);
+            }
+            let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
+            (401, vec![("WWW-Authenticate".into(), challenge)], vec![])
+        });
+        let mut client = Client::new(&reference, &[], None);
+        let digest = format!("sha256:{}", hex(&Sha256::digest(b"blob")));
+        let mut out = Vec::new();
+        client.blob(&digest, 4, &mut out, &mut |_| {}).unwrap();
+        assert_eq!(out, b"blob");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].0.starts_with("GET /cdn/blob"), "{seen:?}");
+        assert!(
+            !seen[0].1.iter().any(|h| h.starts_with("authorization")),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_trickling_registry_cannot_outlast_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickling = answered.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut input = &stream;
+                // The HTTPS try (a TLS hello) is closed at once: plain
+                // HTTP follows, and it is the body that trickles.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n")
+                    && b"GET ".starts_with(&request[..request.len().min(4)])
+                {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !request.starts_with(b"GET ") {
+                    continue;
+                }
+                let mut out = &stream;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n";
+                if out.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                trickling.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Headers at once, then the body a byte at a time.
+                for _ in 0..60 {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if out.write_all(b" ").is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let reference = Reference::parse(&format!("127.0.0.1:{port}/app:1")).unwrap();
+        let started = Instant::now();
+        let mut client = Client::new(&reference, &[], Some(started + Duration::from_millis(1500)));
+        let err = client.manifest("1").unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert!(
+            answered.load(std::sync::atomic::Ordering::SeqCst),
+            "the headers came and the body trickled"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        // Past the deadline, no request starts.
+        let err = client.manifest("1").unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+    }
+
+    #[test]
+    fn every_request_has_a_whole_bound_and_ends_by_the_deadline() {
+        let now = Instant::now();
+        let small = request_limit(1000, None, now).unwrap();
+        assert_eq!(small, NETWORK_WAIT * 2);
+        let big = request_limit(1 << 30, None, now).unwrap();
+        assert_eq!(
+            big,
+            NETWORK_WAIT * 2 + Duration::from_secs((1 << 30) / MIN_RATE)
+        );
+        let soon = now + Duration::from_secs(3);
+        assert_eq!(
+            request_limit(1 << 30, Some(soon), now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(request_limit(1, Some(now), now), None);
     }
 
     #[test]

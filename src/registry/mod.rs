@@ -25,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use initrd_tools::image::{Image, ImageError};
 use serde_json::Value;
 
-use crate::spec::{Rootfs, Verbosity};
+use crate::plan::root::{self as plan_root, RootKind};
+use crate::spec::{RootChoice, Rootfs, Verbosity};
 use client::Client;
 use progress::{human_size, Progress};
 use reference::Reference;
@@ -158,6 +159,18 @@ pub enum RegistryError {
         /// What came.
         actual: String,
     },
+    /// A manifest names a blob whose digest is right but whose size is not.
+    #[error("{image}: its manifest says the blob {digest} has {expected} bytes, but the blob with that digest has {actual}: the manifest is wrong (the cached blob is intact and was kept); push the image again with a correct manifest, or tell its owner")]
+    WrongDescriptorSize {
+        /// The image whose manifest gave the size.
+        image: String,
+        /// The blob.
+        digest: String,
+        /// The descriptor's size.
+        expected: u64,
+        /// The blob's size.
+        actual: u64,
+    },
     /// A response over its cap.
     #[error(
         "{registry} sent {what} larger than {limit} bytes: that is not image metadata; refused"
@@ -200,6 +213,12 @@ pub enum RegistryError {
         /// What is read instead.
         accepted: &'static str,
     },
+    /// `--timeout` expired while pulling (microrun exits 124).
+    #[error("--timeout expired while pulling {reference}; nothing partial was kept (raise --timeout, or pull first with `microrun pull {reference}` so that the run starts from the cache)")]
+    TimedOut {
+        /// The reference.
+        reference: String,
+    },
     /// The store could not be written or read.
     #[error(
         "the image cache: cannot use {what}: {source} (set XDG_CACHE_HOME to a writable directory)"
@@ -222,6 +241,17 @@ pub enum RegistryError {
     /// The cache directory.
     #[error(transparent)]
     Initrd(#[from] initrd_tools::InitrdError),
+}
+
+impl RegistryError {
+    /// Whether `--timeout` ended the pull (the run then exits 124, not 125).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            RegistryError::TimedOut { .. } => true,
+            RegistryError::NotAPath { source, .. } => source.is_timeout(),
+            _ => false,
+        }
+    }
 }
 
 /// When the registry is asked (docker's `--pull`).
@@ -247,10 +277,30 @@ pub struct PullOptions {
     pub verbosity: Verbosity,
     /// Convert a cached image into its initrd archive while the store is
     /// at hand, so that a cached blob that no longer matches its digest
-    /// is fetched again rather than failing the run later. Off under
-    /// `--root disk` (the EROFS conversion checks every blob too, and a
-    /// newc archive would be made for nothing) and for `microrun pull`.
+    /// is fetched again rather than failing the run later. Off for
+    /// `microrun pull`; skipped too where the plan boots the image from
+    /// the disk root (see `root`).
     pub convert: bool,
+    /// `--root`: with the disk root, given or chosen by size as
+    /// `plan::root::choose` does, no newc archive is made (the EROFS
+    /// conversion checks every blob too, and the archive would go unused).
+    pub root: Option<RootChoice>,
+    /// When `--timeout` expires, counted from microrun's start
+    /// (`vmm::deadline_after`): every request ends by then, and the pull
+    /// stops between blobs and after the conversion.
+    pub deadline: Option<Instant>,
+}
+
+impl PullOptions {
+    /// The timeout error once the deadline has passed.
+    fn check_deadline(&self, reference: &Reference) -> Result<(), RegistryError> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(RegistryError::TimedOut {
+                reference: reference.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What ROOTFS names: a path as [`Rootfs::detect`] reads it, or an image
@@ -288,16 +338,22 @@ pub fn image(
     options: &PullOptions,
     path_text: Option<&str>,
 ) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
-    fetch(reference, options, path_text, options.convert)
+    fetch(
+        reference,
+        options,
+        path_text,
+        options.convert.then_some(options.root),
+    )
 }
 
-/// [`image`], converting only when `convert` (a `microrun pull` does not:
-/// every blob it fetched was checked as it streamed).
+/// [`image`], converting only when `convert` is the run's `--root` (a
+/// `microrun pull` does not: every blob it fetched was checked as it
+/// streamed).
 fn fetch(
     reference: &Reference,
     options: &PullOptions,
     path_text: Option<&str>,
-    convert: bool,
+    convert: Option<Option<RootChoice>>,
 ) -> Result<(Box<Image>, Option<Duration>), RegistryError> {
     let store = BlobStore::open(&initrd_tools::cache_dir()?)?;
     let _lock = store.lock(false)?;
@@ -308,6 +364,7 @@ fn fetch(
                 Ok(image) => {
                     log::info!("{reference}: from the cache, {}", record.digest);
                     store.touch(&name);
+                    options.check_deadline(reference)?;
                     return Ok((image, None));
                 }
                 Err(e) => log::info!("{reference}: the cached image is incomplete ({e})"),
@@ -325,6 +382,7 @@ fn fetch(
     let started = Instant::now();
     let record = pull_into(&store, reference, options).map_err(|e| not_a_path(path_text, e))?;
     let image = open_stored(&store, &record, reference, convert)?;
+    options.check_deadline(reference)?;
     Ok((image, Some(started.elapsed())))
 }
 
@@ -350,7 +408,7 @@ pub fn pull(text: &str, options: &PullOptions) -> Result<String, RegistryError> 
     if options.policy == PullPolicy::Missing {
         options.policy = PullPolicy::Always;
     }
-    let (image, took) = fetch(&reference, &options, None, false)?;
+    let (image, took) = fetch(&reference, &options, None, None)?;
     log::info!(
         "{reference}: {}{}",
         image.description(),
@@ -429,14 +487,15 @@ fn record_name(reference: &Reference) -> String {
     }
 }
 
-/// The stored image of `record`, opened, and with `convert` its archive
-/// converted (or found) in the cache. A blob that does not match its
+/// The stored image of `record`, opened, and with `convert` (the run's
+/// `--root`) its archive converted (or found) in the cache, unless the
+/// plan boots it from the disk root. A blob that does not match its
 /// digest is removed, so the next pull fetches it again.
 fn open_stored(
     store: &BlobStore,
     record: &Record,
     reference: &Reference,
-    convert: bool,
+    convert: Option<Option<RootChoice>>,
 ) -> Result<Box<Image>, RegistryError> {
     let name = if record.digest == record.manifest {
         reference.to_string()
@@ -444,7 +503,11 @@ fn open_stored(
         format!("{reference} (index {})", record.digest)
     };
     let image = initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, &name)?;
-    if !convert {
+    let Some(root) = convert else {
+        return Ok(Box::new(image));
+    };
+    if boots_from_disk(&image, root) {
+        log::info!("{reference}: boots from the disk root; no initrd archive is made");
         return Ok(Box::new(image));
     }
     if let Err(e) = image.cached_convert() {
@@ -455,12 +518,25 @@ fn open_stored(
                 | ImageError::Layer { .. }
         ) {
             for (digest, size) in store.blobs_of(record) {
-                let _ = store.has_verified(&digest, size);
+                let _ = store.has_verified(&digest, size, &name);
             }
         }
         return Err(e.into());
     }
     Ok(Box::new(image))
+}
+
+/// Whether a VM run with `root` (`--root`) boots `image` from the disk
+/// root: `plan::root::choose`'s answer, on the same estimate. The engine
+/// is not known yet; the chroot engine, which takes the initrd, converts
+/// the image itself when it needs the archive.
+fn boots_from_disk(image: &Image, root: Option<RootChoice>) -> bool {
+    let rootfs = Rootfs::Image(Box::new(image.clone()));
+    let estimate = || plan_root::unpacked_estimate(&rootfs);
+    matches!(
+        plan_root::choose(root, &rootfs, true, false, estimate),
+        Ok(RootKind::Disk)
+    )
 }
 
 /// Pulls `reference` into the store and records its name.
@@ -469,8 +545,7 @@ fn pull_into(
     reference: &Reference,
     options: &PullOptions,
 ) -> Result<Record, RegistryError> {
-    let insecure = is_insecure(reference, &options.insecure);
-    let mut client = Client::new(reference, insecure);
+    let mut client = Client::new(reference, &options.insecure, options.deadline);
     let progress = Progress::new(options.verbosity);
     let top = client.manifest(reference.manifest_reference())?;
     log::info!("{reference}: resolved to {}", top.digest);
@@ -543,7 +618,8 @@ fn pull_into(
             .map(|(d, s, _)| (d.clone(), *s, "layer".to_string())),
     );
     for (digest, size, kind) in blobs {
-        if store.has_verified(&digest, size)? {
+        options.check_deadline(reference)?;
+        if store.has_verified(&digest, size, &reference.to_string())? {
             log::info!("{reference}: {kind} {digest} is already in the cache");
             continue;
         }
@@ -578,7 +654,12 @@ fn pull_into(
 /// Whether `reference`'s registry may be reached over plain HTTP:
 /// `localhost`, `127.0.0.0/8`, `::1`, or a host the user named.
 pub fn is_insecure(reference: &Reference, named: &[String]) -> bool {
-    let host = reference.host_name();
+    host_is_insecure(reference.host_name(), &reference.registry, named)
+}
+
+/// [`is_insecure`] for any `host` (`authority` is `host[:port]`), such as
+/// a token realm's.
+pub fn host_is_insecure(host: &str, authority: &str, named: &[String]) -> bool {
     let loopback = host == "localhost"
         || host == "[::1]"
         || host
@@ -590,7 +671,7 @@ pub fn is_insecure(reference: &Reference, named: &[String]) -> bool {
         .map(String::as_str)
         .chain(from_env.split(',').map(str::trim))
         .filter(|h| !h.is_empty());
-    loopback || hosts.any(|h| h == host || h == reference.registry)
+    loopback || hosts.any(|h| h == host || h == authority)
 }
 
 fn parse_json(bytes: &[u8], reference: &Reference, what: &str) -> Result<Value, RegistryError> {
@@ -815,6 +896,68 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sha256"), "{err}");
+    }
+
+    /// A store holding one image whose single gzip layer is `len` bytes (a
+    /// sparse file: the magic, then zeros, so not a valid stream), and
+    /// that image's record.
+    fn stored_image(len: u64) -> (tempfile::TempDir, BlobStore, Record) {
+        use sha2::Digest as _;
+        let cache = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(cache.path()).unwrap();
+        let digest = |bytes: &[u8]| format!("sha256:{}", client::hex(&sha2::Sha256::digest(bytes)));
+        let layer = format!("sha256:{}", "a".repeat(64));
+        let file = std::fs::File::create(store.blob_path(&layer)).unwrap();
+        std::io::Write::write_all(&mut &file, &[0x1f, 0x8b, 8, 0]).unwrap();
+        file.set_len(len).unwrap();
+        let config = json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "b".repeat(64))]},
+        })
+        .to_string();
+        let config_digest = digest(config.as_bytes());
+        store.put(&config_digest, config.as_bytes()).unwrap();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": len}],
+        })
+        .to_string();
+        let manifest_digest = digest(manifest.as_bytes());
+        store.put(&manifest_digest, manifest.as_bytes()).unwrap();
+        let record = Record {
+            name: "127.0.0.1:5000/big:1".into(),
+            digest: manifest_digest.clone(),
+            manifest: manifest_digest,
+            used: None,
+        };
+        (cache, store, record)
+    }
+
+    #[test]
+    fn an_image_the_plan_boots_from_the_disk_is_not_converted_to_an_archive() {
+        let reference = Reference::parse("127.0.0.1:5000/big:1").unwrap();
+        // 100 MiB of gzip: estimated at 300 MiB unpacked, above the threshold.
+        let (_cache, store, record) = stored_image(100 << 20);
+        let image =
+            initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, "big")
+                .unwrap();
+        assert!(image.unpacked_estimate().unwrap() > plan_root::DISK_THRESHOLD);
+        assert!(boots_from_disk(&image, None));
+        assert!(boots_from_disk(&image, Some(RootChoice::Disk)));
+        assert!(!boots_from_disk(&image, Some(RootChoice::Initrd)));
+        // The layer is no valid gzip stream: any conversion would fail.
+        // Without --root the run's open makes no archive, and succeeds.
+        open_stored(&store, &record, &reference, Some(None)).unwrap();
+
+        let (_cache, store, record) = stored_image(1 << 20);
+        let small =
+            initrd_tools::image::open_layout_manifest(store.root(), &record.manifest, "small")
+                .unwrap();
+        assert!(!boots_from_disk(&small, None));
+        assert!(boots_from_disk(&small, Some(RootChoice::Disk)));
     }
 
     #[test]

@@ -127,10 +127,18 @@ impl BlobStore {
         self.root.join("blobs/sha256").join(hex)
     }
 
-    /// Whether the blob is there with this size and digest: hashed, never
-    /// trusted; a blob that does not match is removed (and so fetched
-    /// again).
-    pub fn has_verified(&self, digest: &str, size: u64) -> Result<bool, RegistryError> {
+    /// Whether the blob is there with this digest and size: hashed, never
+    /// trusted. A blob whose bytes do not match its digest is removed (and
+    /// so fetched again). A blob that matches its digest but not `size`
+    /// is intact and the descriptor is wrong: that is refused, naming
+    /// `image` (whose manifest gave the size), and the store is left alone,
+    /// so one image's bad manifest cannot remove another's good layer.
+    pub fn has_verified(
+        &self,
+        digest: &str,
+        size: u64,
+        image: &str,
+    ) -> Result<bool, RegistryError> {
         let path = self.blob_path(digest);
         let mut file = match File::open(&path) {
             Ok(file) => file,
@@ -142,16 +150,24 @@ impl BlobStore {
                 })
             }
         };
-        let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-        let good = len == size && hash_reader(&mut file).ok().as_deref() == Some(digest);
-        if !good {
+        if hash_reader(&mut file).ok().as_deref() != Some(digest) {
             log::warn!(
                 "{}: the cached blob {digest} does not match its digest; removed, fetched again",
                 path.display()
             );
             let _ = fs::remove_file(&path);
+            return Ok(false);
         }
-        Ok(good)
+        let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        if len != size {
+            return Err(RegistryError::WrongDescriptorSize {
+                image: image.to_string(),
+                digest: digest.to_string(),
+                expected: size,
+                actual: len,
+            });
+        }
+        Ok(true)
     }
 
     /// The blob's bytes, when it is there, at most `limit` bytes long and
@@ -388,13 +404,13 @@ mod tests {
                     })
             })
             .unwrap();
-        assert!(store.has_verified(&digest, 5).unwrap());
+        assert!(store.has_verified(&digest, 5, "test").unwrap());
         assert_eq!(
             store.read_verified(&digest, 10).as_deref(),
             Some(&b"layer"[..])
         );
         fs::write(store.blob_path(&digest), b"LAYER").unwrap();
-        assert!(!store.has_verified(&digest, 5).unwrap());
+        assert!(!store.has_verified(&digest, 5, "test").unwrap());
         assert!(
             !store.blob_path(&digest).exists(),
             "a tampered blob is removed"
@@ -411,6 +427,39 @@ mod tests {
             .unwrap()
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_descriptor_with_a_wrong_size_is_refused_and_the_blob_kept() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(cache.path()).unwrap();
+        let digest = digest_of(b"image A's layer");
+        store.put(&digest, b"image A's layer").unwrap();
+        // Image B's manifest names A's layer with another size.
+        let err = store
+            .has_verified(&digest, 3, "example.com/b:1")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RegistryError::WrongDescriptorSize {
+                    expected: 3,
+                    actual: 15,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("example.com/b:1") && text.contains(&digest),
+            "{text}"
+        );
+        assert!(
+            store.blob_path(&digest).exists(),
+            "A's verified layer is kept"
+        );
+        assert!(store.has_verified(&digest, 15, "example.com/a:1").unwrap());
     }
 
     #[test]

@@ -42,15 +42,22 @@ fn big_rootfs(libs: &Path) -> PathBuf {
     // The libs rootfs has no /etc.
     fs::create_dir_all(root.join("etc")).unwrap();
     fs::write(root.join("etc/file"), b"original\n").unwrap();
-    let mut big = std::io::BufWriter::new(fs::File::create(root.join("big")).unwrap());
+    write_big(&root.join("big"), BIG);
+    root
+}
+
+/// Writes `len` bytes (whole MiB) at `path`: a pattern of 251 byte values
+/// that ends in `THE-END\n`, so a read of the tail shows the whole file is
+/// there.
+pub fn write_big(path: &Path, len: u64) {
+    let mut big = std::io::BufWriter::new(fs::File::create(path).unwrap());
     let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    for _ in 0..(BIG >> 20) - 1 {
+    for _ in 0..(len >> 20) - 1 {
         big.write_all(&chunk).unwrap();
     }
     big.write_all(&chunk[..chunk.len() - 8]).unwrap();
     big.write_all(b"THE-END\n").unwrap();
     big.flush().unwrap();
-    root
 }
 
 /// Two runs on the disk root with a private cache: the first changes an

@@ -84,6 +84,28 @@ pub fn left_out(name: &str) -> Option<&'static str> {
 /// A limit for the whole outer run.
 const SUITE_TIMEOUT: &str = "50m";
 
+/// What one test binary's lane carries beyond what every lane does, and
+/// which of its cases run there (a binary whose other cases run on the
+/// host, such as `e2e_registry`). Set it with [`set_extras`] before the
+/// binary's first [`super::run_case`].
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Executables copied in at their path with their libraries (`--bin`).
+    pub bins: Vec<PathBuf>,
+    /// Files copied in at their path (`--add`).
+    pub files: Vec<PathBuf>,
+    /// Only the cases whose path starts with this run in the lane.
+    pub cases_under: Option<&'static str>,
+}
+
+static EXTRAS: OnceLock<Extras> = OnceLock::new();
+
+/// Sets this test binary's [`Extras`]; the first call wins, and one made
+/// after the lane has started changes nothing.
+pub fn set_extras(extras: Extras) {
+    let _ = EXTRAS.set(extras);
+}
+
 /// How one case ended inside the lane.
 #[derive(Debug, Clone)]
 pub struct CaseResult {
@@ -257,6 +279,12 @@ fn selected_cases(exe: &Path) -> Result<Vec<String>, String> {
         .filter_map(|line| line.strip_suffix(": test"))
         // The harness's own unit tests need no VM.
         .filter(|name| !name.starts_with("common::") && skipped_here(name).is_none())
+        .filter(|name| {
+            EXTRAS
+                .get()
+                .and_then(|extras| extras.cases_under)
+                .is_none_or(|prefix| name.starts_with(prefix))
+        })
         .map(str::to_string)
         .collect())
 }
@@ -477,6 +505,14 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
         // At the paths named, not their real paths (/lib may be a link
         // to /usr/lib here, but is not in the outer rootfs).
         for file in distribution_kernel_files(&kernel) {
+            command.arg("--add").arg(format!("{0}:{0}", file.display()));
+        }
+    }
+    if let Some(extras) = EXTRAS.get() {
+        for bin in &extras.bins {
+            command.arg("--bin").arg(bin);
+        }
+        for file in &extras.files {
             command.arg("--add").arg(format!("{0}:{0}", file.display()));
         }
     }

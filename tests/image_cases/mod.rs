@@ -17,6 +17,21 @@ use crate::images::*;
 
 pub const APPLETS: [&str; 8] = ["sh", "cat", "echo", "ls", "stat", "pwd", "test", "id"];
 
+/// The kvm engine for image cases: here on hardware KVM, else in the
+/// nested lane (one outer VM per test binary).
+pub const KVM: common::Engine = common::Engine {
+    name: "kvm",
+    args: &["--engine", "kvm"],
+    env: &[],
+    is_vm: true,
+    unavailable: || unavailable("kvm"),
+    kernel: common::project_kernel,
+    nested: true,
+    no_stdin_eof: None,
+    slow_stdout: None,
+    no_shares: None,
+};
+
 /// Why an engine cannot run here, if it cannot.
 pub fn unavailable(engine: &str) -> Option<String> {
     if !Path::new("/bin/busybox").is_file() {

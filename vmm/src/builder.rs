@@ -3,8 +3,9 @@
 //! UARTs, the i8042, the I/O APIC, and the virtio devices of the device
 //! list, each registered in its slot), the vCPUs, and the memory slots.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,9 @@ use crate::irqchip::KvmMsiSink;
 use crate::kernel::BootProtocol;
 use crate::memory::GuestMemory;
 use crate::{acpi, initrd, irqchip, kernel, layout, mptable, seccomp, vcpu};
-use crate::{host_err, kvm_err, DeviceSpec, InitrdPart, IrqChip, VirtioOptions, VmmError};
+use crate::{
+    host_err, kvm_err, DeviceKind, DeviceSpec, InitrdPart, IrqChip, VirtioOptions, VmmError,
+};
 
 /// Runs `set_up` (the rest of the setup) and, with KVM's in-kernel
 /// irqchip, switches off PIT re-injection meanwhile, on a thread of its
@@ -73,6 +76,47 @@ pub(crate) struct BootSpec<'a> {
     pub(crate) filters: Option<&'a seccomp::Filters>,
 }
 
+/// What the devices serve from, open before the seccomp filters are
+/// built, since the filters name their descriptors: the disk images (in
+/// the list's order) and the network device's socket.
+pub(crate) struct Backends {
+    disks: VecDeque<Block>,
+    net: Option<OwnedFd>,
+}
+
+impl Backends {
+    /// Opens every [`DeviceSpec::Block`]'s image, each with its serial
+    /// (`microrunN`, N counting the disks from 0), and takes `net`, the
+    /// [`DeviceSpec::Net`]'s socket.
+    pub(crate) fn open(virtio: &VirtioOptions, net: Option<OwnedFd>) -> Result<Self, VmmError> {
+        let disks = virtio
+            .devices
+            .iter()
+            .filter_map(|device| match device {
+                DeviceSpec::Block(block) => Some(block),
+                _ => None,
+            })
+            .enumerate()
+            .map(|(n, block)| Block::open(&block.path, block.read_only, &format!("microrun{n}")))
+            .collect::<Result<_, _>>()?;
+        // A socket no device uses is closed unused (`VmConfig::net_backend`).
+        let net = net.filter(|_| virtio.devices.iter().any(|d| d.kind() == DeviceKind::Net));
+        Ok(Self { disks, net })
+    }
+
+    /// The descriptors the filters allow calls on.
+    pub(crate) fn descriptors(&self) -> seccomp::Descriptors {
+        seccomp::Descriptors {
+            disks: self
+                .disks
+                .iter()
+                .map(|disk| (disk.as_raw_fd(), !disk.read_only()))
+                .collect(),
+            net_socket: self.net.as_ref().map(AsRawFd::as_raw_fd),
+        }
+    }
+}
+
 /// Where the guest's console (ttyS0, the stderr port) and stdout (ttyS1,
 /// the stdout port) go.
 pub(crate) struct Outputs {
@@ -102,7 +146,7 @@ pub(crate) fn set_up_guest(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
-    net_backend: Option<OwnedFd>,
+    backends: Backends,
 ) -> Result<(VmDevices, Vec<VcpuFd>, SetupSteps), VmmError> {
     let (images, vcpus) = std::thread::scope(|scope| {
         let vcpus = std::thread::Builder::new()
@@ -124,7 +168,7 @@ pub(crate) fn set_up_guest(
     for (id, fd) in vcpu_fds.iter().enumerate() {
         vcpu::set_boot_registers(fd, id as u8, kernel.entry, kernel.protocol)?;
     }
-    let devices = create_devices(vm, mem, spec, uarts, console_ports, net_backend)?;
+    let devices = create_devices(vm, mem, spec, uarts, console_ports, backends)?;
     // Last, because of how long KVM takes here: see `map_guest_memory`.
     map_guest_memory(vm, mem)?;
     Ok((devices, vcpu_fds, steps))
@@ -301,7 +345,7 @@ fn create_devices(
     spec: &BootSpec,
     uarts: Outputs,
     console_ports: Option<Outputs>,
-    net_backend: Option<OwnedFd>,
+    backends: Backends,
 ) -> Result<VmDevices, VmmError> {
     let Outputs { console, stdout } = uarts;
     let ioapic = (spec.irqchip == IrqChip::Split).then(|| {
@@ -358,9 +402,11 @@ fn create_devices(
         mmio: &mut mmio,
     };
     let mut console_ports = console_ports;
-    let mut net_backend = net_backend;
+    let Backends {
+        mut disks,
+        net: mut net_backend,
+    } = backends;
     let mut console_input = None;
-    let mut disks = 0;
     for (slot, device) in spec.virtio.assigned()? {
         match device {
             DeviceSpec::Console => {
@@ -399,10 +445,9 @@ fn create_devices(
                 let device = Net::new(spec_net.clone(), backend, filter)?;
                 virtio.register(slot, device)?;
             }
-            DeviceSpec::Block(block) => {
-                let serial = format!("microrun{disks}");
-                disks += 1;
-                let device = Block::open(&block.path, block.read_only, &serial)?;
+            DeviceSpec::Block(_) => {
+                // `Backends::open` opened one per Block spec, in order.
+                let device = disks.pop_front().ok_or(VmmError::DiskNotOpened)?;
                 virtio.register(slot, device)?;
             }
         }
@@ -437,5 +482,52 @@ impl VirtioBus<'_> {
         self.mmio
             .insert(Arc::new(Mutex::new(transport)), slot.addr, slot.len)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlockSpec, NetSpec};
+
+    #[test]
+    fn the_filters_are_given_every_disk_and_the_socket_a_device_uses() {
+        let (ro, rw) = (
+            tempfile::NamedTempFile::new().unwrap(),
+            tempfile::NamedTempFile::new().unwrap(),
+        );
+        for file in [&ro, &rw] {
+            file.as_file().set_len(4096).unwrap();
+        }
+        let disk = |file: &tempfile::NamedTempFile, read_only| {
+            DeviceSpec::Block(BlockSpec {
+                path: file.path().to_owned(),
+                read_only,
+            })
+        };
+        let net = DeviceSpec::Net(NetSpec {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        });
+        let socket = || OwnedFd::from(std::os::unix::net::UnixStream::pair().unwrap().0);
+        let options = |devices| VirtioOptions {
+            devices,
+            acpi: false,
+        };
+        let virtio = options(vec![
+            DeviceSpec::Console,
+            disk(&ro, true),
+            net,
+            disk(&rw, false),
+        ]);
+        let backends = Backends::open(&virtio, Some(socket())).unwrap();
+        let fds = backends.descriptors();
+        let disks: Vec<_> = backends.disks.iter().map(|d| d.as_raw_fd()).collect();
+        assert_eq!(fds.disks, [(disks[0], false), (disks[1], true)]);
+        assert_eq!(fds.net_socket, backends.net.as_ref().map(|s| s.as_raw_fd()));
+        assert!(fds.net_socket.is_some());
+        // A socket no device uses is not the filters' (it is closed).
+        let backends = Backends::open(&options(vec![disk(&ro, true)]), Some(socket())).unwrap();
+        assert_eq!(backends.descriptors().net_socket, None);
     }
 }

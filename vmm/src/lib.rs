@@ -439,6 +439,9 @@ pub enum VmmError {
         /// Net devices asked for.
         count: usize,
     },
+    /// A disk of the device list was not opened before the set-up (a bug).
+    #[error("a virtio-blk disk of the device list was not opened before the VM's set-up: a bug in microrun")]
+    DiskNotOpened,
     /// A disk cannot be served.
     #[error(transparent)]
     Block(#[from] devices::virtio::block::BlockError),
@@ -519,8 +522,13 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
         });
     }
 
-    // Compiled before anything starts, installed by each thread on itself.
-    let filters = seccomp_wanted.then(seccomp::Filters::compile).transpose()?;
+    // The disks are opened first: the filters name their descriptors and
+    // the network socket's. Compiled before anything starts, installed by
+    // each thread on itself.
+    let backends = builder::Backends::open(&virtio, net_backend)?;
+    let filters = seccomp_wanted
+        .then(|| seccomp::Filters::compile(&backends.descriptors()))
+        .transpose()?;
     let mem = memory::create_guest_memory(mem_size)?;
     let mut sinks = Sinks::spawn(stdout, console, filters.as_ref())?;
     let vm = Arc::new(builder::create_vm(&kvm)?);
@@ -547,7 +555,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
             &spec,
             sinks.outputs(),
             console_ports,
-            net_backend,
+            backends,
         )
     })?;
     timings.vm_ready = Some(Instant::now());

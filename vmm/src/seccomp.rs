@@ -9,10 +9,16 @@
 //! thread and the system call number the kernel reports, and ends the
 //! process with 125. The lists hold what the threads do once the guest
 //! runs, nothing that opens files, maps new executable memory, creates
-//! processes or talks to the network.
+//! processes or talks to the network. The descriptors a VM's threads read
+//! and write besides their own streams (the disk images, the network
+//! device's socket) are open before the filters are built, which name
+//! them ([`Descriptors`]): a vCPU thread reads only the disks, writes only
+//! the writable ones, and the network threads read and send only on the
+//! socket.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::sync::Once;
 
 use seccompiler::{
@@ -89,6 +95,30 @@ impl ThreadKind {
             ThreadKind::Fs => "9p",
             ThreadKind::Net => "net",
         }
+    }
+}
+
+/// The descriptors a VM's threads may use besides their standard
+/// streams, known before the filters are built: each filter allows its
+/// reads, writes and shutdowns on these alone, and leaves a call out
+/// altogether when none is given (no `pwrite64` without a writable disk,
+/// no `read` for the network threads without a socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Descriptors {
+    /// Each disk image's descriptor, and whether it is open for writing.
+    pub disks: Vec<(RawFd, bool)>,
+    /// The network device's socket (the backend to passt).
+    pub net_socket: Option<RawFd>,
+}
+
+impl Descriptors {
+    /// The disks' descriptors, all or only the writable ones.
+    fn disks(&self, writable_only: bool) -> Vec<RawFd> {
+        self.disks
+            .iter()
+            .filter(|(_, writable)| *writable || !writable_only)
+            .map(|(fd, _)| *fd)
+            .collect()
     }
 }
 
@@ -188,9 +218,57 @@ fn any_of(index: u8, values: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::Ba
     values.iter().map(|&v| arg_is(index, v)).collect()
 }
 
-/// The allow-list of `kind`: system call number to the rules of which one
-/// must match (an empty list allows every call).
-fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+/// Allows `call` with its first argument one of `fds` and `more` true
+/// too; leaves it out of `map` when `fds` is empty (an empty rule list
+/// would allow it on any descriptor).
+fn on_fds(
+    map: &mut BTreeMap<i64, Vec<SeccompRule>>,
+    call: libc::c_long,
+    fds: &[RawFd],
+    more: &[SeccompCondition],
+) -> Result<(), seccompiler::BackendError> {
+    let rules = fds
+        .iter()
+        .map(|&fd| {
+            let mut conditions = vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                fd as u32 as u64,
+            )?];
+            conditions.extend_from_slice(more);
+            SeccompRule::new(conditions)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !rules.is_empty() {
+        map.insert(call, rules);
+    }
+    Ok(())
+}
+
+/// `shutdown(socket, SHUT_RDWR)`, which dropping the network device
+/// makes, on the network device's socket alone (nothing without one).
+fn shutdown_net_socket(
+    map: &mut BTreeMap<i64, Vec<SeccompRule>>,
+    fds: &Descriptors,
+) -> Result<(), seccompiler::BackendError> {
+    let rdwr = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::SHUT_RDWR as u64,
+    )?;
+    let socket: Vec<RawFd> = fds.net_socket.into_iter().collect();
+    on_fds(map, libc::SYS_shutdown, &socket, &[rdwr])
+}
+
+/// The allow-list of `kind` for a VM whose disks and socket are `fds`:
+/// system call number to the rules of which one must match (an empty list
+/// allows every call).
+fn rules(
+    kind: ThreadKind,
+    fds: &Descriptors,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> =
         COMMON.iter().map(|&n| (n, Vec::new())).collect();
     // Memory, but no executable memory.
@@ -212,7 +290,7 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             map.insert(libc::SYS_tgkill, Vec::new());
             // Dropping the network device shuts its socket down, which
             // ends its threads' waits.
-            map.insert(libc::SYS_shutdown, vec![arg_is(1, libc::SHUT_RDWR as u64)?]);
+            shutdown_net_socket(&mut map, fds)?;
             map.insert(
                 libc::SYS_ioctl,
                 any_of(1, &[KVM_GET_IRQCHIP, libc::TCGETS])?,
@@ -223,7 +301,7 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             // A vCPU left behind at the end (stuck in KVM_RUN, then
             // back) may hold the devices last, and drop the network
             // device: its socket is shut down then, as by the supervisor.
-            map.insert(libc::SYS_shutdown, vec![arg_is(1, libc::SHUT_RDWR as u64)?]);
+            shutdown_net_socket(&mut map, fds)?;
             map.insert(
                 libc::SYS_ioctl,
                 any_of(
@@ -240,11 +318,12 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
                 )?,
             );
             // A virtio-blk disk is served on the vCPU thread that notifies
-            // it: reads and writes at offsets of the image it holds open,
-            // and the flush of a writable one.
-            for call in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync] {
-                map.insert(call, Vec::new());
-            }
+            // it: reads at offsets of the images, writes and the flush of
+            // the writable ones (none: neither call is allowed at all).
+            on_fds(&mut map, libc::SYS_pread64, &fds.disks(false), &[])?;
+            let writable = fds.disks(true);
+            on_fds(&mut map, libc::SYS_pwrite64, &writable, &[])?;
+            on_fds(&mut map, libc::SYS_fdatasync, &writable, &[])?;
         }
         ThreadKind::Output => {
             map.insert(libc::SYS_write, Vec::new());
@@ -260,21 +339,20 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             map.insert(libc::SYS_write, stderr_only);
             // The used rings' and the link's interrupts.
             map.insert(libc::SYS_ioctl, any_of(1, &[KVM_IRQ_LINE, KVM_SIGNAL_MSI])?);
-            // Frames from and to the socket (the descriptor is the
-            // backend's; only these threads read and send).
-            map.insert(libc::SYS_read, Vec::new());
-            map.insert(
-                libc::SYS_sendto,
-                vec![SeccompRule::new(vec![
-                    SeccompCondition::new(
-                        3,
-                        SeccompCmpArgLen::Dword,
-                        SeccompCmpOp::Eq,
-                        libc::MSG_NOSIGNAL as u64,
-                    )?,
-                    SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)?,
-                ])?],
-            );
+            // Frames from and to the backend's socket, and no other
+            // descriptor: a connected socket's `send` (no address).
+            let socket: Vec<RawFd> = fds.net_socket.into_iter().collect();
+            on_fds(&mut map, libc::SYS_read, &socket, &[])?;
+            let send = [
+                SeccompCondition::new(
+                    3,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    libc::MSG_NOSIGNAL as u64,
+                )?,
+                SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)?,
+            ];
+            on_fds(&mut map, libc::SYS_sendto, &socket, &send)?;
         }
         ThreadKind::Fs => {
             map.insert(libc::SYS_write, stderr_only);
@@ -318,10 +396,17 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
     Ok(map)
 }
 
-/// The compiled filter of `kind`.
+/// The compiled filter of `kind` for a VM without disks or network
+/// device (what the threads of other kinds need: they use neither).
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    filter_for(kind, &Descriptors::default())
+}
+
+/// The compiled filter of `kind` for a VM whose disks and network socket
+/// are `fds`.
+pub fn filter_for(kind: ThreadKind, fds: &Descriptors) -> Result<BpfProgram, SeccompError> {
     let name = kind.name();
-    let rules = rules(kind).map_err(|source| SeccompError::Build { kind: name, source })?;
+    let rules = rules(kind, fds).map_err(|source| SeccompError::Build { kind: name, source })?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -353,15 +438,16 @@ pub struct Filters {
 }
 
 impl Filters {
-    /// Every kind's filter.
-    pub fn compile() -> Result<Self, SeccompError> {
+    /// Every kind's filter, for a VM whose disks and network socket are
+    /// `fds` (open before: the filters name them).
+    pub fn compile(fds: &Descriptors) -> Result<Self, SeccompError> {
         Ok(Self {
-            supervisor: filter(ThreadKind::Supervisor)?,
-            vcpu: filter(ThreadKind::Vcpu)?,
-            output: filter(ThreadKind::Output)?,
-            stdin: filter(ThreadKind::Stdin)?,
-            fs: filter(ThreadKind::Fs)?,
-            net: filter(ThreadKind::Net)?,
+            supervisor: filter_for(ThreadKind::Supervisor, fds)?,
+            vcpu: filter_for(ThreadKind::Vcpu, fds)?,
+            output: filter_for(ThreadKind::Output, fds)?,
+            stdin: filter_for(ThreadKind::Stdin, fds)?,
+            fs: filter_for(ThreadKind::Fs, fds)?,
+            net: filter_for(ThreadKind::Net, fds)?,
         })
     }
 }
@@ -577,7 +663,52 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        Filters::compile().unwrap();
+        Filters::compile(&Descriptors::default()).unwrap();
+        Filters::compile(&Descriptors {
+            disks: vec![(5, false), (6, true)],
+            net_socket: Some(7),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn calls_on_descriptors_are_allowed_only_on_the_given_ones() {
+        let calls = |kind, fds: &Descriptors| {
+            let map = rules(kind, fds).unwrap();
+            [
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_fdatasync,
+                libc::SYS_shutdown,
+                libc::SYS_read,
+                libc::SYS_sendto,
+            ]
+            .map(|call| map.get(&call).map(Vec::len))
+        };
+        let none = Descriptors::default();
+        assert_eq!(calls(ThreadKind::Vcpu, &none), [None; 6]);
+        assert_eq!(calls(ThreadKind::Net, &none), [None; 6]);
+        assert_eq!(calls(ThreadKind::Supervisor, &none), [None; 6]);
+        let read_only = Descriptors {
+            disks: vec![(5, false)],
+            net_socket: None,
+        };
+        assert_eq!(
+            calls(ThreadKind::Vcpu, &read_only),
+            [Some(1), None, None, None, None, None]
+        );
+        let all = Descriptors {
+            disks: vec![(5, false), (6, true)],
+            net_socket: Some(7),
+        };
+        assert_eq!(
+            calls(ThreadKind::Vcpu, &all),
+            [Some(2), Some(1), Some(1), Some(1), None, None]
+        );
+        assert_eq!(
+            calls(ThreadKind::Net, &all),
+            [None, None, None, None, Some(1), Some(1)]
+        );
     }
 
     #[test]

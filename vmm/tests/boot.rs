@@ -518,23 +518,37 @@ fn a_driver_reads_a_read_only_disk_and_cannot_write_it() {
         acpi: false,
     };
     cfg.cmdline = with_devices(&cfg);
-    let run = boot(cfg);
-    // 0: the capacity, the read, the serial, and IOERR for the write and
-    // for the read past the end.
-    assert_eq!(
-        end(&run),
-        VmEnd::Status(0),
-        "console: {}",
-        run.console.text()
-    );
-    assert_eq!(
-        run.stdout.text(),
-        "sector two: hello from the disk\nmicrorun0"
-    );
-    assert!(
-        std::fs::read(file.path()).unwrap() == image,
-        "the image changed"
-    );
+    // Without the filters, and with them (the vCPU's allows `pread64` on
+    // the image's descriptor alone, and no `pwrite64`: the disk is
+    // read-only), on a thread of its own that keeps the supervisor's.
+    for seccomp in [false, true] {
+        let mut cfg = config(&kernel, &cfg.cmdline);
+        cfg.virtio = vmm::VirtioOptions {
+            devices: vec![vmm::DeviceSpec::Block(vmm::BlockSpec {
+                path: file.path().to_owned(),
+                read_only: true,
+            })],
+            acpi: false,
+        };
+        cfg.seccomp = seccomp;
+        let run = std::thread::spawn(move || boot(cfg)).join().unwrap();
+        // 0: the capacity, the read, the serial, and IOERR for the write
+        // and for the read past the end.
+        assert_eq!(
+            end(&run),
+            VmEnd::Status(0),
+            "seccomp {seccomp}; console: {}",
+            run.console.text()
+        );
+        assert_eq!(
+            run.stdout.text(),
+            "sector two: hello from the disk\nmicrorun0"
+        );
+        assert!(
+            std::fs::read(file.path()).unwrap() == image,
+            "the image changed"
+        );
+    }
 }
 
 /// A configuration for the synthetic guest `name` with a virtio console, the VM's only

@@ -2,9 +2,11 @@
 //! child process (this test binary again), since the violation ends the
 //! whole process with 125 and a line that names the thread and the call.
 
+use std::os::fd::{IntoRawFd, RawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use vmm::seccomp::{self, ThreadKind};
+use vmm::seccomp::{self, Descriptors, ThreadKind};
 
 /// Set in the child; names the case to run there.
 const CHILD_VAR: &str = "VMM_SECCOMP_TEST_CHILD";
@@ -39,17 +41,28 @@ fn is_child(name: &str) -> bool {
 /// filter, then exit 0 (reached only if the filter let `call` through);
 /// here, the child's exit code and stderr.
 fn case(name: &str, kind: ThreadKind, call: fn()) -> (Option<i32>, String) {
+    case_with(name, kind, Descriptors::default, call)
+}
+
+/// [`case`] for a VM whose disks and socket `fds` opens (in the child,
+/// before the filter is built, as `vmm::run` does).
+fn case_with(
+    name: &str,
+    kind: ThreadKind,
+    fds: fn() -> Descriptors,
+    call: fn(),
+) -> (Option<i32>, String) {
     if is_child(name) {
-        run_filtered(kind, call);
+        run_filtered(kind, &fds(), call);
         std::process::exit(0);
     }
     in_child(name)
 }
 
-/// In the child: `call` on a thread of `kind` under its filter; returns
-/// only if the filter let it through.
-fn run_filtered(kind: ThreadKind, call: fn()) {
-    let filter = seccomp::filter(kind).expect("compile the filter");
+/// In the child: `call` on a thread of `kind` under its filter for `fds`;
+/// returns only if the filter let it through.
+fn run_filtered(kind: ThreadKind, fds: &Descriptors, call: fn()) {
+    let filter = seccomp::filter_for(kind, fds).expect("compile the filter");
     let thread =
         seccomp::spawn("filtered".into(), kind, Some(filter), call).expect("install the filter");
     let _ = thread.join();
@@ -108,38 +121,152 @@ fn what_a_vcpu_thread_needs_is_allowed() {
     assert!(stderr.contains("still here"), "{stderr}");
 }
 
-/// The image a vCPU thread serves a virtio-blk disk from, opened before
-/// the filter (a filtered thread opens nothing).
-static DISK: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// The image a vCPU thread serves a virtio-blk disk from, and another
+/// file, both opened before the filter (a filtered thread opens nothing).
+static DISK: AtomicI32 = AtomicI32::new(-1);
+static OTHER: AtomicI32 = AtomicI32::new(-1);
+
+/// A scratch file of 4 KiB, open for reading and writing.
+fn scratch() -> RawFd {
+    let file = tempfile::tempfile().expect("a scratch file");
+    file.set_len(4096).unwrap();
+    file.into_raw_fd()
+}
+
+/// Opens [`DISK`] and [`OTHER`]; the disk is writable when `writable`.
+fn disk(writable: bool) -> Descriptors {
+    DISK.store(scratch(), Ordering::Relaxed);
+    OTHER.store(scratch(), Ordering::Relaxed);
+    Descriptors {
+        disks: vec![(DISK.load(Ordering::Relaxed), writable)],
+        net_socket: None,
+    }
+}
+
+/// `pread`, `pwrite` (512 bytes at 512) and `fdatasync` on `fd`, then
+/// their results on stderr.
+fn serve(fd: RawFd) {
+    let mut buf = [7u8; 512];
+    // SAFETY: `fd` is a scratch file open in this process; the buffer is
+    // ours and as long as the lengths given.
+    let (wrote, read, synced) = unsafe {
+        (
+            libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), 512),
+            libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
+            libc::fdatasync(fd),
+        )
+    };
+    eprintln!("served: {wrote} {read} {synced}");
+}
 
 #[test]
 fn a_vcpu_thread_may_serve_a_disk_it_holds_open() {
     const NAME: &str = "a_vcpu_thread_may_serve_a_disk_it_holds_open";
-    if is_child(NAME) {
-        let image = tempfile::tempfile().expect("a scratch image");
-        image.set_len(4096).unwrap();
-        DISK.store(
-            std::os::fd::IntoRawFd::into_raw_fd(image),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-    let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
-        // What the device does: pread and pwrite at offsets, fdatasync.
-        let fd = DISK.load(std::sync::atomic::Ordering::Relaxed);
-        let mut buf = [7u8; 512];
-        // SAFETY: `fd` is the scratch image, open for this process; the
-        // buffer is ours and as long as the lengths given.
-        let (wrote, read, synced) = unsafe {
-            (
-                libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), 512),
-                libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
-                libc::fdatasync(fd),
-            )
-        };
-        eprintln!("served: {wrote} {read} {synced}");
-    });
+    let (code, stderr) = case_with(
+        NAME,
+        ThreadKind::Vcpu,
+        || disk(true),
+        || serve(DISK.load(Ordering::Relaxed)),
+    );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("served: 512 512 0"), "{stderr}");
+}
+
+#[test]
+fn a_vcpu_thread_reads_no_descriptor_but_its_disks() {
+    const NAME: &str = "a_vcpu_thread_reads_no_descriptor_but_its_disks";
+    let (code, stderr) = case_with(
+        NAME,
+        ThreadKind::Vcpu,
+        || disk(true),
+        || {
+            let mut buf = [0u8; 512];
+            let fd = OTHER.load(Ordering::Relaxed);
+            // SAFETY: a read into a buffer of ours, from a file open here.
+            unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        },
+    );
+    assert_trapped(code, &stderr, "vCPU", libc::SYS_pread64);
+}
+
+#[test]
+fn a_vcpu_thread_writes_nothing_with_only_read_only_disks() {
+    const NAME: &str = "a_vcpu_thread_writes_nothing_with_only_read_only_disks";
+    let (code, stderr) = case_with(
+        NAME,
+        ThreadKind::Vcpu,
+        || disk(false),
+        || {
+            // The disk itself: reads pass, the write is the first refused.
+            serve(DISK.load(Ordering::Relaxed))
+        },
+    );
+    assert_trapped(code, &stderr, "vCPU", libc::SYS_pwrite64);
+}
+
+#[test]
+fn a_vcpu_thread_without_disks_flushes_nothing() {
+    const NAME: &str = "a_vcpu_thread_without_disks_flushes_nothing";
+    let (code, stderr) = case(NAME, ThreadKind::Vcpu, || {
+        // SAFETY: fdatasync has no memory arguments; fd 2 is open.
+        unsafe { libc::fdatasync(2) };
+    });
+    assert_trapped(code, &stderr, "vCPU", libc::SYS_fdatasync);
+}
+
+/// The network device's socket, opened before the filter.
+static SOCKET: AtomicI32 = AtomicI32::new(-1);
+
+/// Opens [`SOCKET`] (one end of a socket pair; the other is leaked, so
+/// that the socket stays connected) and [`OTHER`].
+fn net() -> Descriptors {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    std::mem::forget(theirs);
+    SOCKET.store(ours.into_raw_fd(), Ordering::Relaxed);
+    OTHER.store(scratch(), Ordering::Relaxed);
+    Descriptors {
+        disks: Vec::new(),
+        net_socket: Some(SOCKET.load(Ordering::Relaxed)),
+    }
+}
+
+#[test]
+fn the_net_threads_read_no_descriptor_but_their_socket() {
+    const NAME: &str = "the_net_threads_read_no_descriptor_but_their_socket";
+    let (code, stderr) = case_with(NAME, ThreadKind::Net, net, || {
+        let mut buf = [0u8; 16];
+        // SAFETY: a send from and a read into buffers of ours, on
+        // descriptors open here (the send fills the socket's buffer a
+        // little; the scratch file's read returns at once).
+        unsafe {
+            let sent = libc::send(
+                SOCKET.load(Ordering::Relaxed),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            );
+            eprintln!("sent {sent}");
+            libc::read(OTHER.load(Ordering::Relaxed), buf.as_mut_ptr().cast(), 16);
+        }
+    });
+    assert!(stderr.contains("sent 16"), "{stderr}");
+    assert_trapped(code, &stderr, "net", libc::SYS_read);
+}
+
+#[test]
+fn a_vcpu_thread_shuts_down_no_socket_but_the_network_devices() {
+    const NAME: &str = "a_vcpu_thread_shuts_down_no_socket_but_the_network_devices";
+    let (code, stderr) = case_with(NAME, ThreadKind::Vcpu, net, || {
+        // SAFETY: shutdown of descriptors open here (the other is no
+        // socket: ENOTSOCK, were the call let through).
+        unsafe {
+            let ours = libc::shutdown(SOCKET.load(Ordering::Relaxed), libc::SHUT_RDWR);
+            eprintln!("shut down {ours}");
+            libc::shutdown(OTHER.load(Ordering::Relaxed), libc::SHUT_RDWR);
+        }
+    });
+    assert!(stderr.contains("shut down 0"), "{stderr}");
+    assert_trapped(code, &stderr, "vCPU", libc::SYS_shutdown);
 }
 
 #[test]

@@ -46,10 +46,11 @@ pub(crate) use write::{write_fs, Source};
 pub const CACHE_SUFFIX: &str = ".erofs";
 
 /// The volume name of every image this writer makes: the format's version,
-/// so a cached image of an older layout is written again. NUL-terminated
-/// within its 16 bytes: Linux (6.1's `erofs_read_superblock`) refuses a
-/// name without one ("bad volume name without NIL terminator").
-pub(crate) const VOLUME_NAME: &[u8; 16] = b"microrun-erofs2\0";
+/// so a cached image of an older layout is written again. It must end in
+/// a NUL within its 16 bytes: Linux refuses a name without one
+/// (`bad volume name without NIL terminator`, EUCLEAN).
+pub(crate) const VOLUME_NAME: &[u8; 16] = b"microrun-erofs1\0";
+const _: () = assert!(VOLUME_NAME[15] == 0, "Linux needs the volume name's NUL");
 
 /// Errors of writing an EROFS image.
 #[derive(Debug, thiserror::Error)]

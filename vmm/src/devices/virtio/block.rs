@@ -141,6 +141,20 @@ const OK: Status = VIRTIO_BLK_S_OK as Status;
 const IOERR: Status = VIRTIO_BLK_S_IOERR as Status;
 const UNSUPP: Status = VIRTIO_BLK_S_UNSUPP as Status;
 
+/// A request that failed: its status, and the bytes of data it wrote into
+/// the chain first (the used ring's length counts them, virtio 1.2
+/// §2.7.8).
+struct Failed {
+    status: Status,
+    written: usize,
+}
+
+impl From<Status> for Failed {
+    fn from(status: Status) -> Self {
+        Self { status, written: 0 }
+    }
+}
+
 impl Block {
     /// A disk served from the image at `path`, read-only (opened so, and
     /// offered with `VIRTIO_BLK_F_RO`) when `read_only`, that answers
@@ -190,6 +204,11 @@ impl Block {
         })
     }
 
+    /// Whether the disk is read-only (its image open for reading only).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// The disk's size in sectors.
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -218,8 +237,8 @@ impl Block {
             }
             used = true;
         }
-        if used && active.queue.needs_notification(&active.mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.signal_used_queue() {
+        if used {
+            if let Err(e) = active.interrupt.notify_used(&mut active.queue, &active.mem) {
                 log::debug!("virtio-blk: interrupt not delivered: {e}");
             }
         }
@@ -238,7 +257,7 @@ impl Block {
         };
         let (status, written) = match self.request(&mut reader, &mut writer, data_in) {
             Ok(written) => (OK, written),
-            Err(status) => (status, 0),
+            Err(Failed { status, written }) => (status, written),
         };
         // The status is the last writable byte, whatever came before.
         writer.skip(writer.available_bytes() - 1);
@@ -250,13 +269,14 @@ impl Block {
     }
 
     /// Does what the request asks; the bytes it wrote into the chain's
-    /// `data_in` bytes of data, or the status of its failure.
+    /// `data_in` bytes of data, or the status of its failure with what it
+    /// wrote before failing.
     fn request(
         &mut self,
         reader: &mut super::ChainReader,
         writer: &mut super::ChainWriter,
         data_in: usize,
-    ) -> Result<usize, Status> {
+    ) -> Result<usize, Failed> {
         let mut header = [0u8; HEADER_LEN];
         reader.read_exact(&mut header).map_err(|_| IOERR)?;
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -269,13 +289,18 @@ impl Block {
                     Ok(n) if n == data_in => Ok(n),
                     other => {
                         log::debug!("virtio-blk: read at sector {sector} failed: {other:?}");
-                        Err(IOERR)
+                        // What the reads put in guest memory before the
+                        // failure (a short read stops the copy part-way).
+                        Err(Failed {
+                            status: IOERR,
+                            written: (at.offset - offset) as usize,
+                        })
                     }
                 }
             }
             VIRTIO_BLK_T_OUT => {
                 if self.read_only {
-                    return Err(IOERR);
+                    return Err(IOERR.into());
                 }
                 let len = reader.available_bytes();
                 let offset = self.range(sector, len)?;
@@ -284,7 +309,7 @@ impl Block {
                     Ok(n) if n == len => Ok(0),
                     other => {
                         log::debug!("virtio-blk: write at sector {sector} failed: {other:?}");
-                        Err(IOERR)
+                        Err(IOERR.into())
                     }
                 }
             }
@@ -300,7 +325,7 @@ impl Block {
                 writer.write_all(&self.serial[..n]).map_err(|_| IOERR)?;
                 Ok(n)
             }
-            _ => Err(UNSUPP),
+            _ => Err(UNSUPP.into()),
         }
     }
 
@@ -390,6 +415,13 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+}
+
+/// The image's descriptor, which the vCPU threads' seccomp filter names.
+impl AsRawFd for Block {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 }
 

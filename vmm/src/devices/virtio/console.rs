@@ -252,10 +252,8 @@ fn notify(queue: &mut Queue, active: &Active) {
 }
 
 fn notify_with(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt) {
-    if queue.needs_notification(mem).unwrap_or(true) {
-        if let Err(e) = interrupt.signal_used_queue() {
-            log::debug!("virtio-console: interrupt not delivered: {e}");
-        }
+    if let Err(e) = interrupt.notify_used(queue, mem) {
+        log::debug!("virtio-console: interrupt not delivered: {e}");
     }
 }
 

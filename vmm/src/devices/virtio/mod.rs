@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, WriteVolatile};
@@ -143,6 +144,24 @@ pub enum VirtioError {
     },
 }
 
+/// Whether the driver wants an interrupt for the chains just put in
+/// `queue`'s used ring: with `VIRTIO_F_EVENT_IDX`, what its used event
+/// says (virtio-queue's `needs_notification`); without it, unless the
+/// avail ring's flags hold `VRING_AVAIL_F_NO_INTERRUPT` (virtio 1.2
+/// §2.7.10), which Linux sets while it polls a ring (NAPI) and which
+/// virtio-queue does not read.
+pub fn interrupt_wanted(queue: &mut Queue, mem: &GuestMemory) -> bool {
+    // Also orders the used ring's writes before the flags' read.
+    let wanted = queue.needs_notification(mem).unwrap_or(true);
+    if queue.event_idx_enabled() {
+        return wanted;
+    }
+    // The flags are the avail ring's first field; DRIVER_OK checked the
+    // ring lies in guest memory (unreadable: interrupt, to be safe).
+    let flags: u16 = mem.read_obj(GuestAddress(queue.avail_ring())).unwrap_or(0);
+    wanted && flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+}
+
 /// What raises a virtio-mmio device's interrupt: one edge per call. The
 /// UARTs' [`IrqTrigger`](crate::devices::serial::IrqTrigger) is one (an
 /// edge on an I/O APIC pin, an irqfd, or a pulse on a `KVM_IRQ_LINE`).
@@ -169,6 +188,15 @@ impl Interrupt {
     /// Tells the driver the device put buffers in a used ring.
     pub fn signal_used_queue(&self) -> io::Result<()> {
         self.raise(VIRTIO_MMIO_INT_VRING)
+    }
+
+    /// Tells the driver the device put buffers in `queue`'s used ring,
+    /// unless it asked not to be told ([`interrupt_wanted`]).
+    pub fn notify_used(&self, queue: &mut Queue, mem: &GuestMemory) -> io::Result<()> {
+        if interrupt_wanted(queue, mem) {
+            self.signal_used_queue()?;
+        }
+        Ok(())
     }
 
     /// Tells the driver the device's configuration (or its status, for
@@ -967,6 +995,28 @@ mod tests {
         irq.clear();
         assert_eq!(worker.status(), 0);
         assert_eq!(counter.edges(), 2);
+    }
+
+    #[test]
+    fn no_interrupt_flag_suppresses_used_interrupts_without_event_idx() {
+        let counter = Arc::new(Counter::default());
+        let irq = Interrupt::new(counter.clone());
+        let driver = super::test_util::Driver::new(16 << 20, 1, SIZE);
+        let mut queue = driver.queues().remove(0);
+        let flags = GuestAddress(super::test_util::avail_ring(0, SIZE));
+        for (set, edges) in [(1u16, 0), (0, 1), (1, 1), (0, 2)] {
+            driver.mem.write_obj(set, flags).unwrap();
+            assert_eq!(interrupt_wanted(&mut queue, &driver.mem), set == 0);
+            irq.notify_used(&mut queue, &driver.mem).unwrap();
+            assert_eq!(counter.edges(), edges, "flags {set}");
+        }
+        // With the event index the flag means nothing (virtio 1.2 §2.7.10).
+        queue.set_event_idx(true);
+        driver.mem.write_obj(1u16, flags).unwrap();
+        queue
+            .add_used(&driver.mem, 0, 0)
+            .expect("a used entry for the event index to pass");
+        assert!(interrupt_wanted(&mut queue, &driver.mem));
     }
 
     #[test]

@@ -41,9 +41,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 };
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
 
 use super::{read_config_from, Activation, Interrupt, VirtioDevice, VirtioError};
 use crate::devices::bus::lock;
@@ -65,12 +63,14 @@ pub const TX_QUEUE: u16 = 1;
 pub const HEADER_LEN: usize = 12;
 /// An Ethernet header: the least a frame holds.
 pub const ETH_HLEN: usize = 14;
+/// An 802.1Q tag, which a frame of the MTU may carry besides.
+pub const VLAN_HLEN: usize = 4;
 /// The least MTU taken: IPv4's minimum (and Linux's `ETH_MIN_MTU`).
 pub const MIN_MTU: u16 = 68;
 /// The largest frame any Ethernet device makes: Linux's `ETH_MAX_MTU`,
 /// its header and a VLAN tag. A length prefix past it is not a frame:
 /// the stream is out of step.
-pub const MAX_WIRE_FRAME: usize = 65535 + ETH_HLEN + 4;
+pub const MAX_WIRE_FRAME: usize = 65535 + ETH_HLEN + VLAN_HLEN;
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
 /// The receive thread's buffer: the bytes read from the socket and not
@@ -161,9 +161,12 @@ impl NetSpec {
         Ok(())
     }
 
-    /// The largest frame either way: the MTU and an Ethernet header.
+    /// The largest frame either way: the MTU, an Ethernet header and a
+    /// VLAN tag. Linux's driver does not call the device VLAN-challenged,
+    /// so a VLAN interface over it has its MTU and sends tagged frames of
+    /// the MTU and 18 bytes (and sizes its receive buffers for them).
     pub fn max_frame(&self) -> usize {
-        usize::from(self.mtu) + ETH_HLEN
+        usize::from(self.mtu) + ETH_HLEN + VLAN_HLEN
     }
 }
 
@@ -189,20 +192,10 @@ impl Active {
     }
 
     /// Interrupts the driver for the chains just used, unless it asked
-    /// not to be: `VRING_AVAIL_F_NO_INTERRUPT`, which Linux sets while
-    /// NAPI polls the ring (virtio-queue reads only the event index).
+    /// not to be ([`super::interrupt_wanted`]).
     fn notify(&mut self) {
-        let wanted = self.queue.needs_notification(&self.mem).unwrap_or(true);
-        let flags: u16 = self
-            .mem
-            .read_obj(GuestAddress(self.queue.avail_ring()))
-            .unwrap_or(0);
-        let suppressed =
-            !self.queue.event_idx_enabled() && flags & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0;
-        if wanted && !suppressed {
-            if let Err(e) = self.interrupt.signal_used_queue() {
-                log::debug!("virtio-net: interrupt not delivered: {e}");
-            }
+        if let Err(e) = self.interrupt.notify_used(&mut self.queue, &self.mem) {
+            log::debug!("virtio-net: interrupt not delivered: {e}");
         }
     }
 }

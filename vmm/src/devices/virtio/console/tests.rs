@@ -445,3 +445,20 @@ fn receive_queues_ask_for_kicks_only_while_something_waits() {
     assert_eq!(used_flags(&rig.driver, rx_queue(STDIN_PORT)), 1);
     assert!(rig.console.shared.lock().unwrap().input.is_empty());
 }
+
+#[test]
+fn no_interrupt_while_the_driver_polls() {
+    let mut rig = rig();
+    rig.handshake();
+    // VRING_AVAIL_F_NO_INTERRUPT (1) in stdout's transmit ring's flags,
+    // then not: bytes go out either way, an interrupt only without it.
+    let flags = GuestAddress(avail_ring(1));
+    for (set, more) in [(1u16, 0), (0, 1)] {
+        rig.driver.mem.write_obj(set, flags).unwrap();
+        let edges = rig.irqs.edges();
+        rig.driver.send(1, b"x");
+        rig.console.queue_notify(1);
+        assert_eq!(rig.irqs.edges(), edges + more, "flags {set}");
+    }
+    assert_eq!(*lock(&rig.stdout.0), b"xx");
+}

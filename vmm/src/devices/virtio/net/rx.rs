@@ -4,7 +4,8 @@
 //! The thread reads the socket only while it holds no complete frame: a
 //! guest that posts no buffers leaves the frames in the socket (passt
 //! then holds back too), and the thread's memory stays [`RX_BUFFER`].
-//! A length prefix larger than the MTU allows, but one an Ethernet frame
+//! A length prefix larger than the MTU allows (with a header and a VLAN
+//! tag: [`NetSpec::max_frame`](crate::NetSpec::max_frame)), but one an Ethernet frame
 //! can have, is a frame the guest may not get (`VIRTIO_NET_F_MTU`): it
 //! is skipped as it arrives, never held. A prefix no frame has ends the
 //! direction ([`NetError::BadLength`]).

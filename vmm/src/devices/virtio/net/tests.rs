@@ -240,11 +240,12 @@ fn frames_over_the_mtu_are_skipped_either_way() {
     rig.driver.post(4096);
     rig.driver.post(4096);
     rig.kick(RX);
-    let (big, ok) = (frame(1515, 8), frame(1514, 9));
+    // The MTU, an Ethernet header and a VLAN tag (1518) pass; more not.
+    let (big, ok) = (frame(1519, 8), frame(1518, 9));
     let mut wire = prefixed(&big);
     wire.extend(prefixed(&ok));
     rig.peer.write_all(&wire).unwrap();
-    assert_eq!(rig.driver.wait_used(RX, 1), [(0, 1526)]);
+    assert_eq!(rig.driver.wait_used(RX, 1), [(0, 1530)]);
     assert!(rig.driver.used(RX).is_empty());
     // From the guest: returned, not sent; the next one is.
     rig.driver.transmit(&big);
@@ -548,8 +549,12 @@ const FILTER_CHILD: &str = "VMM_NET_FILTER_CHILD";
 fn both_directions_run_under_the_net_filter() {
     const NAME: &str = "devices::virtio::net::tests::both_directions_run_under_the_net_filter";
     if std::env::var_os(FILTER_CHILD).is_some() {
-        let filter = crate::seccomp::filter(ThreadKind::Net).unwrap();
         let (ours, peer) = UnixStream::pair().unwrap();
+        let fds = crate::seccomp::Descriptors {
+            disks: Vec::new(),
+            net_socket: Some(ours.as_raw_fd()),
+        };
+        let filter = crate::seccomp::filter_for(ThreadKind::Net, &fds).unwrap();
         let mut net = Net::new(spec(65520), ours.into(), Some(filter)).unwrap();
         let driver = Driver::for_net();
         net.activate(Activation {
@@ -583,7 +588,7 @@ fn both_directions_run_under_the_net_filter() {
         rig.driver.transmit(&sent);
         rig.kick(TX);
         rig.driver.wait_used(TX, 2);
-        let supervisor = crate::seccomp::filter(ThreadKind::Supervisor).unwrap();
+        let supervisor = crate::seccomp::filter_for(ThreadKind::Supervisor, &fds).unwrap();
         let net = rig.net;
         let dropped = crate::seccomp::spawn(
             "supervisor".into(),

@@ -7,7 +7,8 @@
 //! then writes the buffer with the lock released. While that write waits
 //! (passt does not read), no chain is taken: the ring fills and the
 //! guest's driver stops its queue. A chain whose readable part is not a
-//! header and a frame of [`ETH_HLEN`] to the MTU's size is returned
+//! header and a frame of [`ETH_HLEN`] to the MTU's size (with its header
+//! and a VLAN tag) is returned
 //! unsent. Once the backend failed, frames are dropped, so the guest's
 //! queue keeps moving.
 

@@ -290,8 +290,8 @@ fn serve_queue(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt, hand
         }
         used = true;
     }
-    if used && queue.needs_notification(mem).unwrap_or(true) {
-        if let Err(e) = interrupt.signal_used_queue() {
+    if used {
+        if let Err(e) = interrupt.notify_used(queue, mem) {
             log::debug!("9p: interrupt not delivered: {e}");
         }
     }
