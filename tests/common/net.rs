@@ -4,7 +4,7 @@
 //! nothing else. A test file expands [`net_cases!`] with its engine.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,6 +87,14 @@ macro_rules! net_cases {
             );
         }
         #[test]
+        fn dns_is_answered_by_the_hosts_resolver() {
+            common::run_case(
+                &$engine,
+                concat!(module_path!(), "::dns_is_answered_by_the_hosts_resolver"),
+                common::net::dns,
+            );
+        }
+        #[test]
         fn bad_publish_specs_give_125_naming_the_spec() {
             common::run_case(
                 &$engine,
@@ -101,7 +109,7 @@ macro_rules! net_cases {
 }
 
 /// Busybox applets the network cases use, besides the libs rootfs's.
-const NET_APPLETS: [&str; 10] = [
+const NET_APPLETS: [&str; 11] = [
     "grep",
     "dd",
     "wget",
@@ -112,6 +120,7 @@ const NET_APPLETS: [&str; 10] = [
     "mkdir",
     "sha256sum",
     "wc",
+    "nslookup",
 ];
 
 /// How long a case waits for a guest server or a datagram.
@@ -385,6 +394,198 @@ pub fn no_host_loopback(engine: &Engine) {
     assert!(out.ends_with("done\n"), "{out}");
     assert!(!out.contains("secret"), "{out}");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
+}
+
+/// The DNS case's resolver: an address of the network namespace the case
+/// makes (TEST-NET-2), not a loopback one, which passt drops.
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+/// The name the DNS case looks up: only the case's resolver knows it.
+const PROBE_NAME: &str = "probe.microrun.test";
+/// The address the case's resolver answers for [`PROBE_NAME`] (TEST-NET-1).
+const PROBE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+/// The most queries the case's resolver records.
+const MAX_QUERIES: usize = 64;
+
+/// `--net`: the guest's resolver (10.0.2.3, which passt and pasta forward
+/// to the host's first resolver) answers a name that only the case's own
+/// resolver knows. passt of 2023-03 drops a loopback resolver, so that
+/// resolver cannot listen on 127.0.0.1: the case runs microrun in a
+/// network namespace of its own (root only: CI runs as root), whose only
+/// interface is a tap device that nothing reads, with [`RESOLVER`] and the
+/// default route (passt needs one to enable IPv4), and in a mount
+/// namespace in which `/etc/resolv.conf` names [`RESOLVER`]. The resolver
+/// is this process, on that address; nothing outside the namespace is
+/// involved.
+pub fn dns(engine: &Engine) {
+    let Some(root) = net_prerequisites(engine) else {
+        return;
+    };
+    if let Some(why) = namespace_unavailable() {
+        if super::nested::inside() {
+            // The lane's outer VM has neither iproute2 nor the tun module;
+            // the forwarding is passt's, the same as the qemu engine's.
+            test_support::skip_not_applicable!("in the nested lane: {why}");
+        } else {
+            test_support::skip_unavailable!("{why}");
+        }
+        return;
+    }
+    let command = microrun_command(engine, &["--net"], root, &["nslookup", PROBE_NAME]);
+    // A network namespace belongs to a thread; the processes that thread
+    // starts inherit it.
+    let (output, asked) =
+        std::thread::scope(|s| s.spawn(|| in_a_network_namespace(command)).join().unwrap());
+    assert_code(&output, 0);
+    let out = stdout(&output);
+    assert!(out.contains("10.0.2.3"), "the guest's resolver: {out}");
+    assert!(
+        out.contains(&format!("Address: {PROBE_ADDR}")),
+        "no answer for {PROBE_NAME}: {out}"
+    );
+    assert!(
+        asked.iter().any(|name| name == PROBE_NAME),
+        "the case's resolver was not asked for {PROBE_NAME}: {asked:?}"
+    );
+}
+
+/// Why the DNS case cannot build its network namespace here, if it cannot.
+fn namespace_unavailable() -> Option<String> {
+    // SAFETY: geteuid only returns the caller's id.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("a network namespace with a tap device needs root (CI runs as root)".into());
+    }
+    if let Some(tool) = ["ip", "unshare", "sh"]
+        .into_iter()
+        .find(|t| which(t).is_none())
+    {
+        return Some(format!(
+            "{tool} is not installed: apt-get install iproute2 util-linux (scripts/install-deps)"
+        ));
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun here: load the tun module (modprobe tun)".into());
+    }
+    None
+}
+
+/// Runs `command` in a new network namespace (this thread's) with
+/// [`RESOLVER`] on a tap device and this process answering DNS there, and
+/// in a new mount namespace (`unshare -m`) where `/etc/resolv.conf` names
+/// it. Returns its output and the names the resolver was asked for.
+fn in_a_network_namespace(command: std::process::Command) -> (std::process::Output, Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: unshare(CLONE_NEWNET) moves only the calling thread, which
+    // this case started and ends, into a new network namespace.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+    let tap = "mrdns0";
+    let address = format!("{RESOLVER}/24");
+    let steps: [&[&str]; 5] = [
+        &["link", "set", "lo", "up"],
+        &["tuntap", "add", tap, "mode", "tap"],
+        &["addr", "add", &address, "dev", tap],
+        &["link", "set", tap, "up"],
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+            "dev",
+            tap,
+            "onlink",
+        ],
+    ];
+    for args in steps {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {}: {status}", args.join(" "));
+    }
+    let socket = UdpSocket::bind((RESOLVER, 53)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let resolv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(resolv.path(), format!("nameserver {RESOLVER}\n")).unwrap();
+    // Readable by passt, which reads it after taking nobody's ids.
+    std::fs::set_permissions(resolv.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
+        .args(["-m", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+        .arg(resolv.path())
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let resolver = s.spawn(|| {
+            let mut asked = Vec::new();
+            let mut query = [0u8; 512];
+            while !done.load(Ordering::SeqCst) {
+                let Ok((n, from)) = socket.recv_from(&mut query) else {
+                    continue;
+                };
+                if let Some((name, answer)) = dns_answer(&query[..n]) {
+                    if asked.len() < MAX_QUERIES {
+                        asked.push(name);
+                    }
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+            asked
+        });
+        let output = wrapped.output().expect("run unshare");
+        done.store(true, Ordering::SeqCst);
+        (output, resolver.join().unwrap())
+    })
+}
+
+/// The answer to one DNS query: [`PROBE_ADDR`] for an A query of
+/// [`PROBE_NAME`], no records for any other question (such as nslookup's
+/// AAAA query), with the name asked; `None` for what is not a query with
+/// one question.
+fn dns_answer(query: &[u8]) -> Option<(String, Vec<u8>)> {
+    let count = |at: usize| Some(u16::from_be_bytes(query.get(at..at + 2)?.try_into().ok()?));
+    if query.len() < 12 || query[2] & 0x80 != 0 || count(4)? != 1 {
+        return None;
+    }
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at + 1..at + 1 + len)?).into_owned());
+        at += 1 + len;
+    }
+    let qtype = count(at + 1)?;
+    let end = at + 5;
+    query.get(..end)?;
+    let name = labels.join(".");
+    let hit = qtype == 1 && name.eq_ignore_ascii_case(PROBE_NAME);
+    // The id, then: a response, recursion desired and available, no error;
+    // one question, one answer or none.
+    let mut answer = query[..2].to_vec();
+    answer.extend([0x81, 0x80, 0, 1, 0, u8::from(hit), 0, 0, 0, 0]);
+    answer.extend(&query[12..end]);
+    if hit {
+        // The question's name (a pointer to offset 12), A, IN, TTL 60 s.
+        answer.extend([0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        answer.extend(PROBE_ADDR.octets());
+    }
+    Some((name, answer))
 }
 
 /// `--net` with a PATH that has no passt or pasta: 125 before anything

@@ -27,6 +27,9 @@ pub struct Fds {
     pub net: Option<RawFd>,
 }
 
+/// The benchmark's knob for QEMU's `-netdev user[,OPTIONS]` instead of passt.
+const NETDEV_VAR: &str = "MICRORUN_QEMU_NETDEV";
+
 /// Whether `vm` runs on `-M microvm`: it has virtio-mmio devices, which
 /// exist only there (with `acpi=off`, QEMU names them on the command line
 /// itself).
@@ -158,13 +161,23 @@ pub fn args(vm: &VmPlan, accel: Accel, fds: Fds, stdin_port: bool) -> Vec<OsStri
             // the framing passt's --fd speaks); the MTU pinned as passt
             // is told (-m).
             DeviceSpec::Net(net) => {
-                a.push([
-                    "-netdev".into(),
-                    format!(
-                        "stream,id=net0,server=off,addr.type=fd,addr.str={}",
-                        fds.net.unwrap_or(-1)
-                    ),
-                ]);
+                // MICRORUN_QEMU_NETDEV=user[,OPTIONS] (scripts/bench-net's
+                // peer only, docs/BENCHMARKS.md): QEMU's own user-mode
+                // stack, whose defaults are the guest view --net
+                // --net-host gives (10.0.2.15, gateway 10.0.2.2 = the
+                // host's loopback, DNS 10.0.2.3); passt then idles, and
+                // ports are forwarded by OPTIONS (hostfwd=...), not -p.
+                let knob = std::env::var(NETDEV_VAR).ok();
+                let netdev =
+                    if let Some(user) = knob.filter(|v| v.split(',').next() == Some("user")) {
+                        format!("{user},id=net0")
+                    } else {
+                        format!(
+                            "stream,id=net0,server=off,addr.type=fd,addr.str={}",
+                            fds.net.unwrap_or(-1)
+                        )
+                    };
+                a.push(["-netdev".into(), netdev]);
                 let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
                 a.push([
                     "-device".into(),
