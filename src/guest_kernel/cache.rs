@@ -29,7 +29,26 @@ const MAX_ENTRY_BYTES: u64 = 64 << 20;
 
 /// `path` and its metadata, or why there is none, on one line.
 pub(super) fn stat_line(path: &Path) -> String {
+    stamp(path, Stamp::Metadata)
+}
+
+/// What identifies a file's contents for [`by_metadata`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// A file of anyone's: path, device, inode, size, mtime and ctime.
+    Metadata,
+    /// An entry of microrun's own cache: written under a temporary name
+    /// and renamed into place, never changed in place, so path, device,
+    /// inode and size name its contents. Its mtime marks its last use
+    /// (`initrd_tools::cache::touch`), which changes it on every run.
+    CacheEntry,
+}
+
+fn stamp(path: &Path, stamp: Stamp) -> String {
     match fs::metadata(path) {
+        Ok(m) if stamp == Stamp::CacheEntry => {
+            format!("{} {}:{} {}", path.display(), m.dev(), m.ino(), m.len())
+        }
         Ok(m) => format!(
             "{} {}:{} {} {}.{} {}.{}",
             path.display(),
@@ -149,14 +168,15 @@ pub(super) fn store(dir: &Path, key: &Key, plan: &KernelPlan, sources: &[ModuleS
 /// ELF vmlinux that is a scan of the whole file, tens of milliseconds for
 /// the project's 17 MB one) and cached.
 pub(super) fn release(dir: &Path, kernel: &Path) -> Result<String, KernelInfoError> {
-    by_metadata(dir, kernel, "release", || {
+    by_metadata(dir, kernel, Stamp::Metadata, "release", || {
         kernel_info::kernel_release(kernel)
     })
 }
 
 /// A fact about `file` alone (one word: a kernel's release, an archive's
 /// unpacked size), looked up by the file's metadata (path, device, inode,
-/// size, mtime, ctime) in `dir` (entries `<hash>.<suffix>`), else computed
+/// size, and for any file but microrun's own cache entries mtime and
+/// ctime: [`Stamp`]) in `dir` (entries `<hash>.<suffix>`), else computed
 /// and stored, so that a file whose metadata has not changed is never
 /// read again for it. An entry that is not the user's regular file is a
 /// miss with a warning, as every entry of the cache; a file changed since
@@ -164,10 +184,11 @@ pub(super) fn release(dir: &Path, kernel: &Path) -> Result<String, KernelInfoErr
 pub(crate) fn by_metadata<E>(
     dir: &Path,
     file: &Path,
+    kind: Stamp,
     suffix: &str,
     compute: impl FnOnce() -> Result<String, E>,
 ) -> Result<String, E> {
-    let stat = stat_line(file);
+    let stat = stamp(file, kind);
     let mut hasher = DefaultHasher::new();
     (FORMAT, suffix, &stat).hash(&mut hasher);
     let path = dir.join(format!("{:016x}.{suffix}", hasher.finish()));
@@ -497,6 +518,43 @@ mod tests {
             std::os::unix::fs::chown(&entry, Some(4321), None).unwrap();
             assert_eq!(load_value(&entry, &stat_line(&kernel)), None);
         }
+    }
+
+    #[test]
+    fn a_cache_entrys_fact_outlives_its_mtime_and_a_replaced_entry_is_counted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let facts = dir.path().join("facts");
+        let entry = dir.path().join("entry.cpio");
+        fs::write(&entry, b"0123").unwrap();
+        let computed = std::cell::Cell::new(0);
+        let fact = |kind| {
+            by_metadata(&facts, &entry, kind, "pages", || {
+                computed.set(computed.get() + 1);
+                Ok::<_, std::io::Error>(fs::metadata(&entry)?.len().to_string())
+            })
+            .unwrap()
+        };
+        let touch = |secs| {
+            let when = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let file = fs::File::options().write(true).open(&entry).unwrap();
+            file.set_modified(when).unwrap();
+        };
+        assert_eq!(fact(Stamp::CacheEntry), "4");
+        // Marked used (what every run does to the archive it boots): the
+        // entry's fact still holds, a user's file's does not.
+        touch(1);
+        assert_eq!(fact(Stamp::CacheEntry), "4");
+        assert_eq!(computed.get(), 1);
+        assert_eq!(fact(Stamp::Metadata), "4");
+        touch(2);
+        assert_eq!(fact(Stamp::Metadata), "4");
+        assert_eq!(computed.get(), 3);
+        // An entry written anew is renamed into place: another inode.
+        let new = dir.path().join(".pack-new");
+        fs::write(&new, b"012345").unwrap();
+        fs::rename(&new, &entry).unwrap();
+        assert_eq!(fact(Stamp::CacheEntry), "6");
+        assert_eq!(computed.get(), 4);
     }
 
     #[test]

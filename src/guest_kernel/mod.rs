@@ -44,7 +44,7 @@ use std::path::Path;
 
 use vmm::DeviceKind;
 
-pub(crate) use cache::by_metadata;
+pub(crate) use cache::{by_metadata, Stamp};
 pub use requirements::{requirement, Requirement, Without};
 
 /// The environment variable that turns the virtio-console off.

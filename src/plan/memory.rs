@@ -27,6 +27,7 @@ use std::path::Path;
 
 use super::PlanError;
 use crate::boot::BootInitrd;
+use crate::guest_kernel::Stamp;
 use crate::spec::Request;
 
 const MIB: u64 = 1 << 20;
@@ -168,8 +169,13 @@ pub fn unpacked_size(initrd: &BootInitrd) -> Option<u64> {
         initrd_tools::unpacked::tmpfs_bytes_of_archive(rootfs)
             .map(|bytes| bytes.map_or_else(|| COMPRESSED.to_string(), |b| b.to_string()))
     };
+    // The cache's archives are marked used (their mtime) on every run.
+    let stamp = match initrd_tools::cache_dir() {
+        Ok(cache) if rootfs.starts_with(&cache) => Stamp::CacheEntry,
+        _ => Stamp::Metadata,
+    };
     let counted = match initrd_tools::cache::subdir(FACTS_DIR) {
-        Ok(dir) => crate::guest_kernel::by_metadata(&dir, rootfs, "pages", count),
+        Ok(dir) => crate::guest_kernel::by_metadata(&dir, rootfs, stamp, "pages", count),
         Err(_) => count(),
     };
     let rootfs = match counted.as_deref().map(str::parse::<u64>) {
