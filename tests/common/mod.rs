@@ -453,20 +453,30 @@ fn build_libs_rootfs() -> Result<PathBuf, String> {
     Ok(root)
 }
 
-/// A copy of the `libs` rootfs for one test binary, `<prefix>-<binary>`
-/// (replaced by its next run; in the nested lane, which has no target
-/// directory, in /tmp), without its data file, with `applets` linked to
-/// busybox, and readable by anyone (the chroot engine's unprivileged
-/// cases run microrun as another user).
-pub fn libs_copy(libs: &Path, prefix: &str, applets: &[&str]) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let exe = std::env::current_exe().unwrap();
-    let name = exe.file_name().unwrap_or_default().to_string_lossy();
-    let base = match std::env::var_os(LIBS_VAR) {
+/// Where [`libs_copy`] puts its copies: the target directory's tmp, or,
+/// in the nested lane, which has no target directory, /tmp (the outer
+/// VM's root tmpfs).
+pub fn libs_copy_dir() -> PathBuf {
+    match std::env::var_os(LIBS_VAR) {
         Some(_) => std::env::temp_dir(),
         None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-    };
-    let root = base.join(format!("{prefix}-{name}"));
+    }
+}
+
+/// Where [`libs_copy`] puts the copy named `prefix` of this test binary.
+pub fn libs_copy_path(prefix: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let name = exe.file_name().unwrap_or_default().to_string_lossy();
+    libs_copy_dir().join(format!("{prefix}-{name}"))
+}
+
+/// A copy of the `libs` rootfs for one test binary, `<prefix>-<binary>`
+/// (replaced by its next run; in [`libs_copy_dir`]), without its data
+/// file, with `applets` linked to busybox, and readable by anyone (the
+/// chroot engine's unprivileged cases run microrun as another user).
+pub fn libs_copy(libs: &Path, prefix: &str, applets: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = libs_copy_path(prefix);
     let _ = fs::remove_dir_all(&root);
     let copied = Command::new("cp")
         .arg("-a")

@@ -83,6 +83,11 @@ pub fn left_out(name: &str) -> Option<&'static str> {
 }
 /// A limit for the whole outer run.
 const SUITE_TIMEOUT: &str = "50m";
+/// The outer VM's memory (lazily backed: the host gives it what it
+/// touches). Its root, where the cases' trees and the inner cache live, is
+/// a tmpfs of half of it; the disk-root case (`disk_root.rs`) writes a
+/// 1 GiB tree and its 1 GiB EROFS image there and checks that they fit.
+pub const OUTER_MEM: &str = "6G";
 
 /// What one test binary's lane carries beyond what every lane does, and
 /// which of its cases run there (a binary whose other cases run on the
@@ -469,6 +474,8 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
         // The outer kernel's log goes to the lane's stderr, and so to the
         // log file: an outer VM that panics or resets says why there.
         .arg("-v")
+        .arg("--mem")
+        .arg(OUTER_MEM)
         .arg("--timeout")
         .arg(SUITE_TIMEOUT)
         .arg("--bin")
