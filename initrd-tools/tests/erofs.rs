@@ -159,6 +159,13 @@ fn make_tree(root: &Path) {
         ));
         set_xattr(&root.join("etc/secret"), "user.comment", b"kept");
         set_xattr(&root.join("etc/secret"), "trusted.overlay.x", b"y");
+        // Names and a value longer than the writer's first ask (256
+        // bytes), which it must grow past.
+        for i in 0..8 {
+            let name = format!("user.{}{i}", "long-attribute-name-".repeat(2));
+            set_xattr(&root.join("bin/tool"), &name, b"v");
+        }
+        set_xattr(&root.join("bin/tool"), "user.big", &[0xa5; 3000]);
     }
 }
 
@@ -246,7 +253,16 @@ fn compare(source: &Path, got: &Path, what: &Compare) {
             assert_eq!(h.rdev(), w.rdev(), "device number of {name}");
         }
         if what.xattrs {
-            for attr in ["security.capability", "user.comment", "trusted.overlay.x"] {
+            let long: Vec<String> = (0..8)
+                .map(|i| format!("user.{}{i}", "long-attribute-name-".repeat(2)))
+                .collect();
+            let attrs = [
+                "security.capability",
+                "user.comment",
+                "trusted.overlay.x",
+                "user.big",
+            ];
+            for attr in attrs.iter().copied().chain(long.iter().map(String::as_str)) {
                 assert_eq!(
                     get_xattr(&dst, attr),
                     get_xattr(&src, attr),

@@ -13,7 +13,7 @@
 //! (root unless [`PackOptions::keep_owner`]; an image's own owners), the
 //! extended attributes the source has in the `user.`, `trusted.`,
 //! `security.` (so `security.capability`) and POSIX ACL namespaces (a
-//! directory's read with `llistxattr`, an image's from its layers' PAX
+//! directory's read with `llistxattr` ([`dir_xattrs`]), an image's from its layers' PAX
 //! `SCHILY.xattr.*` records),
 //! mtimes (a directory's entries all get [`PackOptions::mtime`], an
 //! image's keep their tar mtimes), and `dev/console`, `dev/null` added
@@ -25,6 +25,7 @@
 //! that carries this format's version) or whose length is not the block
 //! count it claims is written again.
 
+mod dir_xattrs;
 mod format;
 mod write;
 
@@ -236,11 +237,10 @@ fn write_tree(
 /// The model of a scanned directory tree.
 fn from_tree(tree: &Tree, opts: &PackOptions) -> Result<Fs, ErofsError> {
     let mut fs = Fs::default();
-    let mut path = Vec::new();
     // The directories above the entry being added: (entry index, inode).
     let mut stack: Vec<(usize, u32)> = Vec::new();
     let mut linked: HashMap<u32, u32> = HashMap::new();
-    let mut scratch = XattrScratch::default();
+    let mut xattrs = dir_xattrs::read_tree(tree)?;
     for (index, entry) in tree.entries.iter().enumerate() {
         let name = tree.name(entry);
         let (parent_name, base) = match name.iter().rposition(|&b| b == b'/') {
@@ -269,13 +269,7 @@ fn from_tree(tree: &Tree, opts: &PackOptions) -> Result<Fs, ErofsError> {
                 continue;
             }
         }
-        let real = entry.src_ino != 0;
-        source_path(tree, entry, &mut path);
-        let xattrs = if real {
-            read_xattrs(&mut path, &mut scratch)?
-        } else {
-            Vec::new()
-        };
+        let xattrs = std::mem::take(&mut xattrs[index]);
         let (uid, gid) = if opts.keep_owner {
             (entry.uid, entry.gid)
         } else {
@@ -334,106 +328,6 @@ fn source_path(tree: &Tree, entry: &crate::tree::Entry, path: &mut Vec<u8>) {
         path.push(b'/');
         path.extend_from_slice(name);
     }
-}
-
-/// The most bytes of names one file's attributes have (`XATTR_LIST_MAX`),
-/// and of one value (`XATTR_SIZE_MAX`).
-const XATTR_LIST_MAX: usize = 65536;
-const XATTR_SIZE_MAX: usize = 65536;
-
-/// Buffers for [`read_xattrs`], made once per tree.
-struct XattrScratch {
-    list: Vec<u8>,
-    value: Vec<u8>,
-}
-
-impl Default for XattrScratch {
-    fn default() -> Self {
-        XattrScratch {
-            list: vec![0; XATTR_LIST_MAX],
-            value: vec![0; XATTR_SIZE_MAX],
-        }
-    }
-}
-
-/// The extended attributes of `path` (not following a symlink), in the
-/// order the file system lists them, sorted by name for reproducible
-/// bytes.
-fn read_xattrs(path: &mut Vec<u8>, scratch: &mut XattrScratch) -> Result<Vec<Xattr>, ErofsError> {
-    let error = |path: &[u8], source| ErofsError::Xattrs {
-        path: PathBuf::from(OsStr::from_bytes(path)),
-        source,
-    };
-    if path.contains(&0) {
-        return Err(error(path, io::ErrorKind::InvalidInput.into()));
-    }
-    // The path NUL-terminated in place, without an allocation per file.
-    path.push(0);
-    let XattrScratch { list, value } = scratch;
-    // SAFETY: `path` is NUL-terminated; `list` is writable for its length.
-    let len =
-        unsafe { libc::llistxattr(path.as_ptr().cast(), list.as_mut_ptr().cast(), list.len()) };
-    let mut result = Ok(Vec::new());
-    if len < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOTSUP) {
-            result = Err(e);
-        }
-    }
-    let mut start = 0;
-    while let (Ok(out), true) = (&mut result, start < len.max(0) as usize) {
-        // Each name in the list ends with a NUL.
-        let end = start
-            + list[start..len as usize]
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(0);
-        let attr = &list[start..end];
-        let name_start = start;
-        start = end + 1;
-        if attr.is_empty() {
-            continue;
-        }
-        if format::xattr_index(attr).is_none() {
-            log::warn!(
-                "{}: leaving out the extended attribute {}: EROFS stores only user., trusted., security. and POSIX ACLs",
-                String::from_utf8_lossy(&path[..path.len() - 1]),
-                quote(attr)
-            );
-            continue;
-        }
-        // SAFETY: both names are NUL-terminated (the list's names end in
-        // one); `value` is writable for its length.
-        let got = unsafe {
-            libc::lgetxattr(
-                path.as_ptr().cast(),
-                list[name_start..].as_ptr().cast(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if got >= 0 {
-            let (_, suffix) = format::xattr_index(attr).unwrap_or((0, attr));
-            if got as usize > usize::from(u16::MAX) || suffix.len() > usize::from(u8::MAX) {
-                let file = String::from_utf8_lossy(&path[..path.len() - 1]).into_owned();
-                path.pop();
-                return Err(ErofsError::XattrTooLarge {
-                    name: format!("{} of {file}", quote(attr)),
-                    size: got as usize,
-                });
-            }
-            out.push((attr.into(), value[..got as usize].into()));
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENODATA) {
-            result = Err(e);
-        }
-    }
-    path.pop();
-    let mut out = result.map_err(|e| error(path, e))?;
-    out.sort();
-    Ok(out)
 }
 
 /// File data from the scanned directory: each file opened once, kept
