@@ -116,21 +116,35 @@ fn detect_as(path: &Path, tag: Option<&str>) -> Result<Detected, ImageError> {
 }
 
 fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageError> {
+    // Before anything is read: what is remembered must have changed
+    // before the reading began (`remembered`).
+    let started = SystemTime::now();
     let meta = fs::metadata(path).map_err(|e| ImageError::read(path, e))?;
     if meta.is_dir() {
-        if fs::symlink_metadata(path.join("oci-layout")).is_ok() {
+        let oci_layout = fs::symlink_metadata(path.join("oci-layout")).is_ok();
+        if !oci_layout && !has_dir_transport_files(path) {
+            return Ok(Detected::Directory);
+        }
+        // A layout opened before, none of its files changed since.
+        let facts = remembered::dir();
+        if let Some(dir) = &facts {
+            if let Some(image) = remembered::recall(dir, path, &meta, tag) {
+                return Ok(Detected::Image(Box::new(image)));
+            }
+        }
+        let image = if oci_layout {
             let store = Store::Dir(path.to_path_buf());
-            return Ok(Detected::Image(Box::new(oci::open(
-                &store,
-                ImageFormat::OciLayout,
-                tag,
-            )?)));
-        }
-        if is_dir_transport(path) {
+            oci::open(&store, ImageFormat::OciLayout, tag)?
+        } else if is_dir_transport(path) {
             let store = Store::Flat(path.to_path_buf());
-            return Ok(Detected::Image(Box::new(oci::open_dir_transport(&store)?)));
+            oci::open_dir_transport(&store)?
+        } else {
+            return Ok(Detected::Directory);
+        };
+        if let Some(dir) = &facts {
+            remembered::remember(dir, path, &meta, tag, &image, started);
         }
-        return Ok(Detected::Directory);
+        return Ok(Detected::Image(Box::new(image)));
     }
     if !meta.is_file() {
         return Err(ImageError::NotAFile {
@@ -150,7 +164,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
     let opened = file.metadata().map_err(|e| ImageError::read(path, e))?;
     let detected = detect_file(path, &opened, &file, tag)?;
     if let (Detected::Image(image), Some(dir)) = (&detected, &facts) {
-        remembered::remember(dir, path, &opened, tag, image, SystemTime::now());
+        remembered::remember(dir, path, &opened, tag, image, started);
     }
     Ok(detected)
 }
@@ -239,16 +253,23 @@ fn detect_file(
 /// Whether the directory `path` is skopeo's `dir:` layout: `manifest.json`
 /// beside a `version` file that says so (a rootfs has neither at its top).
 fn is_dir_transport(path: &Path) -> bool {
-    let regular = |name: &str| {
-        fs::symlink_metadata(path.join(name)).is_ok_and(|meta| meta.file_type().is_file())
-    };
-    if !regular("manifest.json") || !regular("version") {
+    if !has_dir_transport_files(path) {
         return false;
     }
     let mut head = Vec::new();
     let read =
         File::open(path.join("version")).and_then(|file| file.take(64).read_to_end(&mut head));
     read.is_ok() && head.starts_with(oci::DIR_TRANSPORT_VERSION.as_bytes())
+}
+
+/// Whether the directory `path` has the files of skopeo's `dir:` layout,
+/// `manifest.json` and `version`, as regular files (by their metadata
+/// alone).
+fn has_dir_transport_files(path: &Path) -> bool {
+    let regular = |name: &str| {
+        fs::symlink_metadata(path.join(name)).is_ok_and(|meta| meta.file_type().is_file())
+    };
+    regular("manifest.json") && regular("version")
 }
 
 /// A rootfs tar: one layer, the whole file, no configuration.

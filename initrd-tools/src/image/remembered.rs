@@ -1,20 +1,27 @@
-//! Images opened from a file (a docker-archive, an OCI archive, a rootfs
-//! tar), remembered by the file's metadata, so that a run of an unchanged
-//! image reads nothing of it before its converted archive is found in the
-//! cache. Opening one reads its tar headers, its manifest and
-//! configuration (checking their digests) and, for the choice of root, the
-//! first bytes of every layer: all of it depends on the file alone.
+//! Images opened before, remembered by the metadata of their files, so
+//! that a run of an unchanged image reads nothing of it before its
+//! converted archive is found in the cache. Opening one reads its tar
+//! headers (an archive), its index, manifest and configuration (checking
+//! their digests) and, for the choice of root, the first bytes of every
+//! layer: all of it depends on the image's files alone.
 //!
-//! An entry `<cache>/facts/<hash>.image` holds the key (the file's path,
+//! An entry `<cache>/facts/<hash>.image` holds the key (the image's path,
 //! device, inode, size, mtime and ctime, [`Stamp::Metadata`], and the tag
-//! asked for) and the opened image, as one line of JSON. A file rewritten,
-//! replaced or touched has another key and is opened again. A file is
-//! remembered only once its last change lies [`SETTLED`] in the past: a
-//! rewrite within the same tick of the file system's clock keeps the size
-//! and both times, so an entry taken right after a change could outlive
-//! the contents it was read from (git's "racily clean" files). Directories
-//! (OCI layouts, `dir:` layouts) are opened every time: their blobs are
-//! files of their own.
+//! asked for) and the opened image, as one line of JSON. An image in a
+//! file (a docker-archive, an OCI archive, a rootfs tar) is that file; a
+//! directory (an OCI layout, a `dir:` layout) also has the stamps of the
+//! files the entry depends on, checked on every recall: its top files
+//! (`oci-layout`, `index.json`; `version`, `manifest.json`), the blobs'
+//! directory (a blob added, removed or renamed into place changes it) and
+//! every layer. The manifest and configuration blobs are named by their
+//! digests, which were checked when they were read. A file rewritten,
+//! replaced or touched has another stamp, and the image is opened again.
+//!
+//! An image is remembered only when its files last changed [`SETTLED`]
+//! before the opening began: a rewrite within the same tick of the file
+//! system's clock keeps the size and both times, so an entry taken right
+//! after a change could outlive the contents it was read from (git's
+//! "racily clean" files).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,8 +59,8 @@ pub(crate) fn dir() -> Option<PathBuf> {
     }
 }
 
-/// What an entry is keyed by: the file `path` with the metadata `meta`,
-/// opened for `tag`.
+/// What an entry is keyed by: the image `path` (a file or a directory)
+/// with the metadata `meta`, opened for `tag`.
 fn key(path: &Path, meta: &fs::Metadata, tag: Option<&str>) -> String {
     let stamp = cache::stamp_of(path, meta, Stamp::Metadata);
     format!("{FORMAT} {stamp} tag {tag:?}")
@@ -64,8 +71,9 @@ fn entry(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{}{SUFFIX}", &hash.hex()[..32]))
 }
 
-/// The image the file `path`, whose metadata is `meta` now, was opened as
-/// for `tag`, when it is remembered in `dir` under that metadata.
+/// The image `path` (a file or a directory, whose metadata is `meta` now)
+/// was opened as for `tag`, when it is remembered in `dir` under that
+/// metadata and none of the files it depends on changed since.
 pub(crate) fn recall(
     dir: &Path,
     path: &Path,
@@ -74,41 +82,63 @@ pub(crate) fn recall(
 ) -> Option<Image> {
     let key = key(path, meta, tag);
     let value = cache::load_fact(&entry(dir, &key), &key, MAX_ENTRY)?;
-    let image = decode(path, meta.len(), &value);
-    match &image {
-        Some(_) => log::debug!(
-            "{}: opened before and unchanged since (by its metadata)",
-            path.display()
-        ),
-        None => log::debug!(
+    let Some((image, files)) = decode(path, meta.len(), &value) else {
+        log::debug!(
             "{}: its remembered opening is unreadable: opening it again",
             path.display()
-        ),
+        );
+        return None;
+    };
+    for (name, stamp) in &files {
+        if cache::stamp(&path.join(name), Stamp::Metadata) != *stamp {
+            log::debug!("{}: {name} changed: opening it again", path.display());
+            return None;
+        }
     }
-    image
+    log::debug!(
+        "{}: opened before and unchanged since (by its metadata)",
+        path.display()
+    );
+    Some(image)
 }
 
-/// Remembers `image`, opened for `tag` from the file `path` whose metadata
-/// was `meta` when it was opened, unless the file changed less than
-/// [`SETTLED`] before `now`. Nothing is remembered for an image with a
-/// layer in another file. Failures are logged: this is an optimisation.
+/// Remembers `image`, opened for `tag` from `path` (a file or a
+/// directory) whose metadata was `meta` when it was opened, unless it or a
+/// file it depends on changed less than [`SETTLED`] before `started`, when
+/// the opening began. Failures are logged: this is an optimisation.
 pub(crate) fn remember(
     dir: &Path,
     path: &Path,
     meta: &fs::Metadata,
     tag: Option<&str>,
     image: &Image,
-    now: SystemTime,
+    started: SystemTime,
 ) {
-    if !settled(meta, now) {
+    let unsettled = || {
         log::debug!(
             "{}: changed in the last {} s: not remembered, opened again next time",
             path.display(),
             SETTLED.as_secs()
         );
-        return;
+    };
+    if !settled(meta, started) {
+        return unsettled();
     }
-    let Some(value) = encode(path, image) else {
+    let Some(names) = depends_on(path, image) else {
+        return;
+    };
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let file = path.join(&name);
+        match fs::metadata(&file) {
+            Ok(file_meta) if settled(&file_meta, started) => {
+                files.push((name, cache::stamp_of(&file, &file_meta, Stamp::Metadata)));
+            }
+            Ok(_) => return unsettled(),
+            Err(_) => return,
+        }
+    }
+    let Some(value) = encode(path, image, &files) else {
         return;
     };
     let key = key(path, meta, tag);
@@ -122,6 +152,41 @@ pub(crate) fn remember(
     if let Err(e) = cache::store_fact(dir, &entry(dir, &key), &key, &value, SUFFIX, KEEP) {
         log::debug!("cannot remember how {} opened: {e}", path.display());
     }
+}
+
+/// The files in the directory `path` whose stamps an entry for `image`
+/// holds, by their names in it (none for an image in a file); `None` when
+/// a layer lies outside `path`, or has a name that is not UTF-8.
+fn depends_on(path: &Path, image: &Image) -> Option<Vec<String>> {
+    let top: &[&str] = match image.format {
+        ImageFormat::OciLayout => &["oci-layout", "index.json", "blobs/sha256"],
+        ImageFormat::DirTransport => &["version", "manifest.json"],
+        _ => &[],
+    };
+    let mut names: Vec<String> = top.iter().map(|name| name.to_string()).collect();
+    for layer in &image.layers {
+        let name = layer_name(path, &layer.file)?;
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Some(names)
+}
+
+/// `file` as a layer's entry names it: `""` for `path` itself, else its
+/// name inside the directory `path`.
+fn layer_name(path: &Path, file: &Path) -> Option<String> {
+    if file == path {
+        return Some(String::new());
+    }
+    let name = file.strip_prefix(path).ok()?.to_str()?;
+    (inside(name) && !name.is_empty()).then(|| name.to_string())
+}
+
+/// Whether `name` is a plain relative name that stays inside its
+/// directory.
+fn inside(name: &str) -> bool {
+    super::store::normalise_member_name(name).as_deref() == Some(name)
 }
 
 /// Whether the file's last change (mtime or ctime, the later) lies at
@@ -142,20 +207,22 @@ fn settled(meta: &fs::Metadata, now: SystemTime) -> bool {
         .is_ok_and(|age| age >= SETTLED)
 }
 
-fn format_name(format: ImageFormat) -> Option<String> {
-    Some(match format {
+fn format_name(format: ImageFormat) -> String {
+    match format {
         ImageFormat::Tar(compression) => format!("tar:{}", compression.name()),
         ImageFormat::DockerArchive => "docker-archive".into(),
         ImageFormat::OciArchive => "oci-archive".into(),
-        // Directories are not remembered.
-        ImageFormat::OciLayout | ImageFormat::DirTransport => return None,
-    })
+        ImageFormat::OciLayout => "oci-layout".into(),
+        ImageFormat::DirTransport => "dir".into(),
+    }
 }
 
 fn parse_format(name: &str) -> Option<ImageFormat> {
     let compression = match name {
         "docker-archive" => return Some(ImageFormat::DockerArchive),
         "oci-archive" => return Some(ImageFormat::OciArchive),
+        "oci-layout" => return Some(ImageFormat::OciLayout),
+        "dir" => return Some(ImageFormat::DirTransport),
         "tar:uncompressed" => Compression::None,
         "tar:gzip" => Compression::Gzip,
         "tar:zstd" => Compression::Zstd,
@@ -166,31 +233,29 @@ fn parse_format(name: &str) -> Option<ImageFormat> {
     Some(ImageFormat::Tar(compression))
 }
 
-/// The entry's line for `image`, opened from `path`; `None` when it is
-/// not to be remembered (a layer in another file, a layer that cannot be
-/// read for the estimate).
-fn encode(path: &Path, image: &Image) -> Option<String> {
-    let format = format_name(image.format)?;
-    if image.path != path || image.layers.iter().any(|layer| layer.file != path) {
+/// The entry's line for `image`, opened from `path`, which depends on the
+/// `files` (name, stamp); `None` when it is not to be remembered (a layer
+/// outside `path`, or one that cannot be read for the estimate).
+fn encode(path: &Path, image: &Image, files: &[(String, String)]) -> Option<String> {
+    if image.path != path {
         return None;
     }
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        layers.push(json!({
+            "file": layer_name(path, &layer.file)?,
+            "name": layer.name,
+            "offset": layer.offset,
+            "len": layer.len,
+            "digest": layer.digest.as_ref().map(Digest::hex),
+            "diff_id": layer.diff_id.as_ref().map(Digest::hex),
+        }));
+    }
     let estimate = image.unpacked_estimate().ok()?;
-    let layers: Vec<Value> = image
-        .layers
-        .iter()
-        .map(|layer| {
-            json!({
-                "name": layer.name,
-                "offset": layer.offset,
-                "len": layer.len,
-                "digest": layer.digest.as_ref().map(Digest::hex),
-                "diff_id": layer.diff_id.as_ref().map(Digest::hex),
-            })
-        })
-        .collect();
     let config = &image.config;
     let value = json!({
-        "format": format,
+        "format": format_name(image.format),
+        "files": files,
         "layers": layers,
         "entrypoint": config.entrypoint,
         "cmd": config.cmd,
@@ -204,9 +269,10 @@ fn encode(path: &Path, image: &Image) -> Option<String> {
     serde_json::to_string(&value).ok()
 }
 
-/// The image `line` describes, from the file `path` of `file_len` bytes;
-/// `None` for anything [`encode`] would not have written.
-fn decode(path: &Path, file_len: u64, line: &str) -> Option<Image> {
+/// The image `line` describes, from `path` (whose length is `len`), and
+/// the files it depends on (name, stamp); `None` for anything [`encode`]
+/// would not have written.
+fn decode(path: &Path, len: u64, line: &str) -> Option<(Image, Vec<(String, String)>)> {
     let value: Value = serde_json::from_str(line).ok()?;
     let text = |v: &Value| v.as_str().map(str::to_string);
     let texts = |v: &Value| -> Option<Vec<String>> { v.as_array()?.iter().map(text).collect() };
@@ -218,22 +284,39 @@ fn decode(path: &Path, file_len: u64, line: &str) -> Option<Image> {
         Value::Null => Some(None),
         v => Digest::from_hex(v.as_str()?).map(Some),
     };
-    let mut layers = Vec::new();
-    for layer in value["layers"].as_array()? {
-        let (offset, len) = (layer["offset"].as_u64()?, layer["len"].as_u64()?);
-        if offset.checked_add(len)? > file_len {
+    let mut files = Vec::new();
+    for file in value["files"].as_array()? {
+        let (name, stamp) = (text(&file[0])?, text(&file[1])?);
+        if !inside(&name) || name.is_empty() {
             return None;
         }
+        files.push((name, stamp));
+    }
+    let mut layers = Vec::new();
+    for layer in value["layers"].as_array()? {
+        let (offset, layer_len) = (layer["offset"].as_u64()?, layer["len"].as_u64()?);
+        let name = text(&layer["file"])?;
+        let file = if name.is_empty() {
+            // A member of the archive `path`: within it.
+            if offset.checked_add(layer_len)? > len {
+                return None;
+            }
+            path.to_path_buf()
+        } else if inside(&name) {
+            path.join(name)
+        } else {
+            return None;
+        };
         layers.push(Layer {
             name: text(&layer["name"])?,
-            file: path.to_path_buf(),
+            file,
             offset,
-            len,
+            len: layer_len,
             digest: digest(&layer["digest"])?,
             diff_id: digest(&layer["diff_id"])?,
         });
     }
-    Some(Image {
+    let image = Image {
         path: path.to_path_buf(),
         format: parse_format(value["format"].as_str()?)?,
         layers,
@@ -247,7 +330,8 @@ fn decode(path: &Path, file_len: u64, line: &str) -> Option<Image> {
         identity: text(&value["identity"])?,
         description: text(&value["description"])?,
         known_estimate: Some(value["estimate"].as_u64()?),
-    })
+    };
+    Some((image, files))
 }
 
 #[cfg(test)]
@@ -286,9 +370,10 @@ mod tests {
         let path = dir.path().join("image.tar");
         fs::write(&path, [0u8; 1024]).unwrap();
         let original = image(&path, 1024);
-        let line = encode(&path, &original).unwrap();
+        let line = encode(&path, &original, &[]).unwrap();
         assert!(!line.contains('\n'), "{line}");
-        let back = decode(&path, 1024, &line).unwrap();
+        let (back, files) = decode(&path, 1024, &line).unwrap();
+        assert!(files.is_empty());
         assert_eq!(back.unpacked_estimate().unwrap(), 1024);
         assert_eq!(
             Image {
@@ -303,15 +388,30 @@ mod tests {
         assert!(decode(&path, 1024, &line.replace("docker-archive", "zip")).is_none());
         assert!(decode(&path, 1024, &line.replace(&"d".repeat(64), "d")).is_none());
         assert!(decode(&path, 1024, "null").is_none());
-        // A layer elsewhere, or a directory: not remembered.
+        // A layer outside the image is not remembered, nor read back.
         let mut elsewhere = original.clone();
         elsewhere.layers[0].file = dir.path().join("blob");
-        assert!(encode(&path, &elsewhere).is_none());
+        assert!(encode(&path, &elsewhere, &[]).is_none());
+        let escaping = line.replace("\"file\":\"\"", "\"file\":\"../x\"");
+        assert_ne!(escaping, line);
+        assert!(decode(&path, 1024, &escaping).is_none());
+        // A directory's layers by their names in it, and its files' stamps.
         let layout = Image {
             format: ImageFormat::OciLayout,
-            ..original
+            layers: vec![Layer {
+                file: path.join("blobs/sha256/abc"),
+                ..original.layers[0].clone()
+            }],
+            known_estimate: Some(7),
+            ..original.clone()
         };
-        assert!(encode(&path, &layout).is_none());
+        let files = [("index.json".to_string(), "stamp".to_string())];
+        let line = encode(&path, &layout, &files).unwrap();
+        let (back, back_files) = decode(&path, 0, &line).unwrap();
+        assert_eq!(back.layers, layout.layers);
+        assert_eq!(back_files, files);
+        let escaping = line.replace("index.json", "../index.json");
+        assert!(decode(&path, 0, &escaping).is_none());
     }
 
     #[test]
