@@ -90,15 +90,57 @@ fn a_rootfs_tarball_runs_and_is_converted_once() {
     }
 }
 
-/// Bad images: exit 125, a message naming the file, nothing run.
-#[test]
-fn bad_images_fail_with_a_clear_error() {
+/// A work directory and the cache in it, for a case of the chroot
+/// engine; `None`, reported as skipped, where that engine cannot run.
+fn chroot_work() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if let Some(why) = unavailable("chroot") {
         skip_unavailable!("chroot engine: {why}");
-        return;
+        return None;
     }
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
+    Some((work, cache))
+}
+
+/// An image file run again unchanged is not read again (its opening is
+/// looked up by the file's metadata once the file is 2 s old); rewritten,
+/// it is opened, converted and run anew.
+#[test]
+fn an_unchanged_image_file_is_opened_once_and_a_rewritten_one_again() {
+    let Some((work, cache)) = chroot_work() else {
+        return;
+    };
+    let image = |greeting: &str| {
+        let mut spec = spec([Compression::None; 2]);
+        spec.config["Env"] = serde_json::json!(["PATH=/bin", format!("GREETING={greeting}")]);
+        docker_legacy(&spec).tar()
+    };
+    let path = work.path().join("image.tar");
+    std::fs::write(&path, image("hello")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for (run, greeting) in [(0, "hello"), (1, "hello"), (2, "howdy")] {
+        if run == 2 {
+            std::fs::write(&path, image(greeting)).unwrap();
+        }
+        let output = microrun("chroot", &cache, &["-v"], &path, &[]);
+        assert_code(&output, 0);
+        assert!(
+            stdout(&output).starts_with(&format!("{greeting} from /srv/app\n")),
+            "run {run}: {}",
+            stdout(&output)
+        );
+        let err = stderr(&output);
+        assert_eq!(err.contains("opened before"), run == 1, "run {run}: {err}");
+        assert_eq!(err.contains("converted"), run != 1, "run {run}: {err}");
+    }
+}
+
+/// Bad images: exit 125, a message naming the file, nothing run.
+#[test]
+fn bad_images_fail_with_a_clear_error() {
+    let Some((work, cache)) = chroot_work() else {
+        return;
+    };
     let plain = spec([Compression::None; 2]);
 
     let unknown = work.path().join("notes.tar");
@@ -158,12 +200,9 @@ fn bad_images_fail_with_a_clear_error() {
 /// `rootfs.tar.xz`, and skopeo's `dir:` layout.
 #[test]
 fn chroot_podman_skopeo_and_lxc_formats_run() {
-    if let Some(why) = unavailable("chroot") {
-        skip_unavailable!("chroot engine: {why}");
+    let Some((work, cache)) = chroot_work() else {
         return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
+    };
     let image = spec([Compression::Gzip, Compression::Xz]);
     let expected = "hello from /srv/app\ntwo\n";
 

@@ -378,6 +378,105 @@ pub(crate) fn check_outside(cache: &Path, tree: &Path) -> Result<(), InitrdError
     }
 }
 
+/// The directory of facts about files looked up by their metadata
+/// (`<cache dir>/facts`): a kernel's release, an archive's unpacked size,
+/// an opened image.
+pub const FACTS_DIR: &str = "facts";
+
+/// What identifies a file's contents for a fact looked up by its metadata
+/// ([`stamp`], [`load_fact`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// A file of anyone's: path, device, inode, size, mtime and ctime.
+    Metadata,
+    /// An entry of microrun's own cache: written under a temporary name
+    /// and renamed into place, never changed in place, so path, device,
+    /// inode and size name its contents. Its mtime marks its last use
+    /// ([`touch`]), which changes it on every run.
+    CacheEntry,
+}
+
+/// `path` and the metadata `kind` names, on one line, or why it has none:
+/// the key of a fact about the file.
+pub fn stamp(path: &Path, kind: Stamp) -> String {
+    match fs::metadata(path) {
+        Ok(meta) => stamp_of(path, &meta, kind),
+        Err(e) => format!("{} {:?}", path.display(), e.kind()),
+    }
+}
+
+/// [`stamp`] from the metadata `m` of `path`, already taken.
+pub fn stamp_of(path: &Path, m: &fs::Metadata, kind: Stamp) -> String {
+    match kind {
+        Stamp::CacheEntry => format!("{} {}:{} {}", path.display(), m.dev(), m.ino(), m.len()),
+        Stamp::Metadata => format!(
+            "{} {}:{} {} {}.{} {}.{}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ),
+    }
+}
+
+/// The value of the fact entry `entry` when its key is `key`: the entry is
+/// `KEY\nVALUE\n`, VALUE one line and not empty, the whole at most `max`
+/// bytes. Anything else is `None`: no entry, another key, a longer entry,
+/// or one that is not this user's regular file (with a warning, as for
+/// every entry of the cache).
+pub fn load_fact(entry: &Path, key: &str, max: u64) -> Option<String> {
+    let file = match open_entry(entry) {
+        Ok(file) => file?,
+        Err(e) => {
+            log::warn!("{e}; computing it again");
+            return None;
+        }
+    };
+    // Entries are a line or two: one read takes them whole.
+    let mut text = String::with_capacity(8 << 10);
+    io::Read::read_to_string(&mut io::Read::take(file, max.saturating_add(1)), &mut text).ok()?;
+    if text.len() as u64 > max {
+        return None;
+    }
+    let (found, value) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+    (found == key && !value.is_empty()).then(|| value.to_string())
+}
+
+/// Writes the fact entry `entry` in `dir` (made 0700 when missing):
+/// `key`, then `value` (one line), replacing any entry there; then keeps
+/// the `keep` most recently written entries whose names end in `suffix`.
+pub fn store_fact(
+    dir: &Path,
+    entry: &Path,
+    key: &str,
+    value: &str,
+    suffix: &str,
+    keep: usize,
+) -> Result<(), InitrdError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|source| InitrdError::Cache {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    crate::write_atomically_with(entry, dir, |mut out, _| {
+        io::Write::write_all(&mut out, format!("{key}\n{value}\n").as_bytes()).map_err(|source| {
+            InitrdError::Write {
+                path: entry.to_path_buf(),
+                source,
+            }
+        })
+    })?;
+    evict_entries(dir, suffix, keep, Duration::ZERO);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -453,8 +453,7 @@ fn the_amd64_manifest_is_picked_from_an_index() {
 
 #[test]
 fn unchanged_images_are_not_converted_again() {
-    let cache_home = tempfile::tempdir().unwrap();
-    std::env::set_var("XDG_CACHE_HOME", cache_home.path());
+    let cache_home = private_cache_home();
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     oci_layout(&rule_image()).write_to(&layout);

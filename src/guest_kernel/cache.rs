@@ -8,10 +8,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use initrd_tools::cache::stamp;
 use initrd_tools::kernel_info::{self, KernelConfig, KernelInfoError};
 use initrd_tools::modules::INDEX_FILES;
 use initrd_tools::InitrdError;
@@ -33,36 +33,7 @@ pub(super) fn stat_line(path: &Path) -> String {
 }
 
 /// What identifies a file's contents for [`by_metadata`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stamp {
-    /// A file of anyone's: path, device, inode, size, mtime and ctime.
-    Metadata,
-    /// An entry of microrun's own cache: written under a temporary name
-    /// and renamed into place, never changed in place, so path, device,
-    /// inode and size name its contents. Its mtime marks its last use
-    /// (`initrd_tools::cache::touch`), which changes it on every run.
-    CacheEntry,
-}
-
-fn stamp(path: &Path, stamp: Stamp) -> String {
-    match fs::metadata(path) {
-        Ok(m) if stamp == Stamp::CacheEntry => {
-            format!("{} {}:{} {}", path.display(), m.dev(), m.ino(), m.len())
-        }
-        Ok(m) => format!(
-            "{} {}:{} {} {}.{} {}.{}",
-            path.display(),
-            m.dev(),
-            m.ino(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        ),
-        Err(e) => format!("{} {:?}", path.display(), e.kind()),
-    }
-}
+pub(crate) use initrd_tools::cache::Stamp;
 
 /// What a plan for `kernel` depends on besides its modules: the kernel,
 /// the places its configuration may be, its module indexes, the devices
@@ -201,40 +172,18 @@ pub(crate) fn by_metadata<E>(
     }
     // Computed from the file as it was when its metadata was taken: a file
     // replaced meanwhile has other metadata, so the entry is never used.
-    let write = || -> Result<(), InitrdError> {
-        make_dir(dir)?;
-        initrd_tools::write_atomically_with(&path, dir, |mut out, _| {
-            out.write_all(format!("{stat}\n{value}\n").as_bytes())
-                .map_err(|source| InitrdError::Write {
-                    path: path.clone(),
-                    source,
-                })
-        })
-    };
-    let dot_suffix = format!(".{suffix}");
-    match write() {
-        Ok(()) => initrd_tools::cache::evict_entries(dir, &dot_suffix, KEEP, Duration::ZERO),
-        Err(e) => log::debug!("cannot cache {suffix} of {}: {e}", file.display()),
+    let stored =
+        initrd_tools::cache::store_fact(dir, &path, &stat, &value, &format!(".{suffix}"), KEEP);
+    if let Err(e) = stored {
+        log::debug!("cannot cache {suffix} of {}: {e}", file.display());
     }
     Ok(value)
 }
 
-/// The value in the entry at `path` if its key is `stat`.
+/// The value in the entry at `path` if its key is `stat`: one word.
 fn load_value(path: &Path, stat: &str) -> Option<String> {
-    let file = match initrd_tools::cache::open_entry(path) {
-        Ok(file) => file?,
-        Err(e) => {
-            log::warn!("{e}; computing it again");
-            return None;
-        }
-    };
-    let mut text = String::new();
-    file.take(MAX_RELEASE_ENTRY)
-        .read_to_string(&mut text)
-        .ok()?;
-    let (key, value) = text.strip_suffix('\n')?.rsplit_once('\n')?;
-    (key == stat && !value.is_empty() && !value.contains(char::is_whitespace))
-        .then(|| value.to_string())
+    initrd_tools::cache::load_fact(path, stat, MAX_RELEASE_ENTRY)
+        .filter(|value| !value.contains(char::is_whitespace))
 }
 
 /// Largest release entry read back (a path, its metadata and a release).

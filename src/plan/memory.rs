@@ -148,10 +148,6 @@ pub fn default_memory(
     )
 }
 
-/// The cache's directory for facts about files, looked up by their
-/// metadata.
-const FACTS_DIR: &str = "facts";
-
 /// What the cache keeps for an archive whose unpacked size is unknown.
 const COMPRESSED: &str = "compressed";
 
@@ -174,7 +170,7 @@ pub fn unpacked_size(initrd: &BootInitrd) -> Option<u64> {
         Ok(cache) if rootfs.starts_with(&cache) => Stamp::CacheEntry,
         _ => Stamp::Metadata,
     };
-    let counted = match initrd_tools::cache::subdir(FACTS_DIR) {
+    let counted = match initrd_tools::cache::subdir(initrd_tools::cache::FACTS_DIR) {
         Ok(dir) => crate::guest_kernel::by_metadata(&dir, rootfs, stamp, "pages", count),
         Err(_) => count(),
     };

@@ -17,12 +17,13 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use super::store::{link_target, normalise_member_name, Member, Store, Window};
 use super::tar_reader::{Seekable, Stream, TarError, TarReader};
 use super::{
-    docker, file_identity, is_sha256_hex, oci, quote, Compression, Image, ImageError, ImageFormat,
-    Layer,
+    docker, file_identity, is_sha256_hex, oci, quote, remembered, Compression, Image, ImageError,
+    ImageFormat, Layer,
 };
 use crate::regular_file::{self, Links};
 
@@ -115,21 +116,35 @@ fn detect_as(path: &Path, tag: Option<&str>) -> Result<Detected, ImageError> {
 }
 
 fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageError> {
+    // Before anything is read: what is remembered must have changed
+    // before the reading began (`remembered`).
+    let started = SystemTime::now();
     let meta = fs::metadata(path).map_err(|e| ImageError::read(path, e))?;
     if meta.is_dir() {
-        if fs::symlink_metadata(path.join("oci-layout")).is_ok() {
+        let oci_layout = fs::symlink_metadata(path.join("oci-layout")).is_ok();
+        if !oci_layout && !has_dir_transport_files(path) {
+            return Ok(Detected::Directory);
+        }
+        // A layout opened before, none of its files changed since.
+        let facts = remembered::dir();
+        if let Some(dir) = &facts {
+            if let Some(image) = remembered::recall(dir, path, &meta, tag) {
+                return Ok(Detected::Image(Box::new(image)));
+            }
+        }
+        let image = if oci_layout {
             let store = Store::Dir(path.to_path_buf());
-            return Ok(Detected::Image(Box::new(oci::open(
-                &store,
-                ImageFormat::OciLayout,
-                tag,
-            )?)));
-        }
-        if is_dir_transport(path) {
+            oci::open(&store, ImageFormat::OciLayout, tag)?
+        } else if is_dir_transport(path) {
             let store = Store::Flat(path.to_path_buf());
-            return Ok(Detected::Image(Box::new(oci::open_dir_transport(&store)?)));
+            oci::open_dir_transport(&store)?
+        } else {
+            return Ok(Detected::Directory);
+        };
+        if let Some(dir) = &facts {
+            remembered::remember(dir, path, &meta, tag, &image, started);
         }
-        return Ok(Detected::Directory);
+        return Ok(Detected::Image(Box::new(image)));
     }
     if !meta.is_file() {
         return Err(ImageError::NotAFile {
@@ -137,9 +152,33 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
             kind: crate::describe_type(meta.file_type()),
         });
     }
+    // An image file opened before and unchanged since is not read again.
+    let facts = remembered::dir();
+    if let Some(dir) = &facts {
+        if let Some(image) = remembered::recall(dir, path, &meta, tag) {
+            return Ok(Detected::Image(Box::new(image)));
+        }
+    }
     let file = regular_file::open(path, Links::Follow).map_err(|e| ImageError::read(path, e))?;
+    // The metadata of the file read, which the entry is keyed by.
+    let opened = file.metadata().map_err(|e| ImageError::read(path, e))?;
+    let detected = detect_file(path, &opened, &file, tag)?;
+    if let (Detected::Image(image), Some(dir)) = (&detected, &facts) {
+        remembered::remember(dir, path, &opened, tag, image, started);
+    }
+    Ok(detected)
+}
+
+/// What the regular file `path` (with the metadata `meta`, open as
+/// `file`) is, by its content.
+fn detect_file(
+    path: &Path,
+    meta: &fs::Metadata,
+    file: &File,
+    tag: Option<&str>,
+) -> Result<Detected, ImageError> {
     let head =
-        read_head(&mut Window::new(&file, 0, meta.len())).map_err(|e| ImageError::read(path, e))?;
+        read_head(&mut Window::new(file, 0, meta.len())).map_err(|e| ImageError::read(path, e))?;
     if is_newc(&head) {
         return Ok(Detected::Cpio);
     }
@@ -154,7 +193,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
             source,
         };
         let mut decoder = compression
-            .decoder(Window::new(&file, 0, meta.len()))
+            .decoder(Window::new(file, 0, meta.len()))
             .map_err(decompression_error)?;
         let inner = read_head(&mut decoder).map_err(decompression_error)?;
         if is_newc(&inner) {
@@ -164,7 +203,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
             return Err(unknown());
         }
         let decoder = compression
-            .decoder(Window::new(&file, 0, meta.len()))
+            .decoder(Window::new(file, 0, meta.len()))
             .map_err(decompression_error)?;
         let kind = classify_stream(decoder).map_err(|e| match e {
             TarError::Read(e) => decompression_error(e),
@@ -176,7 +215,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
         let Some(kind) = kind else {
             return Ok(Detected::Image(Box::new(rootfs_tar(
                 path,
-                &meta,
+                meta,
                 compression,
             ))));
         };
@@ -198,13 +237,13 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
     if !is_tar_header(&head) {
         return Err(unknown());
     }
-    let (kind, members) = scan_archive(&file, path, meta.len())?;
+    let (kind, members) = scan_archive(file, path, meta.len())?;
     let store = Store::Tar {
         path: path.to_path_buf(),
         members,
     };
     let image = match kind {
-        None => rootfs_tar(path, &meta, Compression::None),
+        None => rootfs_tar(path, meta, Compression::None),
         Some(ImageFormat::DockerArchive) => docker::open(&store, tag)?,
         Some(format) => oci::open(&store, format, tag)?,
     };
@@ -214,16 +253,23 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
 /// Whether the directory `path` is skopeo's `dir:` layout: `manifest.json`
 /// beside a `version` file that says so (a rootfs has neither at its top).
 fn is_dir_transport(path: &Path) -> bool {
-    let regular = |name: &str| {
-        fs::symlink_metadata(path.join(name)).is_ok_and(|meta| meta.file_type().is_file())
-    };
-    if !regular("manifest.json") || !regular("version") {
+    if !has_dir_transport_files(path) {
         return false;
     }
     let mut head = Vec::new();
     let read =
         File::open(path.join("version")).and_then(|file| file.take(64).read_to_end(&mut head));
     read.is_ok() && head.starts_with(oci::DIR_TRANSPORT_VERSION.as_bytes())
+}
+
+/// Whether the directory `path` has the files of skopeo's `dir:` layout,
+/// `manifest.json` and `version`, as regular files (by their metadata
+/// alone).
+fn has_dir_transport_files(path: &Path) -> bool {
+    let regular = |name: &str| {
+        fs::symlink_metadata(path.join(name)).is_ok_and(|meta| meta.file_type().is_file())
+    };
+    regular("manifest.json") && regular("version")
 }
 
 /// A rootfs tar: one layer, the whole file, no configuration.
@@ -246,6 +292,7 @@ fn rootfs_tar(path: &Path, meta: &fs::Metadata, compression: Compression) -> Ima
         config: Default::default(),
         identity: file_identity(meta),
         description: String::new(),
+        known_estimate: None,
     }
 }
 

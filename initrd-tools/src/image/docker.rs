@@ -102,6 +102,7 @@ pub(crate) fn open(store: &Store, tag: Option<&str>) -> Result<Image, ImageError
         // (checked when converting).
         identity: format!("config:{config_digest}"),
         description: format!("{}, image ID {config_digest}", cut(&tags(image))),
+        known_estimate: None,
     })
 }
 

@@ -58,6 +58,7 @@ mod entry;
 mod layer;
 mod merge;
 mod oci;
+mod remembered;
 mod spool;
 mod store;
 mod tar_reader;
@@ -479,6 +480,9 @@ pub struct Image {
     identity: String,
     /// For `-v`: tags, manifest digest.
     description: String,
+    /// [`Image::unpacked_estimate`], when it was remembered with the image
+    /// (`remembered`): then its layers are not read for it again.
+    known_estimate: Option<u64>,
 }
 
 impl Image {
@@ -510,6 +514,9 @@ impl Image {
     /// (whiteouts and replaced files make it an upper bound). For the
     /// choice between the initrd and the disk root.
     pub fn unpacked_estimate(&self) -> Result<u64, ImageError> {
+        if let Some(known) = self.known_estimate {
+            return Ok(known);
+        }
         let mut total = 0u64;
         for layer in &self.layers {
             let file = regular_file::open(&layer.file, Links::Follow)

@@ -344,6 +344,7 @@ fn from_manifest(
         config: parsed.config,
         identity: format!("manifest:{manifest_digest}"),
         description: format!("manifest {manifest_digest}"),
+        known_estimate: None,
     })
 }
 

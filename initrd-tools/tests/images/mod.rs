@@ -227,6 +227,15 @@ pub fn digest(data: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(data))
 }
 
+/// A cache of the test's own: a temporary directory made
+/// `XDG_CACHE_HOME`, for the process (so for a test whose binary has no
+/// other test that uses the cache).
+pub fn private_cache_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("XDG_CACHE_HOME", home.path());
+    home
+}
+
 /// An image to build: layers (tar, compression) and the configuration's
 /// `config` section.
 #[derive(Debug, Clone)]
