@@ -165,13 +165,16 @@ pub fn unpacked_size(initrd: &BootInitrd) -> Option<u64> {
         initrd_tools::unpacked::tmpfs_bytes_of_archive(rootfs)
             .map(|bytes| bytes.map_or_else(|| COMPRESSED.to_string(), |b| b.to_string()))
     };
-    // The cache's archives are marked used (their mtime) on every run.
-    let stamp = match initrd_tools::cache_dir() {
-        Ok(cache) if rootfs.starts_with(&cache) => Stamp::CacheEntry,
-        _ => Stamp::Metadata,
-    };
     let counted = match initrd_tools::cache::subdir(initrd_tools::cache::FACTS_DIR) {
-        Ok(dir) => crate::guest_kernel::by_metadata(&dir, rootfs, stamp, "pages", count),
+        Ok(dir) => {
+            // The cache's archives (`dir`'s siblings) are marked used
+            // (their mtime) on every run.
+            let stamp = match dir.parent() {
+                Some(cache) if rootfs.starts_with(cache) => Stamp::CacheEntry,
+                _ => Stamp::Metadata,
+            };
+            crate::guest_kernel::by_metadata(&dir, rootfs, stamp, "pages", count)
+        }
         Err(_) => count(),
     };
     let rootfs = match counted.as_deref().map(str::parse::<u64>) {

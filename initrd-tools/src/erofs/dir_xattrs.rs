@@ -32,10 +32,21 @@ const MAX_THREADS: usize = 4;
 const PER_THREAD: usize = 4096;
 
 /// The extended attributes of every entry of `tree`, by entry index
-/// (none for the entries the packer adds). The first error, in the tree's
-/// order, is the one returned.
+/// (none for the entries the packer adds, and for every name of a
+/// hard-linked file but its first, which the image stores once). The
+/// first error, in the tree's order, is the one returned.
 pub(super) fn read_tree(tree: &Tree) -> Result<Vec<Vec<Xattr>>, ErofsError> {
     let count = tree.entries.len();
+    // Which entries are read, decided before the entries are shared out.
+    let mut linked = std::collections::HashSet::new();
+    let wanted: Vec<bool> = tree
+        .entries
+        .iter()
+        .map(|entry| {
+            entry.src_ino != 0
+                && !(entry.is_regular() && entry.src_nlink > 1 && !linked.insert(entry.ino))
+        })
+        .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = cores.min(MAX_THREADS).min(count / PER_THREAD).max(1);
     let share = count.div_ceil(threads);
@@ -44,12 +55,11 @@ pub(super) fn read_tree(tree: &Tree) -> Result<Vec<Vec<Xattr>>, ErofsError> {
         let mut path = Vec::new();
         let mut out = Vec::with_capacity(range.len());
         for index in range {
-            let entry = &tree.entries[index];
-            if entry.src_ino == 0 {
+            if !wanted[index] {
                 out.push(Vec::new());
                 continue;
             }
-            source_path(tree, entry, &mut path);
+            source_path(tree, &tree.entries[index], &mut path);
             out.push(read(&mut path, &mut scratch)?);
         }
         Ok::<_, ErofsError>(out)

@@ -132,7 +132,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
                 return Ok(Detected::Image(Box::new(image)));
             }
         }
-        let image = if oci_layout {
+        let mut image = if oci_layout {
             let store = Store::Dir(path.to_path_buf());
             oci::open(&store, ImageFormat::OciLayout, tag)?
         } else if is_dir_transport(path) {
@@ -142,7 +142,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
             return Ok(Detected::Directory);
         };
         if let Some(dir) = &facts {
-            remembered::remember(dir, path, &meta, tag, &image, started);
+            remembered::remember(dir, path, &meta, tag, &mut image, started);
         }
         return Ok(Detected::Image(Box::new(image)));
     }
@@ -162,8 +162,8 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
     let file = regular_file::open(path, Links::Follow).map_err(|e| ImageError::read(path, e))?;
     // The metadata of the file read, which the entry is keyed by.
     let opened = file.metadata().map_err(|e| ImageError::read(path, e))?;
-    let detected = detect_file(path, &opened, &file, tag)?;
-    if let (Detected::Image(image), Some(dir)) = (&detected, &facts) {
+    let mut detected = detect_file(path, &opened, &file, tag)?;
+    if let (Detected::Image(image), Some(dir)) = (&mut detected, &facts) {
         remembered::remember(dir, path, &opened, tag, image, started);
     }
     Ok(detected)

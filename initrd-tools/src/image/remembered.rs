@@ -105,13 +105,15 @@ pub(crate) fn recall(
 /// Remembers `image`, opened for `tag` from `path` (a file or a
 /// directory) whose metadata was `meta` when it was opened, unless it or a
 /// file it depends on changed less than [`SETTLED`] before `started`, when
-/// the opening began. Failures are logged: this is an optimisation.
+/// the opening began. Failures are logged: this is an optimisation. The
+/// unpacked estimate taken for the entry is kept in `image` too, so the
+/// run that opened it does not read its layers for it again.
 pub(crate) fn remember(
     dir: &Path,
     path: &Path,
     meta: &fs::Metadata,
     tag: Option<&str>,
-    image: &Image,
+    image: &mut Image,
     started: SystemTime,
 ) {
     let unsettled = || {
@@ -137,6 +139,9 @@ pub(crate) fn remember(
             Ok(_) => return unsettled(),
             Err(_) => return,
         }
+    }
+    if image.known_estimate.is_none() {
+        image.known_estimate = image.unpacked_estimate().ok();
     }
     let Some(value) = encode(path, image, &files) else {
         return;
@@ -235,7 +240,7 @@ fn parse_format(name: &str) -> Option<ImageFormat> {
 
 /// The entry's line for `image`, opened from `path`, which depends on the
 /// `files` (name, stamp); `None` when it is not to be remembered (a layer
-/// outside `path`, or one that cannot be read for the estimate).
+/// outside `path`, or no estimate: a layer could not be read for it).
 fn encode(path: &Path, image: &Image, files: &[(String, String)]) -> Option<String> {
     if image.path != path {
         return None;
@@ -251,7 +256,7 @@ fn encode(path: &Path, image: &Image, files: &[(String, String)]) -> Option<Stri
             "diff_id": layer.diff_id.as_ref().map(Digest::hex),
         }));
     }
-    let estimate = image.unpacked_estimate().ok()?;
+    let estimate = image.known_estimate?;
     let config = &image.config;
     let value = json!({
         "format": format_name(image.format),
@@ -369,19 +374,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image.tar");
         fs::write(&path, [0u8; 1024]).unwrap();
-        let original = image(&path, 1024);
+        let original = Image {
+            known_estimate: Some(1024),
+            ..image(&path, 1024)
+        };
         let line = encode(&path, &original, &[]).unwrap();
         assert!(!line.contains('\n'), "{line}");
         let (back, files) = decode(&path, 1024, &line).unwrap();
         assert!(files.is_empty());
         assert_eq!(back.unpacked_estimate().unwrap(), 1024);
-        assert_eq!(
-            Image {
-                known_estimate: None,
-                ..back
-            },
-            original
-        );
+        assert_eq!(back, original);
         // A layer past the end of the file, damaged text, other formats.
         assert!(decode(&path, 1000, &line).is_none());
         assert!(decode(&path, 1024, &line[..line.len() / 2]).is_none());
@@ -421,13 +423,15 @@ mod tests {
         let path = dir.path().join("image.tar");
         fs::write(&path, [0u8; 1024]).unwrap();
         let meta = fs::metadata(&path).unwrap();
-        let opened = image(&path, 1024);
+        let mut opened = image(&path, 1024);
         let now = SystemTime::now();
         // Just written: a rewrite in the same clock tick would keep its
         // metadata, so it is not remembered yet.
-        remember(&facts, &path, &meta, None, &opened, now);
+        remember(&facts, &path, &meta, None, &mut opened, now);
         assert!(recall(&facts, &path, &meta, None).is_none());
-        remember(&facts, &path, &meta, None, &opened, now + SETTLED);
+        remember(&facts, &path, &meta, None, &mut opened, now + SETTLED);
+        // The estimate taken for the entry stays with the opened image.
+        assert_eq!(opened.known_estimate, Some(1024));
         let recalled = recall(&facts, &path, &meta, None).unwrap();
         assert_eq!(recalled.config, opened.config);
         // The archive is not read for it: gone, it is still recalled by the
