@@ -10,11 +10,14 @@ use crate::runconfig::INIT_PATH;
 /// The arguments every boot gets besides the reboot method, each for a
 /// reason (see kernels/README.md): the console on ttyS0; a reset (not a
 /// reboot loop or a hang) when the guest panics; exactly the three UARTs;
-/// no probing for the i8042's mouse port, multiplexer or PnP entry.
+/// no probing for the i8042's mouse port, multiplexer or PnP entry; no
+/// BSD (legacy) pseudo-terminals, which a kernel built with them would
+/// register 256 pairs of at boot.
 /// (Arguments a kernel does not know are handed to init, so nothing
 /// kernel-specific goes here.)
 const CONSOLE: &str = "console=ttyS0";
-const BASE: &str = "panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+const BASE: &str =
+    "panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd pty.legacy_count=0";
 
 /// How the guest's `reboot` (and a panic, with `panic=-1`) ends the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,11 +103,13 @@ mod tests {
         assert_eq!(
             cmdline.to_string(),
             "virtio_mmio.device=4K@0xd0000000:5 console=ttyS0 reboot=k panic=-1 \
-             8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
-             loglevel=1 rdinit=/.microrun/init init=/.microrun/init foo=1 -- x"
+             8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
+             pty.legacy_count=0 quiet loglevel=1 rdinit=/.microrun/init init=/.microrun/init foo=1 -- x"
         );
         cmdline.pci_off = true;
-        assert!(cmdline.to_string().contains("i8042.dumbkbd pci=off quiet"));
+        assert!(cmdline
+            .to_string()
+            .contains("pty.legacy_count=0 pci=off quiet"));
         cmdline.pci_off = false;
         cmdline.devices.clear();
         cmdline.reboot = Reboot::TripleFault;
@@ -114,7 +119,7 @@ mod tests {
         assert_eq!(
             cmdline.to_string(),
             "console=ttyS0 reboot=t panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux \
-             i8042.nopnp i8042.dumbkbd"
+             i8042.nopnp i8042.dumbkbd pty.legacy_count=0"
         );
     }
 }

@@ -86,7 +86,8 @@ fn the_kvm_engine_gets_the_devices_their_slots_and_guest_inits_records() {
         vm.cmdline.to_string(),
         "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
          console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux \
-         i8042.nopnp i8042.dumbkbd quiet loglevel=1 rdinit=/.microrun/init init=/.microrun/init foo=1"
+         i8042.nopnp i8042.dumbkbd pty.legacy_count=0 quiet loglevel=1 rdinit=/.microrun/init \
+         init=/.microrun/init foo=1"
     );
     let config = &plan.run_config;
     assert!(config.virtio_ports && !config.relay_output);
@@ -130,7 +131,7 @@ fn the_qemu_engine_relays_and_no_init_or_verbose_change_the_command_line() {
     assert_eq!(
         vm.cmdline.to_string(),
         "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=3 i8042.noaux i8042.nomux \
-         i8042.nopnp i8042.dumbkbd"
+         i8042.nopnp i8042.dumbkbd pty.legacy_count=0"
     );
 }
 

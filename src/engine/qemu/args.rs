@@ -317,7 +317,7 @@ mod tests {
              -m 101M -smp 2,sockets=2 -kernel /k/bzImage -initrd /proc/self/fd/10 \
              -append virtio_mmio.device=4K@0xd0000000:5 console=ttyS0 reboot=k panic=-1 \
              8250.nr_uarts=3 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
-             rdinit=/.microrun/init init=/.microrun/init foo=1 \
+             pty.legacy_count=0 rdinit=/.microrun/init init=/.microrun/init foo=1 \
              -chardev file,id=ttyS0,path=/proc/self/fd/11 -serial chardev:ttyS0 \
              -chardev socket,id=ttyS1,fd=12,server=off -serial chardev:ttyS1 \
              -chardev file,id=ttyS2,path=/proc/self/fd/13 -serial chardev:ttyS2"
