@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config = vmm::VmConfig {
         kernel: Default::default(),
+        kernel_cached: false,
         initrd: Vec::new(),
         cmdline: String::new(),
         mem_size: 128 << 20,

@@ -63,6 +63,7 @@ pub(crate) fn with_pit_switch<T>(
 /// What the guest boots, borrowed from [`crate::VmConfig`].
 pub(crate) struct BootSpec<'a> {
     pub(crate) kernel: &'a Path,
+    pub(crate) kernel_cached: bool,
     pub(crate) initrd: &'a [InitrdPart],
     pub(crate) cmdline: &'a str,
     pub(crate) mem_size: u64,
@@ -182,7 +183,7 @@ fn load_images(
     spec: &BootSpec,
 ) -> Result<(kernel::LoadedKernel, SetupSteps), VmmError> {
     let started = std::time::Instant::now();
-    let kernel = kernel::load_kernel(mem, spec.kernel, spec.mem_size)?;
+    let kernel = kernel::load_kernel(mem, spec.kernel, spec.mem_size, spec.kernel_cached)?;
     kernel::load_cmdline(mem, spec.cmdline, kernel.image.cmdline_max)?;
     let kernel_loaded = std::time::Instant::now();
     let initrd = initrd::load_initrd(

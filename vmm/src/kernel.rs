@@ -1,5 +1,7 @@
-//! Kernel loading: validation with clear errors, then linux-loader, then the
-//! boot information the kernel reads at entry (zero page or PVH start info).
+//! Kernel loading: validation with clear errors, then the image into guest
+//! memory (a bzImage through linux-loader; an ELF vmlinux's segments read,
+//! or mapped where the file is a cache entry), then the boot information the
+//! kernel reads at entry (zero page or PVH start info).
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
@@ -9,9 +11,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
-use vm_memory::{ByteValued, Bytes, GuestAddress, ReadVolatile};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::acpi::AcpiInfo;
 use crate::layout;
@@ -114,6 +115,16 @@ pub enum KernelError {
         path: PathBuf,
         /// The loader's error.
         source: linux_loader::loader::Error,
+    },
+    /// An ELF segment cannot be loaded.
+    #[error("cannot load kernel {path}: a segment at file offset {offset:#x}: {source}")]
+    Segment {
+        /// The kernel file.
+        path: PathBuf,
+        /// Where the segment starts in the file.
+        offset: u64,
+        /// What failed.
+        source: memory::MemoryError,
     },
     /// The command line exceeds what the kernel accepts.
     #[error("kernel command line is {len} bytes; the kernel accepts at most {max}")]
@@ -408,25 +419,18 @@ fn inspect_elf<R: Read + Seek>(
     })
 }
 
-/// Validates the kernel at `path` and loads it into `mem`.
+/// Validates the kernel at `path` and loads it into `mem` of `mem_size`
+/// bytes. With `cached` (the file is a cache entry, never changed in place)
+/// an ELF vmlinux's segments are mapped rather than copied
+/// ([`memory::load_file`]).
 pub fn load_kernel(
     mem: &GuestMemory,
     path: &Path,
     mem_size: u64,
+    cached: bool,
 ) -> Result<LoadedKernel, KernelError> {
     let mut file = open_kernel(path)?;
-    load_kernel_from(mem, path, &mut file, mem_size)
-}
-
-/// Validates the kernel in `file` (named `path` in messages) and loads it
-/// into `mem` of `mem_size` bytes.
-pub fn load_kernel_from<R: Read + ReadVolatile + Seek>(
-    mem: &GuestMemory,
-    path: &Path,
-    file: &mut R,
-    mem_size: u64,
-) -> Result<LoadedKernel, KernelError> {
-    let image = inspect_kernel(path, file)?;
+    let image = inspect_kernel(path, &mut file)?;
     if image.load_end > layout::MMIO_GAP_START {
         return Err(KernelError::TooLarge {
             path: path.to_path_buf(),
@@ -441,18 +445,22 @@ pub fn load_kernel_from<R: Read + ReadVolatile + Seek>(
             mem_size,
         });
     }
-    let load_error = |source| KernelError::Load {
-        path: path.to_path_buf(),
-        source,
-    };
     memory::advise_huge_pages(
         mem,
         layout::HIMEM_START,
         image.load_end.saturating_sub(layout::HIMEM_START),
     );
     if image.setup_header.is_some() {
-        let result = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
-            .map_err(load_error)?;
+        let result = BzImage::load(
+            mem,
+            Some(GuestAddress(layout::HIMEM_START)),
+            &mut file,
+            None,
+        )
+        .map_err(|source| KernelError::Load {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(LoadedKernel {
             entry: GuestAddress(result.kernel_load.0 + layout::BZIMAGE_64BIT_ENTRY_OFFSET),
             protocol: BootProtocol::Linux64,
@@ -460,19 +468,102 @@ pub fn load_kernel_from<R: Read + ReadVolatile + Seek>(
             image,
         })
     } else {
-        let result = Elf::load(mem, None, file, Some(GuestAddress(layout::HIMEM_START)))
-            .map_err(load_error)?;
-        let (entry, protocol) = match result.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => (addr, BootProtocol::Pvh),
-            _ => (result.kernel_load, BootProtocol::Linux64),
-        };
+        let (entry, protocol) = load_elf(mem, path, &mut file, cached)?;
         Ok(LoadedKernel {
             entry,
             protocol,
-            end: image.load_end.max(result.kernel_end),
+            end: image.load_end,
             image,
         })
     }
+}
+
+/// Loads the PT_LOAD segments of the ELF vmlinux in `file` (already
+/// checked by [`inspect_elf`]) at their physical addresses; returns the
+/// entry: the PVH entry where a `XEN_ELFNOTE_PHYS32_ENTRY` note gives one,
+/// else the ELF entry for the 64-bit boot protocol.
+fn load_elf(
+    mem: &GuestMemory,
+    path: &Path,
+    file: &mut File,
+    map: bool,
+) -> Result<(GuestAddress, BootProtocol), KernelError> {
+    let mut head = [0u8; 64];
+    if read_at(file, path, 0, &mut head)? < head.len() {
+        return Err(KernelError::Truncated {
+            path: path.to_path_buf(),
+            detail: "shorter than an ELF header".into(),
+        });
+    }
+    let entry = read_u64(&head, 24);
+    if entry < layout::HIMEM_START {
+        return Err(KernelError::UnsupportedElf {
+            path: path.to_path_buf(),
+            detail: format!("its entry point {entry:#x} is below 1 MiB"),
+        });
+    }
+    let (phoff, phnum) = (read_u64(&head, 32), usize::from(read_u16(&head, 56)));
+    let mut phdrs = vec![0u8; phnum * 56];
+    if read_at(file, path, phoff, &mut phdrs)? < phdrs.len() {
+        return Err(KernelError::Truncated {
+            path: path.to_path_buf(),
+            detail: "its program headers are cut short".into(),
+        });
+    }
+    let mut pvh_entry = None;
+    for ph in phdrs.chunks_exact(56) {
+        const PT_LOAD: u32 = 1;
+        const PT_NOTE: u32 = 4;
+        let (offset, paddr, filesz) = (read_u64(ph, 8), read_u64(ph, 24), read_u64(ph, 32));
+        match read_u32(ph, 0) {
+            PT_LOAD => {
+                memory::load_file(mem, file, offset, paddr, filesz, map).map_err(|source| {
+                    KernelError::Segment {
+                        path: path.to_path_buf(),
+                        offset,
+                        source,
+                    }
+                })?;
+            }
+            PT_NOTE if pvh_entry.is_none() => {
+                // Notes are small; a segment larger than this is not read.
+                const NOTES_MAX: u64 = 64 << 10;
+                let mut notes = vec![0u8; filesz.min(NOTES_MAX) as usize];
+                let got = read_at(file, path, offset, &mut notes)?;
+                pvh_entry = pvh_note(&notes[..got]);
+            }
+            _ => {}
+        }
+    }
+    Ok(match pvh_entry {
+        Some(entry) => (GuestAddress(entry.into()), BootProtocol::Pvh),
+        None => (GuestAddress(entry), BootProtocol::Linux64),
+    })
+}
+
+/// The 32-bit PVH entry point in an ELF note segment's bytes: the
+/// descriptor of a note named "Xen" of type `XEN_ELFNOTE_PHYS32_ENTRY`
+/// (18). Each note is a 12-byte header (name size, descriptor size, type)
+/// and then its name and descriptor, each padded to 4 bytes.
+fn pvh_note(notes: &[u8]) -> Option<u32> {
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    let mut at = 0usize;
+    while at.checked_add(12)? <= notes.len() {
+        let namesz = read_u32(notes, at) as usize;
+        let descsz = read_u32(notes, at + 4) as usize;
+        let kind = read_u32(notes, at + 8);
+        let name_at = at + 12;
+        let desc_at = name_at.checked_add(namesz.next_multiple_of(4))?;
+        let next = desc_at.checked_add(descsz.next_multiple_of(4))?;
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY
+            && notes.get(name_at..name_at + namesz) == Some(b"Xen\0".as_slice())
+            && descsz >= 4
+        {
+            return notes.get(desc_at..desc_at + 4).map(|d| read_u32(d, 0));
+        }
+        at = next;
+    }
+    None
 }
 
 /// Writes the NUL-terminated command line at [`layout::CMDLINE_START`].
@@ -702,15 +793,22 @@ mod tests {
         ));
     }
 
+    /// `bytes` as the file `k` in `dir`.
+    fn file_of(dir: &tempfile::TempDir, bytes: &[u8]) -> PathBuf {
+        let path = dir.path().join("k");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
     #[test]
     fn a_kernel_past_the_mmio_gap_is_too_large_whatever_the_memory() {
         // init_size (at 0x260) says the kernel needs 3 GiB once unpacked.
         let mut image = bzimage(0x20f, 1, 64);
         image[0x260..0x264].copy_from_slice(&0xc000_0000u32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
         for mem_size in [64 << 20, 8 << 30] {
             let mem = memory::create_guest_memory(mem_size).unwrap();
-            let mut cursor = std::io::Cursor::new(&image);
-            let err = load_kernel_from(&mem, Path::new("k"), &mut cursor, mem_size).unwrap_err();
+            let err = load_kernel(&mem, &file_of(&dir, &image), mem_size, false).unwrap_err();
             assert!(matches!(err, KernelError::TooLarge { .. }), "{err}");
             let text = err.to_string();
             assert!(
@@ -721,8 +819,7 @@ mod tests {
         // One that fits below the gap gets the advice to raise --mem.
         image[0x260..0x264].copy_from_slice(&(256u32 << 20).to_le_bytes());
         let mem = memory::create_guest_memory(64 << 20).unwrap();
-        let mut cursor = std::io::Cursor::new(&image);
-        let err = load_kernel_from(&mem, Path::new("k"), &mut cursor, 64 << 20).unwrap_err();
+        let err = load_kernel(&mem, &file_of(&dir, &image), 64 << 20, false).unwrap_err();
         assert!(err.to_string().contains("raise --mem"), "{err}");
     }
 
@@ -733,7 +830,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mem = memory::create_guest_memory(64 << 20).unwrap();
-            let _ = tx.send(load_kernel(&mem, &fifo, 64 << 20).map(|_| ()));
+            let _ = tx.send(load_kernel(&mem, &fifo, 64 << 20, true).map(|_| ()));
         });
         let result = rx
             .recv_timeout(std::time::Duration::from_secs(10))

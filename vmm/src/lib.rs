@@ -17,6 +17,7 @@
 //! );
 //! let outcome = vmm::run(vmm::VmConfig {
 //!     kernel: "bzImage".into(),
+//!     kernel_cached: false,
 //!     initrd: vec![vmm::InitrdPart::File("initrd.cpio".into())],
 //!     cmdline,
 //!     mem_size: 128 << 20,
@@ -80,7 +81,12 @@ use supervisor::{Guest, Limits, Sinks};
 pub struct VmConfig {
     /// The kernel: bzImage, ELF vmlinux, or ELF with a PVH note.
     pub kernel: PathBuf,
-    /// The initrd parts, concatenated in order, each 4-byte aligned; empty for none.
+    /// The kernel file is a cache entry, never changed in place while a
+    /// VM runs: an ELF vmlinux's segments are mapped into guest memory,
+    /// copy-on-write, instead of copied (see [`InitrdPart::CachedFile`]).
+    pub kernel_cached: bool,
+    /// The initrd parts, concatenated in order, each 4-byte aligned (a
+    /// [`InitrdPart::CachedFile`] page-aligned); empty for none.
     pub initrd: Vec<InitrdPart>,
     /// The complete kernel command line, booted exactly as given (with a
     /// virtio device the kernel finds there, its
@@ -487,6 +493,7 @@ fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     let VmConfig {
         kernel: kernel_path,
+        kernel_cached,
         initrd: initrd_parts,
         cmdline,
         mem_size,
@@ -535,6 +542,7 @@ pub fn run(config: VmConfig) -> Result<Outcome, VmmError> {
     let model = irqchip::create(&kvm, &vm, wanted_irqchip)?;
     let spec = BootSpec {
         kernel: &kernel_path,
+        kernel_cached,
         initrd: &initrd_parts,
         cmdline: &cmdline,
         mem_size,

@@ -1,6 +1,11 @@
-//! Guest memory: anonymous, lazily backed mappings laid out around the MMIO gap.
+//! Guest memory: anonymous, lazily backed mappings laid out around the MMIO
+//! gap, and files read into it (or mapped over it, copy-on-write).
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout;
 
@@ -28,6 +33,24 @@ pub enum MemoryError {
         /// What the mapping failed with.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// A file to load cannot be read.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// A file to load ended early.
+    #[error("it ended after {read} of its {len} bytes")]
+    Shrank {
+        /// Bytes read before the end.
+        read: u64,
+        /// Bytes to load.
+        len: u64,
+    },
+    /// The bytes do not fit where they go.
+    #[error("{0}")]
+    Copy(vm_memory::GuestMemoryError),
+    /// A mapping over guest memory failed, and so did putting anonymous
+    /// memory back: the range is gone, so the VM cannot run.
+    #[error("cannot restore guest memory after a failed file mapping: {0}")]
+    Restore(std::io::Error),
 }
 
 /// The smallest memory size accepted: room for the boot structures and 1 MiB of kernel.
@@ -131,6 +154,146 @@ pub fn advise_huge_pages(mem: &GuestMemory, start: u64, len: u64) {
     }
 }
 
+/// Files are mapped over guest memory only from this many bytes on: below
+/// it, one more mapping saves little.
+const MAP_FILE_MIN: u64 = 64 << 10;
+
+/// Loads `len` bytes of `file`, from `offset`, into guest memory at
+/// `addr`, and returns how many of them were mapped rather than copied.
+///
+/// With `map`, the pages wholly inside the range, where the file's offsets
+/// and the guest's addresses agree within a page, are the file's own pages
+/// mapped private and copy-on-write (`mmap(MAP_PRIVATE | MAP_FIXED)`): the
+/// host neither zeroes nor copies them, reading them shares the page cache
+/// (across VMs too), and the guest's first write to one copies that page
+/// alone. Only for a file that is never changed in place while the VM runs
+/// (a cache entry, written under another name and renamed into place): a
+/// private mapping still shows later writes to pages not yet copied, and a
+/// truncated file would leave pages that fault. The rest (a head and tail
+/// that do not fill a page, or everything when mapping does not apply) is
+/// read. Guest memory must not be registered with KVM yet, and must be
+/// fresh: what is not loaded stays as it was.
+pub fn load_file(
+    mem: &GuestMemory,
+    file: &mut File,
+    offset: u64,
+    addr: u64,
+    len: u64,
+    map: bool,
+) -> Result<u64, MemoryError> {
+    let page = layout::PAGE_SIZE;
+    let head = addr.next_multiple_of(page) - addr;
+    let body = len.saturating_sub(head) & !(page - 1);
+    let mapped = map
+        && (addr ^ offset) & (page - 1) == 0
+        && body >= MAP_FILE_MIN
+        && file
+            .metadata()
+            .is_ok_and(|m| m.len() >= offset + head + body)
+        && map_file_pages(mem, file, offset + head, addr + head, body)?;
+    if !mapped {
+        read_file(mem, file, offset, addr, len)?;
+        return Ok(0);
+    }
+    read_file(mem, file, offset, addr, head)?;
+    let tail = head + body;
+    read_file(mem, file, offset + tail, addr + tail, len - tail)?;
+    Ok(body)
+}
+
+/// Reads `len` bytes of `file` from `offset` into guest memory at `addr`.
+/// One `read(2)` moves at most 0x7fff_f000 bytes, so this loops.
+fn read_file(
+    mem: &GuestMemory,
+    file: &mut File,
+    offset: u64,
+    addr: u64,
+    len: u64,
+) -> Result<(), MemoryError> {
+    if len == 0 {
+        return Ok(());
+    }
+    file.seek(SeekFrom::Start(offset))
+        .map_err(MemoryError::Read)?;
+    let mut done = 0u64;
+    while done < len {
+        let chunk = usize::try_from(len - done).unwrap_or(usize::MAX);
+        let read = mem
+            .read_volatile_from(GuestAddress(addr + done), file, chunk)
+            .map_err(MemoryError::Copy)?;
+        if read == 0 {
+            return Err(MemoryError::Shrank { read: done, len });
+        }
+        done += read as u64;
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `file` from `offset` (both page-aligned) over guest
+/// memory at `addr`, private; false where the range is not inside one of
+/// `mem`'s mappings or the host refuses (nothing changed then).
+fn map_file_pages(
+    mem: &GuestMemory,
+    file: &File,
+    offset: u64,
+    addr: u64,
+    len: u64,
+) -> Result<bool, MemoryError> {
+    let (Ok(host), Ok(last)) = (
+        mem.get_host_address(GuestAddress(addr)),
+        mem.get_host_address(GuestAddress(addr + len - 1)),
+    ) else {
+        return Ok(false);
+    };
+    let (Ok(size), Ok(file_offset)) = (usize::try_from(len), libc::off_t::try_from(offset)) else {
+        return Ok(false);
+    };
+    if last as usize - host as usize != size - 1 {
+        return Ok(false);
+    }
+    let host = host.cast::<libc::c_void>();
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: `[host, host + size)` lies inside one live mapping owned by
+    // `mem` (both ends translated above, contiguous), which stays mapped
+    // until `mem` is dropped; MAP_FIXED replaces those pages with the
+    // file's, same protections, so every address `mem` hands out stays
+    // valid, and only what the pages hold changes (nothing else holds a
+    // reference into guest memory yet: it is not registered with KVM).
+    // The file is at least `offset + len` bytes long (checked by the
+    // caller) and, by `load_file`'s contract, is not truncated meanwhile.
+    let mapped = unsafe {
+        libc::mmap(
+            host,
+            size,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            file_offset,
+        )
+    };
+    if mapped != libc::MAP_FAILED {
+        return Ok(true);
+    }
+    // A failed MAP_FIXED may already have unmapped the range: put back
+    // what `create_guest_memory` made there.
+    // SAFETY: the same range of `mem`'s own mapping as above, given fresh
+    // anonymous pages as when it was created.
+    let restored = unsafe {
+        libc::mmap(
+            host,
+            size,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if restored == libc::MAP_FAILED {
+        return Err(MemoryError::Restore(std::io::Error::last_os_error()));
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +324,61 @@ mod tests {
             create_guest_memory(4096),
             Err(MemoryError::TooSmall { .. })
         ));
+    }
+
+    fn file_of(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
+        use std::io::Write;
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(bytes).unwrap();
+        let file = File::open(tmp.path()).unwrap();
+        (tmp, file)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn a_file_loads_the_same_mapped_or_copied_and_writes_stay_private() {
+        let bytes = pattern(300 << 10);
+        let (tmp, mut file) = file_of(&bytes);
+        // Offsets that agree within a page (mapped), and ones that do not
+        // (copied), with a head and tail that do not fill a page.
+        for (offset, addr, len, maps) in [
+            (0x1000u64, 0x20_0000u64, 200u64 << 10, true),
+            (0x1234, 0x20_0234, (200 << 10) + 99, true),
+            (0x1234, 0x20_0000, 200 << 10, false),
+            (0x1000, 0x20_0000, 16 << 10, false),
+        ] {
+            let mem = create_guest_memory(8 << 20).unwrap();
+            mem.write_slice(&[0xee; 16], GuestAddress(addr + len))
+                .unwrap();
+            let mapped = load_file(&mem, &mut file, offset, addr, len, true).unwrap();
+            assert_eq!(mapped > 0, maps, "{offset:#x} at {addr:#x}");
+            let mut back = vec![0u8; len as usize];
+            mem.read_slice(&mut back, GuestAddress(addr)).unwrap();
+            let want = &bytes[offset as usize..(offset + len) as usize];
+            assert!(back == want, "{offset:#x} at {addr:#x}");
+            // Nothing past the range changed: the tail was read, not mapped.
+            let mut after = [0u8; 16];
+            mem.read_slice(&mut after, GuestAddress(addr + len))
+                .unwrap();
+            assert_eq!(after, [0xee; 16]);
+            // The guest's writes are its own: the file is unchanged.
+            mem.write_slice(&[0x55; 8192], GuestAddress(addr + 0x3000))
+                .unwrap();
+            assert_eq!(std::fs::read(tmp.path()).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn a_file_that_ended_early_is_an_error_not_a_mapping_past_its_end() {
+        let (_tmp, mut file) = file_of(&pattern(100 << 10));
+        let mem = create_guest_memory(8 << 20).unwrap();
+        let err = load_file(&mem, &mut file, 0, 0x20_0000, 200 << 10, true).unwrap_err();
+        assert!(
+            matches!(err, MemoryError::Shrank { read, .. } if read == 100 << 10),
+            "{err}"
+        );
     }
 }

@@ -29,6 +29,7 @@ struct Run {
 fn config(kernel: &Path, cmdline: &str) -> VmConfig {
     VmConfig {
         kernel: kernel.to_path_buf(),
+        kernel_cached: false,
         initrd: Vec::new(),
         cmdline: cmdline.into(),
         mem_size: 128 << 20,

@@ -31,6 +31,7 @@ const IRQCHIPS: [IrqChip; 2] = [IrqChip::Kernel, IrqChip::Split];
 fn config(kernel: &Path, mode: &str) -> VmConfig {
     VmConfig {
         kernel: kernel.to_path_buf(),
+        kernel_cached: false,
         initrd: Vec::new(),
         cmdline: format!("console=ttyS0 {mode}"),
         mem_size: 64 << 20,
