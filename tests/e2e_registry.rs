@@ -462,6 +462,53 @@ fn a_corrupt_cached_blob_is_fetched_again() {
     );
 }
 
+/// A cached run of an unchanged pulled image reads none of its blobs: its
+/// opening is remembered by their metadata once they are 2 s old
+/// (`initrd_tools::image`), and opened again when one of them changes.
+#[test]
+fn a_pulled_images_opening_is_remembered_while_its_blobs_are_unchanged() {
+    need_registry!();
+    let (work, cache) = workspace();
+    let registry = Registry::start(false);
+    let reference = registry.push_image(work.path(), "r:1", "opened");
+    assert_code(&microrun(&cache, &["pull", &reference], &[]), 0);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        stdout(&run_chroot(&cache, &reference, &[], &[])),
+        "opened\n"
+    );
+    let manifest = remote_digest(&format!("{}/r:1", registry.host()));
+    let entry = std::fs::read_dir(cache.join("microrun/facts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            let key = text.lines().next();
+            key.is_some_and(|key| key.ends_with(&format!(" manifest {manifest}")))
+        })
+        .expect("the opening is remembered");
+    // What the entry says is believed: the image's command, edited there,
+    // is what runs.
+    let text = std::fs::read_to_string(&entry).unwrap();
+    assert!(text.contains("\"/etc/word\""), "{text}");
+    std::fs::write(&entry, text.replace("\"/etc/word\"", "\"/etc/layer\"")).unwrap();
+    assert_eq!(stdout(&run_chroot(&cache, &reference, &[], &[])), "one\n");
+    // A blob touched: opened again, from the blobs.
+    let layer = cache
+        .join("microrun/oci/blobs/sha256")
+        .join(&base_digest()[7..]);
+    std::fs::File::options()
+        .write(true)
+        .open(&layer)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(
+        stdout(&run_chroot(&cache, &reference, &[], &[])),
+        "opened\n"
+    );
+}
+
 /// Two runs pulling the same image at once both succeed, and the store
 /// holds one good copy of each blob.
 #[test]

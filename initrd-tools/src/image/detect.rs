@@ -19,6 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::remembered::Which;
 use super::store::{link_target, normalise_member_name, Member, Store, Window};
 use super::tar_reader::{Seekable, Stream, TarError, TarReader};
 use super::{
@@ -128,7 +129,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
         // A layout opened before, none of its files changed since.
         let facts = remembered::dir();
         if let Some(dir) = &facts {
-            if let Some(image) = remembered::recall(dir, path, &meta, tag) {
+            if let Some(image) = remembered::recall(dir, path, &meta, Which::Tag(tag)) {
                 return Ok(Detected::Image(Box::new(image)));
             }
         }
@@ -142,7 +143,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
             return Ok(Detected::Directory);
         };
         if let Some(dir) = &facts {
-            remembered::remember(dir, path, &meta, tag, &mut image, started);
+            remembered::remember(dir, path, &meta, Which::Tag(tag), &[], &mut image, started);
         }
         return Ok(Detected::Image(Box::new(image)));
     }
@@ -155,7 +156,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
     // An image file opened before and unchanged since is not read again.
     let facts = remembered::dir();
     if let Some(dir) = &facts {
-        if let Some(image) = remembered::recall(dir, path, &meta, tag) {
+        if let Some(image) = remembered::recall(dir, path, &meta, Which::Tag(tag)) {
             return Ok(Detected::Image(Box::new(image)));
         }
     }
@@ -164,7 +165,7 @@ fn detect_untagged(path: &Path, tag: Option<&str>) -> Result<Detected, ImageErro
     let opened = file.metadata().map_err(|e| ImageError::read(path, e))?;
     let mut detected = detect_file(path, &opened, &file, tag)?;
     if let (Detected::Image(image), Some(dir)) = (&mut detected, &facts) {
-        remembered::remember(dir, path, &opened, tag, image, started);
+        remembered::remember(dir, path, &opened, Which::Tag(tag), &[], image, started);
     }
     Ok(detected)
 }

@@ -700,19 +700,49 @@ impl Image {
 
 /// Opens the image whose manifest is the blob `manifest_digest`
 /// (`sha256:<hex>`) of the OCI image layout directory `layout`, whatever
-/// its `index.json` lists: how a store shared by many images (microrun's
+/// its `index.json`: how a store shared by many images (microrun's
 /// registry pulls) names one. Blobs are read and checked as for any OCI
-/// layout; `name` says what the image is in `-v`'s description.
+/// layout; `name` says what the image is in `-v`'s description. An image
+/// opened before is remembered (`remembered`, [`remembered::Which::Manifest`])
+/// while its manifest, configuration and layer blobs keep their metadata:
+/// then none of them is read.
 pub fn open_layout_manifest(
     layout: &Path,
     manifest_digest: &str,
     name: &str,
 ) -> Result<Image, ImageError> {
-    oci::open_manifest(
-        &store::Store::Dir(layout.to_path_buf()),
-        manifest_digest,
-        name,
-    )
+    // Before anything is read: what is remembered must have changed
+    // before the reading began (`remembered`).
+    let started = std::time::SystemTime::now();
+    let digest = Digest::parse(manifest_digest).ok_or_else(|| {
+        ImageError::invalid(
+            layout,
+            format!(
+                "the manifest digest {} is not sha256:<64 hex digits>",
+                quote(manifest_digest.as_bytes())
+            ),
+        )
+    })?;
+    let which = remembered::Which::Manifest(&digest);
+    let meta = fs::metadata(layout).map_err(|e| ImageError::read(layout, e))?;
+    let facts = remembered::dir();
+    let recalled = facts
+        .as_deref()
+        .and_then(|dir| remembered::recall(dir, layout, &meta, which));
+    let mut image = match recalled {
+        Some(image) => image,
+        None => {
+            let store = store::Store::Dir(layout.to_path_buf());
+            let (mut image, config) = oci::open_manifest(&store, &digest)?;
+            if let Some(dir) = &facts {
+                let read = [store.blob_name(&digest), store.blob_name(&config)];
+                remembered::remember(dir, layout, &meta, which, &read, &mut image, started);
+            }
+            image
+        }
+    };
+    image.description = format!("{}, manifest {digest}", cut(name));
+    Ok(image)
 }
 
 /// How many bytes of a name an error message shows.

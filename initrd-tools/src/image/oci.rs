@@ -119,32 +119,19 @@ pub(crate) fn open(
     Ok(image)
 }
 
-/// Opens the image whose manifest is the blob `manifest_digest` of the OCI
-/// layout in `store`, without its `index.json`: the registry pull's blob
-/// store (one layout shared by every pulled image) names its images by
-/// manifest digest. `name` is what the image is called, for `-v`.
-pub(crate) fn open_manifest(
-    store: &Store,
-    manifest_digest: &str,
-    name: &str,
-) -> Result<Image, ImageError> {
+/// Opens the image whose manifest is the blob `digest` of the OCI layout in
+/// `store`, without its `index.json`: the registry pull's blob store (one
+/// layout shared by every pulled image) names its images by manifest
+/// digest. Returns the image and its configuration's digest (the other
+/// blob read).
+pub(crate) fn open_manifest(store: &Store, digest: &Digest) -> Result<(Image, Digest), ImageError> {
     let path = store.image_path();
-    let digest = Digest::parse(manifest_digest).ok_or_else(|| {
-        ImageError::invalid(
-            path,
-            format!(
-                "the manifest digest {} is not sha256:<64 hex digits>",
-                quote(manifest_digest.as_bytes())
-            ),
-        )
-    })?;
-    let size = store.locate_blob_size(&digest)?;
-    let bytes = store.read_blob(&digest, size)?;
+    let size = store.locate_blob_size(digest)?;
+    let bytes = store.read_blob(digest, size)?;
     let manifest = ImageManifest::from_reader(&bytes[..])
         .map_err(|e| ImageError::invalid(path, format!("manifest {digest}: {e}")))?;
-    let mut image = from_manifest(store, ImageFormat::OciLayout, &digest, &manifest)?;
-    image.description = format!("{}, manifest {digest}", cut(name));
-    Ok(image)
+    let image = from_manifest(store, ImageFormat::OciLayout, digest, &manifest)?;
+    Ok((image, parse_digest(store, manifest.config())?))
 }
 
 /// What an index entry is tagged: its `ref.name`, then containerd's name.

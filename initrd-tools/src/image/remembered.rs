@@ -17,6 +17,15 @@
 //! digests, which were checked when they were read. A file rewritten,
 //! replaced or touched has another stamp, and the image is opened again.
 //!
+//! An image of a store of blobs shared by many images (the registry
+//! pulls' OCI layout, which has no `index.json`) is opened by its
+//! manifest's digest, [`Which::Manifest`]: its entry is keyed by the
+//! store's stamp and that digest, and holds the stamps of the manifest,
+//! configuration and layer blobs, not the blobs directory's, which every
+//! pull of another image changes. A content-addressed store writes a blob
+//! once under its digest, so a blob whose stamp holds still has the bytes
+//! that were checked against that digest.
+//!
 //! An image is remembered only when its files last changed [`SETTLED`]
 //! before the opening began: a rewrite within the same tick of the file
 //! system's clock keeps the size and both times, so an entry taken right
@@ -59,11 +68,24 @@ pub(crate) fn dir() -> Option<PathBuf> {
     }
 }
 
+/// Which image of a file or directory was opened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Which<'a> {
+    /// The image tagged so (`PATH:TAG`), or without a tag the only one.
+    Tag(Option<&'a str>),
+    /// The image whose manifest is this blob of a store shared by many
+    /// images (see the module comment).
+    Manifest(&'a Digest),
+}
+
 /// What an entry is keyed by: the image `path` (a file or a directory)
-/// with the metadata `meta`, opened for `tag`.
-fn key(path: &Path, meta: &fs::Metadata, tag: Option<&str>) -> String {
+/// with the metadata `meta`, and which image of it was opened.
+fn key(path: &Path, meta: &fs::Metadata, which: Which) -> String {
     let stamp = cache::stamp_of(path, meta, Stamp::Metadata);
-    format!("{FORMAT} {stamp} tag {tag:?}")
+    match which {
+        Which::Tag(tag) => format!("{FORMAT} {stamp} tag {tag:?}"),
+        Which::Manifest(digest) => format!("{FORMAT} {stamp} manifest {digest}"),
+    }
 }
 
 fn entry(dir: &Path, key: &str) -> PathBuf {
@@ -71,16 +93,11 @@ fn entry(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{}{SUFFIX}", &hash.hex()[..32]))
 }
 
-/// The image `path` (a file or a directory, whose metadata is `meta` now)
-/// was opened as for `tag`, when it is remembered in `dir` under that
+/// The image `which` of `path` (a file or a directory, whose metadata is
+/// `meta` now) as it was opened, when it is remembered in `dir` under that
 /// metadata and none of the files it depends on changed since.
-pub(crate) fn recall(
-    dir: &Path,
-    path: &Path,
-    meta: &fs::Metadata,
-    tag: Option<&str>,
-) -> Option<Image> {
-    let key = key(path, meta, tag);
+pub(crate) fn recall(dir: &Path, path: &Path, meta: &fs::Metadata, which: Which) -> Option<Image> {
+    let key = key(path, meta, which);
     let value = cache::load_fact(&entry(dir, &key), &key, MAX_ENTRY)?;
     let Some((image, files)) = decode(path, meta.len(), &value) else {
         log::debug!(
@@ -102,17 +119,21 @@ pub(crate) fn recall(
     Some(image)
 }
 
-/// Remembers `image`, opened for `tag` from `path` (a file or a
+/// Remembers `image`, opened as `which` from `path` (a file or a
 /// directory) whose metadata was `meta` when it was opened, unless it or a
 /// file it depends on changed less than [`SETTLED`] before `started`, when
-/// the opening began. Failures are logged: this is an optimisation. The
-/// unpacked estimate taken for the entry is kept in `image` too, so the
-/// run that opened it does not read its layers for it again.
+/// the opening began. The files it depends on are its format's (see the
+/// module comment), the files `read` (names in `path`: the blobs a store's
+/// image was read from) and its layers. Failures are logged: this is an
+/// optimisation. The unpacked estimate taken for the entry is kept in
+/// `image` too, so the run that opened it does not read its layers for it
+/// again.
 pub(crate) fn remember(
     dir: &Path,
     path: &Path,
     meta: &fs::Metadata,
-    tag: Option<&str>,
+    which: Which,
+    read: &[String],
     image: &mut Image,
     started: SystemTime,
 ) {
@@ -126,7 +147,7 @@ pub(crate) fn remember(
     if !settled(meta, started) {
         return unsettled();
     }
-    let Some(names) = depends_on(path, image) else {
+    let Some(names) = depends_on(path, image, which, read) else {
         return;
     };
     let mut files = Vec::with_capacity(names.len());
@@ -146,7 +167,7 @@ pub(crate) fn remember(
     let Some(value) = encode(path, image, &files) else {
         return;
     };
-    let key = key(path, meta, tag);
+    let key = key(path, meta, which);
     if (key.len() + value.len() + 2) as u64 > MAX_ENTRY {
         log::debug!(
             "{}: its configuration is too large to remember",
@@ -159,16 +180,26 @@ pub(crate) fn remember(
     }
 }
 
-/// The files in the directory `path` whose stamps an entry for `image`
-/// holds, by their names in it (none for an image in a file); `None` when
-/// a layer lies outside `path`, or has a name that is not UTF-8.
-fn depends_on(path: &Path, image: &Image) -> Option<Vec<String>> {
-    let top: &[&str] = match image.format {
-        ImageFormat::OciLayout => &["oci-layout", "index.json", "blobs/sha256"],
-        ImageFormat::DirTransport => &["version", "manifest.json"],
+/// The files in the directory `path` whose stamps an entry for `image`,
+/// opened as `which` from the files `read` (besides its layers), holds,
+/// by their names in it (none for an image in a file); `None` when a
+/// layer lies outside `path`, or has a name that is not UTF-8.
+fn depends_on(path: &Path, image: &Image, which: Which, read: &[String]) -> Option<Vec<String>> {
+    let top: &[&str] = match (which, image.format) {
+        (Which::Manifest(_), _) => &[],
+        (_, ImageFormat::OciLayout) => &["oci-layout", "index.json", "blobs/sha256"],
+        (_, ImageFormat::DirTransport) => &["version", "manifest.json"],
         _ => &[],
     };
     let mut names: Vec<String> = top.iter().map(|name| name.to_string()).collect();
+    for name in read {
+        if !inside(name) || name.is_empty() {
+            return None;
+        }
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
     for layer in &image.layers {
         let name = layer_name(path, &layer.file)?;
         if !name.is_empty() && !names.contains(&name) {
@@ -414,6 +445,23 @@ mod tests {
         assert_eq!(back_files, files);
         let escaping = line.replace("index.json", "../index.json");
         assert!(decode(&path, 0, &escaping).is_none());
+        // A store's image depends on the blobs it was read from and its
+        // layers, not on an index or the blobs' directory; never on a name
+        // outside the store.
+        let digest = Digest::from_hex(&"c".repeat(64)).unwrap();
+        let store = Which::Manifest(&digest);
+        let read = ["blobs/sha256/m".to_string(), "blobs/sha256/c".to_string()];
+        let names = depends_on(&path, &layout, store, &read).unwrap();
+        assert_eq!(
+            names,
+            ["blobs/sha256/m", "blobs/sha256/c", "blobs/sha256/abc"]
+        );
+        assert!(depends_on(&path, &layout, store, &["../m".to_string()]).is_none());
+        let meta = fs::metadata(&path).unwrap();
+        assert_ne!(
+            key(&path, &meta, store),
+            key(&path, &meta, Which::Tag(None))
+        );
     }
 
     #[test]
@@ -425,29 +473,31 @@ mod tests {
         let meta = fs::metadata(&path).unwrap();
         let mut opened = image(&path, 1024);
         let now = SystemTime::now();
+        let untagged = Which::Tag(None);
         // Just written: a rewrite in the same clock tick would keep its
         // metadata, so it is not remembered yet.
-        remember(&facts, &path, &meta, None, &mut opened, now);
-        assert!(recall(&facts, &path, &meta, None).is_none());
-        remember(&facts, &path, &meta, None, &mut opened, now + SETTLED);
+        remember(&facts, &path, &meta, untagged, &[], &mut opened, now);
+        assert!(recall(&facts, &path, &meta, untagged).is_none());
+        let later = now + SETTLED;
+        remember(&facts, &path, &meta, untagged, &[], &mut opened, later);
         // The estimate taken for the entry stays with the opened image.
         assert_eq!(opened.known_estimate, Some(1024));
-        let recalled = recall(&facts, &path, &meta, None).unwrap();
+        let recalled = recall(&facts, &path, &meta, untagged).unwrap();
         assert_eq!(recalled.config, opened.config);
         // The archive is not read for it: gone, it is still recalled by the
         // metadata taken before.
         fs::remove_file(&path).unwrap();
-        assert!(recall(&facts, &path, &meta, None).is_some());
+        assert!(recall(&facts, &path, &meta, untagged).is_some());
         // Another tag, or other metadata (written again): not recalled.
-        assert!(recall(&facts, &path, &meta, Some("latest")).is_none());
+        assert!(recall(&facts, &path, &meta, Which::Tag(Some("latest"))).is_none());
         std::thread::sleep(Duration::from_millis(20));
         fs::write(&path, [0u8; 1024]).unwrap();
         let rewritten = fs::metadata(&path).unwrap();
-        assert!(recall(&facts, &path, &rewritten, None).is_none());
+        assert!(recall(&facts, &path, &rewritten, untagged).is_none());
         // An entry not of this format is a miss, never an error.
-        let key = key(&path, &meta, None);
+        let key = key(&path, &meta, untagged);
         fs::write(entry(&facts, &key), format!("{key}\n{{\"format\":1}}\n")).unwrap();
-        assert!(recall(&facts, &path, &meta, None).is_none());
+        assert!(recall(&facts, &path, &meta, untagged).is_none());
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn resolve_member(
 impl Store {
     /// Where the image keeps the blob `digest`: `blobs/sha256/<hex>`, or
     /// `<hex>` in skopeo's `dir:` layout.
-    fn blob_name(&self, digest: &Digest) -> String {
+    pub(crate) fn blob_name(&self, digest: &Digest) -> String {
         match self {
             Store::Flat(_) => digest.hex().to_string(),
             _ => format!("blobs/sha256/{}", digest.hex()),
