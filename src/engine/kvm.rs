@@ -37,20 +37,13 @@ pub fn run(
             ));
         }
     }
-    // Files in microrun's cache are written under another name and renamed
-    // into place, never changed in place: the VMM maps their pages into
-    // guest memory instead of copying them. A user's own file is copied.
-    let cache = initrd_tools::cache_dir().ok();
-    let cached = |path: &std::path::Path| cache.as_ref().is_some_and(|c| path.starts_with(c));
     // With the disk root the initrd is guest-init's archive alone.
     let mut initrd: Vec<InitrdPart> = vm
         .initrd
         .rootfs
         .iter()
-        .map(|path| match cached(path) {
-            true => InitrdPart::CachedFile(path.clone()),
-            false => InitrdPart::File(path.clone()),
-        })
+        .cloned()
+        .map(InitrdPart::File)
         .collect();
     if let Some(archive) = &vm.initrd.init_archive {
         initrd.push(InitrdPart::Bytes(archive.clone()));
@@ -67,7 +60,10 @@ pub fn run(
     let console_watch = Arc::new(Mutex::new(ConsoleWatch::default()));
     let config = VmConfig {
         kernel: vm.kernel.clone(),
-        kernel_cached: cached(&vm.kernel),
+        // Files in microrun's cache (the project kernel) are renamed into
+        // place, never changed in place: the VMM maps a cached vmlinux's
+        // pages into guest memory instead of copying them.
+        kernel_cached: initrd_tools::cache_dir().is_ok_and(|c| vm.kernel.starts_with(c)),
         initrd,
         // Exactly what the plan logged at -v: the VMM never edits it.
         cmdline: vm.cmdline.to_string(),

@@ -1,6 +1,6 @@
-//! The initrd: its parts concatenated (each 4-byte aligned, a cache entry
-//! page-aligned) as high in guest memory as the kernel allows, read from
-//! files straight into guest memory, or mapped there (a cache entry).
+//! The initrd: its parts concatenated (each 4-byte aligned) as high in guest
+//! memory as the kernel allows, read from files straight into guest memory.
+//! (Never mapped, unlike a cached kernel: see `memory::load_file`.)
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +14,6 @@ use crate::memory::{GuestMemory, MemoryError};
 pub enum InitrdPart {
     /// A file, read straight into guest memory.
     File(PathBuf),
-    /// A file that is never changed in place while a VM runs (a cache
-    /// entry, written under another name and renamed into place): its
-    /// whole pages are mapped into guest memory, copy-on-write, instead of
-    /// read ([`crate::memory::load_file`]). It starts on a page; the
-    /// zeros before it are padding the kernel skips between archives.
-    CachedFile(PathBuf),
     /// Bytes held by the caller.
     Bytes(Vec<u8>),
 }
@@ -88,7 +82,7 @@ pub enum InitrdError {
         /// The highest end address allowed.
         limit: u64,
     },
-    /// Guest memory was lost (see [`MemoryError::Restore`]).
+    /// Guest memory failed otherwise.
     #[error(transparent)]
     Memory(MemoryError),
     /// Copying into guest memory failed.
@@ -104,7 +98,7 @@ pub enum InitrdError {
 fn part_len(part: &InitrdPart) -> Result<u64, InitrdError> {
     match part {
         InitrdPart::Bytes(b) => Ok(b.len() as u64),
-        InitrdPart::File(path) | InitrdPart::CachedFile(path) => {
+        InitrdPart::File(path) => {
             let meta = std::fs::metadata(path).map_err(|source| InitrdError::Read {
                 path: path.clone(),
                 source,
@@ -120,14 +114,12 @@ fn part_len(part: &InitrdPart) -> Result<u64, InitrdError> {
     }
 }
 
-/// Loads the `len` bytes of the file `path` into guest memory at `addr`,
-/// mapping its pages where `map` allows.
+/// Reads the `len` bytes of the file `path` into guest memory at `addr`.
 fn load_file(
     mem: &GuestMemory,
     path: &Path,
     addr: GuestAddress,
     len: u64,
-    map: bool,
 ) -> Result<(), InitrdError> {
     let mut file = crate::regular_file::open(path).map_err(|source| {
         match crate::regular_file::not_regular_kind(&source) {
@@ -142,7 +134,7 @@ fn load_file(
         }
     })?;
     let path = path.to_path_buf();
-    match crate::memory::load_file(mem, &mut file, 0, addr.0, len, map) {
+    match crate::memory::load_file(mem, &mut file, 0, addr.0, len, false) {
         Ok(_) => Ok(()),
         Err(MemoryError::Shrank { read, len }) => Err(InitrdError::Shrank { path, read, len }),
         Err(MemoryError::Copy(source)) => Err(InitrdError::GuestMemory {
@@ -154,13 +146,12 @@ fn load_file(
     }
 }
 
-/// Where the parts of `(length, alignment)` start relative to the
-/// initrd's start, and its total size.
-pub fn part_offsets(parts: &[(u64, u64)]) -> (Vec<u64>, u64) {
-    let mut offsets = Vec::with_capacity(parts.len());
+/// Where the parts start relative to the initrd's start, and its total size.
+pub fn part_offsets(lens: &[u64]) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(lens.len());
     let mut end = 0u64;
-    for &(len, align) in parts {
-        let start = end.next_multiple_of(align);
+    for len in lens {
+        let start = end.next_multiple_of(4);
         offsets.push(start);
         end = start + len;
     }
@@ -188,15 +179,7 @@ pub fn load_initrd(
         return Ok(None);
     }
     let lens = parts.iter().map(part_len).collect::<Result<Vec<_>, _>>()?;
-    let aligned: Vec<(u64, u64)> = parts
-        .iter()
-        .zip(&lens)
-        .map(|(part, &len)| match part {
-            InitrdPart::CachedFile(_) => (len, layout::PAGE_SIZE),
-            _ => (len, 4),
-        })
-        .collect();
-    let (offsets, size) = part_offsets(&aligned);
+    let (offsets, size) = part_offsets(&lens);
     let low_mem_end = crate::memory::low_memory_end(mem_size);
     let Some(start) = place(size, kernel_end, addr_max, low_mem_end) else {
         // Advice to raise --mem only where more memory would help.
@@ -226,8 +209,7 @@ pub fn load_initrd(
                         source,
                     })?
             }
-            InitrdPart::File(path) => load_file(mem, path, addr, len, false)?,
-            InitrdPart::CachedFile(path) => load_file(mem, path, addr, len, true)?,
+            InitrdPart::File(path) => load_file(mem, path, addr, len)?,
         }
     }
     Ok(Some((start, size)))
@@ -239,12 +221,7 @@ mod tests {
 
     #[test]
     fn parts_are_4_byte_aligned() {
-        assert_eq!(part_offsets(&[(3, 4), (4, 4), (1, 4)]), (vec![0, 4, 8], 9));
-        // A cache entry starts on a page, to be mapped there.
-        assert_eq!(
-            part_offsets(&[(3, 4), (5000, 4096), (1, 4)]),
-            (vec![0, 4096, 9096], 9097)
-        );
+        assert_eq!(part_offsets(&[3, 4, 1]), (vec![0, 4, 8], 9));
         assert_eq!(part_offsets(&[]), (vec![], 0));
     }
 
@@ -312,36 +289,6 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("fifo"), "{err}");
-    }
-
-    #[test]
-    fn a_cached_part_starts_on_a_page_and_loads_as_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rootfs.cpio");
-        let bytes: Vec<u8> = (0..(300u32 << 10) + 5).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
-        let parts = [
-            InitrdPart::Bytes(b"first".to_vec()),
-            InitrdPart::CachedFile(path.clone()),
-            InitrdPart::Bytes(b"last".to_vec()),
-        ];
-        let (start, size) = load_initrd(&mem, &parts, 0x20_0000, u64::MAX, 64 << 20)
-            .unwrap()
-            .unwrap();
-        let file_at = start + layout::PAGE_SIZE;
-        let last_at = (file_at + bytes.len() as u64).next_multiple_of(4);
-        assert_eq!(size, last_at + 4 - start);
-        let mut back = vec![0u8; size as usize];
-        mem.read_slice(&mut back, GuestAddress(start)).unwrap();
-        let mut want = vec![0u8; size as usize];
-        want[..5].copy_from_slice(b"first");
-        want[layout::PAGE_SIZE as usize..][..bytes.len()].copy_from_slice(&bytes);
-        want[(last_at - start) as usize..].copy_from_slice(b"last");
-        assert!(back == want);
-        // The guest's writes stay in the guest.
-        mem.write_slice(&[0; 8192], GuestAddress(file_at)).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 
     /// MemAvailable from /proc/meminfo, in bytes.

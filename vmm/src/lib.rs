@@ -83,10 +83,9 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// The kernel file is a cache entry, never changed in place while a
     /// VM runs: an ELF vmlinux's segments are mapped into guest memory,
-    /// copy-on-write, instead of copied (see [`InitrdPart::CachedFile`]).
+    /// copy-on-write, instead of copied (see `memory::load_file`).
     pub kernel_cached: bool,
-    /// The initrd parts, concatenated in order, each 4-byte aligned (a
-    /// [`InitrdPart::CachedFile`] page-aligned); empty for none.
+    /// The initrd parts, concatenated in order, each 4-byte aligned; empty for none.
     pub initrd: Vec<InitrdPart>,
     /// The complete kernel command line, booted exactly as given (with a
     /// virtio device the kernel finds there, its

@@ -173,6 +173,10 @@ const MAP_FILE_MIN: u64 = 64 << 10;
 /// that do not fill a page, or everything when mapping does not apply) is
 /// read. Guest memory must not be registered with KVM yet, and must be
 /// fresh: what is not loaded stays as it was.
+///
+/// Worth it for what the guest mostly reads and keeps (a kernel's text);
+/// not for what it frees and reuses (an initrd), where every reuse of a
+/// mapped page is a copy-on-write fault (docs/vmm.md, step 6).
 pub fn load_file(
     mem: &GuestMemory,
     file: &mut File,
