@@ -43,6 +43,23 @@ fn kernel() -> Option<PathBuf> {
     common::project_kernel()
 }
 
+/// One `#[test]` per named shared case (`common::NAME`), run with
+/// `$engine`: for a module that takes some of the cases, not all.
+macro_rules! shared_cases {
+    ($engine:ident: $($name:ident),+) => {
+        $(
+            #[test]
+            fn $name() {
+                common::run_case(
+                    &$engine,
+                    concat!(module_path!(), "::", stringify!($name)),
+                    common::$name,
+                );
+            }
+        )+
+    };
+}
+
 e2e_cases!(ENGINE);
 user_cases!(ENGINE);
 tty_cases!(ENGINE);
@@ -63,6 +80,36 @@ mod in_kernel_irqchip {
     e2e_cases!(ENGINE);
 }
 
+/// The project kernel's vmlinux from the cache, whose segments the VMM
+/// maps into guest memory instead of copying them (`vmm::memory`).
+mod cached_vmlinux {
+    use super::*;
+
+    const ENGINE: Engine = Engine {
+        name: "kvm with the project vmlinux from the cache (mapped)",
+        kernel: project_vmlinux,
+        unavailable,
+        ..super::ENGINE
+    };
+
+    fn project_vmlinux() -> Option<PathBuf> {
+        common::project_vmlinux()
+    }
+
+    /// Without the vmlinux the case would boot the default kernel instead.
+    fn unavailable() -> Option<String> {
+        match project_vmlinux() {
+            None => Some("no project vmlinux in the cache: run scripts/build-kernel".into()),
+            Some(_) => kvm_cannot_run_linux(),
+        }
+    }
+
+    shared_cases!(
+        ENGINE: libs_init_says_hello,
+        binary_stdout_arrives_unchanged
+    );
+}
+
 /// With `MICRORUN_VIRTIO=off` the VM has no virtio-console and the UARTs
 /// carry the program's streams, as they do for a kernel without virtio.
 mod uarts {
@@ -76,57 +123,12 @@ mod uarts {
         ..super::ENGINE
     };
 
-    #[test]
-    fn libs_init_says_hello() {
-        common::run_case(
-            &ENGINE,
-            concat!(module_path!(), "::libs_init_says_hello"),
-            common::libs_init_says_hello,
-        );
-    }
-
-    #[test]
-    fn binary_stdout_16k_arrives_unchanged() {
-        common::run_case(
-            &ENGINE,
-            concat!(module_path!(), "::binary_stdout_16k_arrives_unchanged"),
-            common::binary_stdout_16k_arrives_unchanged,
-        );
-    }
-
-    #[test]
-    fn binary_stdout_64k_arrives_unchanged() {
-        common::run_case(
-            &ENGINE,
-            concat!(module_path!(), "::binary_stdout_64k_arrives_unchanged"),
-            common::binary_stdout_64k_arrives_unchanged,
-        );
-    }
-
-    #[test]
-    fn binary_stdout_arrives_unchanged() {
-        common::run_case(
-            &ENGINE,
-            concat!(module_path!(), "::binary_stdout_arrives_unchanged"),
-            common::binary_stdout_arrives_unchanged,
-        );
-    }
-
-    #[test]
-    fn stderr_is_separate() {
-        common::run_case(
-            &ENGINE,
-            concat!(module_path!(), "::stderr_is_separate"),
-            common::stderr_is_separate,
-        );
-    }
-
-    #[test]
-    fn stdin_is_forwarded() {
-        common::run_case(
-            &ENGINE,
-            concat!(module_path!(), "::stdin_is_forwarded"),
-            common::stdin_is_forwarded,
-        );
-    }
+    shared_cases!(
+        ENGINE: libs_init_says_hello,
+        binary_stdout_16k_arrives_unchanged,
+        binary_stdout_64k_arrives_unchanged,
+        binary_stdout_arrives_unchanged,
+        stderr_is_separate,
+        stdin_is_forwarded
+    );
 }

@@ -116,6 +116,16 @@ pub fn project_kernel() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// The project kernel's ELF vmlinux, in the cache beside the bzImage: the
+/// kvm engine maps its segments into guest memory rather than copying
+/// them (a cache entry).
+pub fn project_vmlinux() -> Option<PathBuf> {
+    let path = initrd_tools::cache_dir()
+        .ok()?
+        .join("kernels/default/vmlinux");
+    path.is_file().then_some(path)
+}
+
 /// Limit given to every run that does not test `--timeout` itself, so that
 /// a hung guest fails the test (124) instead of hanging it.
 const SAFETY_TIMEOUT: &str = "120s";

@@ -489,6 +489,12 @@ fn run_outer(lane: &mut Lane, cases: &[String]) -> Result<OuterRun, String> {
         ))
         .arg("--add")
         .arg(format!("{}:/nested/cases", lane.script.display()));
+    if let Some(vmlinux) = super::project_vmlinux() {
+        command.arg("--add").arg(format!(
+            "{}:{INNER_CACHE}/microrun/kernels/default/vmlinux",
+            vmlinux.display()
+        ));
+    }
     // The terminal cases (tty.rs) drive the kvm engine through tmux there.
     if let Some(tmux) = which("tmux") {
         command.arg("--bin").arg(tmux);
