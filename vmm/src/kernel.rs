@@ -555,7 +555,12 @@ fn pvh_note(notes: &[u8]) -> Option<u32> {
         let name_at = at + 12;
         let desc_at = name_at.checked_add(namesz.next_multiple_of(4))?;
         let next = desc_at.checked_add(descsz.next_multiple_of(4))?;
+        // The whole note must lie inside the segment.
+        let fits = desc_at
+            .checked_add(descsz)
+            .is_some_and(|end| end <= notes.len());
         if kind == XEN_ELFNOTE_PHYS32_ENTRY
+            && fits
             && notes.get(name_at..name_at + namesz) == Some(b"Xen\0".as_slice())
             && descsz >= 4
         {
@@ -791,6 +796,38 @@ mod tests {
             inspect(&elf32),
             Err(KernelError::UnsupportedElf { .. })
         ));
+    }
+
+    /// An ELF note: header, name and descriptor, each padded to 4 bytes.
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&kind.to_le_bytes());
+        n.extend_from_slice(name);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    }
+
+    #[test]
+    fn the_pvh_entry_is_found_among_notes_and_garbage_finds_none() {
+        let mut notes = note(b"GNU\0", 3, &[1, 2, 3, 4, 5, 6]);
+        notes.extend(note(b"Xen\0", 17, &0x1234u32.to_le_bytes()));
+        notes.extend(note(b"Xen\0", 18, &0x0100_0abcu32.to_le_bytes()));
+        assert_eq!(pvh_note(&notes), Some(0x0100_0abc));
+        // Cut anywhere, or with sizes that point past the end: no entry,
+        // no panic.
+        for len in 0..notes.len() - 4 {
+            assert_eq!(pvh_note(&notes[..len]), None, "cut at {len}");
+        }
+        let mut huge = note(b"Xen\0", 18, &[0; 4]);
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(pvh_note(&huge), None);
+        huge[0..4].copy_from_slice(&4u32.to_le_bytes());
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(pvh_note(&huge), None);
     }
 
     /// `bytes` as the file `k` in `dir`.
