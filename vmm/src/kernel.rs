@@ -430,7 +430,19 @@ pub fn load_kernel(
     cached: bool,
 ) -> Result<LoadedKernel, KernelError> {
     let mut file = open_kernel(path)?;
-    let image = inspect_kernel(path, &mut file)?;
+    load_kernel_from(mem, path, &mut file, mem_size, cached)
+}
+
+/// [`load_kernel`] of an open `file` (named `path` in messages); with
+/// `cached`, `file` must not be truncated while `mem` lives.
+pub fn load_kernel_from(
+    mem: &GuestMemory,
+    path: &Path,
+    file: &mut File,
+    mem_size: u64,
+    cached: bool,
+) -> Result<LoadedKernel, KernelError> {
+    let image = inspect_kernel(path, file)?;
     if image.load_end > layout::MMIO_GAP_START {
         return Err(KernelError::TooLarge {
             path: path.to_path_buf(),
@@ -451,16 +463,11 @@ pub fn load_kernel(
         image.load_end.saturating_sub(layout::HIMEM_START),
     );
     if image.setup_header.is_some() {
-        let result = BzImage::load(
-            mem,
-            Some(GuestAddress(layout::HIMEM_START)),
-            &mut file,
-            None,
-        )
-        .map_err(|source| KernelError::Load {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let result = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
+            .map_err(|source| KernelError::Load {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(LoadedKernel {
             entry: GuestAddress(result.kernel_load.0 + layout::BZIMAGE_64BIT_ENTRY_OFFSET),
             protocol: BootProtocol::Linux64,
@@ -468,7 +475,7 @@ pub fn load_kernel(
             image,
         })
     } else {
-        let (entry, protocol) = load_elf(mem, path, &mut file, cached)?;
+        let (entry, protocol) = load_elf(mem, path, file, cached)?;
         Ok(LoadedKernel {
             entry,
             protocol,
