@@ -131,17 +131,11 @@ pub fn advise_huge_pages(mem: &GuestMemory, start: u64, len: u64) {
     if end <= first || end - first < HUGE_PAGE {
         return;
     }
-    let Ok(host) = mem.get_host_address(GuestAddress(first)) else {
-        return;
-    };
     // The range must lie in one region (below the MMIO gap for a kernel or
-    // initrd); checked on its last byte.
-    let Ok(last) = mem.get_host_address(GuestAddress(end - 1)) else {
+    // initrd).
+    let Some(host) = host_range(mem, first, end - first) else {
         return;
     };
-    if last as usize - host as usize != (end - 1 - first) as usize {
-        return;
-    }
     // SAFETY: `[host, host + end - first)` lies inside one live mapping
     // owned by `mem` (both ends translated above, contiguous); the advice
     // changes how its pages are backed, never their contents.
@@ -152,6 +146,18 @@ pub fn advise_huge_pages(mem: &GuestMemory, start: u64, len: u64) {
             libc::MADV_HUGEPAGE,
         );
     }
+}
+
+/// The host address of the guest range `[start, start + len)` (`len` > 0)
+/// where it lies inside one of `mem`'s mappings: both ends translated, and
+/// contiguous between them.
+fn host_range(mem: &GuestMemory, start: u64, len: u64) -> Option<*mut u8> {
+    let host = mem.get_host_address(GuestAddress(start)).ok()?;
+    let last = mem
+        .get_host_address(GuestAddress(start.checked_add(len - 1)?))
+        .ok()?;
+    let contiguous = (last as usize).checked_sub(host as usize) == usize::try_from(len - 1).ok();
+    contiguous.then_some(host)
 }
 
 /// Files are mapped over guest memory only from this many bytes on: below
@@ -243,18 +249,13 @@ fn map_file_pages(
     addr: u64,
     len: u64,
 ) -> Result<bool, MemoryError> {
-    let (Ok(host), Ok(last)) = (
-        mem.get_host_address(GuestAddress(addr)),
-        mem.get_host_address(GuestAddress(addr + len - 1)),
+    let (Some(host), Ok(size), Ok(file_offset)) = (
+        host_range(mem, addr, len),
+        usize::try_from(len),
+        libc::off_t::try_from(offset),
     ) else {
         return Ok(false);
     };
-    let (Ok(size), Ok(file_offset)) = (usize::try_from(len), libc::off_t::try_from(offset)) else {
-        return Ok(false);
-    };
-    if last as usize - host as usize != size - 1 {
-        return Ok(false);
-    }
     let host = host.cast::<libc::c_void>();
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     // SAFETY: `[host, host + size)` lies inside one live mapping owned by
